@@ -1,0 +1,62 @@
+"""Group-based policy objectives (SSPO, GRPO, GSPO, GMPO, SAPO) and their diagnostics.
+
+The normative contract is the objectives spec (see docs/objectives.md). Importing this
+package does not import torch; ``build_objective``, ``Objective``, ``ObjectiveOutput`` and
+``compute_advantages`` are loaded on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sspo_cli.objectives.config import (
+    OBJECTIVE_NAMES,
+    BaseObjectiveConfig,
+    GmpoConfig,
+    GrpoConfig,
+    GspoConfig,
+    ObjectiveConfig,
+    SapoConfig,
+    SspoConfig,
+    parse_objective_config,
+)
+from sspo_cli.objectives.metric_keys import METRIC_KEYS
+
+if TYPE_CHECKING:
+    from sspo_cli.objectives.advantages import compute_advantages
+    from sspo_cli.objectives.core import Objective, ObjectiveOutput, build_objective
+
+_LAZY_ATTRIBUTES = {
+    "build_objective": "sspo_cli.objectives.core",
+    "Objective": "sspo_cli.objectives.core",
+    "ObjectiveOutput": "sspo_cli.objectives.core",
+    "compute_advantages": "sspo_cli.objectives.advantages",
+}
+
+__all__ = [
+    "METRIC_KEYS",
+    "OBJECTIVE_NAMES",
+    "BaseObjectiveConfig",
+    "GmpoConfig",
+    "GrpoConfig",
+    "GspoConfig",
+    "Objective",
+    "ObjectiveConfig",
+    "ObjectiveOutput",
+    "SapoConfig",
+    "SspoConfig",
+    "build_objective",
+    "compute_advantages",
+    "parse_objective_config",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY_ATTRIBUTES.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,188 @@
+"""Objective configs: one Pydantic model per objective, discriminated by ``name``.
+
+These models are the single source of truth for parameter names, defaults, valid ranges
+and user docs (each ``Field(description=...)``). Recipes embed them as they are.
+This module must not import torch: ``sspo validate`` imports it and answers in milliseconds.
+
+Range choices beyond the spec's "> 0" (documented in docs/objectives.md):
+- ratio-space epsilons (grpo, gspo): ``0 < eps_low < 1`` so the lower clip bound
+  ``1 - eps_low`` stays a positive ratio; ``0 < eps_high <= 10``.
+- log-space epsilons (gmpo): ``0 < eps <= 10`` (a ratio band of at most e^-10..e^10).
+- temperatures: ``0 < tau <= 100`` (at 100 a soft gate is already a near-hard clip).
+- ``log_ratio_clamp``: ``0 < C <= 40`` so that ``exp(C)**2`` (inside the ratio std) stays
+  finite in float32.
+- ``saturation_threshold``: ``0 < threshold <= 1``; the on-policy gradient weight is 1.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+_RATIO_EPS_LOW = dict(gt=0.0, lt=1.0)
+_RATIO_EPS_HIGH = dict(gt=0.0, le=10.0)
+_LOG_EPS = dict(gt=0.0, le=10.0)
+_TEMPERATURE = dict(gt=0.0, le=100.0)
+
+_TAU_POS_DOC = (
+    "Gate temperature for completions with a positive advantage (A > 0). "
+    "Larger is sharper; must be in (0, 100]."
+)
+_TAU_NEG_DOC = (
+    "Gate temperature for completions with a non-positive advantage (A <= 0). "
+    "Slightly above tau_pos by default, damping negative updates; must be in (0, 100]."
+)
+
+
+class BaseObjectiveConfig(BaseModel):
+    """Fields every objective shares."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
+
+    beta: float = Field(
+        default=0.0,
+        ge=0.0,
+        description=(
+            "Weight of the k3 KL penalty against the frozen reference policy "
+            "(needs ref_logp). 0 turns it off."
+        ),
+    )
+    log_ratio_clamp: float = Field(
+        default=20.0,
+        gt=0.0,
+        le=40.0,
+        description=(
+            "Each token's log-ratio log(pi/pi_old) is clamped to +-this value before "
+            "anything is exponentiated; must be in (0, 40]."
+        ),
+    )
+    saturation_threshold: float = Field(
+        default=0.1,
+        gt=0.0,
+        le=1.0,
+        description=(
+            "A token counts as saturated (clipped) in grad_weight/saturated_frac when its "
+            "gradient weight omega is below this value; must be in (0, 1]."
+        ),
+    )
+
+
+class GrpoConfig(BaseObjectiveConfig):
+    """GRPO: token-level PPO hard clip (Shao et al. 2024; DAPO's asymmetric bounds allowed)."""
+
+    name: Literal["grpo"] = Field(default="grpo", description="Objective name.")
+    eps_low: float = Field(
+        default=0.2,
+        **_RATIO_EPS_LOW,
+        description="Lower clip range: ratios below 1 - eps_low are clipped; must be in (0, 1).",
+    )
+    eps_high: float = Field(
+        default=0.2,
+        **_RATIO_EPS_HIGH,
+        description=(
+            "Upper clip range: ratios above 1 + eps_high are clipped (DAPO uses 0.28); "
+            "must be in (0, 10]."
+        ),
+    )
+    agg: Literal["seq_mean_token_mean", "token_mean"] = Field(
+        default="seq_mean_token_mean",
+        description=(
+            "Loss aggregation: 'seq_mean_token_mean' averages tokens within a completion, "
+            "then completions; 'token_mean' averages over all tokens of the batch (DAPO)."
+        ),
+    )
+
+
+class GspoConfig(BaseObjectiveConfig):
+    """GSPO: sequence-level ratio with a hard clip (Zheng et al. 2025)."""
+
+    name: Literal["gspo"] = Field(default="gspo", description="Objective name.")
+    eps_low: float = Field(
+        default=3e-4,
+        **_RATIO_EPS_LOW,
+        description=(
+            "Lower clip range of the sequence ratio s = exp(mean_t log-ratio); "
+            "must be in (0, 1)."
+        ),
+    )
+    eps_high: float = Field(
+        default=4e-4,
+        **_RATIO_EPS_HIGH,
+        description="Upper clip range of the sequence ratio; must be in (0, 10].",
+    )
+
+
+class GmpoConfig(BaseObjectiveConfig):
+    """GMPO: geometric mean of token ratios with a log-space clip (Zhao et al. 2025)."""
+
+    name: Literal["gmpo"] = Field(default="gmpo", description="Objective name.")
+    eps_low: float = Field(
+        default=0.4,
+        **_LOG_EPS,
+        description=(
+            "Lower clip of the token log-ratio (log space: the ratio band is "
+            "exp(-eps_low)..exp(eps_high)); must be in (0, 10]."
+        ),
+    )
+    eps_high: float = Field(
+        default=0.4,
+        **_LOG_EPS,
+        description="Upper clip of the token log-ratio (log space); must be in (0, 10].",
+    )
+
+
+class SapoConfig(BaseObjectiveConfig):
+    """SAPO: token-level sigmoid soft gate, arithmetic mean over tokens (Gao et al. 2025)."""
+
+    name: Literal["sapo"] = Field(default="sapo", description="Objective name.")
+    tau_pos: float = Field(default=1.0, **_TEMPERATURE, description=_TAU_POS_DOC)
+    tau_neg: float = Field(default=1.05, **_TEMPERATURE, description=_TAU_NEG_DOC)
+
+
+class SspoConfig(BaseObjectiveConfig):
+    """SSPO: soft token gates aggregated by a geometric mean into a sequence weight."""
+
+    name: Literal["sspo"] = Field(default="sspo", description="Objective name.")
+    gate: Literal["sigmoid", "arctan", "erf", "softsign"] = Field(
+        default="sigmoid",
+        description=(
+            "Token gate whose log is averaged over the completion: 'sigmoid' (SAPO's gate "
+            "on the ratio, default), or 'arctan', 'erf', 'softsign' (gates on the log-ratio)."
+        ),
+    )
+    tau_pos: float = Field(default=1.0, **_TEMPERATURE, description=_TAU_POS_DOC)
+    tau_neg: float = Field(default=1.05, **_TEMPERATURE, description=_TAU_NEG_DOC)
+
+
+ObjectiveConfig = Annotated[
+    Union[GrpoConfig, GspoConfig, GmpoConfig, SapoConfig, SspoConfig],
+    Field(discriminator="name"),
+]
+"""Any objective's config; Pydantic picks the model from the ``name`` key."""
+
+OBJECTIVE_CONFIG_TYPES: tuple[type[BaseObjectiveConfig], ...] = (
+    GrpoConfig,
+    GspoConfig,
+    GmpoConfig,
+    SapoConfig,
+    SspoConfig,
+)
+OBJECTIVE_NAMES: tuple[str, ...] = tuple(
+    cls.model_fields["name"].default for cls in OBJECTIVE_CONFIG_TYPES
+)
+
+_OBJECTIVE_ADAPTER: TypeAdapter[Any] = TypeAdapter(ObjectiveConfig)
+
+
+def parse_objective_config(cfg: dict[str, Any] | BaseModel) -> BaseObjectiveConfig:
+    """Validate a plain dict (or any Pydantic model) into the objective's config model.
+
+    Raises ``pydantic.ValidationError`` (a ``ValueError``) naming the offending key for an
+    unknown ``name``, an unknown key or an out-of-range value.
+    """
+    if isinstance(cfg, OBJECTIVE_CONFIG_TYPES):
+        return _OBJECTIVE_ADAPTER.validate_python(cfg.model_dump())
+    if isinstance(cfg, BaseModel):
+        cfg = cfg.model_dump()
+    return _OBJECTIVE_ADAPTER.validate_python(cfg)

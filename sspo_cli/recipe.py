@@ -1,0 +1,354 @@
+"""Recipe files: the single source of truth for every option.
+
+A recipe is YAML validated by the Pydantic models below. Every section forbids unknown keys,
+so a typo is an error, not a silently ignored option. This module imports no torch: `sspo
+validate` must stay instant.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sspo_cli.objectives.config import ObjectiveConfig, SspoConfig
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+# --------------------------------------------------------------------------- model
+
+
+class TinyModelConfig(Strict):
+    architecture: Literal["qwen2", "llama"] = Field("qwen2", description="transformers architecture of the tiny decoder.")
+    hidden_size: int = Field(128, ge=8, le=8192, description="Width of the residual stream.")
+    num_layers: int = Field(4, ge=1, le=128, description="Number of decoder layers.")
+    num_heads: int = Field(4, ge=1, le=256, description="Attention heads.")
+    num_kv_heads: int = Field(2, ge=1, le=256, description="Key/value heads (grouped-query attention).")
+    intermediate_size: int = Field(512, ge=8, description="Width of the MLP.")
+    max_positions: int = Field(64, ge=8, le=1_000_000, description="Maximum sequence length.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "TinyModelConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError("hidden_size must be divisible by num_heads")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be divisible by num_kv_heads")
+        return self
+
+
+class ModelConfig(Strict):
+    path: str | None = Field(None, description="Local Hugging Face causal-LM folder. Leave empty for the tiny model.")
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Tiny decoder built from a config (used when `path` is empty), with a character tokenizer.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
+    device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
+    trust_remote_code: bool = Field(False, description="Allow a model folder to run its own Python code. Off unless you trust the folder.")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field("sdpa", description="Attention kernel.")
+
+
+class WarmStartConfig(Strict):
+    """Supervised fine-tuning on the task's gold answers before RL (cached by content hash)."""
+
+    enabled: bool = Field(True, description="Run a supervised warm start before RL (a tiny random model earns no reward).")
+    max_steps: int = Field(600, ge=1, description="Upper bound on supervised steps.")
+    batch_size: int = Field(64, ge=1, description="Examples per supervised step.")
+    lr: float = Field(3e-3, gt=0, le=1, description="AdamW learning rate.")
+    warmup_steps: int = Field(50, ge=0, description="Linear learning-rate warm-up steps.")
+    eval_every: int = Field(25, ge=1, description="Check dev accuracy every this many steps.")
+    target_dev_accuracy: float | None = Field(0.4, ge=0, le=1, description="Stop as soon as greedy dev accuracy reaches this (None: run max_steps).")
+    seed: int = Field(0, description="Seed of the warm start; not the recipe seed, so every seed of a comparison starts from identical weights.")
+
+
+# --------------------------------------------------------------------------- task
+
+
+class TaskBase(Strict):
+    eval_size: int = Field(256, ge=1, description="Held-out eval examples (never trained on).")
+    dev_size: int = Field(256, ge=0, description="Held-out dev examples (for choices such as stopping the warm start).")
+    split_seed: int = Field(1234, description="Seed of the train/dev/eval split.")
+
+
+class AdditionTask(TaskBase):
+    """Embedded task: `AB+CD=` -> the exact sum."""
+
+    name: Literal["addition"] = "addition"
+    min_operand: int = Field(10, ge=0, description="Smallest operand.")
+    max_operand: int = Field(99, ge=1, le=10**9, description="Largest operand.")
+
+    @model_validator(mode="after")
+    def _range(self) -> "AdditionTask":
+        pairs = (self.max_operand - self.min_operand + 1) ** 2
+        if self.max_operand < self.min_operand:
+            raise ValueError("max_operand must be >= min_operand")
+        if pairs <= self.eval_size + self.dev_size:
+            raise ValueError(f"only {pairs} operand pairs: not enough for eval_size + dev_size + a train split")
+        return self
+
+
+class ReasoningGymTask(TaskBase):
+    """Any reasoning-gym dataset; its `score_answer` is the reward."""
+
+    name: Literal["reasoning_gym"] = "reasoning_gym"
+    dataset: str = Field(..., min_length=1, description="reasoning-gym dataset name, e.g. 'basic_arithmetic'.")
+    config: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the dataset.")
+    size: int = Field(2000, ge=2, description="Total examples generated (split into train/dev/eval).")
+
+
+class FileTask(TaskBase):
+    """Local data read with `datasets` (JSONL, CSV or Parquet) with prompt and answer columns."""
+
+    name: Literal["file"] = "file"
+    path: str = Field(..., min_length=1, description="Path to a .jsonl/.json, .csv or .parquet file.")
+    prompt_column: str = Field("prompt", description="Column holding the prompt text.")
+    answer_column: str = Field("answer", description="Column holding the gold answer.")
+    match: Literal["exact", "numeric"] = Field("exact", description="Reward 1 on exact string match, or on numeric equality.")
+
+
+TaskConfig = Annotated[Union[AdditionTask, ReasoningGymTask, FileTask], Field(discriminator="name")]
+
+
+# --------------------------------------------------------------------------- rollout / train / eval
+
+
+class RolloutConfig(Strict):
+    prompts_per_step: int = Field(16, ge=1, description="Prompts sampled per RL step.")
+    group_size: int = Field(8, ge=2, description="Completions per prompt (the group of the group-relative advantage).")
+    max_new_tokens: int = Field(4, ge=1, description="Longest completion, in tokens.")
+    temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature; log-probs use the same temperature.")
+    updates_per_rollout: int = Field(4, ge=1, description="Optimiser updates per rollout; later ones are off-policy.")
+    minibatch_size: int | None = Field(None, ge=1, description="Completions per update (default: rollout size / updates_per_rollout, so each completion is used once).")
+    advantage_scale: Literal["group", "batch", "none"] = Field("group", description="Divide advantages by the group std, the batch std, or nothing (Dr. GRPO).")
+
+    @property
+    def rollout_size(self) -> int:
+        return self.prompts_per_step * self.group_size
+
+    @model_validator(mode="after")
+    def _minibatch_fits(self) -> "RolloutConfig":
+        if self.minibatch_size is not None and self.minibatch_size > self.rollout_size:
+            raise ValueError(f"minibatch_size {self.minibatch_size} exceeds the rollout size {self.rollout_size}")
+        return self
+
+
+class TrainConfig(Strict):
+    steps: int = Field(200, ge=0, description="RL steps (rollouts).")
+    lr: float = Field(1e-4, gt=0, le=1, description="AdamW learning rate.")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="Learning-rate decay after warm-up.")
+    lr_warmup_steps: int = Field(0, ge=0, description="Linear warm-up, in optimiser updates.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    grad_clip: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this (None: no clipping).")
+    checkpoint_every: int = Field(50, ge=1, description="Write a checkpoint every this many steps (and at the end).")
+    keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep.")
+    max_skipped: int = Field(5, ge=1, description="Stop after this many consecutive updates skipped for a non-finite loss or gradient.")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice).")
+    warm_start: WarmStartConfig = Field(default_factory=WarmStartConfig)
+
+
+class EvalConfig(Strict):
+    every: int = Field(50, ge=1, description="Evaluate on the held-out split every this many RL steps (and before the first and after the last).")
+    batch_size: int = Field(256, ge=1, description="Prompts per eval generation batch.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Default: rollout.max_new_tokens.")
+
+
+class TrackingConfig(Strict):
+    experiment: str = Field("sspo", min_length=1, description="MLflow experiment name.")
+    run_name: str | None = Field(None, description="Run name (default: recipe name, objective and seed).")
+    tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow tags.")
+
+
+class Recipe(Strict):
+    name: str = Field("recipe", min_length=1, description="Recipe name; used in run names.")
+    seed: int = Field(0, description="Seed of the RL run (sampling, data order, init of the tiny model).")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TaskConfig = Field(default_factory=AdditionTask)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    objective: ObjectiveConfig = Field(default_factory=SspoConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def resolved(self) -> dict[str, Any]:
+        """Every option with defaults filled in, as plain YAML-able data."""
+        return self.model_dump(mode="json")
+
+    def fingerprint(self) -> str:
+        """Hash of the resolved recipe: runs with equal fingerprints are the same experiment."""
+        return stable_hash(self.resolved())
+
+
+def stable_hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class RecipeError(ValueError):
+    """Bad recipe input: one readable message naming the file and the key."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+    def render(self) -> str:
+        lines = [f"Invalid recipe {self.source}:"]
+        lines += [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply `dotted.key=value` overrides, validate."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise RecipeError(source, ["file not found" if not path.exists() else "not a file"])
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise RecipeError(source, [f"malformed YAML at {where}{exc.problem}"]) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise RecipeError(source, [f"malformed YAML: {exc}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(source, ["the top level must be a mapping of sections (model, task, rollout, ...)"])
+    return recipe_from_dict(data, overrides or [], source)
+
+
+def recipe_from_dict(data: dict[str, Any], overrides: list[str], source: str = "<recipe>") -> Recipe:
+    data = json.loads(json.dumps(data))  # deep copy, and rejects non-JSON-able YAML (dates etc.) early
+    for override in overrides:
+        apply_override(data, override, source)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(source, [describe_error(err, data) for err in exc.errors()]) from None
+
+
+def apply_override(data: dict[str, Any], override: str, source: str) -> None:
+    """`a.b.c=value`, value parsed as a YAML scalar or list. The key must exist in the schema."""
+    key, sep, raw = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise RecipeError(source, [f"--set {override!r}: expected dotted.key=value"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise RecipeError(source, [f"--set {key}: value {raw!r} is not valid YAML ({exc})"]) from None
+    parts = key.split(".")
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise RecipeError(source, [f"--set {key}: {'.'.join(parts[: depth + 1])} is not a section"])
+        node = child
+    node[parts[-1]] = value
+    _check_override_key(data, parts, source)
+
+
+def _check_override_key(data: dict[str, Any], parts: list[str], source: str) -> None:
+    """A --set that names no key is an error even where the value would otherwise pass."""
+    model: type[BaseModel] = Recipe
+    node: Any = data
+    for depth, part in enumerate(parts):
+        fields = _fields_for(model, node)
+        if fields is None:  # free-form mapping (task.config, tracking.tags)
+            return
+        if part not in fields:
+            where = ".".join(parts[:depth]) or "the recipe"
+            hint = _did_you_mean(part, list(fields))
+            raise RecipeError(source, [f"--set {'.'.join(parts)}: {where} has no key {part!r}{hint}"])
+        annotation = fields[part]
+        node = node.get(part) if isinstance(node, dict) else None
+        model = _submodel(annotation, node)
+        if model is None:
+            return
+
+
+def _fields_for(model: Any, node: Any) -> dict[str, Any] | None:
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return {name: f.annotation for name, f in model.model_fields.items()}
+    return None
+
+
+def _submodel(annotation: Any, node: Any) -> Any:
+    """The Pydantic model a field holds; for a discriminated union, the member its `name` picks."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    members = [a for a in _flatten_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+    wanted = node.get("name") if isinstance(node, dict) else None
+    for member in members:
+        if len(members) == 1 or wanted is None or member.model_fields["name"].default == wanted:
+            return member
+    return None
+
+
+def _flatten_args(annotation: Any) -> list[Any]:
+    out: list[Any] = []
+    for arg in get_args(annotation):
+        out += _flatten_args(arg) if get_args(arg) else [arg]
+    return out
+
+
+def describe_error(err: dict[str, Any], data: dict[str, Any]) -> str:
+    """One line per Pydantic error: the dotted key, what is wrong, and a suggestion where we can."""
+    loc = [str(p) for p in err["loc"] if not _is_union_tag(p, err)]
+    key = ".".join(loc) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent = ".".join(loc[:-1])
+        allowed = _allowed_keys(loc[:-1], data)
+        hint = _did_you_mean(loc[-1], allowed)
+        return f"{key}: unknown key{' in ' + parent if parent else ''}{hint}"
+    if kind == "union_tag_invalid":
+        expected = err.get("ctx", {}).get("expected_tags", "")
+        got = err.get("ctx", {}).get("tag", "")
+        names = [t.strip(" '") for t in str(expected).split(",")]
+        return f"{key}.name: unknown name {got!r}{_did_you_mean(str(got), names)} (choose from {expected})"
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        names = [t.strip(" '") for t in str(expected).replace(" or ", ",").split(",")]
+        got = err.get("input")
+        return f"{key}: {got!r} is not allowed{_did_you_mean(str(got), names)} (choose from {expected})"
+    return f"{key}: {err['msg']} (got {err.get('input')!r})" if "input" in err and not isinstance(err.get("input"), dict) else f"{key}: {err['msg']}"
+
+
+def _is_union_tag(part: Any, err: dict[str, Any]) -> bool:
+    """Pydantic puts the chosen union member's tag ('sspo', 'addition') in the location."""
+    from sspo_cli.objectives.config import OBJECTIVE_NAMES
+
+    return isinstance(part, str) and (part in OBJECTIVE_NAMES or part in ("addition", "reasoning_gym", "file")) and err["loc"].index(part) > 0 and str(err["loc"][err["loc"].index(part) - 1]) in ("objective", "task")
+
+
+def _allowed_keys(loc: list[str], data: dict[str, Any]) -> list[str]:
+    model: Any = Recipe
+    node: Any = data
+    for part in loc:
+        fields = _fields_for(model, node)
+        if fields is None or part not in fields:
+            return []
+        node = node.get(part) if isinstance(node, dict) else None
+        model = _submodel(fields[part], node)
+    fields = _fields_for(model, node)
+    return list(fields) if fields else []
+
+
+def _did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def to_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.resolved(), sort_keys=False)

@@ -1,0 +1,126 @@
+"""Sampling completions from the policy and scoring them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from sspo_cli.tasks import Example, Task
+
+
+@dataclass
+class Rollout:
+    """Prompts (left-padded) followed by completions (right-padded), one row per completion."""
+
+    input_ids: "torch.Tensor"  # [N, P + Tc]
+    attention_mask: "torch.Tensor"  # [N, P + Tc]
+    completion_mask: "torch.Tensor"  # [N, Tc], 1 for completion tokens up to and including <eos>
+    completions: list[str]  # decoded text before <eos>
+
+    @property
+    def completion_len(self) -> int:
+        return self.completion_mask.shape[1]
+
+    @property
+    def completion_ids(self) -> "torch.Tensor":
+        return self.input_ids[:, -self.completion_len :]
+
+    def select(self, rows: "torch.Tensor") -> "Rollout":
+        index = rows.tolist()
+        return Rollout(self.input_ids[rows], self.attention_mask[rows], self.completion_mask[rows], [self.completions[i] for i in index])
+
+
+def generate(
+    model: "PreTrainedModel",
+    tokenizer: "PreTrainedTokenizerBase",
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    temperature: float | None,
+) -> Rollout:
+    """Sample at `temperature` from exactly the model's distribution (no top-k/top-p); None = greedy."""
+    import torch
+    from transformers import GenerationConfig
+
+    device = next(model.parameters()).device
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True).to(device)
+    config = GenerationConfig(
+        do_sample=temperature is not None,
+        temperature=temperature if temperature is not None else 1.0,
+        top_k=None,
+        top_p=None,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    with torch.inference_mode():
+        sequences = model.generate(**enc, generation_config=config)
+    prompt_len = enc["input_ids"].shape[1]
+    completion = sequences[:, prompt_len:]
+    completion_mask = mask_through_first_eos(completion, tokenizer.eos_token_id)
+    attention_mask = torch.cat([enc["attention_mask"], completion_mask.to(enc["attention_mask"].dtype)], dim=1)
+    texts = decode_completions(tokenizer, completion, completion_mask, tokenizer.eos_token_id)
+    return Rollout(sequences.clone(), attention_mask, completion_mask.float(), texts)
+
+
+def mask_through_first_eos(completion: "torch.Tensor", eos_id: int) -> "torch.Tensor":
+    """1 for every token up to and including the first <eos> of each row (all of them if none)."""
+    is_eos = (completion == eos_id).long()
+    eos_before = is_eos.cumsum(dim=1) - is_eos  # how many <eos> strictly before this position
+    return (eos_before == 0).long()
+
+
+def decode_completions(tokenizer: "PreTrainedTokenizerBase", completion: "torch.Tensor", mask: "torch.Tensor", eos_id: int) -> list[str]:
+    texts = []
+    for row, row_mask in zip(completion.tolist(), mask.tolist()):
+        tokens = [t for t, m in zip(row, row_mask) if m and t != eos_id]
+        texts.append(tokenizer.decode(tokens, skip_special_tokens=True))
+    return texts
+
+
+def score(task: "Task", examples: Sequence["Example"], completions: Sequence[str]) -> list[float]:
+    return [task.reward(text, example) for text, example in zip(completions, examples)]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    accuracy: float  # share of completions with reward 1
+    mean_reward: float
+    mean_length: float  # completion tokens, <eos> included
+    size: int
+
+    def as_metrics(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}/accuracy": self.accuracy, f"{prefix}/mean_reward": self.mean_reward, f"{prefix}/mean_length": self.mean_length}
+
+
+def evaluate(
+    model: "PreTrainedModel",
+    tokenizer: "PreTrainedTokenizerBase",
+    task: "Task",
+    examples: Sequence["Example"],
+    max_new_tokens: int,
+    batch_size: int,
+    temperature: float | None = None,
+) -> EvalResult:
+    """Greedy (default) or sampled decoding of every example, scored by the task."""
+    rewards: list[float] = []
+    lengths: list[float] = []
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(examples), batch_size):
+        batch = examples[start : start + batch_size]
+        rollout = generate(model, tokenizer, [e.prompt for e in batch], max_new_tokens, temperature)
+        rewards += score(task, batch, rollout.completions)
+        lengths += rollout.completion_mask.sum(1).tolist()
+    model.train(was_training)
+    n = max(len(rewards), 1)
+    return EvalResult(
+        accuracy=sum(r >= 1.0 for r in rewards) / n,
+        mean_reward=sum(rewards) / n,
+        mean_length=sum(lengths) / n,
+        size=len(rewards),
+    )

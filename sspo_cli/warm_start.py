@@ -1,0 +1,157 @@
+"""Supervised warm start on the task's gold answers, cached by a hash of everything that decides it.
+
+A tiny random model never earns reward, so RL has nothing to reinforce. A short supervised
+phase brings it to a partial accuracy; every method and seed of a comparison then starts from
+the same cached weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from sspo_cli.recipe import Recipe, stable_hash
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from sspo_cli.tasks import Example, Task
+
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class WarmStartResult:
+    steps: int
+    dev_accuracy: float
+    cached: bool
+    folder: Path
+
+
+def warm_start_key(recipe: Recipe) -> str:
+    """Model, task, warm-start options and eval length decide the weights; the RL seed does not."""
+    return stable_hash(
+        {
+            "format": CACHE_FORMAT,
+            "model": recipe.model.model_dump(mode="json", exclude={"device"}),
+            "task": recipe.task.model_dump(mode="json"),
+            "warm_start": recipe.train.warm_start.model_dump(mode="json"),
+            "max_new_tokens": recipe.rollout.max_new_tokens,
+        }
+    )
+
+
+def cached_warm_start(
+    recipe: Recipe,
+    model: "PreTrainedModel",
+    tokenizer: "PreTrainedTokenizerBase",
+    task: "Task",
+    cache_root: Path,
+    on_progress: Callable[[int, int, float | None], None] | None = None,
+) -> WarmStartResult:
+    """Load the warm-started weights from the cache, or train them and cache them atomically."""
+    from safetensors.torch import load_file, save_file
+
+    folder = cache_root / warm_start_key(recipe)
+    weights = folder / "model.safetensors"
+    info_file = folder / "warm_start.json"
+    if weights.is_file() and info_file.is_file():
+        model.load_state_dict(load_file(str(weights), device=str(next(model.parameters()).device)), strict=False)
+        info = json.loads(info_file.read_text())
+        return WarmStartResult(info["steps"], info["dev_accuracy"], cached=True, folder=folder)
+
+    steps, dev_accuracy = supervised_warm_start(model, tokenizer, task, recipe, on_progress)
+    staging = cache_root / f".{folder.name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(_untie(state), str(staging / "model.safetensors"))
+    (staging / "warm_start.json").write_text(json.dumps({"steps": steps, "dev_accuracy": dev_accuracy, "key": folder.name}))
+    try:
+        os.replace(staging, folder)
+    except OSError:  # another process cached the same key first: theirs is identical
+        shutil.rmtree(staging, ignore_errors=True)
+    return WarmStartResult(steps, dev_accuracy, cached=False, folder=folder)
+
+
+def _untie(state: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
+    """safetensors refuses shared storage (tied embeddings): store independent copies."""
+    seen: set[int] = set()
+    out = {}
+    for key, tensor in state.items():
+        ptr = tensor.data_ptr()
+        out[key] = tensor.clone() if ptr in seen else tensor
+        seen.add(ptr)
+    return out
+
+
+def supervised_warm_start(
+    model: "PreTrainedModel",
+    tokenizer: "PreTrainedTokenizerBase",
+    task: "Task",
+    recipe: Recipe,
+    on_progress: Callable[[int, int, float | None], None] | None = None,
+) -> tuple[int, float]:
+    """Cross-entropy on answer tokens (and <eos>) until dev accuracy reaches the target."""
+    import torch
+
+    from sspo_cli.models.logprobs import position_ids_for
+    from sspo_cli.rollout import evaluate
+
+    cfg = recipe.train.warm_start
+    generator = torch.Generator().manual_seed(cfg.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / max(cfg.warmup_steps, 1)))
+    device = next(model.parameters()).device
+    dev = task.dev or task.train[: recipe.eval.batch_size]
+    dev_accuracy = 0.0
+    step = 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model.train()
+        for step in range(1, cfg.max_steps + 1):
+            rows = torch.randint(len(task.train), (cfg.batch_size,), generator=generator).tolist()
+            input_ids, attention_mask, loss_mask = supervised_batch(tokenizer, [task.train[i] for i in rows])
+            input_ids, attention_mask, loss_mask = input_ids.to(device), attention_mask.to(device), loss_mask.to(device)
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask), use_cache=False).logits
+            token_loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1), reduction="none"
+            )
+            loss = (token_loss * loss_mask[:, 1:].reshape(-1)).sum() / loss_mask[:, 1:].sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            checked = step % cfg.eval_every == 0 or step == cfg.max_steps
+            if checked:
+                dev_accuracy = evaluate(model, tokenizer, task, dev, recipe.rollout.max_new_tokens, recipe.eval.batch_size).accuracy
+            if on_progress:
+                on_progress(step, cfg.max_steps, dev_accuracy if checked else None)
+            if checked and cfg.target_dev_accuracy is not None and dev_accuracy >= cfg.target_dev_accuracy:
+                break
+    model.eval()
+    return step, dev_accuracy
+
+
+def supervised_batch(tokenizer: "PreTrainedTokenizerBase", examples: Sequence["Example"]) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+    """Left-padded `prompt + answer + <eos>` rows and a mask that is 1 on the answer and <eos>."""
+    import torch
+
+    rows, masks = [], []
+    for example in examples:
+        prompt = tokenizer(example.prompt)["input_ids"]
+        answer = tokenizer(example.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append(prompt + answer)
+        masks.append([0] * len(prompt) + [1] * len(answer))
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    loss_mask = torch.tensor([[0] * (width - len(m)) + m for m in masks], dtype=torch.float32)
+    return input_ids, attention_mask, loss_mask

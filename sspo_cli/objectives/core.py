@@ -1,0 +1,229 @@
+"""``build_objective``: the one API the trainer, the tests and outside checks call.
+
+    objective = build_objective({"name": "sspo"})
+    out = objective(logp, old_logp, advantages, mask, ref_logp=None)
+    out.loss.backward(); log(out.metrics)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from pydantic import BaseModel
+from torch import Tensor
+
+from sspo_cli.objectives.batch import TokenBatch, clamped_log_ratio
+from sspo_cli.objectives.config import BaseObjectiveConfig, parse_objective_config
+from sspo_cli.objectives.diagnostics import summarize
+from sspo_cli.objectives.formulas import OBJECTIVES, PolicyWeight, k3
+
+
+@dataclass(frozen=True)
+class ObjectiveOutput:
+    loss: Tensor
+    """0-dim, float32 at least; minimising it maximises the objective."""
+    metrics: dict[str, float]
+    """Every key of ``METRIC_KEYS`` (NaN where the quantity has no data, e.g. no A != 0)."""
+
+
+class Aggregation(Protocol):
+    def reduce_tokens(self, batch: TokenBatch, terms: Tensor) -> Tensor: ...
+    def reduce_sequences(self, batch: TokenBatch, terms: Tensor) -> Tensor: ...
+    def vanilla_gradient_scale(self, batch: TokenBatch) -> Tensor:
+        """|d loss / d logp[b,t]| / |A_b| of the vanilla policy gradient; broadcasts to [B, T]."""
+        ...
+
+
+class SequenceMeanTokenMean:
+    """(1/B') * sum_b mean_t(.): every non-empty completion weighs the same (the default)."""
+
+    def reduce_tokens(self, batch: TokenBatch, terms: Tensor) -> Tensor:
+        return batch.sequence_mean(batch.mean_t(terms))
+
+    def reduce_sequences(self, batch: TokenBatch, terms: Tensor) -> Tensor:
+        return batch.sequence_mean(terms)
+
+    def vanilla_gradient_scale(self, batch: TokenBatch) -> Tensor:
+        """1 / (B' * L_b)"""
+        completions = batch.non_empty.sum().to(batch.log_ratio.dtype).clamp(min=1)
+        return 1.0 / (completions * batch.lengths.clamp(min=1))[:, None]
+
+
+class TokenMean:
+    """sum_{b,t} mask * . / sum_{b,t} mask: every token weighs the same (DAPO)."""
+
+    def reduce_tokens(self, batch: TokenBatch, terms: Tensor) -> Tensor:
+        return batch.token_mean(terms)
+
+    def reduce_sequences(self, batch: TokenBatch, terms: Tensor) -> Tensor:
+        raise ValueError("agg='token_mean' needs an objective with token-level weights")
+
+    def vanilla_gradient_scale(self, batch: TokenBatch) -> Tensor:
+        """1 / N with N = sum mask"""
+        return 1.0 / batch.mask.sum().to(batch.log_ratio.dtype).clamp(min=1)
+
+
+AGGREGATIONS: dict[str, Aggregation] = {
+    "seq_mean_token_mean": SequenceMeanTokenMean(),
+    "token_mean": TokenMean(),
+}
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """Checked inputs, cast to the compute dtype; ``mask`` is bool."""
+
+    logp: Tensor
+    old_logp: Tensor
+    advantages: Tensor
+    mask: Tensor
+    ref_logp: Tensor | None
+
+    def autograd_ready(self) -> _Inputs:
+        """Inference-mode tensors cannot enter an autograd graph; plain copies can."""
+
+        def ready(t: Tensor | None) -> Tensor | None:
+            return t.clone() if t is not None and t.is_inference() else t
+
+        return _Inputs(*(ready(t) for t in (self.logp, self.old_logp, self.advantages, self.mask, self.ref_logp)))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class _LossTerms:
+    loss: Tensor
+    batch: TokenBatch
+    weight: PolicyWeight
+
+
+class Objective:
+    """A policy objective: ``objective(logp, old_logp, advantages, mask, *, ref_logp=None)``.
+
+    Stateless: the same inputs give the same outputs. Build it with ``build_objective``.
+    """
+
+    def __init__(self, config: BaseObjectiveConfig) -> None:
+        self.config = config
+        self._weight_function = OBJECTIVES[config.name]
+        # Only grpo has an `agg` option; every other objective averages per sequence.
+        self._aggregation = AGGREGATIONS[getattr(config, "agg", "seq_mean_token_mean")]
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def __repr__(self) -> str:
+        return f"Objective({self.config!r})"
+
+    def __call__(
+        self,
+        logp: Tensor,
+        old_logp: Tensor,
+        advantages: Tensor,
+        mask: Tensor,
+        *,
+        ref_logp: Tensor | None = None,
+    ) -> ObjectiveOutput:
+        inputs = self._check_inputs(logp, old_logp, advantages, mask, ref_logp)
+        loss = self._loss_terms(inputs.logp, inputs).loss
+        return ObjectiveOutput(loss=loss, metrics=self._metrics(inputs))
+
+    def _loss_terms(self, logp: Tensor, inputs: _Inputs) -> _LossTerms:
+        """loss = -(1/B') * sum_b J_b  [+ beta * KL], aggregated as configured."""
+        batch = TokenBatch.from_log_probs(
+            logp, inputs.old_logp, inputs.advantages, inputs.mask, self.config.log_ratio_clamp
+        )
+        weight = self._weight_function(self.config, batch)
+        if weight.per_token:
+            objective = self._aggregation.reduce_tokens(batch, weight.value * batch.advantages[:, None])
+        else:
+            objective = self._aggregation.reduce_sequences(batch, weight.value * batch.advantages)
+        loss = -objective
+        if self.config.beta > 0:
+            loss = loss + self.config.beta * self._kl_to_reference(logp, inputs, batch)
+        return _LossTerms(loss, batch, weight)
+
+    def _kl_to_reference(self, logp: Tensor, inputs: _Inputs, batch: TokenBatch) -> Tensor:
+        """KL = (1/B') * sum_b mean_t(k3) with k3 = exp(ref - logp) - (ref - logp) - 1."""
+        assert inputs.ref_logp is not None  # checked in _check_inputs
+        log_ratio = clamped_log_ratio(inputs.ref_logp, logp, inputs.mask, self.config.log_ratio_clamp)
+        return self._aggregation.reduce_tokens(batch, k3(log_ratio))
+
+    def _metrics(self, inputs: _Inputs) -> dict[str, float]:
+        """The spec's diagnostics; omega comes from autograd on a detached copy of logp."""
+        with torch.inference_mode(False), torch.enable_grad():
+            inputs = inputs.autograd_ready()
+            logp = inputs.logp.detach().requires_grad_(True)
+            terms = self._loss_terms(logp, inputs)
+            (loss_gradient,) = torch.autograd.grad(terms.loss, logp, allow_unused=True)
+        with torch.no_grad():
+            if loss_gradient is None:  # nothing in the loss depends on logp (e.g. T == 0)
+                loss_gradient = torch.zeros_like(logp)
+            batch = terms.batch
+            vanilla_gradient = -batch.advantages[:, None] * self._aggregation.vanilla_gradient_scale(batch)
+            omega = loss_gradient / vanilla_gradient  # only read where A != 0
+            sequence_weight = self._sequence_weight(terms.weight, batch)
+            on_policy_weight = self._sequence_weight(
+                self._weight_function(self.config, batch.on_policy()), batch
+            )
+            return summarize(
+                batch,
+                sequence_weight=sequence_weight / on_policy_weight,
+                omega=omega,
+                saturation_threshold=self.config.saturation_threshold,
+            )
+
+    @staticmethod
+    def _sequence_weight(weight: PolicyWeight, batch: TokenBatch) -> Tensor:
+        """J_b / A_b: w_b, or mean_t(w) for token-level objectives. [B]"""
+        return batch.mean_t(weight.value) if weight.per_token else weight.value
+
+    def _check_inputs(
+        self,
+        logp: Tensor,
+        old_logp: Tensor,
+        advantages: Tensor,
+        mask: Tensor,
+        ref_logp: Tensor | None,
+    ) -> _Inputs:
+        named = {"logp": logp, "old_logp": old_logp, "advantages": advantages, "mask": mask}
+        if ref_logp is not None:
+            named["ref_logp"] = ref_logp
+        for key, value in named.items():
+            if not isinstance(value, Tensor):
+                raise TypeError(f"{key} must be a torch.Tensor, got {type(value).__name__}")
+        if logp.dim() != 2:
+            raise ValueError(f"logp must be [B, T], got shape {tuple(logp.shape)}")
+        for key in ("old_logp", "mask", "ref_logp"):
+            if key in named and named[key].shape != logp.shape:
+                raise ValueError(
+                    f"{key} must have the shape of logp {tuple(logp.shape)}, "
+                    f"got {tuple(named[key].shape)}"
+                )
+        if advantages.shape != logp.shape[:1]:
+            raise ValueError(
+                f"advantages must be [B] = {tuple(logp.shape[:1])}, got {tuple(advantages.shape)}"
+            )
+        for key in ("logp", "old_logp", "ref_logp"):
+            if key in named and not named[key].is_floating_point():
+                raise ValueError(f"{key} must be a floating-point tensor, got {named[key].dtype}")
+        if self.config.beta > 0 and ref_logp is None:
+            raise ValueError(f"beta={self.config.beta} > 0 needs ref_logp (the reference policy)")
+
+        dtype = torch.float32
+        for value in (logp, old_logp, advantages, ref_logp):
+            if value is not None and value.is_floating_point():
+                dtype = torch.promote_types(dtype, value.dtype)
+        return _Inputs(
+            logp=logp.to(dtype),
+            old_logp=old_logp.detach().to(dtype),
+            advantages=advantages.detach().to(dtype),
+            mask=mask.detach() != 0,
+            ref_logp=None if ref_logp is None else ref_logp.detach().to(dtype),
+        )
+
+
+def build_objective(cfg: dict[str, Any] | BaseModel) -> Objective:
+    """Build the objective a config names; raises a ValueError naming a bad key."""
+    return Objective(parse_objective_config(cfg))

@@ -1,0 +1,168 @@
+"""One RL step of the algorithm, top to bottom.
+
+    sample G completions per prompt -> rewards -> group advantages -> behaviour log-probs
+    -> `updates_per_rollout` optimiser updates on mini-batches through the objective
+
+Everything a step draws at random depends on (seed, step) alone, so a resumed run repeats
+exactly what an uninterrupted one does. `trainer.py` runs these steps and keeps the records.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Iterator
+
+from sspo_cli.recipe import Recipe, RolloutConfig, stable_hash
+
+if TYPE_CHECKING:
+    import torch
+
+    from sspo_cli.tasks import Example, Task
+    from sspo_cli.trainer import Policy, TrainState
+
+
+def rl_step(recipe: Recipe, policy: "Policy", task: "Task", objective, optimizer, scheduler, state: "TrainState") -> dict[str, float]:
+    """One rollout and its `updates_per_rollout` optimiser updates."""
+    import torch
+
+    from sspo_cli.models.logprobs import completion_logits, gather_logprobs, token_entropy
+    from sspo_cli.objectives import compute_advantages
+    from sspo_cli.rollout import generate, score
+
+    cfg = recipe.rollout
+    started = time.perf_counter()
+    torch.manual_seed(step_seed(recipe.seed, state.step))  # sampling depends on (seed, step) alone: resumable
+
+    # 1. Rollout: G completions for each of P prompts, grouped prompt by prompt.
+    prompts = prompts_for_step(task.train, recipe.seed, state.step, cfg.prompts_per_step)
+    examples = [e for e in prompts for _ in range(cfg.group_size)]
+    policy.model.eval()
+    rollout = generate(policy.model, policy.tokenizer, [e.prompt for e in examples], cfg.max_new_tokens, cfg.temperature)
+    sampled = time.perf_counter()
+
+    # 2. Rewards and group-relative advantages.
+    rewards = torch.tensor(score(task, examples, rollout.completions), dtype=torch.float32)
+    advantages = compute_advantages(rewards, cfg.group_size, cfg.advantage_scale)
+    device = rollout.input_ids.device
+    advantages, mask = advantages.to(device), rollout.completion_mask
+
+    # 3. Behaviour log-probs (and the reference's, for a KL penalty) at the sampling temperature.
+    with torch.inference_mode():
+        logits = completion_logits(policy.model, rollout.input_ids, rollout.attention_mask, rollout.completion_len)
+        old_logp = gather_logprobs(logits, rollout.completion_ids, cfg.temperature)
+        entropy = (token_entropy(logits, cfg.temperature) * mask).sum() / mask.sum().clamp(min=1)
+        ref_logp = None
+        if policy.reference is not None:
+            ref_logits = completion_logits(policy.reference, rollout.input_ids, rollout.attention_mask, rollout.completion_len)
+            ref_logp = gather_logprobs(ref_logits, rollout.completion_ids, cfg.temperature)
+        del logits
+
+    # 4. Optimiser updates on mini-batches; the first is on-policy, later ones are not.
+    policy.model.train()
+    update_metrics: list[dict[str, float]] = []
+    objective_seconds = 0.0
+    for rows in minibatches(rollout.input_ids.shape[0], cfg, recipe.seed, state.step):
+        rows = rows.to(device)
+        logits = completion_logits(policy.model, rollout.input_ids[rows], rollout.attention_mask[rows], rollout.completion_len)
+        logp = gather_logprobs(logits, rollout.completion_ids[rows], cfg.temperature)
+        t0 = time.perf_counter()
+        out = objective(logp, old_logp[rows], advantages[rows], mask[rows], ref_logp=None if ref_logp is None else ref_logp[rows])
+        objective_seconds += time.perf_counter() - t0
+        update_metrics.append({**out.metrics, **apply_update(out.loss, policy.model, optimizer, scheduler, recipe, state)})
+    policy.model.eval()
+
+    elapsed = time.perf_counter() - started
+    tokens = float(mask.sum())
+    return {
+        "train/reward": float(rewards.mean()),
+        "train/accuracy": float((rewards >= 1.0).float().mean()),
+        "train/response_length": tokens / mask.shape[0],
+        "train/entropy": float(entropy),
+        "train/lr": scheduler.get_last_lr()[0],
+        "train/tokens_per_s": tokens / elapsed,
+        "train/step_seconds": elapsed,
+        "train/sample_seconds": sampled - started,
+        "train/objective_seconds": objective_seconds,
+        "train/skipped_updates": float(state.skipped_updates),
+        **aggregate(update_metrics),
+    }
+
+
+def apply_update(loss: "torch.Tensor", model, optimizer, scheduler, recipe: Recipe, state: "TrainState") -> dict[str, float]:
+    """Backward, clip, step; a non-finite loss or gradient leaves weights and optimiser untouched."""
+    import torch
+
+    from sspo_cli.checkpoint import TooManySkips
+
+    optimizer.zero_grad(set_to_none=True)
+    if torch.isfinite(loss):
+        loss.backward()
+        max_norm = recipe.train.grad_clip if recipe.train.grad_clip is not None else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+    else:
+        grad_norm = math.nan
+    if not math.isfinite(grad_norm):
+        optimizer.zero_grad(set_to_none=True)
+        state.skipped_updates += 1
+        state.consecutive_skips += 1
+        if state.consecutive_skips >= recipe.train.max_skipped:
+            raise TooManySkips(state.consecutive_skips)
+        return {"train/loss": math.nan, "train/grad_norm": math.nan}
+    state.consecutive_skips = 0
+    optimizer.step()
+    scheduler.step()
+    return {"train/loss": float(loss.detach()), "train/grad_norm": grad_norm}
+
+
+# --------------------------------------------------------------------------- small pure helpers
+
+
+def step_seed(seed: int, step: int) -> int:
+    return int(stable_hash([seed, step]), 16) % (2**63)
+
+
+def prompts_for_step(train: list["Example"], seed: int, step: int, count: int) -> list["Example"]:
+    """Epoch-wise shuffled order, a pure function of (seed, step): no data-loader state to save."""
+    import torch
+
+    picked: list[Example] = []
+    position = (step - 1) * count
+    while len(picked) < count:
+        epoch, offset = divmod(position, len(train))
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(step_seed(seed, -1 - epoch)))
+        take = min(count - len(picked), len(train) - offset)
+        picked += [train[i] for i in order[offset : offset + take].tolist()]
+        position += take
+    return picked
+
+
+def minibatches(n: int, cfg: RolloutConfig, seed: int, step: int) -> Iterator["torch.Tensor"]:
+    """`updates_per_rollout` row sets of `minibatch_size`, cycling through reshuffled epochs."""
+    import torch
+
+    size = cfg.minibatch_size or math.ceil(n / cfg.updates_per_rollout)
+    generator = torch.Generator().manual_seed(step_seed(seed, step) ^ 0x5EED)
+    order = torch.randperm(n, generator=generator)
+    offset = 0
+    for _ in range(cfg.updates_per_rollout):
+        if offset + size > n:
+            order, offset = torch.randperm(n, generator=generator), 0
+        yield order[offset : offset + size]
+        offset += size
+
+
+def aggregate(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Per-update metrics to per-step: min of *_min, max of *_max, mean of the rest (NaN-skipping)."""
+    out: dict[str, float] = {}
+    for key in rows[0] if rows else ():
+        values = [r[key] for r in rows if math.isfinite(r[key])]
+        if not values:
+            out[key] = math.nan
+        elif key.endswith("_min"):
+            out[key] = min(values)
+        elif key.endswith("_max"):
+            out[key] = max(values)
+        else:
+            out[key] = sum(values) / len(values)
+    return out

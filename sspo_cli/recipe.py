@@ -163,6 +163,18 @@ class TrackingConfig(Strict):
     tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow tags.")
 
 
+class PerformanceConfig(Strict):
+    """Speed switches. Each one keeps the maths the same; turn one off to debug or to compare."""
+
+    sampler: Literal["kv_cache", "hf_generate"] = Field("kv_cache", description="'kv_cache': the project's sampling loop (needed by share_prompt_prefix and sampling_logprobs); 'hf_generate': transformers' model.generate.")
+    sampling_logprobs: bool = Field(True, description="Take the behaviour log-probs and entropy from the sampling pass instead of a second no-grad forward (equal within float tolerance). Needs sampler 'kv_cache'.")
+    share_prompt_prefix: bool = Field(True, description="Run each group's shared prompt once (in sampling and in the updates) and reuse its keys/values for the group's completions.")
+    trim_padding: bool = Field(True, description="Stop sampling when every completion has ended and drop completion columns that are padding in every row.")
+    autocast_bf16: Literal["auto", "on", "off"] = Field("off", description="bfloat16 autocast of the model forward/backward in the updates (the loss stays float32). 'auto': on for CUDA with bf16 support, off on CPU.")
+    compile: bool = Field(False, description="torch.compile the model (pays only in long runs: compiling takes tens of seconds).")
+    logprob_chunk_rows: int = Field(16, ge=1, description="Completions per chunk when turning logits into log-probs: the float32 log-softmax is never built for the whole batch (it is gigabytes for a 150k vocabulary).")
+
+
 class Recipe(Strict):
     name: str = Field("recipe", min_length=1, description="Recipe name; used in run names.")
     seed: int = Field(0, description="Seed of the RL run (sampling, data order, init of the tiny model).")
@@ -173,6 +185,7 @@ class Recipe(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    performance: PerformanceConfig = Field(default_factory=PerformanceConfig, description="Speed switches (each can be turned off to debug).")
 
     def resolved(self) -> dict[str, Any]:
         """Every option with defaults filled in, as plain YAML-able data."""

@@ -82,12 +82,19 @@ class _Inputs:
     ref_logp: Tensor | None
 
     def autograd_ready(self) -> _Inputs:
-        """Inference-mode tensors cannot enter an autograd graph; plain copies can."""
+        """Copies of inference-mode tensors (e.g. old_logp from a rollout under
+        ``torch.inference_mode``), which autograd refuses to save for backward."""
 
         def ready(t: Tensor | None) -> Tensor | None:
             return t.clone() if t is not None and t.is_inference() else t
 
-        return _Inputs(*(ready(t) for t in (self.logp, self.old_logp, self.advantages, self.mask, self.ref_logp)))  # type: ignore[arg-type]
+        return _Inputs(
+            logp=ready(self.logp),  # type: ignore[arg-type]
+            old_logp=ready(self.old_logp),  # type: ignore[arg-type]
+            advantages=ready(self.advantages),  # type: ignore[arg-type]
+            mask=ready(self.mask),  # type: ignore[arg-type]
+            ref_logp=ready(self.ref_logp),
+        )
 
 
 @dataclass(frozen=True)
@@ -215,13 +222,14 @@ class Objective:
         for value in (logp, old_logp, advantages, ref_logp):
             if value is not None and value.is_floating_point():
                 dtype = torch.promote_types(dtype, value.dtype)
-        return _Inputs(
+        inputs = _Inputs(
             logp=logp.to(dtype),
             old_logp=old_logp.detach().to(dtype),
             advantages=advantages.detach().to(dtype),
             mask=mask.detach() != 0,
             ref_logp=None if ref_logp is None else ref_logp.detach().to(dtype),
         )
+        return inputs.autograd_ready()
 
 
 def build_objective(cfg: dict[str, Any] | BaseModel) -> Objective:

@@ -78,7 +78,10 @@ def sapo(config: SapoConfig, batch: TokenBatch) -> PolicyWeight:
     """f(r) = (4/tau_b) * sigma(tau_b*(r-1)); J_b = mean_t(f(r)) * A_b."""
     tau = batch.temperature(config.tau_pos, config.tau_neg)
     ratio_minus_one = torch.expm1(batch.log_ratio)  # r - 1, accurate near on-policy
-    return PolicyWeight(4.0 / tau * torch.sigmoid(tau * ratio_minus_one), per_token=True)
+    # sigma = exp(logsigmoid): same value, but its gradient sigma(x)*sigma(-x) does not
+    # round to exactly 0 for large x as torch.sigmoid's sigma*(1 - sigma) does.
+    gate = torch.exp(F.logsigmoid(tau * ratio_minus_one))
+    return PolicyWeight(4.0 / tau * gate, per_token=True)
 
 
 # SSPO's token gates, as log g(d, tau) with d the clamped log-ratio and tau = tau_b [B, 1].

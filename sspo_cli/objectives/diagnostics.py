@@ -29,11 +29,11 @@ def masked_variance(x: Tensor, selected: Tensor) -> Tensor:
 
 def masked_min_max(x: Tensor, selected: Tensor) -> tuple[Tensor, Tensor]:
     """Min and max of x where selected (NaN if nothing is selected)."""
-    inf = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
-    # The appended +-inf keeps min/max defined on empty tensors.
-    low = torch.cat([torch.where(selected, x, inf).flatten(), inf[None]]).min()
-    high = torch.cat([torch.where(selected, x, -inf).flatten(), -inf[None]]).max()
-    nan = torch.full_like(low, float("nan"))
+    nan = torch.tensor(float("nan"), dtype=x.dtype, device=x.device)
+    if x.numel() == 0:  # a shape check, not a device sync
+        return nan, nan
+    low = torch.where(selected, x, float("inf")).amin()
+    high = torch.where(selected, x, float("-inf")).amax()
     anything = selected.any()
     return torch.where(anything, low, nan), torch.where(anything, high, nan)
 

@@ -40,6 +40,15 @@ class PolicyWeight:
     per_token: bool
 
 
+def log_sigmoid(x: Tensor) -> Tensor:
+    """log(sigma(x)) = -softplus(-x), stable for any x.
+
+    Same values and gradient as ``F.logsigmoid``, whose CPU kernel is ~50x slower on the small
+    tensors of a CPU run. Above the threshold softplus(y) = y, off by log1p(exp(-50)) ~ 2e-22.
+    """
+    return -F.softplus(-x, threshold=50.0)
+
+
 def pessimistic_clip(ratio: Tensor, eps_low: float, eps_high: float, advantages: Tensor) -> Tensor:
     """min(x*A, clip(x, 1-eps_low, 1+eps_high)*A) / A: the PPO clip written as a weight.
 
@@ -80,7 +89,7 @@ def sapo(config: SapoConfig, batch: TokenBatch) -> PolicyWeight:
     ratio_minus_one = torch.expm1(batch.log_ratio)  # r - 1, accurate near on-policy
     # sigma = exp(logsigmoid): same value, but its gradient sigma(x)*sigma(-x) does not
     # round to exactly 0 for large x as torch.sigmoid's sigma*(1 - sigma) does.
-    gate = torch.exp(F.logsigmoid(tau * ratio_minus_one))
+    gate = torch.exp(log_sigmoid(tau * ratio_minus_one))
     return PolicyWeight(4.0 / tau * gate, per_token=True)
 
 
@@ -90,7 +99,7 @@ LogGate = Callable[[Tensor, Tensor], Tensor]
 
 def sigmoid_log_gate(d: Tensor, tau: Tensor) -> Tensor:
     """log g = log(4/tau) + logsigmoid(tau*(r-1)), r = exp(d) (the SAPO gate); w on-policy 2/tau."""
-    return torch.log(4.0 / tau) + F.logsigmoid(tau * torch.expm1(d))
+    return torch.log(4.0 / tau) + log_sigmoid(tau * torch.expm1(d))
 
 
 def arctan_log_gate(d: Tensor, tau: Tensor) -> Tensor:

@@ -57,7 +57,7 @@ class WarmStartConfig(Strict):
     """Supervised fine-tuning on the task's gold answers before RL (cached by content hash)."""
 
     enabled: bool = Field(True, description="Run a supervised warm start before RL (a tiny random model earns no reward).")
-    max_steps: int = Field(600, ge=1, description="Upper bound on supervised steps.")
+    max_steps: int = Field(1000, ge=1, description="Upper bound on supervised steps.")
     batch_size: int = Field(64, ge=1, description="Examples per supervised step.")
     lr: float = Field(3e-3, gt=0, le=1, description="AdamW learning rate.")
     warmup_steps: int = Field(50, ge=0, description="Linear learning-rate warm-up steps.")
@@ -242,6 +242,9 @@ def recipe_from_dict(data: dict[str, Any], overrides: list[str], source: str = "
     data = json.loads(json.dumps(data))  # deep copy, and rejects non-JSON-able YAML (dates etc.) early
     for override in overrides:
         apply_override(data, override, source)
+    for section in UNION_SECTIONS:  # a section without `name` means the default member
+        if isinstance(data.get(section), dict) and "name" not in data[section]:
+            data[section]["name"] = Recipe.model_fields[section].default_factory().name
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
@@ -259,6 +262,9 @@ def apply_override(data: dict[str, Any], override: str, source: str) -> None:
     except yaml.YAMLError as exc:
         raise RecipeError(source, [f"--set {key}: value {raw!r} is not valid YAML ({exc})"]) from None
     parts = key.split(".")
+    if len(parts) == 2 and parts[1] == "name" and parts[0] in UNION_SECTIONS:
+        _switch_member(data, parts[0], value)
+        return
     node = data
     for depth, part in enumerate(parts[:-1]):
         child = node.get(part)
@@ -271,39 +277,53 @@ def apply_override(data: dict[str, Any], override: str, source: str) -> None:
     _check_override_key(data, parts, source)
 
 
+UNION_SECTIONS = {"objective": ObjectiveConfig, "task": TaskConfig}
+
+
+def _switch_member(data: dict[str, Any], section: str, name: Any) -> None:
+    """`--set objective.name=grpo` on an sspo recipe: keep only the keys the new member accepts."""
+    current = data.get(section) if isinstance(data.get(section), dict) else {}
+    member = _submodel(UNION_SECTIONS[section], {"name": name})
+    accepted = set(member.model_fields) if member is not None else set()
+    data[section] = {k: v for k, v in current.items() if k in accepted} | {"name": name}
+
+
 def _check_override_key(data: dict[str, Any], parts: list[str], source: str) -> None:
     """A --set that names no key is an error even where the value would otherwise pass."""
-    model: type[BaseModel] = Recipe
+    model: Any = Recipe
     node: Any = data
     for depth, part in enumerate(parts):
-        fields = _fields_for(model, node)
+        fields = _fields_for(model)
         if fields is None:  # free-form mapping (task.config, tracking.tags)
             return
         if part not in fields:
             where = ".".join(parts[:depth]) or "the recipe"
             hint = _did_you_mean(part, list(fields))
             raise RecipeError(source, [f"--set {'.'.join(parts)}: {where} has no key {part!r}{hint}"])
-        annotation = fields[part]
         node = node.get(part) if isinstance(node, dict) else None
-        model = _submodel(annotation, node)
+        model = _submodel(fields[part], node)
         if model is None:
             return
 
 
-def _fields_for(model: Any, node: Any) -> dict[str, Any] | None:
+def _fields_for(model: Any) -> dict[str, Any] | None:
     if isinstance(model, type) and issubclass(model, BaseModel):
-        return {name: f.annotation for name, f in model.model_fields.items()}
+        return dict(model.model_fields)
     return None
 
 
-def _submodel(annotation: Any, node: Any) -> Any:
-    """The Pydantic model a field holds; for a discriminated union, the member its `name` picks."""
+def _submodel(field: Any, node: Any) -> Any:
+    """The Pydantic model a field holds; for a discriminated union, the member its `name` picks
+    (or, with no name given, the member of the field's default)."""
+    annotation = getattr(field, "annotation", field)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     members = [a for a in _flatten_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
     wanted = node.get("name") if isinstance(node, dict) else None
+    if wanted is None and getattr(field, "default_factory", None) is not None:
+        return type(field.default_factory())
     for member in members:
-        if len(members) == 1 or wanted is None or member.model_fields["name"].default == wanted:
+        if len(members) == 1 or member.model_fields["name"].default == wanted:
             return member
     return None
 
@@ -317,45 +337,43 @@ def _flatten_args(annotation: Any) -> list[Any]:
 
 def describe_error(err: dict[str, Any], data: dict[str, Any]) -> str:
     """One line per Pydantic error: the dotted key, what is wrong, and a suggestion where we can."""
-    loc = [str(p) for p in err["loc"] if not _is_union_tag(p, err)]
+    loc = _dotted_location(err["loc"])
     key = ".".join(loc) or "(top level)"
-    kind = err["type"]
+    kind, ctx, got = err["type"], err.get("ctx", {}), err.get("input")
     if kind == "extra_forbidden":
         parent = ".".join(loc[:-1])
-        allowed = _allowed_keys(loc[:-1], data)
-        hint = _did_you_mean(loc[-1], allowed)
+        hint = _did_you_mean(loc[-1], _allowed_keys(loc[:-1], data))
         return f"{key}: unknown key{' in ' + parent if parent else ''}{hint}"
     if kind == "union_tag_invalid":
-        expected = err.get("ctx", {}).get("expected_tags", "")
-        got = err.get("ctx", {}).get("tag", "")
-        names = [t.strip(" '") for t in str(expected).split(",")]
-        return f"{key}.name: unknown name {got!r}{_did_you_mean(str(got), names)} (choose from {expected})"
+        names = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",")]
+        tag = str(ctx.get("tag", ""))
+        return f"{key}.name: unknown name {tag!r}{_did_you_mean(tag, names)} (choose from {', '.join(names)})"
     if kind == "literal_error":
-        expected = err.get("ctx", {}).get("expected", "")
-        names = [t.strip(" '") for t in str(expected).replace(" or ", ",").split(",")]
-        got = err.get("input")
-        return f"{key}: {got!r} is not allowed{_did_you_mean(str(got), names)} (choose from {expected})"
-    return f"{key}: {err['msg']} (got {err.get('input')!r})" if "input" in err and not isinstance(err.get("input"), dict) else f"{key}: {err['msg']}"
+        names = [t.strip(" '") for t in str(ctx.get("expected", "")).replace(" or ", ",").split(",")]
+        return f"{key}: {got!r} is not allowed{_did_you_mean(str(got), names)} (choose from {', '.join(names)})"
+    if got is not None and not isinstance(got, (dict, list)):
+        return f"{key}: {err['msg']} (got {got!r})"
+    return f"{key}: {err['msg']}"
 
 
-def _is_union_tag(part: Any, err: dict[str, Any]) -> bool:
-    """Pydantic puts the chosen union member's tag ('sspo', 'addition') in the location."""
-    from sspo_cli.objectives.config import OBJECTIVE_NAMES
-
-    return isinstance(part, str) and (part in OBJECTIVE_NAMES or part in ("addition", "reasoning_gym", "file")) and err["loc"].index(part) > 0 and str(err["loc"][err["loc"].index(part) - 1]) in ("objective", "task")
+def _dotted_location(loc: tuple[Any, ...]) -> list[str]:
+    """Pydantic puts the chosen member's tag after a union section ('objective', 'sspo', 'gate'): drop it."""
+    parts = [str(p) for p in loc]
+    if len(parts) > 1 and parts[0] in UNION_SECTIONS:
+        del parts[1]
+    return parts
 
 
 def _allowed_keys(loc: list[str], data: dict[str, Any]) -> list[str]:
     model: Any = Recipe
     node: Any = data
     for part in loc:
-        fields = _fields_for(model, node)
+        fields = _fields_for(model)
         if fields is None or part not in fields:
             return []
         node = node.get(part) if isinstance(node, dict) else None
         model = _submodel(fields[part], node)
-    fields = _fields_for(model, node)
-    return list(fields) if fields else []
+    return list(_fields_for(model) or [])
 
 
 def _did_you_mean(word: str, options: list[str]) -> str:

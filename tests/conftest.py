@@ -1,0 +1,41 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Nothing in the tests may reach a hub: without these a lookup hangs for ~48 s before failing.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A recipe small enough for a unit test: 1-layer model, no warm start, a handful of steps.
+TINY_OVERRIDES = [
+    "model.tiny.hidden_size=32",
+    "model.tiny.num_layers=1",
+    "model.tiny.num_heads=2",
+    "model.tiny.num_kv_heads=1",
+    "model.tiny.intermediate_size=64",
+    "train.warm_start.enabled=false",
+    "rollout.prompts_per_step=4",
+    "rollout.group_size=4",
+    "task.eval_size=32",
+    "task.dev_size=0",
+    "train.steps=4",
+    "eval.every=2",
+    "train.checkpoint_every=2",
+]
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    return list(TINY_OVERRIDES)
+
+
+def sspo_command(*args: str) -> list[str]:
+    """The real CLI, run as a user runs it (a subprocess of this interpreter)."""
+    return [sys.executable, "-m", "sspo_cli.cli", *args]

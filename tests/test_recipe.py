@@ -1,0 +1,98 @@
+"""Recipes: defaults, overrides, and one clear error per bad input."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sspo_cli.recipe import Recipe, RecipeError, load_recipe, recipe_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPES if not p.name.startswith(("variants", "sweep"))], ids=lambda p: p.name)
+def test_shipped_recipes_validate(path: Path) -> None:
+    recipe = load_recipe(path)
+    assert recipe.train.steps >= 0
+
+
+def test_empty_recipe_gets_every_default(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path, ""))
+    assert recipe == Recipe()
+    assert recipe.objective.name == "sspo" and recipe.objective.gate == "sigmoid"
+    assert (recipe.objective.tau_pos, recipe.objective.tau_neg) == (1.0, 1.05)
+    assert recipe.task.name == "addition"
+    assert recipe.rollout.updates_per_rollout == 4
+
+
+def test_resolved_round_trips_through_yaml(tmp_path: Path) -> None:
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", ["objective.name=grpo", "objective.agg=token_mean"])
+    again = load_recipe(write(tmp_path, yaml.safe_dump(recipe.resolved())))
+    assert again == recipe
+    assert again.fingerprint() == recipe.fingerprint()
+
+
+def test_overrides_parse_yaml_scalars_and_switch_union_members(tmp_path: Path) -> None:
+    recipe = load_recipe(
+        write(tmp_path, "objective: {name: sspo, tau_pos: 2.0}\n"),
+        ["objective.name=gmpo", "objective.eps_low=0.3", "rollout.group_size=4", "train.grad_clip=null", "tracking.tags.team=rl"],
+    )
+    assert recipe.objective.name == "gmpo" and recipe.objective.eps_low == 0.3
+    assert recipe.rollout.group_size == 4 and isinstance(recipe.rollout.group_size, int)
+    assert recipe.train.grad_clip is None
+    assert recipe.tracking.tags == {"team": "rl"}
+
+
+def test_fingerprint_changes_with_any_option() -> None:
+    base = recipe_from_dict({}, [])
+    assert base.fingerprint() == recipe_from_dict({}, []).fingerprint()
+    assert base.fingerprint() != recipe_from_dict({}, ["seed=1"]).fingerprint()
+    assert base.fingerprint() != recipe_from_dict({}, ["objective.tau_neg=1.1"]).fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "expected"),
+    [
+        ("rollout: {group_sise: 4}\n", [], ["rollout.group_sise", "unknown key", "did you mean 'group_size'"]),
+        ("rollout: {temperature: 0}\n", [], ["rollout.temperature", "greater than 0"]),
+        ("rollout: {group_size: many}\n", [], ["rollout.group_size", "integer"]),
+        ("objective: {name: sppo}\n", [], ["objective.name", "'sppo'", "did you mean 'sspo'"]),
+        ("objective: {name: sspo, gate: tanh}\n", [], ["objective.gate", "'tanh'"]),
+        ("objective: {name: grpo, eps_low: -0.1}\n", [], ["objective.eps_low"]),
+        ("objective: {name: grpo, tau_pos: 1}\n", [], ["objective.tau_pos", "unknown key"]),
+        ("task: {name: adition}\n", [], ["task.name", "did you mean 'addition'"]),
+        ("", ["rollout.nope=3"], ["--set rollout.nope", "no key 'nope'"]),
+        ("", ["objective.tau_poss=3"], ["objective", "did you mean 'tau_pos'"]),
+        ("", ["seed"], ["--set", "dotted.key=value"]),
+        ("rollout: [1, 2]\n", [], ["rollout"]),
+        ("- just\n- a list\n", [], ["top level must be a mapping"]),
+    ],
+)
+def test_bad_recipes_name_the_file_and_key(tmp_path: Path, text: str, overrides: list[str], expected: list[str]) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, overrides)
+    message = info.value.render()
+    assert str(path) in message
+    for fragment in expected:
+        assert fragment in message, message
+
+
+def test_malformed_yaml_reports_line_and_column(tmp_path: Path) -> None:
+    path = write(tmp_path, "rollout:\n  group_size: 4\n  temperature: [1.0\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert "line 4" in str(info.value) or "line 3" in str(info.value)
+    assert "column" in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="file not found"):
+        load_recipe(tmp_path / "absent.yaml")

@@ -207,3 +207,26 @@ def test_log_ratio_clamp_bounds_the_ratio() -> None:
     assert out.metrics["ratio/token_max"] == pytest.approx(math.exp(5.0))
     assert out.metrics["ratio/token_min"] == pytest.approx(math.exp(-5.0))
     assert out.metrics["ratio/log_abs_mean"] == pytest.approx(5.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_one_host_sync_per_call_on_cuda() -> None:
+    import warnings
+
+    device = torch.device("cuda")
+    old_logp = -torch.rand(8, 16, device=device)
+    logp = (old_logp + 0.1 * torch.randn(8, 16, device=device)).requires_grad_(True)
+    advantages = torch.randn(8, device=device)
+    mask = torch.ones(8, 16, device=device)
+    objective = build_objective({"name": "sspo", "beta": 0.1})
+    objective(logp, old_logp, advantages, mask, ref_logp=old_logp)  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            objective(logp, old_logp, advantages, mask, ref_logp=old_logp)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    assert len(syncs) == 1, [str(w.message) for w in syncs]  # the metrics' single tolist()

@@ -29,7 +29,7 @@ def masked_variance(x: Tensor, selected: Tensor) -> Tensor:
 
 def masked_min_max(x: Tensor, selected: Tensor) -> tuple[Tensor, Tensor]:
     """Min and max of x where selected (NaN if nothing is selected)."""
-    nan = torch.tensor(float("nan"), dtype=x.dtype, device=x.device)
+    nan = x.new_full((), float("nan"))  # a fill on the device; torch.tensor(...) would sync
     if x.numel() == 0:  # a shape check, not a device sync
         return nan, nan
     low = torch.where(selected, x, float("inf")).amin()

@@ -43,8 +43,9 @@ class PolicyWeight:
 def log_sigmoid(x: Tensor) -> Tensor:
     """log(sigma(x)) = -softplus(-x), stable for any x.
 
-    Same values and gradient as ``F.logsigmoid``, whose CPU kernel is ~50x slower on the small
-    tensors of a CPU run. Above the threshold softplus(y) = y, off by log1p(exp(-50)) ~ 2e-22.
+    Same values and gradient as ``F.logsigmoid``, whose CPU kernel is tens of times slower on
+    the small tensors of a CPU run. Above the threshold softplus(y) is taken as y, off by at
+    most log1p(exp(-50)) ~ 2e-22.
     """
     return -F.softplus(-x, threshold=50.0)
 

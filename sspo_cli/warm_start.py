@@ -33,13 +33,14 @@ class WarmStartResult:
     folder: Path
 
 
-def warm_start_key(recipe: Recipe) -> str:
-    """Model, task, warm-start options and eval length decide the weights; the RL seed does not."""
+def warm_start_key(recipe: Recipe, task: "Task") -> str:
+    """Model, task data, warm-start options and eval length decide the weights; the RL seed does not."""
     return stable_hash(
         {
             "format": CACHE_FORMAT,
             "model": recipe.model.model_dump(mode="json", exclude={"device"}),
             "task": recipe.task.model_dump(mode="json"),
+            "task_data": task.fingerprint(),  # a data file edited in place changes the key
             "warm_start": recipe.train.warm_start.model_dump(mode="json"),
             "max_new_tokens": recipe.rollout.max_new_tokens,
         }
@@ -57,7 +58,7 @@ def cached_warm_start(
     """Load the warm-started weights from the cache, or train them and cache them atomically."""
     from safetensors.torch import load_file, save_file
 
-    folder = cache_root / warm_start_key(recipe)
+    folder = cache_root / warm_start_key(recipe, task)
     weights = folder / "model.safetensors"
     info_file = folder / "warm_start.json"
     if weights.is_file() and info_file.is_file():

@@ -178,6 +178,7 @@ class PerformanceConfig(Strict):
 class Recipe(Strict):
     name: str = Field("recipe", min_length=1, description="Recipe name; used in run names.")
     seed: int = Field(0, description="Seed of the RL run (sampling, data order, init of the tiny model).")
+    engine: Literal["native", "trl"] = Field("native", description="Training engine: our single-process loop, or Hugging Face TRL's GRPOTrainer (multi-GPU via accelerate; `pip install -e '.[trl]'`).")
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=AdditionTask)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)

@@ -170,7 +170,7 @@ class PerformanceConfig(Strict):
     sampling_logprobs: bool = Field(True, description="Take the behaviour log-probs and entropy from the sampling pass instead of a second no-grad forward (equal within float tolerance). Needs sampler 'kv_cache'.")
     share_prompt_prefix: bool = Field(True, description="Run each group's shared prompt once (in sampling and in the updates) and reuse its keys/values for the group's completions.")
     trim_padding: bool = Field(True, description="Stop sampling when every completion has ended and drop completion columns that are padding in every row.")
-    autocast_bf16: Literal["auto", "on", "off"] = Field("off", description="bfloat16 autocast of the model forward/backward in the updates (the loss stays float32). 'auto': on for CUDA with bf16 support, off on CPU.")
+    autocast_bf16: Union[Literal["auto"], bool] = Field(False, description="bfloat16 autocast of the model forward in the updates (the loss stays float32): true, false, or 'auto' (on for CUDA with bf16 support, off on CPU, where it was measured slower at small sizes).")
     compile: bool = Field(False, description="torch.compile the model (pays only in long runs: compiling takes tens of seconds).")
     logprob_chunk_rows: int = Field(16, ge=1, description="Completions per chunk when turning logits into log-probs: the float32 log-softmax is never built for the whole batch (it is gigabytes for a 150k vocabulary).")
 
@@ -189,8 +189,11 @@ class Recipe(Strict):
     performance: PerformanceConfig = Field(default_factory=PerformanceConfig, description="Speed switches (each can be turned off to debug).")
 
     def resolved(self) -> dict[str, Any]:
-        """Every option with defaults filled in, as plain YAML-able data."""
-        return self.model_dump(mode="json")
+        """Every option with defaults filled in, as plain YAML-able data (`name` first in each section)."""
+        data = self.model_dump(mode="json")
+        for section in UNION_SECTIONS:
+            data[section] = {"name": data[section]["name"]} | data[section]
+        return data
 
     def fingerprint(self) -> str:
         """Hash of the resolved recipe: runs with equal fingerprints are the same experiment."""

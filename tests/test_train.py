@@ -94,3 +94,12 @@ def test_warm_start_is_cached_across_seeds(tmp_path: Path) -> None:
     assert first["warm_start"]["cached"] is False and second["warm_start"]["cached"] is True
     assert first["eval_before"] == second["eval_before"]  # identical starting weights
     assert len(list((tmp_path / ".cache" / "warm_start").iterdir())) == 1
+
+
+def test_a_local_hugging_face_folder_trains_as_model_path(tmp_path: Path) -> None:
+    """The path for real models: any local causal-LM folder with its tokenizer (here, our own checkpoint)."""
+    first = run_training(tiny_recipe("train.steps=1"), output_dir=tmp_path)
+    folder = Path(first["run_dir"]) / "checkpoints" / "final"
+    second = run_training(tiny_recipe(f"model.path={folder}", "train.steps=2"), output_dir=tmp_path)
+    assert second["eval_before"]["accuracy"] == first["eval_after"]["accuracy"]
+    assert second["steps"] == 2

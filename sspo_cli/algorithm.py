@@ -18,6 +18,7 @@ from sspo_cli.recipe import Recipe, RolloutConfig, stable_hash
 if TYPE_CHECKING:
     import torch
 
+    from sspo_cli.rollout import Rollout
     from sspo_cli.tasks import Example, Task
     from sspo_cli.trainer import Policy, TrainState
 
@@ -26,19 +27,20 @@ def rl_step(recipe: Recipe, policy: "Policy", task: "Task", objective, optimizer
     """One rollout and its `updates_per_rollout` optimiser updates."""
     import torch
 
-    from sspo_cli.models.logprobs import completion_logits, gather_logprobs, token_entropy
+    from sspo_cli.models.logprobs import completion_logits, gather_logprobs
     from sspo_cli.objectives import compute_advantages
     from sspo_cli.rollout import generate, score
 
-    cfg = recipe.rollout
+    cfg, perf = recipe.rollout, recipe.performance
     started = time.perf_counter()
     torch.manual_seed(step_seed(recipe.seed, state.step))  # sampling depends on (seed, step) alone: resumable
+    model = prepared_model(policy.model, perf.compile)
 
     # 1. Rollout: G completions for each of P prompts, grouped prompt by prompt.
     prompts = prompts_for_step(task.train, recipe.seed, state.step, cfg.prompts_per_step)
     examples = [e for e in prompts for _ in range(cfg.group_size)]
     policy.model.eval()
-    rollout = generate(policy.model, policy.tokenizer, [e.prompt for e in examples], cfg.max_new_tokens, cfg.temperature)
+    rollout = generate(model, policy.tokenizer, [e.prompt for e in examples], cfg.max_new_tokens, cfg.temperature, perf, with_logprobs=perf.sampling_logprobs)
     sampled = time.perf_counter()
 
     # 2. Rewards and group-relative advantages.
@@ -46,17 +48,17 @@ def rl_step(recipe: Recipe, policy: "Policy", task: "Task", objective, optimizer
     advantages = compute_advantages(rewards, cfg.group_size, cfg.advantage_scale)
     device = rollout.input_ids.device
     advantages, mask = advantages.to(device), rollout.completion_mask
+    shared_prompts = rollout.prompt_index if perf.share_prompt_prefix else None
 
     # 3. Behaviour log-probs (and the reference's, for a KL penalty) at the sampling temperature.
-    with torch.inference_mode():
-        logits = completion_logits(policy.model, rollout.input_ids, rollout.attention_mask, rollout.completion_len)
-        old_logp = gather_logprobs(logits, rollout.completion_ids, cfg.temperature)
-        entropy = (token_entropy(logits, cfg.temperature) * mask).sum() / mask.sum().clamp(min=1)
-        ref_logp = None
-        if policy.reference is not None:
-            ref_logits = completion_logits(policy.reference, rollout.input_ids, rollout.attention_mask, rollout.completion_len)
-            ref_logp = gather_logprobs(ref_logits, rollout.completion_ids, cfg.temperature)
-        del logits
+    old_logp, token_entropy = behaviour_logprobs(model, rollout, cfg.temperature, shared_prompts, perf.logprob_chunk_rows)
+    entropy = (token_entropy * mask).sum() / mask.sum().clamp(min=1)
+    ref_logp = None
+    if policy.reference is not None:
+        with torch.inference_mode():
+            ref_logits = completion_logits(policy.reference, rollout.input_ids, rollout.attention_mask, rollout.completion_len, shared_prompts)
+            ref_logp = gather_logprobs(ref_logits, rollout.completion_ids, cfg.temperature, perf.logprob_chunk_rows)
+            del ref_logits
 
     # 4. Optimiser updates on mini-batches; the first is on-policy, later ones are not.
     policy.model.train()
@@ -64,8 +66,12 @@ def rl_step(recipe: Recipe, policy: "Policy", task: "Task", objective, optimizer
     objective_seconds = 0.0
     for rows in minibatches(rollout.input_ids.shape[0], cfg, recipe.seed, state.step):
         rows = rows.to(device)
-        logits = completion_logits(policy.model, rollout.input_ids[rows], rollout.attention_mask[rows], rollout.completion_len)
-        logp = gather_logprobs(logits, rollout.completion_ids[rows], cfg.temperature)
+        with autocast(device, perf.autocast_bf16):
+            logits = completion_logits(
+                model, rollout.input_ids[rows], rollout.attention_mask[rows], rollout.completion_len,
+                None if shared_prompts is None else shared_prompts[rows],
+            )
+        logp = gather_logprobs(logits, rollout.completion_ids[rows], cfg.temperature, perf.logprob_chunk_rows)
         t0 = time.perf_counter()
         out = objective(logp, old_logp[rows], advantages[rows], mask[rows], ref_logp=None if ref_logp is None else ref_logp[rows])
         objective_seconds += time.perf_counter() - t0
@@ -87,6 +93,38 @@ def rl_step(recipe: Recipe, policy: "Policy", task: "Task", objective, optimizer
         "train/skipped_updates": float(state.skipped_updates),
         **aggregate(update_metrics),
     }
+
+
+def behaviour_logprobs(model, rollout: "Rollout", temperature: float, shared_prompts: "torch.Tensor | None", chunk_rows: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Log-probs of the sampled tokens and per-token entropy under the sampling policy. [N, Tc] each
+
+    Taken from the sampling pass when it recorded them (the same numbers up to float rounding),
+    else from one more no-grad forward.
+    """
+    import torch
+
+    from sspo_cli.models.logprobs import completion_logits, gather_logprobs, token_entropy
+
+    if rollout.logprobs is not None and rollout.entropy is not None:
+        return rollout.logprobs, rollout.entropy
+    with torch.inference_mode():
+        logits = completion_logits(model, rollout.input_ids, rollout.attention_mask, rollout.completion_len, shared_prompts)
+        return gather_logprobs(logits, rollout.completion_ids, temperature, chunk_rows), token_entropy(logits, temperature, chunk_rows)
+
+
+def autocast(device: "torch.device", setting: "bool | str"):
+    """bfloat16 autocast for the model forward when asked for ('auto': CUDA with bf16 only); the loss stays float32."""
+    import torch
+
+    enabled = (device.type == "cuda" and torch.cuda.is_bf16_supported()) if setting == "auto" else bool(setting)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def prepared_model(model, compile_model: bool):
+    """The policy itself, compiled in place on first use when asked (the weights stay shared)."""
+    if compile_model and getattr(model, "_compiled_call_impl", None) is None:
+        model.compile(dynamic=True)
+    return model
 
 
 def apply_update(loss: "torch.Tensor", model, optimizer, scheduler, recipe: Recipe, state: "TrainState") -> dict[str, float]:

@@ -9,6 +9,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from sspo_cli.recipe import PerformanceConfig
+
     from sspo_cli.tasks import Example, Task
 
 
@@ -20,6 +22,11 @@ class Rollout:
     attention_mask: "torch.Tensor"  # [N, P + Tc]
     completion_mask: "torch.Tensor"  # [N, Tc], 1 for completion tokens up to and including <eos>
     completions: list[str]  # decoded text before <eos>
+    # Rows with equal prompt_index share their prompt (the group of a group-relative advantage). [N]
+    prompt_index: "torch.Tensor | None" = None
+    # From the sampling pass, at the sampling temperature; only where asked for. [N, Tc] float32
+    logprobs: "torch.Tensor | None" = None
+    entropy: "torch.Tensor | None" = None
 
     @property
     def completion_len(self) -> int:
@@ -31,7 +38,19 @@ class Rollout:
 
     def select(self, rows: "torch.Tensor") -> "Rollout":
         index = rows.tolist()
-        return Rollout(self.input_ids[rows], self.attention_mask[rows], self.completion_mask[rows], [self.completions[i] for i in index])
+
+        def pick(t: "torch.Tensor | None") -> "torch.Tensor | None":
+            return None if t is None else t[rows]
+
+        return Rollout(
+            self.input_ids[rows],
+            self.attention_mask[rows],
+            self.completion_mask[rows],
+            [self.completions[i] for i in index],
+            pick(self.prompt_index),
+            pick(self.logprobs),
+            pick(self.entropy),
+        )
 
 
 def generate(
@@ -40,13 +59,63 @@ def generate(
     prompts: Sequence[str],
     max_new_tokens: int,
     temperature: float | None,
+    performance: "PerformanceConfig | None" = None,
+    with_logprobs: bool = False,
 ) -> Rollout:
-    """Sample at `temperature` from exactly the model's distribution (no top-k/top-p); None = greedy."""
+    """Sample at `temperature` from exactly the model's distribution (no top-k/top-p); None = greedy.
+
+    `performance` picks the sampler and its shortcuts (defaults: `PerformanceConfig()`);
+    `with_logprobs` asks the project's sampler for the tokens' log-probs and entropies.
+    """
+    import torch
+
+    from sspo_cli.recipe import PerformanceConfig
+
+    perf = performance or PerformanceConfig()
+    device = next(model.parameters()).device
+    distinct, prompt_index = distinct_prompts(prompts)
+    prompt_index = prompt_index.to(device)
+    logprobs = entropy = None
+    if perf.sampler == "hf_generate":
+        enc = tokenizer(list(prompts), return_tensors="pt", padding=True).to(device)
+        prompt_ids, prompt_mask = enc["input_ids"], enc["attention_mask"]
+        completion = hf_generate(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens, temperature)
+    else:
+        from sspo_cli.sampling import sample_completions
+
+        shared = distinct if perf.share_prompt_prefix else list(prompts)
+        enc = tokenizer(shared, return_tensors="pt", padding=True).to(device)
+        rows = prompt_index if perf.share_prompt_prefix else torch.arange(len(prompts), device=device)
+        sample = sample_completions(
+            model, enc["input_ids"], enc["attention_mask"], rows, max_new_tokens, temperature,
+            tokenizer.eos_token_id, tokenizer.pad_token_id, with_logprobs=with_logprobs, stop_early=perf.trim_padding,
+        )
+        prompt_ids, prompt_mask = enc["input_ids"][rows], enc["attention_mask"][rows]
+        completion, logprobs, entropy = sample.completion_ids, sample.logprobs, sample.entropy
+    completion_mask = mask_through_first_eos(completion, tokenizer.eos_token_id)
+    if perf.trim_padding:
+        keep = longest_completion(completion_mask)
+        completion, completion_mask = completion[:, :keep], completion_mask[:, :keep]
+        logprobs = None if logprobs is None else logprobs[:, :keep]
+        entropy = None if entropy is None else entropy[:, :keep]
+    attention_mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], dim=1)
+    texts = decode_completions(tokenizer, completion, completion_mask, tokenizer.eos_token_id)
+    return Rollout(
+        torch.cat([prompt_ids, completion], dim=1),
+        attention_mask,
+        completion_mask.float(),
+        texts,
+        prompt_index,
+        logprobs,
+        entropy,
+    )
+
+
+def hf_generate(model, tokenizer, prompt_ids: "torch.Tensor", prompt_mask: "torch.Tensor", max_new_tokens: int, temperature: float | None) -> "torch.Tensor":
+    """transformers' `model.generate`; returns the completion columns only. [N, <= max_new_tokens]"""
     import torch
     from transformers import GenerationConfig
 
-    device = next(model.parameters()).device
-    enc = tokenizer(list(prompts), return_tensors="pt", padding=True).to(device)
     config = GenerationConfig(
         do_sample=temperature is not None,
         temperature=temperature if temperature is not None else 1.0,
@@ -58,13 +127,22 @@ def generate(
         bos_token_id=tokenizer.bos_token_id,
     )
     with torch.inference_mode():
-        sequences = model.generate(**enc, generation_config=config)
-    prompt_len = enc["input_ids"].shape[1]
-    completion = sequences[:, prompt_len:]
-    completion_mask = mask_through_first_eos(completion, tokenizer.eos_token_id)
-    attention_mask = torch.cat([enc["attention_mask"], completion_mask.to(enc["attention_mask"].dtype)], dim=1)
-    texts = decode_completions(tokenizer, completion, completion_mask, tokenizer.eos_token_id)
-    return Rollout(sequences.clone(), attention_mask, completion_mask.float(), texts)
+        sequences = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
+    return sequences[:, prompt_ids.shape[1] :].clone()
+
+
+def distinct_prompts(prompts: Sequence[str]) -> tuple[list[str], "torch.Tensor"]:
+    """The distinct prompts in first-seen order, and for each input prompt its index among them."""
+    import torch
+
+    first_seen: dict[str, int] = {}
+    index = [first_seen.setdefault(p, len(first_seen)) for p in prompts]
+    return list(first_seen), torch.tensor(index, dtype=torch.long)
+
+
+def longest_completion(completion_mask: "torch.Tensor") -> int:
+    """Columns up to the longest completion (its <eos> included); at least one."""
+    return max(int(completion_mask.sum(1).max()), 1) if completion_mask.numel() else 1
 
 
 def mask_through_first_eos(completion: "torch.Tensor", eos_id: int) -> "torch.Tensor":
@@ -105,6 +183,7 @@ def evaluate(
     max_new_tokens: int,
     batch_size: int,
     temperature: float | None = None,
+    performance: "PerformanceConfig | None" = None,
 ) -> EvalResult:
     """Greedy (default) or sampled decoding of every example, scored by the task."""
     rewards: list[float] = []
@@ -113,7 +192,7 @@ def evaluate(
     model.eval()
     for start in range(0, len(examples), batch_size):
         batch = examples[start : start + batch_size]
-        rollout = generate(model, tokenizer, [e.prompt for e in batch], max_new_tokens, temperature)
+        rollout = generate(model, tokenizer, [e.prompt for e in batch], max_new_tokens, temperature, performance)
         rewards += score(task, batch, rollout.completions)
         lengths += rollout.completion_mask.sum(1).tolist()
     model.train(was_training)

@@ -1,0 +1,147 @@
+"""Time one RL step of the standard workload (issue 6) through the project's real code paths.
+
+    python benchmarks/rl_step.py --objective grpo
+    python benchmarks/rl_step.py --objective sspo --no-share-prompt-prefix   # one switch off
+    python benchmarks/rl_step.py --baseline                                  # every switch off
+
+The workload: 16 prompts `AB+CD=` x group 8, 8 new tokens at temperature 1.0, the tiny
+Qwen2-style model (hidden 128, 4 layers, 4 heads, 2 KV heads, MLP 512, 64 positions, tied
+embeddings) from seed 0, 2 AdamW updates (lr 1e-4) over all 128 completions, beta 0; 3 warm-up
+steps, 30 timed steps, 2 torch threads. The last line printed is one JSON object with exactly the
+issue's keys; the line before it (`details {...}`) adds the switches, load and extras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import yaml  # noqa: E402
+
+from sspo_cli.recipe import PerformanceConfig, Recipe, recipe_from_dict  # noqa: E402
+
+# Every switch off: the code paths as they were before issue 6.
+BASELINE_SWITCHES: dict[str, Any] = {
+    "sampler": "hf_generate",
+    "sampling_logprobs": False,
+    "share_prompt_prefix": False,
+    "trim_padding": False,
+    "autocast_bf16": False,
+    "compile": False,
+}
+
+
+def workload_recipe(objective: str, switches: dict[str, Any], threads: int) -> Recipe:
+    return recipe_from_dict(
+        {
+            "name": "bench",
+            "seed": 0,
+            "model": {
+                "device": "cpu",
+                "tiny": {"architecture": "qwen2", "hidden_size": 128, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 512, "max_positions": 64},
+            },
+            "task": {"name": "addition", "min_operand": 10, "max_operand": 99},
+            "rollout": {"prompts_per_step": 16, "group_size": 8, "max_new_tokens": 8, "temperature": 1.0, "updates_per_rollout": 2, "minibatch_size": 128},
+            "objective": {"name": objective, "beta": 0.0},
+            "train": {"lr": 1e-4, "threads": threads, "warm_start": {"enabled": False}},
+            "performance": switches,
+        },
+        [],
+        "benchmark",
+    )
+
+
+def run(recipe: Recipe, warmup: int, steps: int) -> dict[str, Any]:
+    import torch
+
+    from sspo_cli.algorithm import rl_step
+    from sspo_cli.models import load_policy
+    from sspo_cli.objectives import build_objective
+    from sspo_cli.tasks import build_task
+    from sspo_cli.trainer import Policy, TrainState, lr_multiplier
+
+    torch.set_num_threads(recipe.train.threads or torch.get_num_threads())
+    task = build_task(recipe.task)
+    model, tokenizer = load_policy(recipe.model, task.alphabet, recipe.seed)
+    policy = Policy(model, tokenizer)
+    objective = build_objective(recipe.objective)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.train.lr, weight_decay=recipe.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(recipe))
+    state = TrainState()
+
+    rows: list[dict[str, float]] = []
+    first_step_s = None
+    for index in range(warmup + steps):
+        state.step += 1
+        started = time.perf_counter()
+        metrics = rl_step(recipe, policy, task, objective, optimizer, scheduler, state)
+        wall = time.perf_counter() - started
+        if index == 0:
+            first_step_s = wall
+        if index >= warmup:
+            rows.append({**metrics, "wall": wall})
+
+    walls = [r["wall"] for r in rows]
+    total = sum(walls)
+    completions = recipe.rollout.rollout_size
+    tokens = sum(r["train/response_length"] * completions for r in rows)
+    return {
+        "objective": recipe.objective.name,
+        "steps": steps,
+        "step_s_median": statistics.median(walls),
+        "step_s_min": min(walls),
+        "step_s_max": max(walls),
+        "completions_per_s": completions * len(rows) / total,
+        "tokens_per_s": tokens / total,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "generate_frac": sum(r["train/sample_seconds"] for r in rows) / total,
+        "objective_frac": sum(r["train/objective_seconds"] for r in rows) / total,
+        "_first_step_s": first_step_s,
+        "_reward_mean": statistics.fmean(r["train/reward"] for r in rows),
+        "_response_length": statistics.fmean(r["train/response_length"] for r in rows),
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--objective", default="grpo", help="Objective name (grpo, sspo, gspo, gmpo, sapo).")
+    parser.add_argument("--steps", type=int, default=30, help="Timed steps.")
+    parser.add_argument("--warmup", type=int, default=3, help="Untimed steps first.")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads.")
+    parser.add_argument("--baseline", action="store_true", help="Every speed switch off (the code before issue 6); explicit switch flags still apply.")
+    parser.add_argument("--label", default=None, help="Free text copied into the JSON line.")
+    switches = parser.add_argument_group("speed switches (recipe section `performance`)")
+    for name, field in PerformanceConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            switches.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=field.description)
+        else:
+            switches.add_argument(flag, dest=name, default=None, type=yaml.safe_load, help=field.description)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    args = parse_args(argv)
+    switches = dict(BASELINE_SWITCHES) if args.baseline else {}
+    switches |= {name: getattr(args, name) for name in PerformanceConfig.model_fields if getattr(args, name) is not None}
+    recipe = workload_recipe(args.objective, switches, args.threads)
+    result = run(recipe, args.warmup, args.steps)
+    details = {key.lstrip("_"): result.pop(key) for key in [k for k in result if k.startswith("_")]}
+    details |= {"switches": recipe.performance.model_dump(), "load_1min": os.getloadavg()[0], "label": args.label}
+    print("details " + json.dumps(details))
+    print(json.dumps(result))  # last line: exactly the keys of issue 6
+
+
+if __name__ == "__main__":
+    main()

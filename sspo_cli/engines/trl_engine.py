@@ -1,0 +1,278 @@
+"""`engine: trl`: a training run on Hugging Face TRL's GRPOTrainer, recorded like a native run.
+
+    recipe -> plan (TrlEngineError on what TRL cannot honour) -> task, policy -> (cached) warm start
+    -> run folder and MLflow run -> eval before -> SspoGRPOTrainer.train() (our objective, our rows)
+    -> final weights -> eval after, on the saved weights -> summary.json
+
+Under `accelerate launch` every process runs this function: the main process alone writes the
+run folder, MLflow and evals; the others train and return `{"run_dir": ..., "main_process": False}`.
+Importing this module needs neither torch nor TRL.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sspo_cli.engines.trl_mapping import TRL_INSTALL_HINT, TrlEngineError, TrlPlan, plan_trl_run, uses_cpu
+from sspo_cli.recipe import Recipe, to_yaml
+
+if TYPE_CHECKING:
+    from sspo_cli.trainer import TrainingObserver
+
+SUPPORTED_TRL = ((1, 16), (1, 17))  # [from, to): the private GRPOTrainer methods we override are 1.16's
+
+
+def require_trl() -> str:
+    """TRL's version, or TrlEngineError('engine') saying how to install it."""
+    try:
+        import trl
+    except ImportError as exc:
+        raise TrlEngineError("engine", f"'trl' needs Hugging Face TRL, which cannot be imported ({exc}); {TRL_INSTALL_HINT}") from None
+    version = tuple(int(part) for part in trl.__version__.split(".")[:2] if part.isdigit())
+    if not SUPPORTED_TRL[0] <= version < SUPPORTED_TRL[1]:
+        raise TrlEngineError("engine", f"TRL {trl.__version__} is installed, but the TRL engine is written for TRL 1.16; {TRL_INSTALL_HINT}")
+    return trl.__version__
+
+
+def run_training_trl(
+    recipe: Recipe,
+    output_dir: str | Path = "runs",
+    tracking_uri: str | None = None,
+    observer: "TrainingObserver | None" = None,
+    parent_run_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Train one recipe on TRL and return its summary (also written to summary.json), as `run_training` does."""
+    from sspo_cli.models import set_offline_defaults
+
+    set_offline_defaults()
+    trl_version = require_trl()
+
+    import torch
+    from accelerate import PartialState
+
+    from sspo_cli.models import load_policy
+    from sspo_cli.tasks import build_task
+    from sspo_cli.tracking import default_tracking_uri, open_client
+    from sspo_cli.trainer import TrainingObserver, TrainState, build_summary, default_run_name, ensure_writable
+    from sspo_cli.warm_start import cached_warm_start
+
+    cuda = torch.cuda.is_available()
+    # Everything that can fail on bad input happens before a run folder or MLflow run exists.
+    processes = PartialState(cpu=uses_cpu(recipe, cuda))  # the first PartialState fixes the backend for the process
+    main = processes.is_main_process
+    observer = (observer or TrainingObserver()) if main else TrainingObserver()
+    output_dir = Path(output_dir)
+    if main:
+        ensure_writable(output_dir)
+    tracking_uri = tracking_uri or default_tracking_uri(output_dir)
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+
+    plan = plan_trl_run(recipe, processes.num_processes, cuda_available=cuda, bf16_available=cuda and torch.cuda.is_bf16_supported())
+    args = grpo_config(plan, output_dir)
+    observer.on_phase("loading task and model")
+    task = build_task(recipe.task)
+    warm = recipe.train.warm_start
+    device = torch.device("cpu") if args.use_cpu else processes.device
+    model, tokenizer = load_policy(recipe.model.model_copy(update={"device": "cpu"}), task.alphabet, warm.seed if warm.enabled else recipe.seed)
+    model.to(device)
+    if main:
+        open_client(tracking_uri)
+
+    warm_result = None
+    if warm.enabled:
+        observer.on_phase("warm start")
+        with processes.main_process_first():  # the others then read the main process's cache
+            warm_result = cached_warm_start(recipe, model, tokenizer, task, output_dir / ".cache" / "warm_start", observer.on_warm_start)
+
+    run_dir = shared_run_dir(output_dir, recipe.tracking.run_name or default_run_name(recipe), main)
+    args.output_dir = str(run_dir / "checkpoints")
+    tracker = start_tracker(recipe, run_dir, output_dir, tracking_uri, trl_version, parent_run_id, extra_tags) if main else None
+    started = time.perf_counter()
+    state = TrainState()
+    try:
+        if tracker and warm_result:
+            tracker.log_metrics({"warm_start/steps": warm_result.steps, "warm_start/dev_accuracy": warm_result.dev_accuracy}, step=0)
+        observer.on_start(recipe.train.steps, run_dir.name, run_dir)
+        context = run_context(recipe, task, tokenizer, state, run_dir, tracker, observer)
+        if main:
+            record_eval_now(context, 0, model)
+        final = run_dir / "checkpoints" / "final"
+        if recipe.train.steps > 0:
+            train_on_trl(recipe, plan, args, model, tokenizer, task, context, final)
+            del model
+            free_accelerator_memory()
+            if main:
+                record_eval_now(context, recipe.train.steps, load_saved_policy(recipe, final).to(device))
+        elif main:
+            from sspo_cli.models import save_policy
+
+            save_policy(model, tokenizer, final)
+        if not main:
+            return {"run_dir": str(run_dir.resolve()), "main_process": False}
+        summary = build_summary(recipe, state, run_dir, tracker, tracking_uri, time.perf_counter() - started, warm_result)
+        summary["engine"] = "trl"
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        tracker.log_artifact(run_dir / "summary.json")
+        tracker.log_artifact(final, "final_checkpoint")
+        tracker.finish("FINISHED")
+    except KeyboardInterrupt:
+        if tracker:
+            tracker.finish("KILLED")
+        raise
+    except BaseException:
+        if tracker:
+            tracker.finish("FAILED")
+        raise
+    return summary
+
+
+def train_on_trl(recipe: Recipe, plan: TrlPlan, args, model, tokenizer, task, context, final: Path) -> None:
+    """Build SspoGRPOTrainer, train, and save the final weights (every process takes part in the save)."""
+    from transformers import PrinterCallback
+
+    from sspo_cli.engines.trl_trainer import NonFiniteUpdateGuard, RunRecorder, SspoGRPOTrainer, task_reward_function, training_dataset
+
+    with reference_source(model, tokenizer, context.run_dir, recipe.objective.beta > 0):
+        trainer = SspoGRPOTrainer(
+            model=model,
+            reward_funcs=task_reward_function(task),
+            args=args,
+            train_dataset=training_dataset(task),
+            processing_class=tokenizer,
+            callbacks=[NonFiniteUpdateGuard(context.state, recipe.train.max_skipped)],
+            recipe=recipe,
+        )
+    trainer.remove_callback(PrinterCallback)  # transformers prints every log with disable_tqdm; ours are in MLflow
+    if trainer.is_deepspeed_enabled:
+        warnings.warn("under DeepSpeed, updates with a non-finite gradient are DeepSpeed's to skip (train.max_skipped is not checked)", stacklevel=2)
+    trainer.add_callback(RunRecorder(context, plan.layout.updates_per_rollout, plan.layout.rollout_size, periodic_eval=trainer.weights_are_whole))
+    trainer.train()
+    trainer.save_model(str(final))
+    if trainer.accelerator.is_main_process:
+        (final / "training_args.bin").unlink(missing_ok=True)  # a pickle; nothing here reads it
+    trainer.accelerator.wait_for_everyone()
+
+
+class reference_source:
+    """With beta > 0 TRL loads its frozen reference from the policy's `_name_or_path`.
+
+    The native engine's reference is the policy as it starts RL (after the warm start), so save
+    exactly that, point TRL at it while it builds the trainer, then restore the name and remove it.
+    """
+
+    def __init__(self, model, tokenizer, run_dir: Path, needed: bool):
+        self.model, self.tokenizer, self.needed = model, tokenizer, needed
+        self.folder = run_dir / ".reference"
+        self.original_name = getattr(model.config, "_name_or_path", "")
+
+    def __enter__(self) -> None:
+        if not self.needed:
+            return
+        from accelerate import PartialState
+
+        from sspo_cli.models import save_policy
+
+        processes = PartialState()
+        if processes.is_main_process:
+            save_policy(self.model, self.tokenizer, self.folder)
+        processes.wait_for_everyone()
+        self.model.config._name_or_path = str(self.folder)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if not self.needed:
+            return
+        from accelerate import PartialState
+
+        self.model.config._name_or_path = self.original_name
+        processes = PartialState()
+        processes.wait_for_everyone()
+        if processes.is_main_process:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def grpo_config(plan: TrlPlan, output_dir: str | Path):
+    """TRL's GRPOConfig for a plan; transformers >= 5.2x names gradient checkpointing `activation_checkpointing`."""
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    kwargs = dict(plan.config)
+    if "activation_checkpointing" in {f.name for f in dataclasses.fields(GRPOConfig)}:
+        kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
+    return GRPOConfig(output_dir=str(output_dir), **kwargs)
+
+
+def start_tracker(recipe: Recipe, run_dir: Path, output_dir: Path, tracking_uri: str, trl_version: str, parent_run_id, extra_tags):
+    """The MLflow run, laid out as the native engine lays it out, plus the engine's tags."""
+    from sspo_cli.tracking import Tracker, flatten
+
+    (run_dir / "recipe.yaml").write_text(to_yaml(recipe))
+    tags = {
+        "sspo.recipe": recipe.name,
+        "sspo.objective": recipe.objective.name,
+        "sspo.seed": str(recipe.seed),
+        "sspo.fingerprint": recipe.fingerprint(),
+        "sspo.run_dir": str(run_dir.resolve()),
+        "sspo.engine": "trl",
+        "sspo.trl_version": trl_version,
+        **recipe.tracking.tags,
+        **(extra_tags or {}),
+    }
+    tracker = Tracker.start(tracking_uri, recipe.tracking.experiment, run_dir.name, flatten(recipe.resolved()), tags, output_dir / "mlartifacts", parent_run_id)
+    tracker.log_artifact(run_dir / "recipe.yaml")
+    return tracker
+
+
+def shared_run_dir(output_dir: Path, run_name: str, main: bool) -> Path:
+    """The main process creates the run folder; every process learns its path."""
+    from accelerate.utils import broadcast_object_list
+
+    from sspo_cli.trainer import new_run_dir
+
+    names = [str(new_run_dir(output_dir, run_name)) if main else None]
+    broadcast_object_list(names)
+    return Path(names[0])
+
+
+def run_context(recipe: Recipe, task, tokenizer, state, run_dir: Path, tracker, observer):
+    from sspo_cli.engines.trl_trainer import RunContext
+    from sspo_cli.trainer import Policy, evaluate_policy
+
+    def evaluate(model) -> dict[str, float]:
+        return evaluate_policy(recipe, Policy(model, tokenizer), task).as_metrics("eval")
+
+    return RunContext(recipe=recipe, state=state, run_dir=run_dir, tracker=tracker, observer=observer, evaluate=evaluate)
+
+
+def record_eval_now(context, step: int, model) -> None:
+    from sspo_cli.engines.trl_trainer import record_eval
+
+    record_eval(context, step, context.evaluate(model))
+
+
+def load_saved_policy(recipe: Recipe, folder: Path):
+    """The final weights as saved: evaluating them works the same under DDP, ZeRO-3 and FSDP."""
+    from sspo_cli.models import load_pretrained
+
+    model, _ = load_pretrained(recipe.model, folder)
+    return model
+
+
+def free_accelerator_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

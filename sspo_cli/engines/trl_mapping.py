@@ -1,0 +1,251 @@
+"""How a recipe maps onto TRL 1.16's `GRPOConfig`: pure Python, no torch, no TRL.
+
+Every mapping lives here and in the one table of docs/engines.md. A recipe value that TRL cannot
+honour raises `TrlEngineError` naming the recipe key, before any run folder or MLflow run exists.
+`plan_trl_run` is cheap enough for `sspo validate` to call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sspo_cli.recipe import Recipe, RolloutConfig
+
+TRL_INSTALL_HINT = "install the trl extra: pip install -e '.[trl]'"
+
+
+class TrlEngineError(ValueError):
+    """A recipe the TRL engine cannot run as written, or TRL missing; `.key` names the recipe key."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"{key}: {message}")
+
+
+class TrlOptions(BaseModel):
+    """Options only the TRL engine reads: the recipe's `trl:` section.
+
+    Defaults keep the maths of the native engine; vLLM and micro-batching are opt-in.
+    """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    use_vllm: bool = Field(False, description="Sample completions with vLLM (GPU only; `pip install vllm`). Off: transformers' generate.")
+    vllm_mode: Literal["colocate", "server"] = Field("colocate", description="'colocate': vLLM shares each training GPU; 'server': a separate `trl vllm-serve` process.")
+    vllm_server_base_url: str | None = Field(None, description="URL of the `trl vllm-serve` server in 'server' mode (default http://0.0.0.0:8000).")
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="Share of each GPU's memory vLLM may take in 'colocate' mode.")
+    vllm_tensor_parallel_size: int = Field(1, ge=1, description="Tensor-parallel size of the colocated vLLM engine.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimiser update on each process (the update's mini-batch is unchanged).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass to save memory (TRL's own default is on).")
+
+
+def trl_options(recipe: Recipe) -> TrlOptions:
+    """The recipe's `trl:` section, or the defaults while the recipe schema has none."""
+    options = getattr(recipe, "trl", None)
+    return options if isinstance(options, TrlOptions) else TrlOptions.model_validate(options or {})
+
+
+# --------------------------------------------------------------------------- batch layout
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """One RL step of the recipe as TRL counts it.
+
+    TRL generates `generation_batch_size` completions, splits them into `steps_per_generation`
+    micro-batches per process and walks that split `num_iterations` times; an optimiser update
+    every `gradient_accumulation_steps` micro-batches. The numbers below make one generation equal
+    one recipe rollout and give it exactly `updates_per_rollout` optimiser updates.
+    """
+
+    rollout_size: int  # completions per rollout, all processes: prompts_per_step * group_size
+    minibatch_size: int  # completions per optimiser update, all processes
+    updates_per_rollout: int
+    world_size: int
+    gradient_accumulation_steps: int
+    per_device_train_batch_size: int
+    steps_per_generation: int
+    num_iterations: int
+
+
+def batch_layout(rollout: RolloutConfig, world_size: int = 1, gradient_accumulation_steps: int = 1) -> BatchLayout:
+    size, updates = rollout.rollout_size, rollout.updates_per_rollout
+    if rollout.minibatch_size is None:
+        key = "rollout.updates_per_rollout"
+        if size % updates:
+            raise TrlEngineError(
+                key,
+                f"TRL splits a rollout into equal mini-batches: {updates} updates do not divide the rollout of "
+                f"{size} completions (prompts_per_step x group_size); pick a divisor or set rollout.minibatch_size",
+            )
+        minibatch = size // updates
+    else:
+        key = "rollout.minibatch_size"
+        minibatch = rollout.minibatch_size
+        if size % minibatch:
+            raise TrlEngineError(key, f"TRL splits a rollout into equal mini-batches: {minibatch} does not divide the rollout of {size} completions")
+        if (updates * minibatch) % size:
+            raise TrlEngineError(
+                "rollout.updates_per_rollout",
+                f"TRL reuses a rollout in whole passes: updates_per_rollout x minibatch_size = {updates * minibatch} "
+                f"must be a multiple of the rollout size {size}",
+            )
+    micro_batches = world_size * gradient_accumulation_steps
+    if minibatch % micro_batches:
+        raise TrlEngineError(
+            key,
+            f"a mini-batch of {minibatch} completions does not split evenly over {world_size} process(es) x "
+            f"{gradient_accumulation_steps} accumulation step(s) (trl.gradient_accumulation_steps)",
+        )
+    per_device = minibatch // micro_batches
+    return BatchLayout(
+        rollout_size=size,
+        minibatch_size=minibatch,
+        updates_per_rollout=updates,
+        world_size=world_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        per_device_train_batch_size=per_device,
+        steps_per_generation=size // (per_device * world_size),
+        num_iterations=updates * minibatch // size,
+    )
+
+
+# --------------------------------------------------------------------------- objective
+
+
+def trl_loss_settings(objective: Any) -> dict[str, Any]:
+    """TRL's own loss settings closest to our objective.
+
+    For grpo, gspo and sapo these settings make TRL's built-in loss equal ours (cross-checked in
+    tests/test_trl_crosscheck.py, conditions in docs/engines.md). gmpo and sspo have no TRL
+    counterpart. The engine always optimises our objective; these only keep TRL's bookkeeping honest.
+    """
+    name = objective.name
+    if name == "grpo":
+        loss_type = "grpo" if objective.agg == "seq_mean_token_mean" else "bnpo"
+        return {"loss_type": loss_type, "importance_sampling_level": "token", "epsilon": objective.eps_low, "epsilon_high": objective.eps_high}
+    if name == "gspo":
+        return {"loss_type": "grpo", "importance_sampling_level": "sequence", "epsilon": objective.eps_low, "epsilon_high": objective.eps_high}
+    if name == "sapo":
+        return {"loss_type": "sapo", "importance_sampling_level": "token", "sapo_temperature_pos": objective.tau_pos, "sapo_temperature_neg": objective.tau_neg}
+    return {"loss_type": "grpo", "importance_sampling_level": "token"}
+
+
+# --------------------------------------------------------------------------- placement and precision
+
+
+def uses_cpu(recipe: Recipe, cuda_available: bool) -> bool:
+    """accelerate places the model (one device per process); the recipe may only ask for CPU or 'any'.
+
+    True also where no GPU exists: accelerate must be told, or processes launched on CPUs would
+    not find each other.
+    """
+    device = recipe.model.device
+    if device not in ("auto", "cuda", "cpu"):
+        raise TrlEngineError(
+            "model.device",
+            f"{device!r}: the TRL engine lets accelerate give each process its device; "
+            "use 'auto', 'cuda' or 'cpu' (choose GPUs with CUDA_VISIBLE_DEVICES)",
+        )
+    if device == "cuda" and not cuda_available:
+        raise TrlEngineError("model.device", "'cuda' asked for, but no CUDA device is available")
+    return device == "cpu" or not cuda_available
+
+
+def bf16_mixed_precision(recipe: Recipe, bf16_available: bool) -> bool:
+    """TRL's `bf16` flag (autocast of forward and backward) from the weights dtype and `performance.autocast_bf16`."""
+    if recipe.model.dtype == "float16":
+        raise TrlEngineError(
+            "model.dtype",
+            "float16 weights cannot be trained by TRL (transformers refuses to unscale float16 gradients); use bfloat16 or float32",
+        )
+    setting = recipe.performance.autocast_bf16
+    return recipe.model.dtype == "bfloat16" or setting == "on" or (setting == "auto" and bf16_available)
+
+
+# --------------------------------------------------------------------------- the whole plan
+
+
+@dataclass(frozen=True)
+class TrlPlan:
+    layout: BatchLayout
+    options: TrlOptions
+    config: dict[str, Any]  # GRPOConfig keyword arguments, output_dir excluded
+    max_steps: int  # optimiser updates in the run
+
+
+def plan_trl_run(recipe: Recipe, world_size: int = 1, cuda_available: bool = False, bf16_available: bool = False) -> TrlPlan:
+    """Check the recipe against TRL and build `GRPOConfig`'s arguments. Raises TrlEngineError."""
+    options = trl_options(recipe)
+    layout = batch_layout(recipe.rollout, world_size, options.gradient_accumulation_steps)
+    use_cpu = uses_cpu(recipe, cuda_available)
+    if options.use_vllm and use_cpu:
+        raise TrlEngineError("trl.use_vllm", "vLLM samples on GPUs only: it needs a GPU machine and model.device 'auto' or 'cuda'")
+    if options.use_vllm and not recipe.model.path:
+        raise TrlEngineError("trl.use_vllm", "vLLM loads the policy from a model folder: set model.path (the tiny model has none)")
+    train, rollout = recipe.train, recipe.rollout
+    max_steps = train.steps * layout.updates_per_rollout
+    config: dict[str, Any] = {
+        # rollout
+        "num_generations": rollout.group_size,
+        "per_device_train_batch_size": layout.per_device_train_batch_size,
+        "gradient_accumulation_steps": layout.gradient_accumulation_steps,
+        "steps_per_generation": layout.steps_per_generation,
+        "num_iterations": layout.num_iterations,
+        "max_completion_length": rollout.max_new_tokens,
+        "temperature": rollout.temperature,
+        "top_p": 1.0,
+        "top_k": 0,
+        "min_p": None,
+        "repetition_penalty": 1.0,
+        "scale_rewards": rollout.advantage_scale,
+        "mask_truncated_completions": False,
+        "shuffle_dataset": True,
+        # objective (our loss replaces TRL's; see trl_loss_settings)
+        "beta": recipe.objective.beta,
+        "use_bias_correction_kl": False,
+        "top_entropy_quantile": 1.0,
+        "entropy_coef": 0.0,
+        "off_policy_mask_threshold": None,
+        **trl_loss_settings(recipe.objective),
+        # optimisation
+        "max_steps": max_steps,
+        "learning_rate": train.lr,
+        "lr_scheduler_type": "constant",  # replaced by the native engine's schedule (SspoGRPOTrainer.create_scheduler)
+        "warmup_steps": 0,
+        "weight_decay": train.weight_decay,
+        "max_grad_norm": train.grad_clip if train.grad_clip is not None else 0.0,
+        "optim": "adamw_torch",
+        "gradient_checkpointing": options.gradient_checkpointing,
+        "bf16": bf16_mixed_precision(recipe, bf16_available),
+        "fp16": False,
+        "use_cpu": use_cpu,
+        "torch_compile": recipe.performance.compile,
+        "seed": recipe.seed,
+        "data_seed": recipe.seed,
+        # records: ours, not TRL's integrations
+        "report_to": [],
+        "logging_strategy": "steps",
+        "logging_steps": 1,
+        "logging_nan_inf_filter": False,
+        "log_completions": False,
+        "disable_tqdm": True,
+        "save_strategy": "steps",
+        "save_steps": train.checkpoint_every * layout.updates_per_rollout,
+        "save_total_limit": train.keep_checkpoints,
+        "eval_strategy": "no",
+        "remove_unused_columns": False,
+        "dataloader_num_workers": 0,
+        # sampling backend
+        "use_vllm": options.use_vllm,
+        "vllm_mode": options.vllm_mode,
+        "vllm_server_base_url": options.vllm_server_base_url,
+        "vllm_gpu_memory_utilization": options.vllm_gpu_memory_utilization,
+        "vllm_tensor_parallel_size": options.vllm_tensor_parallel_size,
+        # Our objectives take the trainer's recomputed log-probs as the behaviour policy.
+        "vllm_importance_sampling_correction": False,
+    }
+    return TrlPlan(layout=layout, options=options, config=config, max_steps=max_steps)

@@ -1,0 +1,279 @@
+"""Our objectives, advantages and records inside TRL's `GRPOTrainer` (imports TRL: load lazily).
+
+`SspoGRPOTrainer` is GRPOTrainer with four small overrides and nothing copied from it:
+- `_compute_loss`: the loss is `build_objective(recipe.objective)` over TRL's per-token log-probs,
+  behaviour log-probs, advantages and completion mask; our diagnostics go into TRL's metrics;
+- `_generate_and_score_completions`: advantages from our `compute_advantages` (TRL's differ
+  from the spec in the std epsilon, 1e-4 instead of 1e-6);
+- `create_scheduler` and `get_decay_parameter_names`: the native engine's learning-rate
+  schedule, and weight decay on every parameter as the native AdamW does.
+`RunRecorder` turns TRL's logs into the native engine's per-step rows, MLflow metrics, history
+lines and periodic evals; `NonFiniteUpdateGuard` skips updates with a non-finite gradient.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from transformers import TrainerCallback
+from trl import GRPOTrainer
+
+from sspo_cli.engines.trl_records import merge_updates, merge_values, native_keys
+from sspo_cli.objectives import METRIC_KEYS, build_objective, compute_advantages
+
+if TYPE_CHECKING:
+    from sspo_cli.recipe import Recipe
+    from sspo_cli.tasks import Task
+    from sspo_cli.tracking import Tracker
+    from sspo_cli.trainer import TrainingObserver, TrainState
+
+# Logged once per micro-batch by `_compute_loss` and merged per update in `log`.
+UPDATE_KEYS = (*METRIC_KEYS, "train/entropy", "train/objective_seconds")
+
+
+class SspoGRPOTrainer(GRPOTrainer):
+    def __init__(self, *args: Any, recipe: "Recipe", **kwargs: Any):
+        self.sspo_recipe = recipe
+        self.sspo_objective = build_objective(recipe.objective)
+        self._rollout_rewards: torch.Tensor | None = None
+        super().__init__(*args, **kwargs)
+
+    # ----------------------------------------------------------------- loss
+
+    def _compute_loss(self, model, inputs):
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        logp, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+            model,
+            torch.cat([prompt_ids, completion_ids], dim=1),
+            torch.cat([prompt_mask, completion_mask], dim=1),
+            completion_ids.size(1),
+            compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled,
+        )
+        # TRL leaves the behaviour log-probs out when every update of a rollout is on-policy.
+        old_logp = inputs.get("old_per_token_logps")
+        old_logp = logp.detach() if old_logp is None else old_logp
+        started = time.perf_counter()
+        out = self.sspo_objective(logp, old_logp, inputs["advantages"], mask.float(), ref_logp=inputs.get("ref_per_token_logps"))
+        objective_seconds = time.perf_counter() - started
+
+        mode = "train" if self.model.training else "eval"
+        # TRL's losses are divided by the accumulation steps here (transformers' own scaling is off).
+        normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        loss = out.loss / normalizer
+        if aux_loss is not None:
+            loss = loss + self.router_aux_loss_coef * aux_loss / normalizer
+        with torch.no_grad():
+            entropy = float((entropies * mask).sum() / mask.sum().clamp(min=1))
+        self._record_update_metrics(mode, {**out.metrics, "train/entropy": entropy, "train/objective_seconds": objective_seconds})
+        return loss
+
+    def _record_update_metrics(self, mode: str, metrics: dict[str, float]) -> None:
+        """Append one micro-batch's metrics, merged over processes (min of *_min, max of *_max, else mean)."""
+        keys = list(metrics)
+        local = torch.tensor([metrics[k] for k in keys], dtype=torch.float32, device=self.accelerator.device)
+        gathered = self.accelerator.gather(local.unsqueeze(0)).view(-1, len(keys)).cpu()
+        for column, key in enumerate(keys):
+            self._metrics[mode][key].append(merge_over_processes(key, gathered[:, column]))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """TRL averages its metrics over the micro-batches of an update; ours need min/max/sum where named so."""
+        mode = "train" if self.model.training else "eval"
+        for key in UPDATE_KEYS:
+            if key in self._metrics[mode]:
+                logs[key] = merge_values(key, self._metrics[mode].pop(key))
+        super().log(logs, start_time)
+
+    # ----------------------------------------------------------------- rewards and advantages
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._rollout_rewards = rewards_per_func[:, 0]  # all processes, group by group
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["train/accuracy"].append(float((self._rollout_rewards >= 1.0).float().mean()))
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        rollout = self.sspo_recipe.rollout
+        advantages = compute_advantages(self._rollout_rewards.float().cpu(), rollout.group_size, rollout.advantage_scale)
+        start = self.accelerator.process_index * len(inputs)
+        output["advantages"] = advantages[start : start + len(inputs)].to(output["advantages"].device)
+        return output
+
+    def _generate(self, prompts):
+        started = time.perf_counter()
+        result = super()._generate(prompts)
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["train/sample_seconds"].append(time.perf_counter() - started)
+        return result
+
+    # ----------------------------------------------------------------- optimiser
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        from sspo_cli.trainer import lr_multiplier
+
+        if self.lr_scheduler is None:
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, lr_multiplier(self.sspo_recipe))
+        return self.lr_scheduler
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        return [name for name, _ in model.named_parameters()]
+
+    # ----------------------------------------------------------------- layout facts
+
+    @property
+    def weights_are_whole(self) -> bool:
+        """Every process holds the full weights (single process, DDP, ZeRO-1/2); not under ZeRO-3 or FSDP."""
+        if self.is_fsdp_enabled:
+            return False
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        return not (self.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3)
+
+
+def merge_over_processes(key: str, values: torch.Tensor) -> float:
+    finite = values[torch.isfinite(values)]
+    if finite.numel() == 0:
+        return math.nan
+    if key.endswith("_min"):
+        return float(finite.min())
+    if key.endswith("_max"):
+        return float(finite.max())
+    return float(finite.mean())
+
+
+def task_reward_function(task: "Task") -> Callable[..., list[float]]:
+    """TRL reward function: the task's reward of each completion against its training example."""
+
+    def task_reward(prompts: list[str], completions: list[str], example_index: list[int], **_: Any) -> list[float]:
+        return [task.reward(text, task.train[index]) for text, index in zip(completions, example_index)]
+
+    return task_reward
+
+
+def training_dataset(task: "Task"):
+    """The train split as TRL reads it: a prompt column, and the row's index for the reward."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({"prompt": [e.prompt for e in task.train], "example_index": list(range(len(task.train)))})
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+@dataclass
+class RunContext:
+    """What the recorder writes to; `tracker` is None on every process but the main one."""
+
+    recipe: "Recipe"
+    state: "TrainState"
+    run_dir: Path
+    tracker: "Tracker | None"
+    observer: "TrainingObserver"
+    evaluate: Callable[[Any], dict[str, float]]  # model -> eval/* metrics
+
+
+class RunRecorder(TrainerCallback):
+    """One native-format row per rollout: history.jsonl, MLflow, the observer, periodic evals."""
+
+    def __init__(self, context: RunContext, updates_per_rollout: int, rollout_size: int, periodic_eval: bool):
+        self.context = context
+        self.updates_per_rollout = updates_per_rollout
+        self.rollout_size = rollout_size
+        self.periodic_eval = periodic_eval
+        self.pending: list[dict[str, float]] = []
+        self.last_logged_update = 0
+        self.lr_after_update = math.nan
+        self.rollout_started = time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.rollout_started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+        if lr_scheduler is not None:
+            self.lr_after_update = float(lr_scheduler.get_last_lr()[0])
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        if not logs or "train_runtime" in logs or state.global_step == self.last_logged_update:
+            return
+        self.last_logged_update = state.global_step
+        self.pending.append(native_keys(logs))
+        if state.global_step % self.updates_per_rollout:
+            return
+        step = state.global_step // self.updates_per_rollout
+        metrics = self.rollout_metrics(merge_updates(self.pending))
+        self.pending = []
+        if state.is_world_process_zero:
+            self.record_step(step, metrics, model)
+        self.rollout_started = time.perf_counter()
+
+    def rollout_metrics(self, merged: dict[str, float]) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.rollout_started
+        tokens = merged.get("train/response_length", math.nan) * self.rollout_size
+        return {
+            **merged,
+            "train/lr": self.lr_after_update,
+            "train/tokens_per_s": tokens / elapsed,
+            "train/step_seconds": elapsed,
+            "train/skipped_updates": float(self.context.state.skipped_updates),
+        }
+
+    def record_step(self, step: int, metrics: dict[str, float], model) -> None:
+        import json
+
+        ctx = self.context
+        ctx.state.step = step
+        ctx.state.history.append(metrics)
+        ctx.tracker.log_metrics(metrics, step)
+        with (ctx.run_dir / "history.jsonl").open("a") as history:
+            history.write(json.dumps({"step": step, **metrics}) + "\n")
+        ctx.observer.on_step(step, metrics)
+        last = step == ctx.recipe.train.steps  # evaluated after training, on the saved final weights
+        if self.periodic_eval and not last and step % ctx.recipe.eval.every == 0:
+            record_eval(ctx, step, ctx.evaluate(model))
+
+
+def record_eval(ctx: RunContext, step: int, metrics: dict[str, float]) -> None:
+    ctx.state.evals.append({"step": step, **metrics})
+    ctx.tracker.log_metrics(metrics, step)
+    ctx.observer.on_eval(step, metrics)
+
+
+class NonFiniteUpdateGuard(TrainerCallback):
+    """Skips an optimiser update whose gradient is not finite, as the native engine does.
+
+    Runs on every process; the verdict is shared so all processes skip together. Under DeepSpeed
+    the gradients live in DeepSpeed's buffers, not in `param.grad`: there it sees none and lets
+    DeepSpeed decide. The learning-rate schedule still advances on a skipped update.
+    """
+
+    def __init__(self, state: "TrainState", max_consecutive: int):
+        self.state = state
+        self.max_consecutive = max_consecutive
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        from accelerate.utils import reduce
+
+        from sspo_cli.checkpoint import TooManySkips
+
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads:  # DeepSpeed: its own buffers hold the gradients
+            return
+        local_bad = (~torch.stack([torch.isfinite(g).all() for g in grads]).all()).float()
+        bad = bool(reduce(local_bad, reduction="sum") > 0)
+        if not bad:
+            self.state.consecutive_skips = 0
+            return
+        for param in model.parameters():
+            param.grad = None  # AdamW leaves parameters without a gradient untouched
+        self.state.skipped_updates += 1
+        self.state.consecutive_skips += 1
+        if self.state.consecutive_skips >= self.max_consecutive:
+            raise TooManySkips(self.state.consecutive_skips)

@@ -1,10 +1,12 @@
 """Our objectives, advantages and records inside TRL's `GRPOTrainer` (imports TRL: load lazily).
 
-`SspoGRPOTrainer` is GRPOTrainer with four small overrides and nothing copied from it:
+`SspoGRPOTrainer` is GRPOTrainer with small overrides and nothing copied from it:
 - `_compute_loss`: the loss is `build_objective(recipe.objective)` over TRL's per-token log-probs,
-  behaviour log-probs, advantages and completion mask; our diagnostics go into TRL's metrics;
+  behaviour log-probs, advantages and completion mask; our diagnostics go into TRL's metrics,
+  and `log` merges them per update (min of `*_min`, max of `*_max`) where TRL would average;
 - `_generate_and_score_completions`: advantages from our `compute_advantages` (TRL's differ
-  from the spec in the std epsilon, 1e-4 instead of 1e-6);
+  from the spec in the std epsilon, 1e-4 instead of 1e-6); `_calculate_rewards` and `_generate`
+  record `train/accuracy` and `train/sample_seconds`;
 - `create_scheduler` and `get_decay_parameter_names`: the native engine's learning-rate
   schedule, and weight decay on every parameter as the native AdamW does.
 `RunRecorder` turns TRL's logs into the native engine's per-step rows, MLflow metrics, history

@@ -1,0 +1,132 @@
+"""The recipe -> TRL GRPOConfig mapping: batch layout, refusals naming the key, the docs table."""
+
+import re
+
+import pytest
+from conftest import REPO
+
+from sspo_cli.engines.trl_mapping import TrlEngineError, TrlOptions, batch_layout, plan_trl_run, trl_loss_settings
+from sspo_cli.recipe import Recipe, recipe_from_dict
+from sspo_cli.tracking import flatten
+
+
+def recipe(*overrides: str) -> Recipe:
+    return recipe_from_dict({"engine": "trl"}, list(overrides))
+
+
+def test_default_rollout_is_one_generation_with_four_updates() -> None:
+    layout = batch_layout(recipe().rollout)  # 16 prompts x 8 completions, 4 updates
+    assert (layout.rollout_size, layout.minibatch_size) == (128, 32)
+    assert (layout.per_device_train_batch_size, layout.steps_per_generation, layout.num_iterations) == (32, 4, 1)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "world", "accumulation", "expected"),
+    [
+        # (per-device batch, steps_per_generation, num_iterations)
+        (["rollout.updates_per_rollout=1"], 1, 1, (128, 1, 1)),
+        (["rollout.minibatch_size=64", "rollout.updates_per_rollout=4"], 1, 1, (64, 2, 2)),  # two passes over the rollout
+        ([], 4, 1, (8, 4, 1)),  # 4 processes share each mini-batch of 32
+        ([], 2, 4, (4, 16, 1)),  # and with micro-batches of 4 accumulated 4 times
+    ],
+)
+def test_layout_gives_updates_per_rollout_optimiser_steps(overrides, world, accumulation, expected) -> None:
+    layout = batch_layout(recipe(*overrides).rollout, world, accumulation)
+    assert (layout.per_device_train_batch_size, layout.steps_per_generation, layout.num_iterations) == expected
+    optimiser_steps = layout.steps_per_generation * layout.num_iterations // accumulation
+    assert optimiser_steps == layout.updates_per_rollout
+    assert layout.per_device_train_batch_size * world * accumulation == layout.minibatch_size
+
+
+@pytest.mark.parametrize(
+    ("overrides", "world", "key"),
+    [
+        (["rollout.updates_per_rollout=3"], 1, "rollout.updates_per_rollout"),
+        (["rollout.minibatch_size=48"], 1, "rollout.minibatch_size"),
+        (["rollout.minibatch_size=64", "rollout.updates_per_rollout=3"], 1, "rollout.updates_per_rollout"),
+        ([], 3, "rollout.updates_per_rollout"),
+        (["model.dtype=float16"], 1, "model.dtype"),
+        (["model.device=cuda:1"], 1, "model.device"),
+    ],
+)
+def test_what_trl_cannot_honour_is_an_error_naming_the_key(overrides, world, key) -> None:
+    with pytest.raises(TrlEngineError) as info:
+        plan_trl_run(recipe(*overrides), world_size=world)
+    assert info.value.key == key
+    assert isinstance(info.value, ValueError) and str(info.value).startswith(f"{key}: ")
+
+
+@pytest.mark.parametrize(("overrides", "cuda"), [(["model.path=/models/qwen"], False), ([], True)])
+def test_vllm_needs_a_gpu_and_a_model_folder(overrides, cuda) -> None:
+    vllm_recipe = recipe(*overrides).model_copy(update={"trl": TrlOptions(use_vllm=True)})
+    with pytest.raises(TrlEngineError) as info:
+        plan_trl_run(vllm_recipe, cuda_available=cuda)
+    assert info.value.key == "trl.use_vllm"
+    assert plan_trl_run(recipe("model.path=/models/qwen").model_copy(update={"trl": TrlOptions(use_vllm=True)}), cuda_available=True).config["use_vllm"]
+
+
+def test_config_values() -> None:
+    r = recipe("train.grad_clip=null", "rollout.advantage_scale=none", "train.steps=10", "model.dtype=bfloat16", "objective.name=sapo", "objective.tau_pos=2")
+    config = plan_trl_run(r).config
+    assert config["max_grad_norm"] == 0.0  # transformers: no clipping, grad norm still logged
+    assert config["scale_rewards"] == "none" and config["max_steps"] == 40 and config["bf16"] is True
+    assert (config["loss_type"], config["sapo_temperature_pos"]) == ("sapo", 2.0)
+    assert config["report_to"] == [] and config["use_vllm"] is False and config["gradient_checkpointing"] is False
+    assert config["top_k"] == 0 and config["top_p"] == 1.0  # the model's own distribution
+
+
+def test_loss_settings_follow_the_objective() -> None:
+    assert trl_loss_settings(recipe("objective.name=grpo", "objective.agg=token_mean").objective)["loss_type"] == "bnpo"
+    gspo = trl_loss_settings(recipe("objective.name=gspo").objective)
+    assert gspo["importance_sampling_level"] == "sequence" and gspo["epsilon"] == 3e-4 and gspo["epsilon_high"] == 4e-4
+
+
+def test_trl_accepts_the_config_and_derives_the_same_batch() -> None:
+    pytest.importorskip("trl")
+    from sspo_cli.engines.trl_engine import grpo_config
+
+    r = recipe("rollout.minibatch_size=64", "rollout.updates_per_rollout=4", "model.device=cpu")
+    plan = plan_trl_run(r)
+    args = grpo_config(plan, "unused-output-dir")
+    assert args.generation_batch_size == r.rollout.rollout_size
+    assert (args.per_device_train_batch_size, args.steps_per_generation, args.num_iterations) == (64, 2, 2)
+    assert args.num_generations == 8 and args.max_completion_length == r.rollout.max_new_tokens
+    assert args.bf16 is False and args.gradient_checkpointing is False and args.report_to == []
+
+
+def documented_keys() -> set[str]:
+    """Backticked keys in the first column of the mapping table of docs/engines.md."""
+    text = (REPO / "docs" / "engines.md").read_text()
+    table = text.split("<!-- mapping-table -->")[1]
+    keys: set[str] = set()
+    for line in table.splitlines():
+        if not line.startswith("|"):
+            if keys:
+                break
+            continue
+        first_cell = line.split("|")[1]
+        keys.update(re.findall(r"`([a-z_.*]+)`", first_cell))
+    return keys
+
+
+def test_every_recipe_key_is_in_the_mapping_table() -> None:
+    keys = set(flatten(Recipe().resolved())) | {f"trl.{name}" for name in TrlOptions.model_fields}
+    for objective in ("grpo", "gspo", "gmpo", "sapo", "sspo"):
+        keys |= {f"objective.{k}" for k in recipe(f"objective.name={objective}").objective.model_fields}
+    documented = documented_keys()
+    wildcards = [k[:-1] for k in documented if k.endswith("*")]
+    missing = sorted(k for k in keys if k not in documented and not any(k.startswith(prefix) for prefix in wildcards))
+    assert not missing, f"docs/engines.md mapping table lacks {missing}"
+
+
+@pytest.mark.parametrize("name", ["ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"])
+def test_shipped_accelerate_configs_load(name: str) -> None:
+    pytest.importorskip("accelerate")
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(REPO / "examples" / "accelerate" / f"{name}.yaml"))
+    assert config.mixed_precision == "no"  # precision comes from the recipe
+    if name == "deepspeed_zero3":
+        assert config.deepspeed_config["zero3_init_flag"] is False and config.deepspeed_config["zero3_save_16bit_model"] is True
+    if name == "fsdp":
+        assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"

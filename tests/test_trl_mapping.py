@@ -5,7 +5,8 @@ import re
 import pytest
 from conftest import REPO
 
-from sspo_cli.engines.trl_mapping import TrlEngineError, TrlOptions, batch_layout, plan_trl_run, trl_loss_settings
+from sspo_cli.engines.trl_mapping import TrlEngineError, batch_layout, plan_trl_run, trl_loss_settings
+from sspo_cli.engines.trl_options import TrlOptions
 from sspo_cli.recipe import Recipe, recipe_from_dict
 from sspo_cli.tracking import flatten
 

@@ -8,10 +8,9 @@ honour raises `TrlEngineError` naming the recipe key, before any run folder or M
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from sspo_cli.engines.trl_options import TrlOptions
 from sspo_cli.recipe import Recipe, RolloutConfig
 
 TRL_INSTALL_HINT = "install the trl extra: pip install -e '.[trl]'"
@@ -23,23 +22,6 @@ class TrlEngineError(ValueError):
     def __init__(self, key: str, message: str):
         self.key = key
         super().__init__(f"{key}: {message}")
-
-
-class TrlOptions(BaseModel):
-    """Options only the TRL engine reads: the recipe's `trl:` section.
-
-    Defaults keep the maths of the native engine; vLLM and micro-batching are opt-in.
-    """
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    use_vllm: bool = Field(False, description="Sample completions with vLLM (GPU only; `pip install vllm`). Off: transformers' generate.")
-    vllm_mode: Literal["colocate", "server"] = Field("colocate", description="'colocate': vLLM shares each training GPU; 'server': a separate `trl vllm-serve` process.")
-    vllm_server_base_url: str | None = Field(None, description="URL of the `trl vllm-serve` server in 'server' mode (default http://0.0.0.0:8000).")
-    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="Share of each GPU's memory vLLM may take in 'colocate' mode.")
-    vllm_tensor_parallel_size: int = Field(1, ge=1, description="Tensor-parallel size of the colocated vLLM engine.")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimiser update on each process (the update's mini-batch is unchanged).")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass to save memory (TRL's own default is on).")
 
 
 def trl_options(recipe: Recipe) -> TrlOptions:

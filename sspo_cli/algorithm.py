@@ -27,7 +27,7 @@ def rl_step(recipe: Recipe, policy: "Policy", task: "Task", objective, optimizer
     """One rollout and its `updates_per_rollout` optimiser updates."""
     import torch
 
-    from sspo_cli.models.logprobs import completion_logits, gather_logprobs
+    from sspo_cli.models.logprobs import completion_logprobs
     from sspo_cli.objectives import compute_advantages
     from sspo_cli.rollout import generate, score
 
@@ -51,14 +51,14 @@ def rl_step(recipe: Recipe, policy: "Policy", task: "Task", objective, optimizer
     shared_prompts = rollout.prompt_index if perf.share_prompt_prefix else None
 
     # 3. Behaviour log-probs (and the reference's, for a KL penalty) at the sampling temperature.
-    old_logp, token_entropy = behaviour_logprobs(model, rollout, cfg.temperature, shared_prompts, perf.logprob_chunk_rows)
+    old_logp, token_entropy = behaviour_logprobs(model, rollout, cfg.temperature, shared_prompts, perf.logprob_chunk_mb)
     entropy = (token_entropy * mask).sum() / mask.sum().clamp(min=1)
     ref_logp = None
     if policy.reference is not None:
         with torch.inference_mode():
-            ref_logits = completion_logits(policy.reference, rollout.input_ids, rollout.attention_mask, rollout.completion_len, shared_prompts)
-            ref_logp = gather_logprobs(ref_logits, rollout.completion_ids, cfg.temperature, perf.logprob_chunk_rows)
-            del ref_logits
+            ref_logp, _ = completion_logprobs(
+                policy.reference, rollout.input_ids, rollout.attention_mask, rollout.completion_len, cfg.temperature, shared_prompts, perf.logprob_chunk_mb
+            )
 
     # 4. Optimiser updates on mini-batches; the first is on-policy, later ones are not.
     policy.model.train()
@@ -67,11 +67,10 @@ def rl_step(recipe: Recipe, policy: "Policy", task: "Task", objective, optimizer
     for rows in minibatches(rollout.input_ids.shape[0], cfg, recipe.seed, state.step):
         rows = rows.to(device)
         with autocast(device, perf.autocast_bf16):
-            logits = completion_logits(
-                model, rollout.input_ids[rows], rollout.attention_mask[rows], rollout.completion_len,
-                None if shared_prompts is None else shared_prompts[rows],
+            logp, _ = completion_logprobs(
+                model, rollout.input_ids[rows], rollout.attention_mask[rows], rollout.completion_len, cfg.temperature,
+                None if shared_prompts is None else shared_prompts[rows], perf.logprob_chunk_mb,
             )
-        logp = gather_logprobs(logits, rollout.completion_ids[rows], cfg.temperature, perf.logprob_chunk_rows)
         t0 = time.perf_counter()
         out = objective(logp, old_logp[rows], advantages[rows], mask[rows], ref_logp=None if ref_logp is None else ref_logp[rows])
         objective_seconds += time.perf_counter() - t0
@@ -95,7 +94,7 @@ def rl_step(recipe: Recipe, policy: "Policy", task: "Task", objective, optimizer
     }
 
 
-def behaviour_logprobs(model, rollout: "Rollout", temperature: float, shared_prompts: "torch.Tensor | None", chunk_rows: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+def behaviour_logprobs(model, rollout: "Rollout", temperature: float, shared_prompts: "torch.Tensor | None", chunk_mb: float) -> tuple["torch.Tensor", "torch.Tensor"]:
     """Log-probs of the sampled tokens and per-token entropy under the sampling policy. [N, Tc] each
 
     Taken from the sampling pass when it recorded them (the same numbers up to float rounding),
@@ -103,13 +102,16 @@ def behaviour_logprobs(model, rollout: "Rollout", temperature: float, shared_pro
     """
     import torch
 
-    from sspo_cli.models.logprobs import completion_logits, gather_logprobs, token_entropy
+    from sspo_cli.models.logprobs import completion_logprobs
 
     if rollout.logprobs is not None and rollout.entropy is not None:
         return rollout.logprobs, rollout.entropy
     with torch.inference_mode():
-        logits = completion_logits(model, rollout.input_ids, rollout.attention_mask, rollout.completion_len, shared_prompts)
-        return gather_logprobs(logits, rollout.completion_ids, temperature, chunk_rows), token_entropy(logits, temperature, chunk_rows)
+        logp, entropy = completion_logprobs(
+            model, rollout.input_ids, rollout.attention_mask, rollout.completion_len, temperature, shared_prompts, chunk_mb, with_entropy=True
+        )
+    assert entropy is not None
+    return logp, entropy
 
 
 def autocast(device: "torch.device", setting: "bool | str"):
@@ -121,9 +123,10 @@ def autocast(device: "torch.device", setting: "bool | str"):
 
 
 def prepared_model(model, compile_model: bool):
-    """The policy itself, compiled in place on first use when asked (the weights stay shared)."""
-    if compile_model and getattr(model, "_compiled_call_impl", None) is None:
-        model.compile(dynamic=True)
+    """The policy itself; with `compile_model`, its decoder is compiled in place on first use (weights stay shared)."""
+    decoder = getattr(model, "base_model", model)
+    if compile_model and getattr(decoder, "_compiled_call_impl", None) is None:
+        decoder.compile(dynamic=True)
     return model
 
 

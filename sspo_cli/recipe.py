@@ -172,7 +172,7 @@ class PerformanceConfig(Strict):
     trim_padding: bool = Field(True, description="Stop sampling when every completion has ended and drop completion columns that are padding in every row.")
     autocast_bf16: Union[Literal["auto"], bool] = Field(False, description="bfloat16 autocast of the model forward in the updates (the loss stays float32): true, false, or 'auto' (on for CUDA with bf16 support, off on CPU, where it was measured slower at small sizes).")
     compile: bool = Field(False, description="torch.compile the model (pays only in long runs: compiling takes tens of seconds).")
-    logprob_chunk_rows: int = Field(16, ge=1, description="Completions per chunk when turning logits into log-probs: the float32 log-softmax is never built for the whole batch (it is gigabytes for a 150k vocabulary).")
+    logprob_chunk_mb: float = Field(64.0, gt=0, description="Most MiB of float32 logits held at once when turning them into log-probs: the batch's full-vocabulary log-softmax is never built (for a 150k vocabulary it is gigabytes).")
 
 
 class Recipe(Strict):

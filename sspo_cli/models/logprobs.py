@@ -1,4 +1,11 @@
-"""Per-token log-probabilities of completions, without a full-vocabulary log-softmax in memory."""
+"""Per-token log-probabilities of completions, without a full-vocabulary log-softmax in memory.
+
+`completion_logprobs` is the entry point. For decoders whose logits are exactly
+`lm_head(last hidden state)` (Qwen2/3, Llama, Mistral) it runs the LM head chunk by chunk on the
+completion positions only, so neither the batch's logits nor their float32 log-softmax ever
+exist whole; with autograd on, each chunk is recomputed in the backward pass instead of kept.
+Other models fall back to their own logits, turned into log-probs chunk by chunk.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +15,117 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
+# model_type values whose causal-LM forward is `lm_head(base_model(...).last_hidden_state)`,
+# with no logit scaling or soft-capping: the LM head may then be applied by us, in chunks.
+SEPARABLE_HEAD_MODEL_TYPES = frozenset({"qwen2", "qwen3", "llama", "mistral"})
+
 
 def position_ids_for(attention_mask: "torch.Tensor") -> "torch.Tensor":
     """Positions that skip left padding, as generation assigns them."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def completion_logprobs(
+    model: "PreTrainedModel",
+    input_ids: "torch.Tensor",
+    attention_mask: "torch.Tensor",
+    completion_len: int,
+    temperature: float,
+    prompt_index: "torch.Tensor | None" = None,
+    chunk_mb: float = 64.0,
+    with_entropy: bool = False,
+) -> tuple["torch.Tensor", "torch.Tensor | None"]:
+    """log softmax(logits / T)[token] of the last `completion_len` tokens, float32 [B, Tc]; and the entropy if asked.
+
+    Rows with equal `prompt_index` hold the same prompt, which then runs once (`shared_prefix_run`).
+    `chunk_mb` bounds the float32 logits held at once.
+    """
+    import torch
+
+    tokens = input_ids[:, -completion_len:]
+    if has_separable_head(model):
+        hidden = completion_outputs(model.base_model, input_ids, attention_mask, completion_len, prompt_index, hidden=True)
+        head = model.get_output_embeddings()
+        rows = chunk_rows_for(chunk_mb, completion_len, head.out_features)
+        recompute = torch.is_grad_enabled() and hidden.requires_grad and rows < hidden.shape[0]
+        logp_chunks, entropy_chunks = [], []
+        for hidden_chunk, token_chunk in zip(hidden.split(rows), tokens.split(rows)):
+            if recompute:  # keep only the hidden chunk for backward; its logits are rebuilt there
+                from torch.utils.checkpoint import checkpoint
+
+                logp_chunks.append(checkpoint(head_logprobs, head, hidden_chunk, token_chunk, temperature, use_reentrant=False))
+                logits = head(hidden_chunk.detach()) if with_entropy else None
+            else:
+                logits = head(hidden_chunk)
+                logp_chunks.append(logprobs_from_logits(logits, token_chunk, temperature))
+            if with_entropy:
+                with torch.no_grad():
+                    entropy_chunks.append(entropy_of(logits, temperature))
+        logp = torch.cat(logp_chunks)
+        return logp, torch.cat(entropy_chunks) if with_entropy else None
+
+    logits = completion_logits(model, input_ids, attention_mask, completion_len, prompt_index)
+    rows = chunk_rows_for(chunk_mb, completion_len, logits.shape[-1])
+    logp = gather_logprobs(logits, tokens, temperature, rows)
+    return logp, token_entropy(logits, temperature, rows) if with_entropy else None
+
+
+def has_separable_head(model: "PreTrainedModel") -> bool:
+    import torch
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return (
+        getattr(model.config, "model_type", None) in SEPARABLE_HEAD_MODEL_TYPES
+        and isinstance(head, torch.nn.Linear)
+        and getattr(model, "base_model", model) is not model
+    )
+
+
+def chunk_rows_for(chunk_mb: float, completion_len: int, vocab: int) -> int:
+    """Completions per chunk so that one chunk's float32 logits take at most `chunk_mb` MiB."""
+    return max(1, int(chunk_mb * 2**20 // (4 * max(completion_len, 1) * vocab)))
+
+
+def head_logprobs(head: "torch.nn.Module", hidden: "torch.Tensor", tokens: "torch.Tensor", temperature: float) -> "torch.Tensor":
+    return logprobs_from_logits(head(hidden), tokens, temperature)
+
+
+def logprobs_from_logits(logits: "torch.Tensor", tokens: "torch.Tensor", temperature: float) -> "torch.Tensor":
+    """log softmax(logits / T)[token], float32, without building the log-softmax."""
+    import torch
+
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def entropy_of(logits: "torch.Tensor", temperature: float) -> "torch.Tensor":
+    import torch
+
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def completion_outputs(
+    model: "PreTrainedModel",
+    input_ids: "torch.Tensor",
+    attention_mask: "torch.Tensor",
+    completion_len: int,
+    prompt_index: "torch.Tensor | None" = None,
+    hidden: bool = False,
+) -> "torch.Tensor":
+    """The outputs at the positions that predict the last `completion_len` tokens: [B, Tc, V] logits
+    of a causal LM, or [B, Tc, H] last hidden states of a base model (`hidden=True`)."""
+    prompt_len = input_ids.shape[1] - completion_len
+    if prompt_index is not None and prompt_len >= 2:
+        shared = shared_prefix_run(model, input_ids, attention_mask, completion_len, prompt_index, hidden)
+        if shared is not None:
+            return shared
+    kwargs = {} if hidden else {"logits_to_keep": completion_len + 1}
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask), use_cache=False, **kwargs)
+    result = out.last_hidden_state[:, -(completion_len + 1) :] if hidden else out.logits
+    return result[:, :-1, :]
 
 
 def completion_logits(
@@ -27,33 +141,22 @@ def completion_logits(
     keys/values are shared by those rows (the same function, with fewer FLOPs; gradients flow
     through the shared copy).
     """
-    prompt_len = input_ids.shape[1] - completion_len
-    if prompt_index is not None and prompt_len >= 2:
-        shared = shared_prefix_logits(model, input_ids, attention_mask, completion_len, prompt_index)
-        if shared is not None:
-            return shared
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_for(attention_mask),
-        logits_to_keep=completion_len + 1,
-        use_cache=False,
-    )
-    return out.logits[:, :-1, :]
+    return completion_outputs(model, input_ids, attention_mask, completion_len, prompt_index)
 
 
-def shared_prefix_logits(
+def shared_prefix_run(
     model: "PreTrainedModel",
     input_ids: "torch.Tensor",
     attention_mask: "torch.Tensor",
     completion_len: int,
     prompt_index: "torch.Tensor",
+    hidden: bool = False,
 ) -> "torch.Tensor | None":
-    """`completion_logits` with every distinct prompt run once; None when no two rows share one.
+    """`completion_outputs` with every distinct prompt run once; None when no two rows share one.
 
     The prompt minus its last token goes through the model once per distinct prompt and fills a
     KV cache, which is copied to each row; then [last prompt token, completion[:-1]] runs on
-    every row, so its Tc outputs are exactly the logits of the Tc completion tokens.
+    every row, so its Tc outputs are exactly those at the Tc completion tokens' positions.
     """
     import torch
 
@@ -74,7 +177,7 @@ def shared_prefix_logits(
         attention_mask=attention_mask[representative, :prefix_len],
         position_ids=positions[representative, :prefix_len],
         use_cache=True,
-        logits_to_keep=1,
+        **({} if hidden else {"logits_to_keep": 1}),
         **{name: cache},
     )
     select_cache_rows(cache, row_to_distinct)
@@ -85,24 +188,19 @@ def shared_prefix_logits(
         use_cache=True,
         **{name: cache},
     )
-    return out.logits
+    return out.last_hidden_state if hidden else out.logits
 
 
 def gather_logprobs(logits: "torch.Tensor", tokens: "torch.Tensor", temperature: float, chunk_rows: int = 16) -> "torch.Tensor":
     """log softmax(logits / T)[token], in float32, `chunk_rows` sequences at a time.
 
     Gathering the chosen logit and subtracting a logsumexp avoids materialising the float32
-    log-softmax of the whole batch (gigabytes for a 150k vocabulary).
+    log-softmax of the whole batch (gigabytes for a 150k vocabulary). `split` (not slicing)
+    keeps the backward pass to one logits-sized gradient.
     """
     import torch
 
-    pieces = []
-    for start in range(0, logits.shape[0], chunk_rows):
-        rows = logits[start : start + chunk_rows].float()
-        if temperature != 1.0:
-            rows = rows / temperature
-        chosen = rows.gather(-1, tokens[start : start + chunk_rows].unsqueeze(-1)).squeeze(-1)
-        pieces.append(chosen - torch.logsumexp(rows, dim=-1))
+    pieces = [logprobs_from_logits(rows, chosen, temperature) for rows, chosen in zip(logits.split(chunk_rows), tokens.split(chunk_rows))]
     return torch.cat(pieces)
 
 
@@ -110,10 +208,5 @@ def token_entropy(logits: "torch.Tensor", temperature: float, chunk_rows: int = 
     """Entropy of softmax(logits / T) per position, float32, no grad."""
     import torch
 
-    pieces = []
     with torch.no_grad():
-        for start in range(0, logits.shape[0], chunk_rows):
-            rows = logits[start : start + chunk_rows].float() / temperature
-            logp = torch.log_softmax(rows, dim=-1)
-            pieces.append(-(logp.exp() * logp).sum(-1))
-    return torch.cat(pieces)
+        return torch.cat([entropy_of(rows, temperature) for rows in logits.split(chunk_rows)])

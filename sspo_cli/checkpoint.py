@@ -1,76 +1,177 @@
 """Checkpoints: written whole into a temporary folder, then renamed into place.
 
-A kill during the write leaves the previous checkpoint intact. Nothing is loaded with pickle:
-weights are safetensors, optimiser state goes through `torch.load(weights_only=True)`.
+    checkpoints/step-000040/   model weights (safetensors) + tokenizer, optimizer.pt, trainer_state.json
+    checkpoints/final/         the last step's files again (hard links), for the MLflow artifact
+
+A kill at any moment leaves every complete checkpoint intact: a checkpoint only gets its
+`step-*` name by a rename once all its files are written and synced, and an old one is renamed
+away before it is deleted. Nothing is loaded with pickle: weights are safetensors, optimiser,
+scheduler and RNG states go through `torch.load(weights_only=True)`, which refuses code.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
+
     from sspo_cli.trainer import Policy, TrainState
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
+FINAL_NAME = "final"
+STEP_PREFIX = "step-"
+STAGING_PREFIX = ".tmp-"
+TRASH_PREFIX = ".old-"  # a complete folder being replaced
+DELETE_PREFIX = ".del-"  # a folder being deleted
 
 
 class TooManySkips(RuntimeError):
+    """`train.max_skipped` consecutive non-finite updates. The trainer fills in where it saved the last good state."""
+
     def __init__(self, count: int):
         self.count = count
+        self.step: int | None = None
+        self.run_dir: Path | None = None
+        self.checkpoint: Path | None = None
         super().__init__(f"{count} consecutive updates had a non-finite loss or gradient (train.max_skipped)")
 
 
 class CheckpointError(ValueError):
+    """A run folder or checkpoint that cannot be used; names the option (`--resume`) and the file."""
+
     def __init__(self, key: str, message: str):
         self.key = key
         super().__init__(f"{key}: {message}")
 
 
+@dataclass
+class LoadedCheckpoint:
+    """Everything a checkpoint holds, read and checked before anything is changed."""
+
+    folder: Path
+    state: dict[str, Any]  # TrainState fields
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: dict[str, Any]
+    weights: dict[str, "torch.Tensor"]
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+
+# --------------------------------------------------------------------------- writing
+
+
 def save_checkpoint(root: Path, policy: "Policy", optimizer, scheduler, state: "TrainState", keep: int, final: bool = False) -> Path:
+    """Write `root/step-NNNNNN` atomically (and `root/final` when `final`); keep the last `keep` steps."""
     import torch
 
     from sspo_cli.models import save_policy
 
     root.mkdir(parents=True, exist_ok=True)
-    name = f"step-{state.step:06d}"
-    staging = root / f".tmp-{name}-{os.getpid()}"
+    name = f"{STEP_PREFIX}{state.step:06d}"
+    staging = root / f"{STAGING_PREFIX}{name}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    save_policy(policy.model, policy.tokenizer, staging)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, staging / OPTIMIZER_FILE)
+    with _quiet_transformers():
+        save_policy(policy.model, policy.tokenizer, staging)
+    payload = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": capture_rng()}
+    torch.save(payload, staging / OPTIMIZER_FILE)
     (staging / STATE_FILE).write_text(json.dumps(asdict(state)))
     _fsync_tree(staging)
     target = root / name
     _replace_dir(staging, target)
     if final:
-        final_staging = root / f".tmp-final-{os.getpid()}"
+        final_staging = root / f"{STAGING_PREFIX}{FINAL_NAME}-{os.getpid()}"
         shutil.rmtree(final_staging, ignore_errors=True)
-        shutil.copytree(target, final_staging)
-        _replace_dir(final_staging, root / "final")
+        shutil.copytree(target, final_staging, copy_function=_link_or_copy)
+        _replace_dir(final_staging, root / FINAL_NAME)
     prune_checkpoints(root, keep)
+    _fsync_dir(root)
     return target
 
 
 def prune_checkpoints(root: Path, keep: int) -> None:
     for old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_dir(old)
+
+
+def recover_interrupted_writes(root: Path) -> None:
+    """Tidy up after a kill: drop half-written folders, and put back a folder caught mid-replacement."""
+    if not root.is_dir():
+        return
+    for path in root.iterdir():
+        if path.name.startswith((STAGING_PREFIX, DELETE_PREFIX)):
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.name.startswith(TRASH_PREFIX):
+            original = root / path.name.removeprefix(TRASH_PREFIX).rsplit("-", 1)[0]
+            if original.name and not original.exists() and (path / STATE_FILE).is_file():
+                os.replace(path, original)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every RNG state a step could touch. Steps reseed from (seed, step), so this is belt and braces."""
+    import torch
+
+    rng: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    import torch
+
+    try:
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if "python" in rng:
+            version, internal, gauss = rng["python"]
+            random.setstate((version, tuple(internal), gauss))
+        if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError("--resume", f"the RNG state in {OPTIMIZER_FILE} is invalid: {_first_line(exc)}") from None
+
+
+# --------------------------------------------------------------------------- reading
 
 
 def list_checkpoints(root: Path) -> list[Path]:
-    """Complete step checkpoints, oldest first (temporary folders are never listed)."""
+    """Complete step checkpoints, oldest first (temporary and half-deleted folders are never listed)."""
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / STATE_FILE).is_file())
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX) and (p / STATE_FILE).is_file())
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def load_checkpoint(folder: Path) -> LoadedCheckpoint:
+    """Read and check a whole checkpoint; a crafted or damaged file raises CheckpointError naming it."""
+    state, tensors = load_training_state(folder)
+    for key in ("optimizer", "scheduler"):
+        if not isinstance(tensors.get(key), dict):
+            raise CheckpointError("--resume", f"{folder / OPTIMIZER_FILE} has no {key} state")
+    rng = tensors.get("rng") if isinstance(tensors.get("rng"), dict) else {}
+    return LoadedCheckpoint(folder, state, tensors["optimizer"], tensors["scheduler"], rng, load_weights(folder))
 
 
 def load_training_state(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(trainer state, {'optimizer', 'scheduler'}) of a checkpoint; refuses pickled code."""
+    """(trainer state, {'optimizer', 'scheduler', 'rng'}) of a checkpoint; refuses pickled code."""
     import pickle
 
     import torch
@@ -78,19 +179,61 @@ def load_training_state(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         state = json.loads((folder / STATE_FILE).read_text())
     except (OSError, ValueError) as exc:
-        raise CheckpointError("--resume", f"{folder / STATE_FILE} cannot be read: {exc}") from None
+        raise CheckpointError("--resume", f"{folder / STATE_FILE} cannot be read: {_first_line(exc)}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or state["step"] < 0:
+        raise CheckpointError("--resume", f"{folder / STATE_FILE} is not a trainer state (no step number)")
     try:
         tensors = torch.load(folder / OPTIMIZER_FILE, weights_only=True, map_location="cpu")
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError("--resume", f"{folder / OPTIMIZER_FILE} was refused (only plain tensors are loaded, never code): {first}") from None
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise CheckpointError(
+            "--resume", f"{folder / OPTIMIZER_FILE} was refused (only plain tensors are loaded, never code): {_first_line(exc)}"
+        ) from None
+    if not isinstance(tensors, dict):
+        raise CheckpointError("--resume", f"{folder / OPTIMIZER_FILE} does not hold optimizer and scheduler states")
     return state, tensors
 
 
+def load_weights(folder: Path) -> dict[str, "torch.Tensor"]:
+    """All safetensors shards of a checkpoint as one name -> tensor mapping (safetensors cannot hold code)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError("--resume", f"{folder} has no .safetensors weights")
+    weights: dict[str, Any] = {}
+    for file in files:
+        try:
+            weights.update(load_file(str(file), device="cpu"))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError("--resume", f"{file} cannot be read as safetensors: {_first_line(exc)}") from None
+    return weights
+
+
+def apply_weights(model, weights: dict[str, "torch.Tensor"], source: Path) -> None:
+    """Copy checkpoint weights into `model`; every parameter must be covered (tied ones count once)."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            result = model.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:
+        raise CheckpointError("--resume", f"weights in {source} do not fit the recipe's model: {_first_line(exc)}") from None
+    current = model.state_dict()
+    loaded = {current[name].data_ptr() for name in weights if name in current}
+    missing = [name for name in result.missing_keys if current[name].data_ptr() not in loaded]
+    if result.unexpected_keys or missing:
+        detail = f"unexpected {result.unexpected_keys[:3]}" if result.unexpected_keys else f"missing {missing[:3]}"
+        raise CheckpointError("--resume", f"weights in {source} do not fit the recipe's model ({detail})")
+
+
+# --------------------------------------------------------------------------- file-system helpers
+
+
 def _replace_dir(source: Path, target: Path) -> None:
-    """Rename `source` to `target`, replacing any old `target` without a moment where neither exists complete."""
+    """Rename `source` to `target`. An old `target` is renamed away first (recover_interrupted_writes undoes a kill in between)."""
     if target.exists():
-        trash = target.with_name(f".old-{target.name}-{os.getpid()}")
+        trash = target.with_name(f"{TRASH_PREFIX}{target.name}-{os.getpid()}")
         os.replace(target, trash)
         os.replace(source, target)
         shutil.rmtree(trash, ignore_errors=True)
@@ -98,8 +241,58 @@ def _replace_dir(source: Path, target: Path) -> None:
         os.replace(source, target)
 
 
+def _remove_dir(folder: Path) -> None:
+    """Rename then delete, so a kill mid-delete never leaves a half-empty folder under a checkpoint name."""
+    trash = folder.with_name(f"{DELETE_PREFIX}{folder.name}-{os.getpid()}")
+    os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """`final` shares the last step's files: checkpoint files are never modified after the rename."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 def _fsync_tree(folder: Path) -> None:
     for path in folder.iterdir():
         if path.is_file():
             with path.open("rb") as handle:
                 os.fsync(handle.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+class _quiet_transformers:
+    """No 'Writing model shards' progress bar from transformers on every checkpoint."""
+
+    def __enter__(self) -> None:
+        from transformers.utils import logging as hf_logging
+
+        self._was_enabled = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._was_enabled:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.enable_progress_bar()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__

@@ -1,0 +1,110 @@
+"""A run folder: what makes a folder a run, and the files that let `--resume` find everything.
+
+    OUTPUT_DIR/<run name>/
+        run.json        MLflow run id, tracking URI, experiment (written when the run starts)
+        recipe.yaml     the resolved recipe; `--resume` trains exactly this
+        history.jsonl   one line of metrics per RL step
+        checkpoints/    step-NNNNNN/ ... and final/ (see checkpoint.py)
+        summary.json    written when the run finishes
+        .lock           held (flock) by the process training the run
+
+This module imports no torch: `--resume` on a folder that is not a run fails in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sspo_cli.checkpoint import CheckpointError
+
+RUN_FILE = "run.json"
+RECIPE_FILE = "recipe.yaml"
+SUMMARY_FILE = "summary.json"
+HISTORY_FILE = "history.jsonl"
+CHECKPOINTS = "checkpoints"
+LOCK_FILE = ".lock"
+RUN_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    tracking_uri: str
+    experiment: str
+    run_name: str
+    format: int = RUN_FORMAT
+
+    def write(self, run_dir: Path) -> None:
+        write_json_atomic(run_dir / RUN_FILE, asdict(self))
+
+
+def read_run_folder(run_dir: Path) -> RunInfo:
+    """The run.json of a folder that really is a run; a CheckpointError naming `--resume` otherwise."""
+    key = "--resume"
+    if not run_dir.exists():
+        raise CheckpointError(key, f"run folder {str(run_dir)!r} does not exist")
+    if not run_dir.is_dir():
+        raise CheckpointError(key, f"{str(run_dir)!r} is not a folder (give the run folder, e.g. runs/<run name>)")
+    missing = [name for name in (RUN_FILE, RECIPE_FILE) if not (run_dir / name).is_file()]
+    if missing:
+        raise CheckpointError(key, f"{str(run_dir)!r} is not a run folder of `sspo train` (no {' or '.join(missing)})")
+    try:
+        data = json.loads((run_dir / RUN_FILE).read_text())
+        info = RunInfo(**{name: data[name] for name in ("run_id", "tracking_uri", "experiment", "run_name")})
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(key, f"{run_dir / RUN_FILE} is damaged: {type(exc).__name__}: {exc}") from None
+    if not all(isinstance(value, str) and value for value in (info.run_id, info.tracking_uri)):
+        raise CheckpointError(key, f"{run_dir / RUN_FILE} is damaged: run_id and tracking_uri must be non-empty strings")
+    if (run_dir / SUMMARY_FILE).is_file():
+        raise CheckpointError(key, f"run {str(run_dir)!r} already finished ({SUMMARY_FILE} exists): nothing to resume")
+    return info
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with staging.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(staging, path)
+
+
+class RunLock:
+    """An exclusive lock on a run folder while a process trains it; the OS drops it when the process dies."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / LOCK_FILE
+        self._handle: Any = None
+
+    def __enter__(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; run folders are then unguarded
+            return self
+        handle = self.path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise CheckpointError("--resume", f"run {str(self.path.parent)!r} is being trained by {holder}; stop it first") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"sspo process {os.getpid()}")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing releases the flock
+            self._handle = None

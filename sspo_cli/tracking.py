@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
@@ -31,28 +32,103 @@ def is_local_store(uri: str) -> bool:
 
 
 def _quiet_mlflow_logs() -> None:
-    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking", "mlflow.store"):
+    for name in ("alembic", "mlflow.tracking", "mlflow.store"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Logs every failed query with a traceback, then raises: the exception is reported once, by us.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def open_client(uri: str) -> "MlflowClient":
-    """Open (and, for sqlite, create) the store, failing with a clear message if that is not possible."""
-    import os
-
+    """Open (and, for sqlite, create) the store, failing fast with a clear message if that is not possible."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     _quiet_mlflow_logs()
     from mlflow.tracking import MlflowClient
 
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///"))
-        if db.parent and not db.parent.exists():
-            raise TrackingError("--tracking-uri", f"folder {str(db.parent)!r} of the sqlite store does not exist")
+    database = sqlite_path(uri)
+    if database is not None:
+        check_sqlite_writable(database)  # MLflow itself retries a bad sqlite path for ~100 s
     try:
-        client = MlflowClient(tracking_uri=uri)
-        client.search_experiments(max_results=1)
+        with _fail_fast_http():
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
     except Exception as exc:  # MLflow raises many types here (sqlalchemy, requests, its own)
-        raise TrackingError("--tracking-uri", f"cannot open MLflow store {uri!r}: {_first_line(exc)}") from None
+        raise TrackingError("--tracking-uri", f"cannot open MLflow store {uri!r}: {_reason(exc)}") from None
     return client
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail fast on a store that cannot work, creating nothing: a sqlite file is probed, any other store opened."""
+    database = sqlite_path(uri)
+    if database is not None:
+        check_sqlite_writable(database)
+    elif not uri.startswith("sqlite:"):
+        open_client(uri)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///path` URI (None for other stores and in-memory sqlite)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    raw = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(raw) if raw and not raw.startswith("file:") and raw != ":memory:" else None
+
+
+def check_sqlite_writable(database: Path) -> None:
+    """The sqlite file (or, for a new store, its folder) must take a write; checked without changing anything."""
+    import sqlite3
+
+    key = "--tracking-uri"
+    if database.exists():
+        if not database.is_file():
+            raise TrackingError(key, f"sqlite store {str(database)!r} is not a file")
+        try:
+            connection = sqlite3.connect(f"{database.resolve().as_uri()}?mode=rw", uri=True, timeout=5.0, isolation_level=None)
+            try:
+                connection.execute("PRAGMA schema_version").fetchone()  # fails on a file that is not a database
+                # A write in a transaction that is rolled back: fails if the file is read-only or locked
+                # (sqlite silently opens a write-protected file read-only, so the lock alone proves nothing).
+                connection.execute("BEGIN IMMEDIATE")
+                connection.execute("CREATE TABLE sspo_write_probe (x INTEGER)")
+                connection.execute("ROLLBACK")
+            finally:
+                connection.close()
+        except sqlite3.Error as exc:
+            raise TrackingError(key, f"sqlite store {str(database)!r} cannot be written: {exc}") from None
+        return
+    folder = database.parent
+    if not folder.is_dir():
+        problem = "does not exist" if not folder.exists() else "is not a folder"
+        raise TrackingError(key, f"folder {str(folder)!r} of the sqlite store {problem}")
+    probe = folder / f".sspo-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise TrackingError(key, f"folder {str(folder)!r} of the sqlite store cannot be written: {exc.strerror or exc}") from None
+
+
+class _fail_fast_http:
+    """An unreachable tracking server fails in seconds, not after MLflow's minutes of retries."""
+
+    SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+    def __enter__(self) -> None:
+        self._saved = {name: os.environ.get(name) for name in self.SETTINGS}
+        for name, value in self.SETTINGS.items():
+            os.environ.setdefault(name, value)
+
+    def __exit__(self, *exc: object) -> None:
+        for name, value in self._saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+
+
+def check_store_writable(client: "MlflowClient", uri: str, experiment: str, artifact_root: Path | None) -> str:
+    """The experiment's id, creating it if needed: for a server, that is the write check before any run exists."""
+    try:
+        return get_or_create_experiment(client, experiment, artifact_root if is_local_store(uri) else None)
+    except Exception as exc:
+        raise TrackingError("--tracking-uri", f"cannot write to MLflow store {uri!r}: {_reason(exc)}") from None
 
 
 def get_or_create_experiment(client: "MlflowClient", name: str, artifact_root: Path | None) -> str:
@@ -69,6 +145,7 @@ class Tracker:
     def __init__(self, client: "MlflowClient", run_id: str):
         self.client = client
         self.run_id = run_id
+        self._logged_through: dict[str, int] = {}
 
     @classmethod
     def start(
@@ -86,16 +163,25 @@ class Tracker:
         all_tags = dict(tags)
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+        try:
+            run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+        except Exception as exc:
+            raise TrackingError("--tracking-uri", f"cannot create a run in MLflow store {uri!r}: {_reason(exc)}") from None
         tracker = cls(client, run.info.run_id)
         tracker.log_params(params)
         return tracker
 
     @classmethod
-    def resume(cls, uri: str, run_id: str) -> "Tracker":
+    def resume(cls, uri: str, run_id: str, skip_logged_steps: bool = False) -> "Tracker":
+        """Reopen a run and mark it RUNNING. With `skip_logged_steps`, a metric is not logged again
+        for a step it already has (a resumed training re-runs the steps after its checkpoint)."""
         client = open_client(uri)
+        run = find_run(client, uri, run_id)
+        tracker = cls(client, run_id)
+        if skip_logged_steps:
+            tracker._logged_through = {key: max((m.step for m in client.get_metric_history(run_id, key)), default=-1) for key in run.data.metrics}
         client.update_run(run_id, status="RUNNING")
-        return cls(client, run_id)
+        return tracker
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -111,7 +197,11 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(v)]
+        items = [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if v is not None and math.isfinite(v) and step > self._logged_through.get(k, -1)
+        ]
         for chunk in _chunks(items, MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=chunk)
 
@@ -129,6 +219,17 @@ class Tracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+def find_run(client: "MlflowClient", uri: str, run_id: str):
+    """The run, or a TrackingError naming run.json's run id and the store."""
+    try:
+        run = client.get_run(run_id)
+    except Exception as exc:
+        raise TrackingError("--resume", f"MLflow run {run_id!r} (from run.json) is not in {uri!r}: {_reason(exc)}") from None
+    if run.info.lifecycle_stage == "deleted":
+        raise TrackingError("--resume", f"MLflow run {run_id!r} (from run.json) was deleted from {uri!r}")
+    return run
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -156,3 +257,11 @@ def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0][:300] if lines else type(exc).__name__
+
+
+def _reason(exc: BaseException) -> str:
+    """A store error in one short line; a refused connection says so instead of a wall of urllib3 text."""
+    text = str(exc)
+    if "Failed to establish a new connection" in text or "Max retries exceeded" in text:
+        return "the server cannot be reached (connection refused or timed out)"
+    return _first_line(exc)

@@ -73,6 +73,15 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(raw) if raw and not raw.startswith("file:") and raw != ":memory:" else None
 
 
+def absolute_uri(uri: str) -> str:
+    """A relative sqlite path made absolute, so run.json still finds the store from another directory."""
+    database = sqlite_path(uri)
+    if database is None or database.is_absolute():
+        return uri
+    query = uri.partition("?")[2]
+    return f"sqlite:///{database.resolve()}" + (f"?{query}" if query else "")
+
+
 def check_sqlite_writable(database: Path) -> None:
     """The sqlite file (or, for a new store, its folder) must take a write; checked without changing anything."""
     import sqlite3

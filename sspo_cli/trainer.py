@@ -117,7 +117,7 @@ def run_training(
 ) -> dict[str, Any]:
     """Train one recipe end to end and return its summary (also written to summary.json)."""
     from sspo_cli.run_folder import RECIPE_FILE, RunInfo, RunLock
-    from sspo_cli.tracking import Tracker, flatten
+    from sspo_cli.tracking import Tracker, absolute_uri, flatten
 
     observer = observer or TrainingObserver()
     prepared = prepare(recipe, Path(output_dir), tracking_uri, observer)
@@ -139,7 +139,7 @@ def run_training(
         try:
             (run_dir / RECIPE_FILE).write_text(to_yaml(recipe))
             tracker = Tracker.start(prepared.tracking_uri, recipe.tracking.experiment, run_dir.name, flatten(recipe.resolved()), tags, prepared.output_dir / "mlartifacts", parent_run_id)
-            RunInfo(tracker.run_id, prepared.tracking_uri, recipe.tracking.experiment, run_dir.name).write(run_dir)
+            RunInfo(tracker.run_id, absolute_uri(prepared.tracking_uri), recipe.tracking.experiment, run_dir.name).write(run_dir)
         except BaseException as exc:
             if tracker is not None:
                 _finish_quietly(tracker, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")

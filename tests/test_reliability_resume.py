@@ -13,10 +13,11 @@ import json
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from helpers_reliability import (
+    TIMEOUT_S,
     history_steps,
     interrupt,
     metric_steps,
@@ -43,16 +44,33 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+class Background:
+    """A `sspo train` started now and collected when first needed, so it overlaps other work."""
+
+    def __init__(self, process: Any, out: Path):
+        self.process, self.out = process, out
+        self._run_dir: Path | None = None
+
+    def run_dir(self) -> Path:
+        if self._run_dir is None:
+            out, err = self.process.communicate(timeout=TIMEOUT_S)
+            assert self.process.returncode == 0, out + err
+            self._run_dir = only_run_dir(self.out)
+        return self._run_dir
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def uninterrupted(workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Background]:
     out = workspace / "uninterrupted"
     store = mlflow_store(tmp_path_factory, out)
-    result = run_sspo("train", str(workspace / "recipe.yaml"), "-o", str(out), "--tracking-uri", f"sqlite:///{store}", "-q")
-    assert result.returncode == 0, result.stderr
-    return only_run_dir(out)
+    background = Background(start_sspo("train", str(workspace / "recipe.yaml"), "-o", str(out), "--tracking-uri", f"sqlite:///{store}", "-q"), out)
+    yield background
+    if background.process.poll() is None:
+        background.process.kill()
+        background.process.communicate()
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted_run(workspace: Path, uninterrupted: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_interrupted_and_resumed_run_equals_uninterrupted_run(workspace: Path, uninterrupted: Background, tmp_path_factory: pytest.TempPathFactory) -> None:
     out = workspace / "interrupted"
     database = mlflow_store(tmp_path_factory, workspace / "interrupted-store")
 
@@ -101,19 +119,20 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(workspace: Path, u
     assert result.returncode == 0, result.stderr
     assert not [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
 
-    assert_same_training(uninterrupted, run_dir)
+    expected = uninterrupted.run_dir()
+    assert_same_training(expected, run_dir)
     assert run_status(database, run_id) == "FINISHED"
     assert metric_steps(database, run_id, "train/reward") == list(range(1, STEPS + 1))  # re-run steps not logged twice
     assert metric_steps(database, run_id, "eval/accuracy") == [0, 5, 10, 15, 20, 25, 30]
-    assert metric_values(uninterrupted.parent / "mlflow.db", uninterrupted, "train/grad_norm") == metric_values(database, run_dir, "train/grad_norm")
+    assert metric_values(expected.parent / "mlflow.db", expected, "train/grad_norm") == metric_values(database, run_dir, "train/grad_norm")
     summary = json.loads((run_dir / "summary.json").read_text())
     # The resumes that led to the final state: from scratch, then from each graceful stop; the later
     # ones restarted from the step-`second_stop` checkpoint or a later one.
     assert summary["resumed_from"][:3] == [0, first_stop, second_stop] and summary["resumed_from"] == sorted(summary["resumed_from"])
 
 
-def test_resume_of_a_finished_run_is_refused(uninterrupted: Path) -> None:
-    result = run_sspo("train", "--resume", str(uninterrupted))
+def test_resume_of_a_finished_run_is_refused(uninterrupted: Background) -> None:
+    result = run_sspo("train", "--resume", str(uninterrupted.run_dir()))
     assert result.returncode == 2
     assert "already finished" in result.stderr and "Traceback" not in result.stderr
 

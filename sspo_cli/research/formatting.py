@@ -1,0 +1,48 @@
+"""Numbers as the table, the CSV's readers and report.md show them (one formatter for all)."""
+
+from __future__ import annotations
+
+import math
+
+from sspo_cli.research.metrics import GroupSummary, MetricSpec
+from sspo_cli.research.stats import Interval
+
+MISSING = "—"
+
+
+def format_value(kind: str, value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return MISSING
+    if kind == "percent":
+        return f"{value * 100:.1f}%"
+    if kind == "sci":
+        return f"{value:.3g}"
+    if kind == "steps":
+        return f"{value:.0f}"
+    if kind == "seconds":
+        return f"{value:.1f}s"
+    return f"{value:.3f}"
+
+
+def format_interval(kind: str, interval: Interval, runs: int | None = None) -> str:
+    """`mean ± half-width`; `(n=1)` when there is no interval; `[reached/runs]` when some runs gave no value."""
+    if interval.n == 0:
+        return MISSING
+    text = format_value(kind, interval.mean)
+    text += f" ± {format_value(kind, interval.half_width)}" if interval.n >= 2 else " (n=1)"
+    if runs is not None and interval.n < runs:
+        text += f" [{interval.n}/{runs}]"
+    return text
+
+
+def cell(summary: GroupSummary, spec: MetricSpec) -> str:
+    return format_interval(spec.kind, summary.metrics[spec.key], runs=len(summary.run_ids))
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

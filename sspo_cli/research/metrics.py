@@ -1,0 +1,162 @@
+"""What a comparison measures per run, and how runs of one group (method or sweep point) combine.
+
+Pure: records in, numbers out. Loading records from run folders or MLflow lives in `records.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+from sspo_cli.research.stats import Interval, curve_mean, finite, first_step_reaching, mean, t_interval, tail_mean
+
+Better = Literal["higher", "lower"] | None
+Kind = Literal["percent", "float", "sci", "steps", "seconds"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    key: str
+    label: str
+    better: Better  # None: no "best" (e.g. entropy: neither end is good by itself)
+    kind: Kind
+    description: str
+
+
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("final_accuracy", "final acc", "higher", "percent", "greedy held-out accuracy at the last step"),
+    MetricSpec("best_accuracy", "best acc", "higher", "percent", "best greedy held-out accuracy over the run's evals"),
+    MetricSpec("reward_auc", "reward AUC", "higher", "float", "area under the train/reward curve divided by the step span (mean reward over training)"),
+    MetricSpec("steps_to_threshold", "steps to thr", "lower", "steps", "first eval step whose accuracy reaches the threshold (seeds that never reach it are left out)"),
+    MetricSpec("seq_var", "weight/seq_var", "lower", "sci", "mean over steps of weight/seq_var (variance of the sequence importance weight)"),
+    MetricSpec("saturated_frac", "saturated", "lower", "percent", "mean over steps of grad_weight/saturated_frac"),
+    MetricSpec("final_entropy", "final entropy", None, "float", "mean train/entropy over the last 10% of steps"),
+    MetricSpec("wall_seconds", "wall time", "lower", "seconds", "RL wall time of the run (warm start excluded)"),
+)
+METRIC_KEYS = tuple(spec.key for spec in METRICS)
+
+
+def metric_spec(key: str) -> MetricSpec:
+    for spec in METRICS:
+        if spec.key == key:
+            return spec
+    from sspo_cli.research import ResearchError
+
+    raise ResearchError("--metric", f"unknown metric {key!r} (choose from {', '.join(METRIC_KEYS)})")
+
+
+@dataclass
+class Curves:
+    """Per-step training metrics and the periodic evals of one run."""
+
+    eval_steps: list[int] = field(default_factory=list)
+    eval_accuracy: list[float] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    reward: list[float] = field(default_factory=list)
+    seq_var: list[float] = field(default_factory=list)
+    saturated_frac: list[float] = field(default_factory=list)
+    entropy: list[float] = field(default_factory=list)
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    group: str  # the method (compare) or the grid point (sweep) this run belongs to
+    seed: int
+    wall_seconds: float
+    curves: Curves
+    run_name: str = ""
+    run_dir: str | None = None
+    reused: bool = False
+
+
+def run_metrics(record: RunRecord, threshold: float) -> dict[str, float]:
+    """Every metric of METRICS for one run; NaN where a run has no value (e.g. threshold never reached)."""
+    c = record.curves
+    return {
+        "final_accuracy": c.eval_accuracy[-1] if c.eval_accuracy else math.nan,
+        "best_accuracy": max(finite(c.eval_accuracy), default=math.nan),
+        "reward_auc": curve_mean(c.steps, c.reward),
+        "steps_to_threshold": first_step_reaching(c.eval_steps, c.eval_accuracy, threshold),
+        "seq_var": mean(finite(c.seq_var)),
+        "saturated_frac": mean(finite(c.saturated_frac)),
+        "final_entropy": tail_mean(c.entropy),
+        "wall_seconds": record.wall_seconds,
+    }
+
+
+@dataclass(frozen=True)
+class Threshold:
+    value: float
+    how: str  # how it was chosen, for the report
+
+
+def auto_threshold(records: Sequence[RunRecord]) -> Threshold:
+    """Halfway from the mean starting accuracy to the best group's mean final accuracy.
+
+    Scales to any task, unlike a fixed number; `--threshold` overrides it.
+    """
+    starts = finite([r.curves.eval_accuracy[0] for r in records if r.curves.eval_accuracy])
+    groups: dict[str, list[float]] = {}
+    for r in records:
+        if r.curves.eval_accuracy:
+            groups.setdefault(r.group, []).append(r.curves.eval_accuracy[-1])
+    best_final = max((mean(v) for v in groups.values()), default=math.nan)
+    start = mean(starts)
+    if not math.isfinite(start) or not math.isfinite(best_final) or best_final <= start:
+        return Threshold(1.0, "auto: no group improved on the start, so 100%")
+    return Threshold(start + (best_final - start) / 2, f"auto: halfway from the start {start:.1%} to the best final {best_final:.1%}")
+
+
+@dataclass
+class GroupSummary:
+    name: str
+    run_ids: list[str]
+    seeds: list[int]
+    metrics: dict[str, Interval]
+    per_run: list[dict[str, float]]
+
+
+def summarize(records: Sequence[RunRecord], threshold: float, order: Sequence[str] | None = None, confidence: float = 0.95) -> list[GroupSummary]:
+    """One summary per group, in `order` (default: first appearance), each metric as a t-interval over seeds."""
+    by_group: dict[str, list[RunRecord]] = {}
+    for name in order or []:
+        by_group[name] = []
+    for record in records:
+        by_group.setdefault(record.group, []).append(record)
+    out = []
+    for name, members in by_group.items():
+        per_run = [run_metrics(r, threshold) for r in members]
+        intervals = {key: t_interval([m[key] for m in per_run], confidence) for key in METRIC_KEYS}
+        out.append(GroupSummary(name, [r.run_id for r in members], [r.seed for r in members], intervals, per_run))
+    return out
+
+
+def best_groups(summaries: Sequence[GroupSummary]) -> dict[str, set[str]]:
+    """For each metric with a direction, the groups whose mean is the best (ties all count)."""
+    best: dict[str, set[str]] = {}
+    for spec in METRICS:
+        if spec.better is None:
+            continue
+        scored = [(s.metrics[spec.key].mean, s.name) for s in summaries if math.isfinite(s.metrics[spec.key].mean)]
+        if len(scored) < 2:
+            continue
+        pick = max if spec.better == "higher" else min
+        top = pick(value for value, _ in scored)
+        winners = {name for value, name in scored if math.isclose(value, top, rel_tol=1e-12, abs_tol=1e-15)}
+        if len(winners) < len(scored):  # when every group ties, none is best
+            best[spec.key] = winners
+    return best
+
+
+def rank(summaries: Sequence[GroupSummary], key: str) -> list[GroupSummary]:
+    """Best first by the metric's mean (groups without a value last)."""
+    spec = metric_spec(key)
+    sign = -1 if spec.better != "lower" else 1
+
+    def sort_key(summary: GroupSummary) -> tuple[int, float]:
+        value = summary.metrics[key].mean
+        return (0, sign * value) if math.isfinite(value) else (1, 0.0)
+
+    return sorted(summaries, key=sort_key)

@@ -1,0 +1,38 @@
+"""Where the time of a comparison or sweep goes: training versus the workflow around it."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+TRAINING = "training"
+
+
+@dataclass
+class PhaseTimer:
+    """Accumulates wall seconds per named phase; everything that is not `training` is overhead."""
+
+    started: float = field(default_factory=time.perf_counter)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - begin
+
+    def report(self) -> dict[str, object]:
+        total = time.perf_counter() - self.started
+        training = self.seconds.get(TRAINING, 0.0)
+        overhead = max(total - training, 0.0)
+        return {
+            "total_seconds": round(total, 3),
+            "training_seconds": round(training, 3),
+            "overhead_seconds": round(overhead, 3),
+            "overhead_fraction": round(overhead / total, 5) if total > 0 else 0.0,
+            "phases": {name: round(value, 3) for name, value in sorted(self.seconds.items())},
+        }

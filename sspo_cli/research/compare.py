@@ -1,0 +1,288 @@
+"""`sspo compare`: train methods x seeds from one recipe (reusing finished runs), or compare runs
+that exist; then the table, the figure, compare.csv/json and report.md, grouped in MLflow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from sspo_cli.recipe import Recipe, recipe_from_dict, stable_hash
+from sspo_cli.research import ResearchError
+from sspo_cli.research.execute import ExecutionContext, Outcome, PlannedRun, WorkflowObserver, execute
+from sspo_cli.research.metrics import GroupSummary, RunRecord, Threshold, auto_threshold, summarize
+from sspo_cli.research.recipe_files import deep_merge, read_recipe_file, read_variants
+from sspo_cli.research.store import MEMBERSHIP_TAG, METHOD_TAG, add_membership, membership_filter, open_group_run
+from sspo_cli.research.timing import PhaseTimer
+
+if TYPE_CHECKING:
+    from sspo_cli.tracking import Tracker
+
+DEFAULT_OBJECTIVE = "sspo"  # the Recipe's default objective when a recipe has no objective section
+VARIANTS_FILE = "variants.yaml"
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    patch: dict[str, Any]  # recipe sections merged over the base recipe
+
+
+@dataclass
+class ComparisonResult:
+    kind: str
+    group_id: str
+    title: str
+    out_dir: Path
+    summaries: list[GroupSummary]
+    records: list[RunRecord]
+    outcomes: list[Outcome]
+    threshold: Threshold
+    files: dict[str, Path]
+    timing: dict[str, Any]
+    parent_run_id: str
+    tracking_uri: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def parse_methods(spec: str, variants: dict[str, dict[str, Any]]) -> list[Method]:
+    """`grpo,gspo,sspo-arctan`: objective names, or variant names from the variants file."""
+    from sspo_cli.objectives.config import OBJECTIVE_NAMES
+
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    if not names:
+        raise ResearchError("--methods", "name at least one method, e.g. --methods grpo,sspo")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ResearchError("--methods", f"{', '.join(duplicates)} named twice")
+    methods = []
+    for name in names:
+        if name in variants:
+            methods.append(Method(name, variants[name]))
+        elif name in OBJECTIVE_NAMES:
+            methods.append(Method(name, {"objective": {"name": name}}))
+        else:
+            known = f"objectives: {', '.join(OBJECTIVE_NAMES)}" + (f"; variants: {', '.join(variants)}" if variants else "; no variants file")
+            raise ResearchError("--methods", f"unknown method {name!r} ({known})")
+    return methods
+
+
+def recipe_data_for(base: dict[str, Any], method: Method) -> dict[str, Any]:
+    """The base recipe with the method applied.
+
+    A method that keeps the base's objective name refines the base's objective section (so
+    `sspo` in an SSPO recipe keeps its temperatures); one that changes it replaces the section,
+    since each objective has its own keys.
+    """
+    patch = dict(method.patch)
+    objective = patch.pop("objective", None)
+    data = deep_merge(base, patch)
+    if isinstance(objective, dict):
+        current = data.get("objective") or {}
+        current_name = current.get("name", DEFAULT_OBJECTIVE) if isinstance(current, dict) else None
+        wanted = objective.get("name", current_name)
+        data["objective"] = deep_merge(current, objective) if wanted == current_name else dict(objective)
+    elif objective is not None:
+        data["objective"] = objective  # let recipe validation name the problem
+    return data
+
+
+def plan_comparison(recipe_path: Path, overrides: Sequence[str], methods_spec: str, seeds: int, variants_path: Path | None) -> tuple[list[PlannedRun], Recipe]:
+    """Every (method, seed) run, each recipe validated before anything trains."""
+    if seeds < 1:
+        raise ResearchError("--seeds", f"must be at least 1, got {seeds}")
+    base_data, _ = read_recipe_file(recipe_path)
+    base = recipe_from_dict(base_data, list(overrides), str(recipe_path))
+    variants = read_variants(variants_path) if variants_path else {}
+    plan = []
+    for method in parse_methods(methods_spec, variants):
+        data = recipe_data_for(base_data, method)
+        for seed in range(base.seed, base.seed + seeds):
+            recipe = recipe_from_dict(data, [*overrides, f"seed={seed}"], f"{recipe_path} (method {method.name})")
+            plan.append(PlannedRun(method.name, seed, recipe, f"{recipe.name}-{method.name}-s{seed}", {METHOD_TAG: method.name}))
+    return plan, base
+
+
+def default_variants_file(recipe_path: Path) -> Path | None:
+    candidate = recipe_path.parent / VARIANTS_FILE
+    return candidate if candidate.is_file() else None
+
+
+def group_id_of(kind: str, plan: Sequence[PlannedRun]) -> str:
+    """Same planned runs, same id: re-running a comparison finds its parent run again."""
+    return stable_hash({"kind": kind, "runs": [[p.group, p.fingerprint] for p in plan]})[:12]
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_comparison(
+    recipe_path: Path,
+    overrides: Sequence[str],
+    methods_spec: str,
+    seeds: int,
+    variants_path: Path | None,
+    output_dir: Path,
+    tracking_uri: str | None = None,
+    jobs: int = 1,
+    threshold: float | None = None,
+    report_dir: Path | None = None,
+    observer: WorkflowObserver | None = None,
+) -> ComparisonResult:
+    from sspo_cli.tracking import default_tracking_uri
+    from sspo_cli.trainer import ensure_writable
+
+    timer = PhaseTimer()
+    with timer.phase("planning"):
+        if jobs < 1:
+            raise ResearchError("--jobs", f"must be at least 1, got {jobs}")
+        variants_path = variants_path or default_variants_file(recipe_path)
+        plan, base = plan_comparison(recipe_path, overrides, methods_spec, seeds, variants_path)
+        group_id = group_id_of("comparison", plan)
+        methods = list(dict.fromkeys(p.group for p in plan))
+        title = f"{base.name}: {', '.join(methods)} x {seeds} seed{'s' if seeds > 1 else ''}"
+        ensure_writable(output_dir)
+        tracking_uri = tracking_uri or default_tracking_uri(output_dir)
+        out_dir = report_dir or output_dir / f"compare-{base.name}-{group_id}"
+    with timer.phase("group run"):
+        params = {"recipe": str(recipe_path), "methods": ",".join(methods), "seeds": seeds, "overrides": " ".join(overrides), "variants": str(variants_path or "")}
+        tracker = open_group_run(tracking_uri, base.tracking.experiment, "comparison", group_id, f"compare-{base.name}-{group_id[:6]}", params, output_dir / "mlartifacts")
+    return _run_and_finish(plan, methods, "comparison", group_id, title, out_dir, tracker, timer, output_dir, tracking_uri, jobs, threshold, observer)
+
+
+def _run_and_finish(
+    plan: list[PlannedRun],
+    order: list[str],
+    kind: str,
+    group_id: str,
+    title: str,
+    out_dir: Path,
+    tracker: "Tracker",
+    timer: PhaseTimer,
+    output_dir: Path,
+    tracking_uri: str,
+    jobs: int,
+    threshold: float | None,
+    observer: WorkflowObserver | None,
+) -> ComparisonResult:
+    """Train (or reuse) the plan under the group run, then finish; the group run ends KILLED/FAILED if this does not."""
+    from sspo_cli.research.records import records_of_outcomes
+
+    try:
+        ctx = ExecutionContext(output_dir, tracking_uri, group_id, tracker.run_id, jobs, observer or WorkflowObserver(), timer)
+        outcomes = execute(plan, ctx)
+        with timer.phase("loading records"):
+            records = records_of_outcomes(tracker.client, outcomes)
+        return finish_comparison(kind, group_id, title, records, outcomes, order, threshold, out_dir, tracker, timer, tracking_uri)
+    except KeyboardInterrupt:
+        tracker.finish("KILLED")
+        raise
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+
+
+def finish_comparison(
+    kind: str,
+    group_id: str,
+    title: str,
+    records: list[RunRecord],
+    outcomes: list[Outcome],
+    order: Sequence[str],
+    threshold_value: float | None,
+    out_dir: Path,
+    tracker: "Tracker",
+    timer: PhaseTimer,
+    tracking_uri: str,
+) -> ComparisonResult:
+    """Table numbers, figure, compare.csv/json and report.md; all logged on the parent run."""
+    from sspo_cli.research.outputs import comparison_document, write_csv, write_json, write_report
+    from sspo_cli.research.plots import comparison_figure
+
+    with timer.phase("analysis"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        threshold = Threshold(threshold_value, "--threshold") if threshold_value is not None else auto_threshold(records)
+        summaries = summarize(records, threshold.value, order)
+    figures = []
+    if records:
+        with timer.phase("plotting"):
+            figures.append(comparison_figure(records, order, out_dir / "compare.png", title))
+    mlflow_note = (
+        f"MLflow store `{tracking_uri}`, parent run `{tracker.run_id}`; the runs side by side: "
+        f"search `{membership_filter(group_id)}` in the MLflow UI."
+    )
+    with timer.phase("writing outputs"):
+        files = {"csv": write_csv(out_dir / "compare.csv", summaries, "method")}
+        document = comparison_document(kind, group_id, title, summaries, records, outcomes, threshold, {"mlflow": {"tracking_uri": tracking_uri, "parent_run_id": tracker.run_id, "runs_filter": membership_filter(group_id)}, "timing": timer.report()})
+        files["json"] = write_json(out_dir / "compare.json", document)
+        files["report"] = write_report(out_dir / "report.md", title, summaries, records, outcomes, threshold, figures, "method", mlflow_note, timer.report())
+        if figures:
+            files["figure"] = figures[0]
+    with timer.phase("logging artifacts"):
+        for path in files.values():
+            tracker.log_artifact(path)
+    timing = timer.report()
+    tracker.log_metrics({f"workflow/{key}": value for key, value in timing.items() if isinstance(value, float)}, step=0)
+    tracker.finish("FINISHED" if all(o.ok for o in outcomes) else "FAILED")
+    return ComparisonResult(kind, group_id, title, out_dir, summaries, records, outcomes, threshold, files, timing, tracker.run_id, tracking_uri)
+
+
+# --------------------------------------------------------------------------- existing runs
+
+
+def compare_existing(
+    experiment: str | None,
+    run_ids: Sequence[str],
+    output_dir: Path,
+    tracking_uri: str | None = None,
+    threshold: float | None = None,
+    report_dir: Path | None = None,
+    group_by: str | None = None,
+) -> ComparisonResult:
+    """Compare finished runs as they are, grouped by the `sspo.method` tag (or `--group-by TAG`)."""
+    from sspo_cli.research.records import record_from_mlflow
+    from sspo_cli.research.store import runs_by_id, training_runs_of_experiment
+    from sspo_cli.tracking import default_tracking_uri, open_client
+
+    timer = PhaseTimer()
+    if bool(experiment) == bool(run_ids):
+        raise ResearchError("--experiment", "give either RECIPE, --experiment NAME or --runs ID ...")
+    tracking_uri = tracking_uri or default_tracking_uri(output_dir)
+    with timer.phase("mlflow queries"):
+        client = open_client(tracking_uri)
+        runs = training_runs_of_experiment(client, experiment) if experiment else runs_by_id(client, run_ids)
+        if not runs:
+            raise ResearchError("--experiment", f"experiment {experiment!r} has no FINISHED sspo training runs")
+        experiment_name = experiment or client.get_experiment(runs[0].info.experiment_id).name
+    with timer.phase("loading records"):
+        records = [record_from_mlflow(client, run, group_label(run, group_by), reused=True) for run in runs]
+    order = list(dict.fromkeys(r.group for r in records))
+    group_id = stable_hash({"kind": "comparison-of-runs", "runs": sorted(r.run_id for r in records)})[:12]
+    title = f"{experiment_name}: {', '.join(order)} ({len(records)} runs)"
+    with timer.phase("group run"):
+        params = {"experiment": experiment or "", "runs": " ".join(run_ids), "group_by": group_by or METHOD_TAG}
+        tracker = open_group_run(tracking_uri, experiment_name, "comparison", group_id, f"compare-runs-{group_id[:6]}", params, output_dir / "mlartifacts")
+        for run in runs:
+            add_membership(client, run.info.run_id, run.data.tags.get(MEMBERSHIP_TAG), group_id)
+    out_dir = report_dir or output_dir / f"compare-{experiment_name}-{group_id}"
+    try:
+        return finish_comparison("comparison", group_id, title, records, [], order, threshold, out_dir, tracker, timer, tracking_uri)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+
+
+def group_label(run: Any, tag: str | None) -> str:
+    tags = run.data.tags
+    if tag:
+        if tag not in tags:
+            raise ResearchError("--group-by", f"run {run.info.run_id} has no tag {tag!r}")
+        return tags[tag]
+    return tags.get(METHOD_TAG) or tags.get("sspo.objective") or "unknown"

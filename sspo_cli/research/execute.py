@@ -1,0 +1,283 @@
+"""Train a planned set of runs: reuse finished ones, train the rest in-process or in parallel processes.
+
+A run is identified by its resolved recipe's fingerprint. A FINISHED MLflow run with the same
+fingerprint is reused as is; anything else (never started, FAILED, KILLED, still marked
+RUNNING after a crash) is trained again. One failing run is recorded and the others go on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Sequence
+
+from sspo_cli.recipe import Recipe, stable_hash
+from sspo_cli.research.store import MEMBERSHIP_TAG, add_membership, finished_runs_by_fingerprint
+from sspo_cli.research.timing import TRAINING, PhaseTimer
+
+if TYPE_CHECKING:
+    from sspo_cli.trainer import TrainingObserver
+
+State = Literal["reused", "trained", "failed", "cancelled"]
+
+
+@dataclass
+class PlannedRun:
+    group: str  # method name (compare) or point label (sweep)
+    seed: int
+    recipe: Recipe
+    display_name: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return self.recipe.fingerprint()
+
+
+@dataclass
+class Outcome:
+    planned: PlannedRun
+    state: State
+    run_id: str | None = None
+    run_dir: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    run_name: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state in ("reused", "trained")
+
+
+class WorkflowObserver:
+    """Receives the progress of a set of runs; the CLI renders it, tests ignore it."""
+
+    def on_plan(self, total: int, reused: int, to_train: int, jobs: int) -> None: ...
+    def on_run_start(self, planned: PlannedRun) -> None: ...
+    def on_run_end(self, outcome: Outcome) -> None: ...
+    def training_observer(self) -> "TrainingObserver | None":
+        return None
+
+
+@dataclass
+class ExecutionContext:
+    output_dir: Path
+    tracking_uri: str
+    group_id: str
+    parent_run_id: str | None
+    jobs: int = 1
+    observer: WorkflowObserver = field(default_factory=WorkflowObserver)
+    timer: PhaseTimer = field(default_factory=PhaseTimer)
+
+
+def threads_per_job(jobs: int) -> int:
+    """Torch threads per worker so that `jobs` workers do not oversubscribe the cores."""
+    return max(1, available_cores() // max(jobs, 1))
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def execute(plan: Sequence[PlannedRun], ctx: ExecutionContext) -> list[Outcome]:
+    """One outcome per planned run, in plan order."""
+    from sspo_cli.tracking import open_client
+
+    with ctx.timer.phase("reuse check"):
+        client = open_client(ctx.tracking_uri)
+        finished = finished_runs_by_fingerprint(client, {p.recipe.tracking.experiment for p in plan})
+    outcomes: dict[str, Outcome] = {}  # by fingerprint: identical recipes are trained once
+    with ctx.timer.phase("membership tags"):
+        for planned in plan:
+            run = finished.get(planned.fingerprint)
+            if run is not None and planned.fingerprint not in outcomes:
+                outcomes[planned.fingerprint] = Outcome(planned, "reused", run.info.run_id, run.data.tags.get("sspo.run_dir"), run_name=run.info.run_name)
+                add_membership(client, run.info.run_id, run.data.tags.get(MEMBERSHIP_TAG), ctx.group_id)
+    to_train = unique_by_fingerprint([p for p in plan if p.fingerprint not in outcomes])
+    ctx.observer.on_plan(len(plan), len(outcomes), len(to_train), ctx.jobs)
+    for outcome in outcomes.values():
+        ctx.observer.on_run_end(outcome)
+    try:
+        with ctx.timer.phase(TRAINING):
+            if ctx.jobs <= 1 or len(to_train) <= 1:
+                run_sequentially(to_train, ctx, outcomes)
+            else:
+                run_in_processes(to_train, ctx, outcomes)
+    finally:
+        for planned in to_train:
+            outcomes.setdefault(planned.fingerprint, Outcome(planned, "cancelled"))
+    with ctx.timer.phase("naming runs"):
+        for outcome in outcomes.values():
+            if outcome.state == "trained" and outcome.run_id:
+                client.update_run(outcome.run_id, name=outcome.planned.display_name)
+                outcome.run_name = outcome.planned.display_name
+    return [_for_plan(outcomes[p.fingerprint], p) for p in plan]
+
+
+def _for_plan(outcome: Outcome, planned: PlannedRun) -> Outcome:
+    """The shared outcome, seen from a planned run that happened to have an identical recipe."""
+    if outcome.planned is planned:
+        return outcome
+    return Outcome(planned, outcome.state, outcome.run_id, outcome.run_dir, outcome.error, outcome.seconds, outcome.run_name)
+
+
+def unique_by_fingerprint(plan: Sequence[PlannedRun]) -> list[PlannedRun]:
+    seen: set[str] = set()
+    out = []
+    for planned in plan:
+        if planned.fingerprint not in seen:
+            seen.add(planned.fingerprint)
+            out.append(planned)
+    return out
+
+
+def run_tags(planned: PlannedRun, group_id: str) -> dict[str, str]:
+    return {**planned.tags, MEMBERSHIP_TAG: group_id}
+
+
+# --------------------------------------------------------------------------- in-process
+
+
+def run_sequentially(plan: Sequence[PlannedRun], ctx: ExecutionContext, outcomes: dict[str, Outcome]) -> None:
+    from sspo_cli.trainer import run_training
+
+    quiet_library_progress_bars()
+    for planned in plan:
+        ctx.observer.on_run_start(planned)
+        begin = time.perf_counter()
+        try:
+            summary = run_training(
+                planned.recipe,
+                output_dir=ctx.output_dir,
+                tracking_uri=ctx.tracking_uri,
+                observer=ctx.observer.training_observer(),
+                parent_run_id=ctx.parent_run_id,
+                extra_tags=run_tags(planned, ctx.group_id),
+            )
+            outcome = Outcome(planned, "trained", summary["run_id"], summary["run_dir"], seconds=time.perf_counter() - begin)
+        except Exception as exc:  # one failing run is reported, not fatal for the others
+            outcome = Outcome(planned, "failed", error=describe_failure(exc), seconds=time.perf_counter() - begin)
+        outcomes[planned.fingerprint] = outcome
+        ctx.observer.on_run_end(outcome)
+
+
+def describe_failure(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+
+
+def quiet_library_progress_bars() -> None:
+    """transformers prints a tqdm bar per checkpoint save, which would tear through our live display."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
+# --------------------------------------------------------------------------- parallel processes
+
+
+def run_in_processes(plan: Sequence[PlannedRun], ctx: ExecutionContext, outcomes: dict[str, Outcome]) -> None:
+    """`ctx.jobs` spawned worker processes, each with cores // jobs torch threads."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    prewarm(plan, ctx.output_dir)
+    threads = threads_per_job(ctx.jobs)
+    pending = list(plan)
+    running: dict[Any, tuple[PlannedRun, float]] = {}
+    pool = ProcessPoolExecutor(max_workers=ctx.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(threads,))
+    try:
+        while pending or running:
+            while pending and len(running) < ctx.jobs:
+                planned = pending.pop(0)
+                args = (planned.recipe.resolved(), str(ctx.output_dir), ctx.tracking_uri, ctx.parent_run_id, run_tags(planned, ctx.group_id))
+                running[pool.submit(_train_in_worker, *args)] = (planned, time.perf_counter())
+                ctx.observer.on_run_start(planned)
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in done:
+                planned, begin = running.pop(future)
+                outcome = _outcome_of(future, planned, time.perf_counter() - begin)
+                outcomes[planned.fingerprint] = outcome
+                ctx.observer.on_run_end(outcome)
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _outcome_of(future: Any, planned: PlannedRun, seconds: float) -> Outcome:
+    try:
+        result = future.result()
+    except Exception as exc:  # the worker process died (killed, out of memory): only this run fails
+        return Outcome(planned, "failed", error=describe_failure(exc), seconds=seconds)
+    if result.get("error"):
+        return Outcome(planned, "failed", error=result["error"], seconds=seconds)
+    return Outcome(planned, "trained", result["run_id"], result["run_dir"], seconds=seconds)
+
+
+def _worker_init(threads: int) -> None:
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import torch
+
+    torch.set_num_threads(threads)
+    quiet_library_progress_bars()
+
+
+def _train_in_worker(recipe_data: dict[str, Any], output_dir: str, tracking_uri: str, parent_run_id: str | None, tags: dict[str, str]) -> dict[str, Any]:
+    """Runs in a worker process. Errors come back as text: some exception types do not survive pickling."""
+    from sspo_cli.trainer import run_training
+
+    try:
+        summary = run_training(Recipe.model_validate(recipe_data), output_dir=output_dir, tracking_uri=tracking_uri, parent_run_id=parent_run_id, extra_tags=tags)
+    except Exception as exc:
+        return {"error": describe_failure(exc)}
+    return {"run_id": summary["run_id"], "run_dir": summary["run_dir"]}
+
+
+def prewarm(plan: Sequence[PlannedRun], output_dir: Path) -> None:
+    """Compute each distinct warm start once, before the workers start, so they never race to train it.
+
+    A failure here is left for the run itself to report.
+    """
+    seen: set[str] = set()
+    for planned in plan:
+        recipe = planned.recipe
+        if not recipe.train.warm_start.enabled:
+            continue
+        # What decides the warm start (the cache's own key also hashes the task data).
+        key = stable_hash([recipe.model.model_dump(mode="json"), recipe.task.model_dump(mode="json"), recipe.train.warm_start.model_dump(mode="json"), recipe.rollout.max_new_tokens])
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            _warm_start_once(recipe, output_dir)
+        except Exception:
+            continue
+
+
+def _warm_start_once(recipe: Recipe, output_dir: Path) -> None:
+    from sspo_cli.models import load_policy, set_offline_defaults
+    from sspo_cli.tasks import build_task
+    from sspo_cli.warm_start import cached_warm_start
+
+    set_offline_defaults()
+    task = build_task(recipe.task)
+    model, tokenizer = load_policy(recipe.model, task.alphabet, recipe.train.warm_start.seed)
+    cached_warm_start(recipe, model, tokenizer, task, Path(output_dir) / ".cache" / "warm_start")
+
+
+def eta_seconds(durations: Sequence[float], remaining: int, jobs: int) -> float:
+    """Remaining runs times the mean duration so far, shared by `jobs` workers; NaN before any run ends."""
+    if not durations:
+        return math.nan
+    return sum(durations) / len(durations) * math.ceil(remaining / max(jobs, 1))

@@ -1,0 +1,290 @@
+"""`sspo sweep`: a grid of recipe overrides x seeds, each point a nested MLflow run; resumable;
+a leaderboard with t-intervals over seeds and, for a 2-D grid, a heatmap."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sspo_cli.recipe import Recipe, RecipeError, apply_override, recipe_from_dict
+from sspo_cli.research import ResearchError
+from sspo_cli.research.compare import ComparisonResult, group_id_of
+from sspo_cli.research.execute import ExecutionContext, Outcome, PlannedRun, WorkflowObserver, execute
+from sspo_cli.research.metrics import METRIC_KEYS, GroupSummary, RunRecord, Threshold, auto_threshold, metric_spec, rank, summarize
+from sspo_cli.research.recipe_files import SWEEP_SECTION, read_recipe_file
+from sspo_cli.research.store import POINT_TAG, membership_filter, open_group_run
+from sspo_cli.research.timing import PhaseTimer
+
+if TYPE_CHECKING:
+    from sspo_cli.tracking import Tracker
+
+DEFAULT_METRIC = "final_accuracy"
+
+
+@dataclass(frozen=True)
+class GridAxis:
+    key: str  # dotted recipe key, e.g. objective.tau_pos
+    values: tuple[Any, ...]
+
+
+class SweepSection(BaseModel):
+    """The optional `sweep:` section of a recipe file (removed before the recipe is validated)."""
+
+    model_config = ConfigDict(extra="forbid")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted.key -> list of values")
+    seeds: int = Field(1, ge=1, description="Seeds per grid point")
+    metric: str = Field(DEFAULT_METRIC, description="Metric of the leaderboard and heatmap")
+
+
+@dataclass
+class SweepPlan:
+    runs: list[PlannedRun]
+    base: Recipe
+    axes: list[GridAxis]
+    points: list[dict[str, Any]]
+    labels: list[str]
+    seeds: int
+    metric: str
+
+
+# --------------------------------------------------------------------------- grid
+
+
+def parse_grid_option(text: str) -> GridAxis:
+    """`objective.tau_pos=0.5,1,2` or `objective.tau_pos=[0.5, 1, 2]`; each value parsed as YAML."""
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or not raw.strip():
+        raise ResearchError("--grid", f"{text!r}: expected dotted.key=v1,v2,...")
+    try:
+        if raw.strip().startswith("["):
+            values = yaml.safe_load(raw)
+        else:
+            values = [yaml.safe_load(part) for part in raw.split(",")]
+    except yaml.YAMLError as exc:
+        raise ResearchError("--grid", f"{key}: values {raw!r} are not valid YAML ({str(exc).splitlines()[0]})") from None
+    return _axis(key, values, "--grid")
+
+
+def _axis(key: str, values: Any, where: str) -> GridAxis:
+    if not isinstance(values, list) or not values:
+        raise ResearchError(where, f"{key}: needs a non-empty list of values")
+    if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
+        raise ResearchError(where, f"{key}: a value is listed twice")
+    return GridAxis(key, tuple(values))
+
+
+def read_sweep_section(section: dict[str, Any] | None, source: str) -> SweepSection:
+    if section is None:
+        return SweepSection()
+    try:
+        return SweepSection.model_validate(section)
+    except ValidationError as exc:
+        problems = [f"{SWEEP_SECTION}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+        raise RecipeError(source, problems) from None
+
+
+def merge_axes(from_file: Sequence[GridAxis], from_cli: Sequence[GridAxis]) -> list[GridAxis]:
+    """--grid replaces the file's values for the same key and adds new keys after the file's."""
+    merged = {axis.key: axis for axis in from_file}
+    for axis in from_cli:
+        merged[axis.key] = axis
+    return list(merged.values())
+
+
+def grid_points(axes: Sequence[GridAxis]) -> list[dict[str, Any]]:
+    """The cartesian product, first axis slowest."""
+    return [dict(zip((a.key for a in axes), combo)) for combo in itertools.product(*(a.values for a in axes))]
+
+
+def short_keys(keys: Sequence[str]) -> dict[str, str]:
+    """The shortest dotted suffix of each key that no other key shares: objective.tau_pos -> tau_pos."""
+    out = {}
+    for key in keys:
+        parts = key.split(".")
+        for size in range(1, len(parts) + 1):
+            suffix = ".".join(parts[-size:])
+            if not any(other != key and (other == suffix or other.endswith("." + suffix)) for other in keys):
+                break
+        out[key] = suffix
+    return out
+
+
+def point_label(point: dict[str, Any], names: dict[str, str]) -> str:
+    return " ".join(f"{names[key]}={_show(value)}" for key, value in point.items()) or "base"
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (dict, list)) else "null" if value is None else str(value)
+
+
+def plan_sweep(recipe_path: Path, overrides: Sequence[str], grid_options: Sequence[str], seeds: int | None, metric: str | None) -> SweepPlan:
+    """Every (grid point, seed) run, each recipe validated before anything trains."""
+    base_data, section_data = read_recipe_file(recipe_path)
+    section = read_sweep_section(section_data, str(recipe_path))
+    file_axes = [_axis(key, values, f"{SWEEP_SECTION}.grid") for key, values in section.grid.items()]
+    axes = merge_axes(file_axes, [parse_grid_option(text) for text in grid_options])
+    if not axes:
+        raise ResearchError("--grid", f"no grid: give --grid key=v1,v2 or a `{SWEEP_SECTION}: {{grid: ...}}` section in the recipe")
+    seeds = seeds if seeds is not None else section.seeds
+    if seeds < 1:
+        raise ResearchError("--seeds", f"must be at least 1, got {seeds}")
+    metric = metric or section.metric
+    metric_spec(metric)
+    base = recipe_from_dict(base_data, list(overrides), str(recipe_path))
+    names = short_keys([a.key for a in axes])
+    points = grid_points(axes)
+    labels = [point_label(p, names) for p in points]
+    runs = []
+    for point, label in zip(points, labels):
+        point_data = json.loads(json.dumps(base_data))
+        for key, value in point.items():
+            apply_override(point_data, f"{key}={json.dumps(value)}", f"{recipe_path} (grid)")
+        for seed in range(base.seed, base.seed + seeds):
+            recipe = recipe_from_dict(point_data, [*overrides, f"seed={seed}"], f"{recipe_path} (grid point {label})")
+            runs.append(PlannedRun(label, seed, recipe, f"{recipe.name}-{label.replace(' ', '-')}-s{seed}", {POINT_TAG: label}))
+    return SweepPlan(runs, base, axes, points, labels, seeds, metric)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_sweep(
+    recipe_path: Path,
+    overrides: Sequence[str],
+    grid_options: Sequence[str],
+    seeds: int | None,
+    metric: str | None,
+    output_dir: Path,
+    tracking_uri: str | None = None,
+    jobs: int = 1,
+    threshold: float | None = None,
+    report_dir: Path | None = None,
+    observer: WorkflowObserver | None = None,
+) -> ComparisonResult:
+    from sspo_cli.research.records import records_of_outcomes
+    from sspo_cli.tracking import default_tracking_uri
+    from sspo_cli.trainer import ensure_writable
+
+    timer = PhaseTimer()
+    with timer.phase("planning"):
+        if jobs < 1:
+            raise ResearchError("--jobs", f"must be at least 1, got {jobs}")
+        plan = plan_sweep(recipe_path, overrides, grid_options, seeds, metric)
+        group_id = group_id_of("sweep", plan.runs)
+        axes_text = " x ".join(f"{a.key} ({len(a.values)})" for a in plan.axes)
+        title = f"sweep {plan.base.name}: {axes_text}, {plan.seeds} seed{'s' if plan.seeds > 1 else ''} per point"
+        ensure_writable(output_dir)
+        tracking_uri = tracking_uri or default_tracking_uri(output_dir)
+        out_dir = report_dir or output_dir / f"sweep-{plan.base.name}-{group_id}"
+    with timer.phase("group run"):
+        params = {"recipe": str(recipe_path), "grid": json.dumps({a.key: list(a.values) for a in plan.axes}), "seeds": plan.seeds, "metric": plan.metric, "overrides": " ".join(overrides)}
+        tracker = open_group_run(tracking_uri, plan.base.tracking.experiment, "sweep", group_id, f"sweep-{plan.base.name}-{group_id[:6]}", params, output_dir / "mlartifacts")
+    try:
+        ctx = ExecutionContext(output_dir, tracking_uri, group_id, tracker.run_id, jobs, observer or WorkflowObserver(), timer)
+        outcomes = execute(plan.runs, ctx)
+        with timer.phase("loading records"):
+            records = records_of_outcomes(tracker.client, outcomes)
+        with timer.phase("analysis"):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            chosen = Threshold(threshold, "--threshold") if threshold is not None else auto_threshold(records)
+            summaries = summarize(records, chosen.value, plan.labels)
+        return _finish_sweep(plan, group_id, title, records, outcomes, summaries, chosen, out_dir, tracker, timer, tracking_uri)
+    except KeyboardInterrupt:
+        tracker.finish("KILLED")
+        raise
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+
+
+def failures_by_point(outcomes: Sequence[Outcome]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        if not outcome.ok:
+            counts[outcome.planned.group] = counts.get(outcome.planned.group, 0) + 1
+    return counts
+
+
+def _finish_sweep(
+    plan: SweepPlan,
+    group_id: str,
+    title: str,
+    records: list[RunRecord],
+    outcomes: list[Outcome],
+    summaries: list[GroupSummary],
+    threshold: Threshold,
+    out_dir: Path,
+    tracker: "Tracker",
+    timer: PhaseTimer,
+    tracking_uri: str,
+) -> ComparisonResult:
+    """Leaderboard (CSV, JSON, report.md), the heatmap for a 2-D grid; all logged on the sweep's parent run."""
+    from sspo_cli.research.outputs import comparison_document, write_csv, write_json, write_report
+
+    ranked = rank(summaries, plan.metric)
+    figures = []
+    if len(plan.axes) == 2 and records:
+        with timer.phase("plotting"):
+            figures.append(sweep_heatmap(plan, summaries, out_dir / "heatmap.png", title))
+    names = short_keys([a.key for a in plan.axes])
+    point_columns = {label: {names[k]: _show(v) for k, v in point.items()} for label, point in zip(plan.labels, plan.points)}
+    mlflow_note = f"MLflow store `{tracking_uri}`, parent run `{tracker.run_id}` (every point is a nested run); search `{membership_filter(group_id)}`."
+    with timer.phase("writing outputs"):
+        files = {"csv": write_csv(out_dir / "leaderboard.csv", ranked, "point", point_columns)}
+        extra = {
+            "grid": {a.key: list(a.values) for a in plan.axes},
+            "metric": plan.metric,
+            "leaderboard": [s.name for s in ranked],
+            "failures": failures_by_point(outcomes),
+            "mlflow": {"tracking_uri": tracking_uri, "parent_run_id": tracker.run_id, "runs_filter": membership_filter(group_id)},
+            "timing": timer.report(),
+        }
+        files["json"] = write_json(out_dir / "sweep.json", comparison_document("sweep", group_id, title, ranked, records, outcomes, threshold, extra))
+        files["report"] = write_report(out_dir / "report.md", title, ranked, records, outcomes, threshold, figures, "point", mlflow_note, timer.report())
+        if figures:
+            files["figure"] = figures[0]
+    with timer.phase("logging artifacts"):
+        for path in files.values():
+            tracker.log_artifact(path)
+    timing = timer.report()
+    tracker.log_metrics({f"workflow/{key}": value for key, value in timing.items() if isinstance(value, float)}, step=0)
+    tracker.finish("FINISHED" if all(o.ok for o in outcomes) else "FAILED")
+    extra_out = {"ranked": ranked, "metric": plan.metric, "failures": failures_by_point(outcomes)}
+    return ComparisonResult("sweep", group_id, title, out_dir, summaries, records, outcomes, threshold, files, timing, tracker.run_id, tracking_uri, extra_out)
+
+
+def sweep_heatmap(plan: SweepPlan, summaries: Sequence[GroupSummary], path: Path, title: str) -> Path:
+    from sspo_cli.research.formatting import format_value
+    from sspo_cli.research.plots import heatmap_figure
+
+    spec = metric_spec(plan.metric)
+    x_axis, y_axis = plan.axes
+    by_label = {s.name: s for s in summaries}
+    values, texts = [], []
+    for y_value in y_axis.values:
+        row, row_text = [], []
+        for x_value in x_axis.values:
+            label = plan.labels[plan.points.index({x_axis.key: x_value, y_axis.key: y_value})]
+            interval = by_label[label].metrics[plan.metric] if label in by_label else None
+            value = interval.mean if interval is not None else math.nan
+            row.append(value)
+            if interval is None or interval.n == 0:
+                row_text.append("missing")
+            else:
+                spread = f"\n± {format_value(spec.kind, interval.half_width)}" if interval.n >= 2 else "\n(n=1)"
+                row_text.append(format_value(spec.kind, value) + spread)
+        values.append(row)
+        texts.append(row_text)
+    return heatmap_figure(values, x_axis.key, [_show(v) for v in x_axis.values], y_axis.key, [_show(v) for v in y_axis.values], spec.label, path, f"{title}\n{spec.label}: mean over seeds ± 95% CI half-width", texts)
+
+
+__all__ = ["METRIC_KEYS", "GridAxis", "SweepSection", "plan_sweep", "run_sweep"]

@@ -1,0 +1,211 @@
+"""Typer commands `eval`, `compare`, `sweep`: parse, call, render. `register(app)` adds them to `sspo`.
+
+Nothing heavy is imported at module level (torch, mlflow, matplotlib load inside the commands).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a recipe key: dotted.key=value (repeatable; applies to every run).")]
+OutputOpt = Annotated[Path, typer.Option("--output-dir", "-o", help="Where run folders, the warm-start cache, reports and the default MLflow store go.")]
+TrackingOpt = Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<output-dir>/mlflow.db).")]
+JobsOpt = Annotated[int, typer.Option("--jobs", "-j", help="Runs trained in parallel processes (torch threads per process: cores // jobs).")]
+ThresholdOpt = Annotated[Optional[float], typer.Option("--threshold", help="Accuracy for 'steps to threshold' (default: halfway from the start to the best final mean).")]
+ReportDirOpt = Annotated[Optional[Path], typer.Option("--report-dir", help="Folder for the table files, figure and report.md (default: under --output-dir).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.")]
+
+EXIT_BAD_INPUT = 2
+EXIT_RUNS_FAILED = 1
+DEFAULT_METHODS = "grpo,gspo,gmpo,sapo,sspo"
+
+
+def register(app: typer.Typer) -> None:
+    """Add `eval`, `compare` and `sweep` to the `sspo` app."""
+    app.command("eval")(eval_command)
+    app.command("compare")(compare_command)
+    app.command("sweep")(sweep_command)
+
+
+def _guarded(debug: bool, action: Callable[[], None]) -> None:
+    """The main CLI's error handling (bad input: exit 2, Ctrl-C: 130), plus ResearchError as bad input."""
+    from sspo_cli.cli import _guarded as main_guarded
+    from sspo_cli.research import ResearchError
+
+    def mapped() -> None:
+        try:
+            action()
+        except ResearchError as exc:
+            if debug:
+                raise
+            from sspo_cli.report import err_console
+
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+
+    main_guarded(debug, mapped)
+
+
+# --------------------------------------------------------------------------- eval
+
+
+def eval_command(
+    target: Annotated[str, typer.Argument(help="A run folder, a checkpoint folder, or an MLflow run id.", show_default=False)],
+    split: Annotated[str, typer.Option(help="Task split: eval (held out), dev or train.")] = "eval",
+    size: Annotated[Optional[int], typer.Option(help="Evaluate the first N examples of the split (default: all).")] = None,
+    samples: Annotated[int, typer.Option("--samples", "-n", help="Samples per prompt; above 1 reports pass@k (unbiased estimator).")] = 1,
+    k: Annotated[Optional[str], typer.Option("--k", help="pass@k values to report, e.g. 1,4 (default: 1, powers of two, and --samples).")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="Sample at this temperature (default: greedy; with --samples, the recipe's rollout temperature).")] = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    task: Annotated[Optional[str], typer.Option(help="Evaluate on another task: a task name or a YAML file (a task mapping or a recipe).")] = None,
+    set_: SetOpt = None,
+    recipe: Annotated[Optional[Path], typer.Option(help="Recipe for a checkpoint folder that is not inside a run folder.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Completions per generation batch (default: recipe eval.batch_size).")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Longest completion (default: the recipe's).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: the recipe's).")] = None,
+    output_dir: OutputOpt = Path("runs"),
+    tracking_uri: TrackingOpt = None,
+    no_track: Annotated[bool, typer.Option("--no-track", help="Do not log to MLflow.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Evaluate a trained policy: greedy accuracy, or pass@k from sampled completions."""
+
+    def action() -> None:
+        from sspo_cli.report import console
+        from sspo_cli.research.evaluation import EvalOptions, eval_recipe, evaluate_target, report_rows, resolve_target, save_and_log
+        from sspo_cli.research.tables import eval_table, print_table
+
+        options = EvalOptions(split, size, samples, temperature, _int_list(k, "--k"), seed, batch_size, max_new_tokens, device)
+        resolved_target = resolve_target(target, tracking_uri, output_dir)
+        resolved_recipe = eval_recipe(resolved_target, recipe, task, set_ or [])
+        report = evaluate_target(target, resolved_target, resolved_recipe, options)
+        report = save_and_log(report, resolved_target, resolved_recipe, options, output_dir, tracking_uri, track=not no_track)
+        print_table(console, eval_table(report_rows(report)))
+        if report.eval_run_id:
+            parent = f", nested under the trained run {report.run_id}" if report.run_id else ""
+            console.print(f"MLflow run {report.eval_run_id}{parent}")
+        console.print(f"results: {report.file}")
+
+    _guarded(debug, action)
+
+
+def _int_list(text: str | None, option: str) -> list[int] | None:
+    from sspo_cli.research import ResearchError
+
+    if not text:
+        return None
+    try:
+        return sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise ResearchError(option, f"{text!r}: expected integers separated by commas") from None
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def compare_command(
+    args: Annotated[Optional[list[str]], typer.Argument(help="RECIPE to train and compare, or with --runs: the MLflow run ids to compare.", metavar="RECIPE | RUN_ID...", show_default=False)] = None,
+    methods: Annotated[str, typer.Option(help="Comma-separated objectives or named variants (from --variants).")] = DEFAULT_METHODS,
+    seeds: Annotated[int, typer.Option(help="Seeds per method: the recipe's seed, +1, ...")] = 3,
+    variants: Annotated[Optional[Path], typer.Option(help="YAML of named method variants (default: variants.yaml next to the recipe, if any).")] = None,
+    set_: SetOpt = None,
+    experiment: Annotated[Optional[str], typer.Option(help="Compare the FINISHED runs of this MLflow experiment instead of training.")] = None,
+    runs: Annotated[bool, typer.Option("--runs", help="The arguments are MLflow run ids to compare (nothing is trained).")] = False,
+    group_by: Annotated[Optional[str], typer.Option(help="Tag that groups existing runs (default: sspo.method, else sspo.objective).")] = None,
+    jobs: JobsOpt = 1,
+    threshold: ThresholdOpt = None,
+    output_dir: OutputOpt = Path("runs"),
+    tracking_uri: TrackingOpt = None,
+    report_dir: ReportDirOpt = None,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Compare methods over seeds: a table with 95% CIs, learning curves, CSV/JSON and report.md.
+
+    Runs whose resolved recipe matches a FINISHED run are reused, not trained again.
+    """
+
+    def action() -> None:
+        from sspo_cli.report import console
+        from sspo_cli.research import ResearchError
+        from sspo_cli.research.compare import compare_existing, run_comparison
+        from sspo_cli.research.progress import RichWorkflowProgress
+
+        positional = args or []
+        if runs or experiment:
+            if experiment and (runs or positional):
+                raise ResearchError("--experiment", "give either --experiment NAME or --runs ID ..., not both")
+            if runs and not positional:
+                raise ResearchError("--runs", "name at least one run id")
+            result = compare_existing(experiment, positional, output_dir, tracking_uri, threshold, report_dir, group_by)
+        else:
+            if len(positional) != 1:
+                raise ResearchError("RECIPE", "give one recipe file (or --experiment NAME, or --runs ID ...)")
+            with RichWorkflowProgress(console, quiet) as progress:
+                result = run_comparison(Path(positional[0]), set_ or [], methods, seeds, variants, output_dir, tracking_uri, jobs, threshold, report_dir, progress)
+        _render_comparison(result)
+
+    _guarded(debug, action)
+
+
+def _render_comparison(result) -> None:
+    from sspo_cli.report import console
+    from sspo_cli.research.tables import comparison_table, print_table
+
+    print_table(console, comparison_table(result.summaries, result.threshold, result.title))
+    _render_footer(result)
+
+
+def _render_footer(result) -> None:
+    from sspo_cli.report import console
+    from sspo_cli.research.store import membership_filter
+
+    for outcome in result.failed:
+        console.print(f"[red]{outcome.state}[/red] {outcome.planned.display_name}: {outcome.error or ''}", highlight=False)
+    console.print(f"outputs: {result.out_dir}  ({', '.join(p.name for p in result.files.values())})")
+    console.print(f"MLflow parent run {result.parent_run_id}; runs side by side: {membership_filter(result.group_id)}", highlight=False)
+    timing = result.timing
+    console.print(
+        f"[dim]time {timing['total_seconds']:.1f}s: training {timing['training_seconds']:.1f}s, "
+        f"workflow overhead {timing['overhead_seconds']:.2f}s ({timing['overhead_fraction']:.1%})[/dim]"
+    )
+    if result.failed:
+        console.print("[yellow]re-run the same command to retry the failed runs; finished ones are reused[/yellow]")
+        raise typer.Exit(EXIT_RUNS_FAILED)
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def sweep_command(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file (may hold a `sweep:` section with grid, seeds, metric).", show_default=False)],
+    grid: Annotated[Optional[list[str]], typer.Option("--grid", "-g", help="dotted.key=v1,v2,... (repeatable; the cartesian product is swept).")] = None,
+    seeds: Annotated[Optional[int], typer.Option(help="Seeds per grid point (default: the sweep section's, else 1).")] = None,
+    metric: Annotated[Optional[str], typer.Option(help="Leaderboard and heatmap metric (default: final_accuracy).")] = None,
+    set_: SetOpt = None,
+    jobs: JobsOpt = 1,
+    threshold: ThresholdOpt = None,
+    output_dir: OutputOpt = Path("runs"),
+    tracking_uri: TrackingOpt = None,
+    report_dir: ReportDirOpt = None,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Sweep a grid of recipe values over seeds; resumable (finished points are skipped), with a leaderboard and heatmap."""
+
+    def action() -> None:
+        from sspo_cli.report import console
+        from sspo_cli.research.progress import RichWorkflowProgress
+        from sspo_cli.research.sweep import run_sweep
+        from sspo_cli.research.tables import leaderboard_table, print_table
+
+        with RichWorkflowProgress(console, quiet) as progress:
+            result = run_sweep(recipe, set_ or [], grid or [], seeds, metric, output_dir, tracking_uri, jobs, threshold, report_dir, progress)
+        print_table(console, leaderboard_table(result.extra["ranked"], result.extra["metric"], result.title, result.extra["failures"]))
+        _render_footer(result)
+
+    _guarded(debug, action)

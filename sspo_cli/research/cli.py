@@ -21,6 +21,7 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.
 
 EXIT_BAD_INPUT = 2
 EXIT_RUNS_FAILED = 1
+EXIT_INTERRUPTED = 130
 DEFAULT_METHODS = "grpo,gspo,gmpo,sapo,sspo"
 
 
@@ -32,13 +33,21 @@ def register(app: typer.Typer) -> None:
 
 
 def _guarded(debug: bool, action: Callable[[], None]) -> None:
-    """The main CLI's error handling (bad input: exit 2, Ctrl-C: 130), plus ResearchError as bad input."""
+    """The main CLI's error handling (bad input: exit 2), plus ResearchError as bad input and a Ctrl-C
+    message that fits a comparison or sweep (exit 130)."""
     from sspo_cli.cli import _guarded as main_guarded
     from sspo_cli.research import ResearchError
 
     def mapped() -> None:
         try:
             action()
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            from sspo_cli.report import err_console
+
+            err_console.print("[yellow]interrupted[/yellow]: re-run the same command to continue (finished runs are reused; interrupted and missing ones are trained)", highlight=False)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         except ResearchError as exc:
             if debug:
                 raise

@@ -185,7 +185,12 @@ def quiet_library_progress_bars() -> None:
 
 
 def run_in_processes(plan: Sequence[PlannedRun], ctx: ExecutionContext, outcomes: dict[str, Outcome]) -> None:
-    """`ctx.jobs` spawned worker processes, each with cores // jobs torch threads."""
+    """`ctx.jobs` spawned worker processes, each with cores // jobs torch threads.
+
+    Workers live in their own process group, so a Ctrl-C reaches this process only; it then
+    forwards one SIGINT to each worker (finish the step, checkpoint, stop) and waits for them.
+    A second Ctrl-C forwards a second SIGINT, which ends the workers at once.
+    """
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -208,9 +213,24 @@ def run_in_processes(plan: Sequence[PlannedRun], ctx: ExecutionContext, outcomes
                 outcomes[planned.fingerprint] = outcome
                 ctx.observer.on_run_end(outcome)
     except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
+        _interrupt_workers(pool)
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+        except KeyboardInterrupt:  # asked twice: do not wait for the checkpoints
+            _interrupt_workers(pool)
+            pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+
+
+def _interrupt_workers(pool: Any) -> None:
+    import signal
+
+    for process in list(getattr(pool, "_processes", {}).values()):
+        try:
+            os.kill(process.pid, signal.SIGINT)
+        except (OSError, AttributeError):
+            continue
 
 
 def _outcome_of(future: Any, planned: PlannedRun, seconds: float) -> Outcome:
@@ -219,11 +239,17 @@ def _outcome_of(future: Any, planned: PlannedRun, seconds: float) -> Outcome:
     except Exception as exc:  # the worker process died (killed, out of memory): only this run fails
         return Outcome(planned, "failed", error=describe_failure(exc), seconds=seconds)
     if result.get("error"):
-        return Outcome(planned, "failed", error=result["error"], seconds=seconds)
+        return Outcome(planned, "cancelled" if result.get("interrupted") else "failed", error=result["error"], seconds=seconds)
     return Outcome(planned, "trained", result["run_id"], result["run_dir"], seconds=seconds)
 
 
 def _worker_init(threads: int) -> None:
+    import signal
+
+    # Own process group: the terminal's Ctrl-C goes to the parent, which forwards it (see run_in_processes).
+    # An idle worker ignores SIGINT; while training, the trainer's own handler takes it (checkpoint, stop).
+    os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(threads)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -234,11 +260,14 @@ def _worker_init(threads: int) -> None:
 
 
 def _train_in_worker(recipe_data: dict[str, Any], output_dir: str, tracking_uri: str, parent_run_id: str | None, tags: dict[str, str]) -> dict[str, Any]:
-    """Runs in a worker process. Errors come back as text: some exception types do not survive pickling."""
+    """Runs in a worker process. Errors come back as text: some exception types do not survive pickling
+    (and one that fails to unpickle breaks the whole pool)."""
     from sspo_cli.trainer import run_training
 
     try:
         summary = run_training(Recipe.model_validate(recipe_data), output_dir=output_dir, tracking_uri=tracking_uri, parent_run_id=parent_run_id, extra_tags=tags)
+    except KeyboardInterrupt as exc:  # stopped on a forwarded SIGINT, after a checkpoint
+        return {"error": f"interrupted ({describe_failure(exc)})", "interrupted": True}
     except Exception as exc:
         return {"error": describe_failure(exc)}
     return {"run_id": summary["run_id"], "run_dir": summary["run_dir"]}

@@ -54,6 +54,7 @@ def test_every_objective_trains_and_writes_a_normal_run(objective: str, tmp_path
     assert json.loads((run_dir / "summary.json").read_text()) == summary
     assert load_recipe(run_dir / "recipe.yaml").fingerprint() == summary["fingerprint"]
     assert (run_dir / "checkpoints" / "final" / "model.safetensors").is_file()
+    assert json.loads((run_dir / "run.json").read_text())["run_id"] == summary["run_id"]
     history = history_of(summary)
     assert [row["step"] for row in history] == [1, 2]
     assert all(set(METRIC_KEYS) | set(TRAIN_METRICS) <= set(row) for row in history)
@@ -113,3 +114,35 @@ def test_unsupported_recipe_fails_before_any_run_exists(tmp_path: Path) -> None:
     assert info.value.key == "rollout.updates_per_rollout"
     assert not any(p.is_dir() and p.name.startswith("quickstart") for p in tmp_path.iterdir())
     assert not (tmp_path / "mlflow.db").exists()
+
+
+# `objective.beta: 1e300` is finite in YAML and inf in float32: every loss is NaN, no test hook needed.
+EXPLODING = ["objective.name=grpo", "objective.beta=1.0e+300"]
+
+
+def test_non_finite_updates_are_skipped_and_counted(tmp_path: Path, store: str) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from sspo_cli.models import load_policy
+    from sspo_cli.tasks import build_task
+
+    recipe = tiny_trl_recipe(*EXPLODING, "train.max_skipped=100")
+    summary = run_training_trl(recipe, output_dir=tmp_path, tracking_uri=store)
+    assert [row["train/skipped_updates"] for row in history_of(summary)] == [2.0, 4.0]
+    assert summary["skipped_updates"] == 4
+    initial, _ = load_policy(recipe.model, build_task(recipe.task).alphabet, recipe.seed)
+    saved = load_file(Path(summary["run_dir"]) / "checkpoints" / "final" / "model.safetensors")
+    assert saved and all(torch.equal(tensor, initial.state_dict()[name]) for name, tensor in saved.items())
+
+
+def test_too_many_skips_stop_the_run_as_failed(tmp_path: Path, store: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from sspo_cli.checkpoint import TooManySkips
+
+    with pytest.raises(TooManySkips) as info:
+        run_training_trl(tiny_trl_recipe(*EXPLODING, "train.max_skipped=3"), output_dir=tmp_path, tracking_uri=store)
+    assert info.value.count == 3 and info.value.step == 2  # the third update is the first of step 2
+    run_id = json.loads((info.value.run_dir / "run.json").read_text())["run_id"]
+    assert MlflowClient(store).get_run(run_id).info.status == "FAILED"

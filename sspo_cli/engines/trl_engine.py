@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,8 +57,9 @@ def run_training_trl(
 
     from sspo_cli.models import load_policy
     from sspo_cli.tasks import build_task
-    from sspo_cli.tracking import default_tracking_uri, open_client
-    from sspo_cli.trainer import TrainingObserver, TrainState, build_summary, default_run_name, ensure_writable
+    from sspo_cli.tracking import check_tracking_uri, default_tracking_uri, open_client
+    from sspo_cli.trainer import TrainingObserver, TrainState, build_summary, check_generation_tokens, default_run_name, ensure_writable
+    from sspo_cli.run_folder import SUMMARY_FILE, write_text_atomic
     from sspo_cli.warm_start import cached_warm_start
 
     cuda = torch.cuda.is_available()
@@ -70,6 +70,8 @@ def run_training_trl(
     output_dir = Path(output_dir)
     if main:
         ensure_writable(output_dir)
+        if tracking_uri is not None:
+            check_tracking_uri(tracking_uri)
     tracking_uri = tracking_uri or default_tracking_uri(output_dir)
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
@@ -82,6 +84,7 @@ def run_training_trl(
     device = torch.device("cpu") if args.use_cpu else processes.device
     model, tokenizer = load_policy(recipe.model.model_copy(update={"device": "cpu"}), task.alphabet, warm.seed if warm.enabled else recipe.seed)
     model.to(device)
+    check_generation_tokens(tokenizer)
     if main:
         open_client(tracking_uri)
 
@@ -116,10 +119,11 @@ def run_training_trl(
             save_policy(model, tokenizer, final)
         if not main:
             return {"run_dir": str(run_dir.resolve()), "main_process": False}
-        summary = build_summary(recipe, state, run_dir, tracker, tracking_uri, time.perf_counter() - started, warm_result)
+        state.elapsed_seconds = time.perf_counter() - started
+        summary = build_summary(recipe, state, run_dir, tracker, tracking_uri, state.elapsed_seconds, warm_result)
         summary["engine"] = "trl"
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        tracker.log_artifact(run_dir / "summary.json")
+        write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
+        tracker.log_artifact(run_dir / SUMMARY_FILE)
         tracker.log_artifact(final, "final_checkpoint")
         tracker.finish("FINISHED")
     except KeyboardInterrupt:
@@ -146,12 +150,12 @@ def train_on_trl(recipe: Recipe, plan: TrlPlan, args, model, tokenizer, task, co
             args=args,
             train_dataset=training_dataset(task),
             processing_class=tokenizer,
-            callbacks=[NonFiniteUpdateGuard(context.state, recipe.train.max_skipped)],
+            callbacks=[NonFiniteUpdateGuard(context.state, recipe.train.max_skipped, context.run_dir)],
             recipe=recipe,
         )
     trainer.remove_callback(PrinterCallback)  # transformers prints every log with disable_tqdm; ours are in MLflow
-    if trainer.is_deepspeed_enabled:
-        warnings.warn("under DeepSpeed, updates with a non-finite gradient are DeepSpeed's to skip (train.max_skipped is not checked)", stacklevel=2)
+    if trainer.is_deepspeed_enabled and trainer.accelerator.is_main_process:
+        context.observer.on_warning("under DeepSpeed, updates with a non-finite gradient are DeepSpeed's to skip (train.max_skipped is not checked)")
     trainer.add_callback(RunRecorder(context, plan.layout.updates_per_rollout, plan.layout.rollout_size, periodic_eval=trainer.weights_are_whole))
     trainer.train()
     trainer.save_model(str(final))
@@ -213,10 +217,11 @@ def grpo_config(plan: TrlPlan, output_dir: str | Path):
 
 
 def start_tracker(recipe: Recipe, run_dir: Path, output_dir: Path, tracking_uri: str, trl_version: str, parent_run_id, extra_tags):
-    """The MLflow run, laid out as the native engine lays it out, plus the engine's tags."""
-    from sspo_cli.tracking import Tracker, flatten
+    """The MLflow run, laid out as the native engine lays it out (run.json included), plus the engine's tags."""
+    from sspo_cli.run_folder import RECIPE_FILE, RunInfo
+    from sspo_cli.tracking import Tracker, absolute_uri, flatten
 
-    (run_dir / "recipe.yaml").write_text(to_yaml(recipe))
+    (run_dir / RECIPE_FILE).write_text(to_yaml(recipe))
     tags = {
         "sspo.recipe": recipe.name,
         "sspo.objective": recipe.objective.name,
@@ -229,7 +234,8 @@ def start_tracker(recipe: Recipe, run_dir: Path, output_dir: Path, tracking_uri:
         **(extra_tags or {}),
     }
     tracker = Tracker.start(tracking_uri, recipe.tracking.experiment, run_dir.name, flatten(recipe.resolved()), tags, output_dir / "mlartifacts", parent_run_id)
-    tracker.log_artifact(run_dir / "recipe.yaml")
+    RunInfo(tracker.run_id, absolute_uri(tracking_uri), recipe.tracking.experiment, run_dir.name).write(run_dir)
+    tracker.log_artifact(run_dir / RECIPE_FILE)
     return tracker
 
 

@@ -193,6 +193,7 @@ class RunRecorder(TrainerCallback):
         self.pending: list[dict[str, float]] = []
         self.last_logged_update = 0
         self.lr_after_update = math.nan
+        self.skipped_before = 0
         self.rollout_started = time.perf_counter()
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -228,15 +229,18 @@ class RunRecorder(TrainerCallback):
         }
 
     def record_step(self, step: int, metrics: dict[str, float], model) -> None:
-        import json
+        from sspo_cli.trainer import record_step
 
         ctx = self.context
         ctx.state.step = step
-        ctx.state.history.append(metrics)
-        ctx.tracker.log_metrics(metrics, step)
-        with (ctx.run_dir / "history.jsonl").open("a") as history:
-            history.write(json.dumps({"step": step, **metrics}) + "\n")
-        ctx.observer.on_step(step, metrics)
+        record_step(ctx.state, metrics, ctx.tracker, ctx.run_dir, ctx.observer)
+        skipped = ctx.state.skipped_updates - self.skipped_before
+        if skipped:
+            ctx.observer.on_warning(
+                f"step {step}: skipped {skipped} update(s) with a non-finite gradient ({ctx.state.skipped_updates} in all; "
+                f"the run stops after {ctx.recipe.train.max_skipped} in a row, train.max_skipped)"
+            )
+        self.skipped_before = ctx.state.skipped_updates
         last = step == ctx.recipe.train.steps  # evaluated after training, on the saved final weights
         if self.periodic_eval and not last and step % ctx.recipe.eval.every == 0:
             record_eval(ctx, step, ctx.evaluate(model))
@@ -256,9 +260,10 @@ class NonFiniteUpdateGuard(TrainerCallback):
     DeepSpeed decide. The learning-rate schedule still advances on a skipped update.
     """
 
-    def __init__(self, state: "TrainState", max_consecutive: int):
+    def __init__(self, state: "TrainState", max_consecutive: int, run_dir: Path):
         self.state = state
         self.max_consecutive = max_consecutive
+        self.run_dir = run_dir
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         from accelerate.utils import reduce
@@ -278,4 +283,6 @@ class NonFiniteUpdateGuard(TrainerCallback):
         self.state.skipped_updates += 1
         self.state.consecutive_skips += 1
         if self.state.consecutive_skips >= self.max_consecutive:
-            raise TooManySkips(self.state.consecutive_skips)
+            stop = TooManySkips(self.state.consecutive_skips)
+            stop.step, stop.run_dir = self.state.step + 1, self.run_dir  # no last-good checkpoint: TRL runs do not resume
+            raise stop

@@ -82,3 +82,18 @@ def test_encoder_model_folder_is_not_a_causal_lm(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "distilbert"
     with pytest.raises(ModelError, match="not a causal language model"):
         load_pretrained(ModelConfig(path=str(tmp_path)))
+
+
+def test_bert_encoder_folder_is_refused_although_its_config_maps_to_an_lm_head(tmp_path: Path) -> None:
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=50)).save_pretrained(tmp_path)
+    with pytest.raises(ModelError, match="BertModel, not a causal language model"):
+        load_pretrained(ModelConfig(path=str(tmp_path)))
+
+
+def test_folder_without_tokenizer_is_refused(tmp_path: Path) -> None:
+    model, _ = load_policy(ModelConfig(tiny=SMALL, device="cpu"), ALPHABET, seed=0)
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ModelError, match="no tokenizer files"):
+        load_pretrained(ModelConfig(path=str(tmp_path)))

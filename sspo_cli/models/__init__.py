@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
+CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 class ModelError(ValueError):
@@ -89,6 +91,12 @@ def load_pretrained(cfg: ModelConfig, path: str | Path | None = None) -> tuple["
 
     if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING and not (cfg.trust_remote_code and getattr(config, "auto_map", None)):
         raise ModelError(key, f"{folder} holds a {type(config).__name__}, not a causal language model")
+    architectures = getattr(config, "architectures", None) or []
+    if architectures and not any(name.endswith(CAUSAL_LM_SUFFIXES) for name in architectures):
+        # e.g. BERT: its config maps to BertLMHeadModel, but the folder holds an encoder.
+        raise ModelError(key, f"{folder} holds a {', '.join(architectures)}, not a causal language model")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(key, f"{folder} has no tokenizer files ({', '.join(TOKENIZER_FILES)})")
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=cfg.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(

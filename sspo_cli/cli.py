@@ -52,6 +52,8 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
         ("sspo_cli.tracking", "TrackingError"),
         ("sspo_cli.trainer", "OutputError"),
         ("sspo_cli.checkpoint", "CheckpointError"),
+        ("sspo_cli.engines.trl_mapping", "TrlEngineError"),
+        ("sspo_cli.research", "ResearchError"),
     ):
         loaded = sys.modules.get(module)
         if loaded is not None and hasattr(loaded, name):
@@ -119,9 +121,13 @@ def validate(recipe: RecipeArg, set_: SetOpt = None, debug: DebugOpt = False) ->
 
     def action() -> None:
         resolved = load_recipe(recipe, set_ or [])
+        if resolved.engine == "trl":  # TRL's refusals need no torch: show them now, not at train time
+            from sspo_cli.engines.trl_mapping import plan_trl_run
+
+            plan_trl_run(resolved, cuda_available=True, bf16_available=True)  # hardware is checked at train time
         typer.echo(to_yaml(resolved), nl=False)
 
-    _guarded(debug, action)
+    _guarded(debug, action, recipe)
 
 
 @app.command()
@@ -156,7 +162,8 @@ def train(
 
             with RichProgress(quiet=quiet) as progress:
                 summary = run_training(resolved, output_dir=output_dir or Path("runs"), tracking_uri=tracking_uri, observer=progress)
-        print_summary(summary)
+        if summary.get("main_process", True):  # under `accelerate launch` only the main process reports
+            print_summary(summary)
 
     recipe_file = resume / "recipe.yaml" if resume is not None else recipe
     _guarded(debug, action, recipe_file)
@@ -174,6 +181,15 @@ def check_train_options(recipe: Path | None, overrides: list[str] | None, output
         raise UsageProblem("--resume", "takes no --set: a resumed run trains its recipe unchanged (to change options, start a new run with --set model.path=RUN_DIR/checkpoints/step-N)")
     if output_dir is not None:
         raise UsageProblem("--resume", "takes no --output-dir: the run stays in its own folder")
+
+
+def _register_research_commands() -> None:
+    from sspo_cli.research.cli import register
+
+    register(app)
+
+
+_register_research_commands()
 
 
 def main() -> None:

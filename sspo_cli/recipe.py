@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, Union, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sspo_cli.engines.trl_options import TrlOptions
 from sspo_cli.objectives.config import ObjectiveConfig, SspoConfig
 
 
@@ -187,6 +188,7 @@ class Recipe(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     performance: PerformanceConfig = Field(default_factory=PerformanceConfig, description="Speed switches (each can be turned off to debug).")
+    trl: TrlOptions = Field(default_factory=TrlOptions, description="Options of engine: trl only (vLLM, micro-batching, gradient checkpointing).")
 
     def resolved(self) -> dict[str, Any]:
         """Every option with defaults filled in, as plain YAML-able data (`name` first in each section)."""

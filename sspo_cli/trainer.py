@@ -116,6 +116,10 @@ def run_training(
     extra_tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train one recipe end to end and return its summary (also written to summary.json)."""
+    if recipe.engine == "trl":
+        from sspo_cli.engines.trl_engine import run_training_trl
+
+        return run_training_trl(recipe, output_dir, tracking_uri, observer, parent_run_id, extra_tags)
     from sspo_cli.run_folder import RECIPE_FILE, RunInfo, RunLock
     from sspo_cli.tracking import Tracker, absolute_uri, flatten
 

@@ -79,7 +79,6 @@ def test_trl_tests_skip_cleanly_without_trl(without_trl: dict[str, str]) -> None
         assert f"tests/{module}" in result.stdout and "could not import 'trl'" in result.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="waits for the CLI dispatch of engine: trl and its exit-2 mapping of TrlEngineError")
 def test_cli_exits_2_with_the_install_hint(tmp_path: Path, without_trl: dict[str, str], store: str) -> None:
     sets = [a for o in [*TINY_OVERRIDES, "train.steps=0", "task.eval_size=8", "engine=trl"] for a in ("--set", o)]
     result = subprocess.run(

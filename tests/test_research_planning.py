@@ -101,3 +101,23 @@ def test_sweep_errors_name_the_key(tmp_path: Path) -> None:
 def test_recipe_file_loader_strips_the_sweep_section() -> None:
     data, section = read_recipe_file(RECIPES / "sweep_tau.yaml")
     assert "sweep" not in data and section["seeds"] == 2
+
+
+def test_parallel_jobs_share_the_cores_and_eta_counts_rounds() -> None:
+    from sspo_cli.research.execute import available_cores, eta_seconds, threads_per_job
+
+    cores = available_cores()
+    assert threads_per_job(1) == cores and threads_per_job(cores * 4) == 1
+    assert threads_per_job(2) == max(1, cores // 2)
+    # 5 runs left, 2 at a time: 3 rounds of the mean duration so far (60 s)
+    assert eta_seconds([50.0, 70.0], remaining=5, jobs=2) == 180.0
+    assert eta_seconds([], remaining=3, jobs=1) != eta_seconds([], remaining=3, jobs=1)  # NaN: unknown yet
+
+
+def test_the_commands_import_nothing_heavy() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, sspo_cli.research.cli; print(sorted(m for m in ('torch', 'transformers', 'mlflow', 'matplotlib') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr

@@ -28,11 +28,22 @@ def moving_average(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
-def band(records: Sequence[RunRecord], steps_of: Callable[[Curves], Sequence[int]], values_of: Callable[[Curves], Sequence[float]]) -> tuple[list[int], list[float], list[float], list[float]]:
-    """Per step shared by the runs: mean, and the t-interval's bounds (the mean alone where n < 2)."""
+def band(
+    records: Sequence[RunRecord],
+    steps_of: Callable[[Curves], Sequence[int]],
+    values_of: Callable[[Curves], Sequence[float]],
+    log_space: bool = False,
+) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Per step shared by the runs: mean, and the t-interval's bounds (the mean alone where n < 2).
+
+    With `log_space`, the interval is taken over log10 of the (positive) values and mapped back:
+    a geometric mean with a band that stays positive, as a variance on a log axis needs.
+    """
     by_step: dict[int, list[float]] = {}
     for record in records:
         for step, value in zip(steps_of(record.curves), values_of(record.curves)):
+            if log_space:
+                value = math.log10(value) if math.isfinite(value) and value > 0 else math.nan
             by_step.setdefault(step, []).append(value)
     steps, means, lows, highs = [], [], [], []
     for step in sorted(by_step):
@@ -40,10 +51,13 @@ def band(records: Sequence[RunRecord], steps_of: Callable[[Curves], Sequence[int
         if interval.n == 0:
             continue
         half = interval.half_width if math.isfinite(interval.half_width) else 0.0
+        centre, low, high = interval.mean, interval.mean - half, interval.mean + half
+        if log_space:
+            centre, low, high = 10**centre, 10**low, 10**high
         steps.append(step)
-        means.append(interval.mean)
-        lows.append(interval.mean - half)
-        highs.append(interval.mean + half)
+        means.append(centre)
+        lows.append(low)
+        highs.append(high)
     return steps, means, lows, highs
 
 
@@ -52,11 +66,12 @@ def comparison_figure(records: Sequence[RunRecord], order: Sequence[str], path: 
     plt = _pyplot()
     longest = max((len(r.curves.steps) for r in records), default=1)
     window = max(1, longest // 20)
+    smooth = f"{window}-step moving avg" if window > 1 else "per step"
     panels = (
         ("held-out accuracy (greedy)", lambda c: c.eval_steps, lambda c: c.eval_accuracy, False),
-        (f"train reward (moving average, {window} steps)", lambda c: c.steps, lambda c: moving_average(c.reward, window), False),
-        ("importance-weight variance: weight/seq_var", lambda c: c.steps, lambda c: c.seq_var, True),
-        ("gate saturation: grad_weight/saturated_frac", lambda c: c.steps, lambda c: c.saturated_frac, False),
+        (f"train reward ({smooth})", lambda c: c.steps, lambda c: moving_average(c.reward, window), False),
+        (f"weight/seq_var: importance-weight variance ({smooth}, geometric mean)", lambda c: c.steps, lambda c: moving_average(c.seq_var, window), True),
+        (f"grad_weight/saturated_frac: gate saturation ({smooth})", lambda c: c.steps, lambda c: moving_average(c.saturated_frac, window), False),
     )
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -64,12 +79,10 @@ def comparison_figure(records: Sequence[RunRecord], order: Sequence[str], path: 
         plotted = []
         for index, group in enumerate(order):
             members = [r for r in records if r.group == group]
-            steps, means, lows, highs = band(members, steps_of, values_of)
+            steps, means, lows, highs = band(members, steps_of, values_of, log_space=log_scale)
             if not steps:
                 continue
             color = colors[index % len(colors)]
-            if log_scale:
-                means, lows, highs = ([max(v, 1e-12) for v in series] for series in (means, lows, highs))
             axis.plot(steps, means, color=color, label=f"{group} (n={len(members)})", linewidth=1.6)
             axis.fill_between(steps, lows, highs, color=color, alpha=0.18, linewidth=0)
             plotted += means

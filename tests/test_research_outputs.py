@@ -77,6 +77,9 @@ def test_best_per_column_follows_each_metrics_direction() -> None:
     best = best_groups(summarize(tied, threshold=0.5))
     assert "final_accuracy" not in best  # when every group ties, nothing is "best"
     assert best["reward_auc"] == {"b"}
+    # 0.01% and 0.02% both print as 0.0%: a tie as the reader sees it, so no highlight
+    tied[0].curves.saturated_frac, tied[1].curves.saturated_frac = [0.0001], [0.0002]
+    assert "saturated_frac" not in best_groups(summarize(tied, threshold=0.5))
 
 
 def test_auto_threshold_is_halfway_to_the_best_final_mean() -> None:

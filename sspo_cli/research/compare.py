@@ -216,7 +216,7 @@ def finish_comparison(
             figures.append(comparison_figure(records, order, out_dir / "compare.png", title))
     mlflow_note = (
         f"MLflow store `{tracking_uri}`, parent run `{tracker.run_id}`; the runs side by side: "
-        f"search `{membership_filter(group_id)}` in the MLflow UI."
+        f"search ``{membership_filter(group_id)}`` in the MLflow UI."
     )
     with timer.phase("writing outputs"):
         files = {"csv": write_csv(out_dir / "compare.csv", summaries, "method")}

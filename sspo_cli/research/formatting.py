@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from sspo_cli.research.metrics import GroupSummary, MetricSpec
 from sspo_cli.research.stats import Interval
+
+if TYPE_CHECKING:
+    from sspo_cli.research.metrics import GroupSummary, MetricSpec
 
 MISSING = "—"
 
@@ -35,7 +38,7 @@ def format_interval(kind: str, interval: Interval, runs: int | None = None) -> s
     return text
 
 
-def cell(summary: GroupSummary, spec: MetricSpec) -> str:
+def cell(summary: "GroupSummary", spec: "MetricSpec") -> str:
     return format_interval(spec.kind, summary.metrics[spec.key], runs=len(summary.run_ids))
 
 

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
+from sspo_cli.research.formatting import format_value
 from sspo_cli.research.stats import Interval, curve_mean, finite, first_step_reaching, mean, t_interval, tail_mean
 
 Better = Literal["higher", "lower"] | None
@@ -134,7 +135,11 @@ def summarize(records: Sequence[RunRecord], threshold: float, order: Sequence[st
 
 
 def best_groups(summaries: Sequence[GroupSummary]) -> dict[str, set[str]]:
-    """For each metric with a direction, the groups whose mean is the best (ties all count)."""
+    """For each metric with a direction, the groups whose mean is the best.
+
+    Groups whose means look the same as printed (e.g. 0.0% and 0.0%) tie: a highlight must
+    match what the reader sees. When every group ties, none is best.
+    """
     best: dict[str, set[str]] = {}
     for spec in METRICS:
         if spec.better is None:
@@ -144,8 +149,9 @@ def best_groups(summaries: Sequence[GroupSummary]) -> dict[str, set[str]]:
             continue
         pick = max if spec.better == "higher" else min
         top = pick(value for value, _ in scored)
-        winners = {name for value, name in scored if math.isclose(value, top, rel_tol=1e-12, abs_tol=1e-15)}
-        if len(winners) < len(scored):  # when every group ties, none is best
+        shown_top = format_value(spec.kind, top)
+        winners = {name for value, name in scored if format_value(spec.kind, value) == shown_top}
+        if len(winners) < len(scored):
             best[spec.key] = winners
     return best
 

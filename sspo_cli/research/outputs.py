@@ -162,8 +162,8 @@ def write_report(
         "",
         mlflow_note,
         "",
-        f"Workflow time: {format_duration(timing['total_seconds'])} in all, of which training {format_duration(timing['training_seconds'])} "
-        f"and workflow overhead {timing['overhead_seconds']:.1f}s ({timing['overhead_fraction']:.1%}).",
+        f"This invocation took {format_duration(timing['total_seconds'])}: training {format_duration(timing['training_seconds'])} "
+        f"(reused runs cost nothing), workflow overhead {timing['overhead_seconds']:.1f}s ({timing['overhead_fraction']:.1%}).",
         "",
     ]
     path.write_text("\n".join(parts))

@@ -237,7 +237,7 @@ def _finish_sweep(
             figures.append(sweep_heatmap(plan, summaries, out_dir / "heatmap.png", title))
     names = short_keys([a.key for a in plan.axes])
     point_columns = {label: {names[k]: _show(v) for k, v in point.items()} for label, point in zip(plan.labels, plan.points)}
-    mlflow_note = f"MLflow store `{tracking_uri}`, parent run `{tracker.run_id}` (every point is a nested run); search `{membership_filter(group_id)}`."
+    mlflow_note = f"MLflow store `{tracking_uri}`, parent run `{tracker.run_id}` (every point is a nested run); search ``{membership_filter(group_id)}`` in the MLflow UI."
     with timer.phase("writing outputs"):
         files = {"csv": write_csv(out_dir / "leaderboard.csv", ranked, "point", point_columns)}
         extra = {

@@ -25,8 +25,8 @@ VARIANTS: dict[str, list[str]] = {
     "+ own KV-cache sampler": ["--baseline", "--sampler", "kv_cache"],
     "+ log-probs from sampling": ["--baseline", "--sampler", "kv_cache", "--sampling-logprobs"],
     "+ shared prompt prefix": ["--baseline", "--sampler", "kv_cache", "--sampling-logprobs", "--share-prompt-prefix"],
-    "+ trim padding (= defaults)": [],
-    "+ bf16 autocast": ["--autocast-bf16", "true"],
+    "+ trim padding": ["--autocast-bf16", "false"],
+    "+ bf16 autocast (= defaults here)": [],
 }
 
 

@@ -115,11 +115,26 @@ def behaviour_logprobs(model, rollout: "Rollout", temperature: float, shared_pro
 
 
 def autocast(device: "torch.device", setting: "bool | str"):
-    """bfloat16 autocast for the model forward when asked for ('auto': CUDA with bf16 only); the loss stays float32."""
+    """bfloat16 autocast of the model in the updates; the log-probs and the loss stay float32.
+
+    'auto' turns it on where bfloat16 matrix products run natively: CUDA with bf16 support, CPUs
+    with AVX-512-BF16 or AMX. Elsewhere bf16 is emulated and slower than float32.
+    """
     import torch
 
-    enabled = (device.type == "cuda" and torch.cuda.is_bf16_supported()) if setting == "auto" else bool(setting)
+    enabled = native_bf16(device) if setting == "auto" else bool(setting)
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def native_bf16(device: "torch.device") -> bool:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private: absent in some versions
+        return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+    return False
 
 
 def prepared_model(model, compile_model: bool):

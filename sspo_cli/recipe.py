@@ -171,7 +171,7 @@ class PerformanceConfig(Strict):
     sampling_logprobs: bool = Field(True, description="Take the behaviour log-probs and entropy from the sampling pass instead of a second no-grad forward (equal within float tolerance). Needs sampler 'kv_cache'.")
     share_prompt_prefix: bool = Field(True, description="Run each group's shared prompt once (in sampling and in the updates) and reuse its keys/values for the group's completions.")
     trim_padding: bool = Field(True, description="Stop sampling when every completion has ended and drop completion columns that are padding in every row.")
-    autocast_bf16: Union[Literal["auto"], bool] = Field(False, description="bfloat16 autocast of the model forward in the updates (the loss stays float32): true, false, or 'auto' (on for CUDA with bf16 support, off on CPU, where it was measured slower at small sizes).")
+    autocast_bf16: Union[Literal["auto"], bool] = Field("auto", description="bfloat16 autocast of the model in the optimiser updates (sampling, the log-softmax and the loss stay float32): true, false, or 'auto' = on where bf16 is native (CUDA with bf16, CPUs with AVX-512-BF16 or AMX), off elsewhere.")
     compile: bool = Field(False, description="torch.compile the model (pays only in long runs: compiling takes tens of seconds).")
     logprob_chunk_mb: float = Field(64.0, gt=0, description="Most MiB of float32 logits held at once when turning them into log-probs: the batch's full-vocabulary log-softmax is never built (for a 150k vocabulary it is gigabytes).")
 

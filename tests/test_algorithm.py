@@ -51,8 +51,9 @@ def same(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == b
 
 
-def test_two_steps_from_the_same_state_are_identical(tiny_overrides):
-    recipe = tiny_recipe(tiny_overrides)
+@pytest.mark.parametrize("autocast_bf16", [False, True])
+def test_two_steps_from_the_same_state_are_identical(tiny_overrides, autocast_bf16):
+    recipe = tiny_recipe(tiny_overrides, autocast_bf16=autocast_bf16)
     run = fresh_run(recipe)
     first_metrics, first_weights = step_from(recipe, run, 3)
     second_metrics, second_weights = step_from(recipe, run, 3)
@@ -73,8 +74,8 @@ def test_two_steps_from_the_same_state_are_identical(tiny_overrides):
 )
 def test_speed_switches_do_not_change_the_step(tiny_overrides, switches):
     """Same samples (same random stream), same advantages; losses and weights equal up to float rounding."""
-    fast = tiny_recipe(tiny_overrides, "grpo")
-    slow = tiny_recipe(tiny_overrides, "grpo", **switches)
+    fast = tiny_recipe(tiny_overrides, "grpo", autocast_bf16=False)
+    slow = tiny_recipe(tiny_overrides, "grpo", autocast_bf16=False, **switches)
     fast_metrics, fast_weights = step_from(fast, fresh_run(fast), 1)
     slow_metrics, slow_weights = step_from(slow, fresh_run(slow), 1)
     for key in ("train/reward", "train/response_length"):
@@ -92,10 +93,19 @@ def test_baseline_sampler_still_trains(tiny_overrides):
 
 
 def test_bf16_autocast_keeps_the_loss_float32_and_close(tiny_overrides):
-    fp32 = tiny_recipe(tiny_overrides, "grpo")
+    fp32 = tiny_recipe(tiny_overrides, "grpo", autocast_bf16=False)
     bf16 = tiny_recipe(tiny_overrides, "grpo", autocast_bf16=True)
     fp32_metrics, _ = step_from(fp32, fresh_run(fp32), 1)
-    bf16_metrics, _ = step_from(bf16, fresh_run(bf16), 1)
+    task, policy, objective, *rest = fresh_run(bf16)
+    seen = []
+
+    def checked_objective(logp, old_logp, advantages, mask, ref_logp=None):
+        out = objective(logp, old_logp, advantages, mask, ref_logp=ref_logp)
+        seen.append((logp.dtype, out.loss.dtype))
+        return out
+
+    bf16_metrics, _ = step_from(bf16, (task, policy, checked_objective, *rest), 1)
+    assert seen and all(dtypes == (torch.float32, torch.float32) for dtypes in seen)
     assert bf16_metrics["train/reward"] == fp32_metrics["train/reward"]
     assert math.isfinite(bf16_metrics["train/loss"])
     assert bf16_metrics["train/grad_norm"] == pytest.approx(fp32_metrics["train/grad_norm"], rel=0.1)

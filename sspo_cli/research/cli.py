@@ -86,6 +86,8 @@ def eval_command(
     def action() -> None:
         from sspo_cli.report import console
         from sspo_cli.research.evaluation import EvalOptions, eval_recipe, evaluate_target, report_rows, resolve_target, save_and_log
+        from rich.markup import escape
+
         from sspo_cli.research.tables import eval_table, print_table
 
         options = EvalOptions(split, size, samples, temperature, _int_list(k, "--k"), seed, batch_size, max_new_tokens, device)
@@ -93,11 +95,13 @@ def eval_command(
         resolved_recipe = eval_recipe(resolved_target, recipe, task, set_ or [])
         report = evaluate_target(target, resolved_target, resolved_recipe, options)
         report = save_and_log(report, resolved_target, resolved_recipe, options, output_dir, tracking_uri, track=not no_track)
-        print_table(console, eval_table(report_rows(report)))
+        rows = report_rows(report)
+        print_table(console, eval_table(rows))
+        console.print(f"[dim]{escape(rows['caption'])}[/dim]")
         if report.eval_run_id:
             parent = f", nested under the trained run {report.run_id}" if report.run_id else ""
-            console.print(f"MLflow run {report.eval_run_id}{parent}")
-        console.print(f"results: {report.file}")
+            console.print(f"MLflow run {report.eval_run_id}{parent}", soft_wrap=True)
+        console.print(f"results: {report.file}", soft_wrap=True)
 
     _guarded(debug, action)
 
@@ -170,13 +174,15 @@ def _render_comparison(result) -> None:
 
 
 def _render_footer(result) -> None:
+    from rich.markup import escape
+
     from sspo_cli.report import console
     from sspo_cli.research.store import membership_filter
 
     for outcome in result.failed:
-        console.print(f"[red]{outcome.state}[/red] {outcome.planned.display_name}: {outcome.error or ''}", highlight=False)
-    console.print(f"outputs: {result.out_dir}  ({', '.join(p.name for p in result.files.values())})")
-    console.print(f"MLflow parent run {result.parent_run_id}; runs side by side: {membership_filter(result.group_id)}", highlight=False)
+        console.print(f"[red]{outcome.state}[/red] {outcome.planned.display_name}: {escape(outcome.error or '')}", highlight=False, soft_wrap=True)
+    console.print(f"outputs: {result.out_dir}  ({', '.join(p.name for p in result.files.values())})", soft_wrap=True)
+    console.print(f"MLflow parent run {result.parent_run_id}; runs side by side: {membership_filter(result.group_id)}", highlight=False, soft_wrap=True)
     timing = result.timing
     console.print(
         f"[dim]time {timing['total_seconds']:.1f}s: training {timing['training_seconds']:.1f}s, "

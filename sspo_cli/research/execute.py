@@ -105,11 +105,12 @@ def execute(plan: Sequence[PlannedRun], ctx: ExecutionContext) -> list[Outcome]:
     for outcome in outcomes.values():
         ctx.observer.on_run_end(outcome)
     try:
-        with ctx.timer.phase(TRAINING):
-            if ctx.jobs <= 1 or len(to_train) <= 1:
-                run_sequentially(to_train, ctx, outcomes)
-            else:
-                run_in_processes(to_train, ctx, outcomes)
+        if to_train:
+            with ctx.timer.phase(TRAINING):
+                if ctx.jobs <= 1 or len(to_train) <= 1:
+                    run_sequentially(to_train, ctx, outcomes)
+                else:
+                    run_in_processes(to_train, ctx, outcomes)
     finally:
         for planned in to_train:
             outcomes.setdefault(planned.fingerprint, Outcome(planned, "cancelled"))

@@ -133,7 +133,7 @@ def heatmap_figure(
             value = grid[row, col]
             axis.text(col, row, cell_text[row][col], ha="center", va="center", fontsize=9, color="black" if not math.isfinite(value) or value > middle else "white")
     fig.colorbar(image, ax=axis, label=metric_label)
-    axis.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=10)
+    axis.set_title("\n".join(line for part in title.split("\n") for line in textwrap.wrap(part, 70)), fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sspo_cli.research.execute import Outcome, PlannedRun, WorkflowObserver, eta_seconds
@@ -57,7 +58,7 @@ class RichWorkflowProgress(WorkflowObserver):
             self.reused += 1
         elif outcome.state == "failed":
             self.failed += 1
-            self.console.print(f"[red]failed[/red] {outcome.planned.display_name}: {outcome.error}", highlight=False)
+            self.console.print(f"[red]failed[/red] {outcome.planned.display_name}: {escape(outcome.error or '')}", highlight=False, soft_wrap=True)
         if outcome.state in ("trained", "failed"):
             self.durations.append(outcome.seconds)
         if outcome.state == "trained":

@@ -62,7 +62,8 @@ def leaderboard_table(ranked: Sequence[GroupSummary], metric: str, title: str, f
 
 
 def eval_table(result: dict[str, Any]) -> Table:
-    table = Table(title=escape(result["title"]), caption=escape(result["caption"]), min_width=min(100, 24 + len(result["caption"])))
+    """The eval metrics; the CLI prints `result["caption"]` (decoding, estimator) under it."""
+    table = Table(title=escape(result["title"]), min_width=len(result["title"]) + 4)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value, kind in result["rows"]:

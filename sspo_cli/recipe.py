@@ -209,6 +209,9 @@ def stable_hash(data: Any) -> str:
 # --------------------------------------------------------------------------- loading
 
 
+SWEEP_SECTION = "sweep"
+
+
 class RecipeError(ValueError):
     """Bad recipe input: one readable message naming the file and the key."""
 
@@ -225,6 +228,13 @@ class RecipeError(ValueError):
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a YAML recipe, apply `dotted.key=value` overrides, validate."""
+    data = read_recipe_data(path)
+    data.pop(SWEEP_SECTION, None)  # read by `sspo sweep` only (and validated there); not a training option
+    return recipe_from_dict(data, overrides or [], str(path))
+
+
+def read_recipe_data(path: str | Path) -> dict[str, Any]:
+    """The raw mapping of a YAML file (safe loader), or a RecipeError naming the file, line and column."""
     path = Path(path)
     source = str(path)
     if not path.is_file():
@@ -238,10 +248,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise RecipeError(source, [f"malformed YAML: {exc}"]) from None
     if data is None:
-        data = {}
+        return {}
     if not isinstance(data, dict):
         raise RecipeError(source, ["the top level must be a mapping of sections (model, task, rollout, ...)"])
-    return recipe_from_dict(data, overrides or [], source)
+    return data
 
 
 def recipe_from_dict(data: dict[str, Any], overrides: list[str], source: str = "<recipe>") -> Recipe:

@@ -7,34 +7,17 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from sspo_cli.recipe import RecipeError
+from sspo_cli.recipe import SWEEP_SECTION, RecipeError, read_recipe_data
 from sspo_cli.research import ResearchError
-
-SWEEP_SECTION = "sweep"
-
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     """A YAML file whose top level is a mapping; `what` is "recipe" or the option that named the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise _bad_file(what, path, "file not found" if not path.exists() else "not a file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise _bad_file(what, path, f"malformed YAML: {str(exc).splitlines()[0]}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise _bad_file(what, path, "the top level must be a mapping")
-    return data
-
-
-def _bad_file(what: str, path: Path, message: str) -> ValueError:
-    if what == "recipe":
-        return RecipeError(str(path), [message])
-    return ResearchError(what, f"{path}: {message}")
+        return read_recipe_data(path)
+    except RecipeError as exc:
+        if what == "recipe":
+            raise
+        raise ResearchError(what, f"{path}: {'; '.join(exc.problems)}") from None
 
 
 def read_recipe_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None]:

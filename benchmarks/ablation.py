@@ -35,7 +35,7 @@ def run_json(command: list[str]) -> dict:
     lines = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout.strip().splitlines()
     result = json.loads(lines[-1])
     details = next((json.loads(line[len("details ") :]) for line in lines if line.startswith("details ")), {})
-    return {**result, "load_1min": details.get("load_1min", os.getloadavg()[0])}
+    return {**result, "load_1min": details.get("load_1min", os.getloadavg()[0]), "others_cpu_share": details.get("others_cpu_share")}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,7 +46,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trl-python", default=None, help="Python of a scratch environment with TRL (leave out to skip TRL).")
     parser.add_argument("--only", nargs="*", default=None, help="Run only these variant names (substring match).")
     parser.add_argument("--log", default=str(HERE / "results" / "ablation.jsonl"))
+    parser.add_argument("--summarize", action="store_true", help="Only print the table of every run in --log.")
+    parser.add_argument("--max-others", type=float, default=0.15, help="Leave out runs during which other processes kept more than this share of the cores busy.")
     args = parser.parse_args(argv)
+    if args.summarize:
+        summarize(Path(args.log), args.max_others)
+        return
 
     variants = {name: extra for name, extra in VARIANTS.items() if not args.only or any(o in name for o in args.only)}
     commands = {name: [sys.executable, str(HERE / "rl_step.py"), "--objective", args.objective, "--steps", str(args.steps), *extra] for name, extra in variants.items()}
@@ -61,19 +66,42 @@ def main(argv: list[str] | None = None) -> None:
             results[name].append(result)
             with log.open("a") as out:
                 out.write(json.dumps({"variant": name, "round": round_index, **result}) + "\n")
-            print(f"round {round_index} {name:32s} {result['step_s_median'] * 1000:7.1f} ms  load {result['load_1min']:.2f}", file=sys.stderr)
+            print(f"round {round_index} {name:34s} {result['step_s_median'] * 1000:7.1f} ms  load {result['load_1min']:.2f}  others {result['others_cpu_share']:.2f}", file=sys.stderr)
 
-    trl = statistics.median(r["step_s_median"] for r in results["TRL GRPOTrainer"]) if "TRL GRPOTrainer" in results else None
-    print(f"{'variant':32s} {'step ms':>8s} {'compl/s':>8s} {'RSS MB':>7s} {'gen':>5s} {'obj':>5s} {'vs TRL':>7s}")
+    print_table(results, args.max_others)
+
+
+def print_table(results: dict[str, list[dict]], max_others: float = 1.0) -> None:
+    """Medians over runs; runs during which other processes kept more than `max_others` of the cores busy are left out."""
+    dropped = {name: sum(1 for r in rows if (r.get("others_cpu_share") or 0.0) > max_others) for name, rows in results.items()}
+    results = {name: [r for r in rows if (r.get("others_cpu_share") or 0.0) <= max_others] for name, rows in results.items()}
+    results = {name: rows for name, rows in results.items() if rows}
+    trl = statistics.median(r["step_s_median"] for r in results["TRL GRPOTrainer"]) if results.get("TRL GRPOTrainer") else None
+    print(f"{'variant':34s} {'runs':>4s} {'step ms':>8s} {'compl/s':>8s} {'tok/s':>6s} {'RSS MB':>7s} {'gen':>5s} {'obj':>6s} {'vs TRL':>7s}")
     for name, rows in results.items():
         step = statistics.median(r["step_s_median"] for r in rows)
         print(
-            f"{name:32s} {step * 1000:8.1f} {statistics.median(r['completions_per_s'] for r in rows):8.0f} "
-            f"{max(r['peak_rss_mb'] for r in rows):7.0f} {statistics.median(r['generate_frac'] for r in rows):5.2f} "
-            f"{statistics.median(r['objective_frac'] for r in rows):5.3f} {'' if trl is None else f'{trl / step:6.2f}x':>7s}"
+            f"{name:34s} {len(rows):4d} {step * 1000:8.1f} {statistics.median(r['completions_per_s'] for r in rows):8.0f} "
+            f"{statistics.median(r['tokens_per_s'] for r in rows):6.0f} {max(r['peak_rss_mb'] for r in rows):7.0f} "
+            f"{statistics.median(r['generate_frac'] for r in rows):5.2f} {statistics.median(r['objective_frac'] for r in rows):6.3f} "
+            f"{'' if trl is None else f'{trl / step:6.2f}x':>7s}"
         )
-    print(f"load average (1 min) during the runs: min {min(r['load_1min'] for rs in results.values() for r in rs):.2f}, max {max(r['load_1min'] for rs in results.values() for r in rs):.2f}")
+    loads = [r["load_1min"] for rows in results.values() for r in rows]
+    print(f"load average (1 min) at the end of each run: min {min(loads):.2f}, median {statistics.median(loads):.2f}, max {max(loads):.2f}")
+    others = [r["others_cpu_share"] for rows in results.values() for r in rows if r.get("others_cpu_share") is not None]
+    if others:
+        print(f"cores kept busy by other processes during the timed steps: median {statistics.median(others):.2f}, max {max(others):.2f}")
+    if any(dropped.values()):
+        print(f"left out (others above {max_others:.2f} of the cores): " + ", ".join(f"{name}: {count}" for name, count in dropped.items() if count))
 
+
+def summarize(log: Path, max_others: float) -> None:
+    """The table over every run recorded in `log` (several sessions of rounds together)."""
+    results: dict[str, list[dict]] = {}
+    for line in log.read_text().splitlines():
+        row = json.loads(line)
+        results.setdefault(row["variant"], []).append(row)
+    print_table(results, max_others)
 
 if __name__ == "__main__":
     main()

@@ -81,6 +81,8 @@ def run(recipe: Recipe, warmup: int, steps: int) -> dict[str, Any]:
     rows: list[dict[str, float]] = []
     first_step_s = None
     for index in range(warmup + steps):
+        if index == warmup:
+            cpu_at_start, timed_from = busy_cpu_seconds(), time.perf_counter()
         state.step += 1
         started = time.perf_counter()
         metrics = rl_step(recipe, policy, task, objective, optimizer, scheduler, state)
@@ -90,6 +92,7 @@ def run(recipe: Recipe, warmup: int, steps: int) -> dict[str, Any]:
         if index >= warmup:
             rows.append({**metrics, "wall": wall})
 
+    others = others_cpu_share(cpu_at_start, busy_cpu_seconds(), time.perf_counter() - timed_from)
     walls = [r["wall"] for r in rows]
     total = sum(walls)
     completions = recipe.rollout.rollout_size
@@ -108,6 +111,7 @@ def run(recipe: Recipe, warmup: int, steps: int) -> dict[str, Any]:
         "_first_step_s": first_step_s,
         "_reward_mean": statistics.fmean(r["train/reward"] for r in rows),
         "_response_length": statistics.fmean(r["train/response_length"] for r in rows),
+        "_others_cpu_share": others,
     }
 
 
@@ -127,6 +131,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         else:
             switches.add_argument(flag, dest=name, default=None, type=yaml.safe_load, help=field.description)
     return parser.parse_args(argv)
+
+
+def busy_cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds the whole machine has been busy, CPU seconds this process has used): their
+    growth over a run tells how much other processes competed with it."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), usage.ru_utime + usage.ru_stime
+
+
+def others_cpu_share(start: tuple[float, float], end: tuple[float, float], wall: float) -> float:
+    """Share of the machine's cores that other processes kept busy during `wall` seconds."""
+    machine, ours = end[0] - start[0], end[1] - start[1]
+    return max(0.0, machine - ours) / (wall * (os.cpu_count() or 1))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -85,6 +85,22 @@ class Clock:
         return wrapper
 
 
+def busy_cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds the whole machine has been busy, CPU seconds this process has used): their
+    growth over a run tells how much other processes competed with it."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), usage.ru_utime + usage.ru_stime
+
+
+def others_cpu_share(start: tuple[float, float], end: tuple[float, float], wall: float) -> float:
+    """Share of the machine's cores that other processes kept busy during `wall` seconds."""
+    machine, ours = end[0] - start[0], end[1] - start[1]
+    return max(0.0, machine - ours) / (wall * (os.cpu_count() or 1))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
@@ -106,10 +122,14 @@ def main(argv: list[str] | None = None) -> None:
         clock.tokens.append(sum(len(ids) for ids in completion_ids))
         return [1.0 if c.strip() == a else 0.0 for c, a in zip(completions, answer)]
 
+    cpu_marks: list[tuple[float, float]] = []
+
     class StepClock(TrainerCallback):
         def on_step_end(self, _args, state, _control, **_kwargs):
             if state.global_step % UPDATES == 0:
                 clock.step_ends.append(time.perf_counter())
+                if len(clock.step_ends) in (args.warmup, rl_steps):  # the timed steps lie between these
+                    cpu_marks.append(busy_cpu_seconds())
 
     rl_steps = args.warmup + args.steps
     with tempfile.TemporaryDirectory() as out:
@@ -150,10 +170,12 @@ def main(argv: list[str] | None = None) -> None:
         trainer._get_per_token_logps_and_entropies = clock.timed(forward_s, trainer._get_per_token_logps_and_entropies)
         loss_s: list[float] = []
         trainer._compute_loss = clock.timed(loss_s, trainer._compute_loss)
-        started = time.perf_counter()
+        started, cpu_at_start = time.perf_counter(), busy_cpu_seconds()
         trainer.train()
 
     ends = [started, *clock.step_ends]
+    if args.warmup == 0:
+        cpu_marks.insert(0, cpu_at_start)
     walls = [b - a for a, b in zip(ends, ends[1:])][args.warmup :]
     total = sum(walls)
     # Generation happens once per RL step; the per-token forwards run once for the behaviour
@@ -174,7 +196,8 @@ def main(argv: list[str] | None = None) -> None:
         "objective_frac": objective / total,
     }
     assert len(forward_s) == rl_steps * (UPDATES + 1), "TRL's forward pattern changed: fix _loss_forwards"
-    details = {"first_step_s": ends[1] - ends[0], "load_1min": os.getloadavg()[0], "trl": __import__("trl").__version__, "python": sys.version.split()[0]}
+    others = others_cpu_share(cpu_marks[0], cpu_marks[-1], total)
+    details = {"first_step_s": ends[1] - ends[0], "others_cpu_share": others, "load_1min": os.getloadavg()[0], "trl": __import__("trl").__version__, "python": sys.version.split()[0]}
     print("details " + json.dumps(details))
     print(json.dumps(result))
 

@@ -130,15 +130,7 @@ def run_training(
     run_name = recipe.tracking.run_name or default_run_name(recipe)
     run_dir = new_run_dir(prepared.output_dir, run_name)
     with RunLock(run_dir):
-        tags = {
-            "sspo.recipe": recipe.name,
-            "sspo.objective": recipe.objective.name,
-            "sspo.seed": str(recipe.seed),
-            "sspo.fingerprint": recipe.fingerprint(),
-            "sspo.run_dir": str(run_dir.resolve()),
-            **recipe.tracking.tags,
-            **(extra_tags or {}),
-        }
+        tags = run_tags(recipe, run_dir, extra_tags)
         tracker = None
         try:
             (run_dir / RECIPE_FILE).write_text(to_yaml(recipe))
@@ -260,6 +252,20 @@ def check_output_dir(output_dir: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise OutputError("--output-dir", f"cannot write to {str(existing)!r}: {exc.strerror or exc}") from None
+
+
+def run_tags(recipe: Recipe, run_dir: Path, extra_tags: dict[str, str] | None = None) -> dict[str, str]:
+    """The MLflow tags every run carries, whatever its engine: how compare and sweep find runs again."""
+    return {
+        "sspo.recipe": recipe.name,
+        "sspo.objective": recipe.objective.name,
+        "sspo.seed": str(recipe.seed),
+        "sspo.fingerprint": recipe.fingerprint(),
+        "sspo.run_dir": str(run_dir.resolve()),
+        "sspo.engine": recipe.engine,
+        **recipe.tracking.tags,
+        **(extra_tags or {}),
+    }
 
 
 def ensure_writable(output_dir: Path) -> None:

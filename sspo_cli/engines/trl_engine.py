@@ -220,19 +220,10 @@ def start_tracker(recipe: Recipe, run_dir: Path, output_dir: Path, tracking_uri:
     """The MLflow run, laid out as the native engine lays it out (run.json included), plus the engine's tags."""
     from sspo_cli.run_folder import RECIPE_FILE, RunInfo
     from sspo_cli.tracking import Tracker, absolute_uri, flatten
+    from sspo_cli.trainer import run_tags
 
     (run_dir / RECIPE_FILE).write_text(to_yaml(recipe))
-    tags = {
-        "sspo.recipe": recipe.name,
-        "sspo.objective": recipe.objective.name,
-        "sspo.seed": str(recipe.seed),
-        "sspo.fingerprint": recipe.fingerprint(),
-        "sspo.run_dir": str(run_dir.resolve()),
-        "sspo.engine": "trl",
-        "sspo.trl_version": trl_version,
-        **recipe.tracking.tags,
-        **(extra_tags or {}),
-    }
+    tags = run_tags(recipe, run_dir, {"sspo.trl_version": trl_version, **(extra_tags or {})})
     tracker = Tracker.start(tracking_uri, recipe.tracking.experiment, run_dir.name, flatten(recipe.resolved()), tags, output_dir / "mlartifacts", parent_run_id)
     RunInfo(tracker.run_id, absolute_uri(tracking_uri), recipe.tracking.experiment, run_dir.name).write(run_dir)
     tracker.log_artifact(run_dir / RECIPE_FILE)

@@ -41,7 +41,7 @@ def run_json(command: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--objective", default="grpo")
+    parser.add_argument("--objective", nargs="+", default=["grpo"], help="One or more objectives; each variant runs with each.")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--trl-python", default=None, help="Python of a scratch environment with TRL (leave out to skip TRL).")
     parser.add_argument("--only", nargs="*", default=None, help="Run only these variant names (substring match).")
@@ -54,7 +54,11 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     variants = {name: extra for name, extra in VARIANTS.items() if not args.only or any(o in name for o in args.only)}
-    commands = {name: [sys.executable, str(HERE / "rl_step.py"), "--objective", args.objective, "--steps", str(args.steps), *extra] for name, extra in variants.items()}
+    commands = {
+        f"{name} [{objective}]": [sys.executable, str(HERE / "rl_step.py"), "--objective", objective, "--steps", str(args.steps), *extra]
+        for name, extra in variants.items()
+        for objective in args.objective
+    }
     if args.trl_python:
         commands["TRL GRPOTrainer"] = [args.trl_python, str(HERE / "trl_grpo_baseline.py"), "--steps", str(args.steps)]
     log = Path(args.log)
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
             result = run_json(command)
             results[name].append(result)
             with log.open("a") as out:
-                out.write(json.dumps({"variant": name, "round": round_index, **result}) + "\n")
+                out.write(json.dumps({"variant": name.split(" [")[0], "round": round_index, **result}) + "\n")
             print(f"round {round_index} {name:34s} {result['step_s_median'] * 1000:7.1f} ms  load {result['load_1min']:.2f}  others {result['others_cpu_share']:.2f}", file=sys.stderr)
 
     print_table(results, args.max_others)
@@ -77,11 +81,12 @@ def print_table(results: dict[str, list[dict]], max_others: float = 1.0) -> None
     results = {name: [r for r in rows if (r.get("others_cpu_share") or 0.0) <= max_others] for name, rows in results.items()}
     results = {name: rows for name, rows in results.items() if rows}
     trl = statistics.median(r["step_s_median"] for r in results["TRL GRPOTrainer"]) if results.get("TRL GRPOTrainer") else None
-    print(f"{'variant':34s} {'runs':>4s} {'step ms':>8s} {'compl/s':>8s} {'tok/s':>6s} {'RSS MB':>7s} {'gen':>5s} {'obj':>6s} {'vs TRL':>7s}")
+    width = max(len(name) for name in results) + 1
+    print(f"{'variant':{width}s} {'runs':>4s} {'step ms':>8s} {'compl/s':>8s} {'tok/s':>6s} {'RSS MB':>7s} {'gen':>5s} {'obj':>6s} {'vs TRL':>7s}")
     for name, rows in results.items():
         step = statistics.median(r["step_s_median"] for r in rows)
         print(
-            f"{name:34s} {len(rows):4d} {step * 1000:8.1f} {statistics.median(r['completions_per_s'] for r in rows):8.0f} "
+            f"{name:{width}s} {len(rows):4d} {step * 1000:8.1f} {statistics.median(r['completions_per_s'] for r in rows):8.0f} "
             f"{statistics.median(r['tokens_per_s'] for r in rows):6.0f} {max(r['peak_rss_mb'] for r in rows):7.0f} "
             f"{statistics.median(r['generate_frac'] for r in rows):5.2f} {statistics.median(r['objective_frac'] for r in rows):6.3f} "
             f"{'' if trl is None else f'{trl / step:6.2f}x':>7s}"
@@ -100,8 +105,12 @@ def summarize(log: Path, max_others: float) -> None:
     results: dict[str, list[dict]] = {}
     for line in log.read_text().splitlines():
         row = json.loads(line)
-        results.setdefault(row["variant"], []).append(row)
+        results.setdefault(row_name(row), []).append(row)
     print_table(results, max_others)
+
+
+def row_name(row: dict) -> str:
+    return row["variant"] if "TRL" in row["variant"] else f"{row['variant']} [{row['objective']}]"
 
 if __name__ == "__main__":
     main()

@@ -12,9 +12,10 @@ distribution at temperature T, no top-k / top-p. `temperature=None` is greedy.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from sspo_cli.models.kv_cache import cache_kwarg, new_cache, position_ids_for, select_cache_rows
 
 if TYPE_CHECKING:
     import torch
@@ -26,30 +27,6 @@ class Sample:
     completion_ids: "torch.Tensor"  # [N, T]: pad after the first <eos>
     logprobs: "torch.Tensor | None"  # [N, T] float32: log softmax(logits / T)[token]
     entropy: "torch.Tensor | None"  # [N, T] float32: entropy of softmax(logits / T)
-
-
-def new_cache(model: "PreTrainedModel"):
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(config=model.config)
-    except TypeError:  # transformers < 4.56 takes no config
-        return DynamicCache()
-
-
-def cache_kwarg(model: "PreTrainedModel") -> str:
-    """transformers 5 renamed `past_key_values` to `cache`; accept either."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def select_cache_rows(cache, rows: "torch.Tensor") -> None:
-    """Row i of the cache becomes old row rows[i] (autograd follows the copy)."""
-    if hasattr(cache, "batch_select_indices"):
-        cache.batch_select_indices(rows)
-    else:  # pragma: no cover - older transformers
-        for layer in range(len(cache)):
-            cache.key_cache[layer] = cache.key_cache[layer][rows]
-            cache.value_cache[layer] = cache.value_cache[layer][rows]
 
 
 def sample_completions(
@@ -66,8 +43,6 @@ def sample_completions(
 ) -> Sample:
     """Sample one completion per entry of `prompt_index` (rows of the distinct, left-padded prompts)."""
     import torch
-
-    from sspo_cli.models.logprobs import position_ids_for
 
     rows = prompt_index.shape[0]
     device = prompt_ids.device

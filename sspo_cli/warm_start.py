@@ -101,7 +101,7 @@ def supervised_warm_start(
     """Cross-entropy on answer tokens (and <eos>) until dev accuracy reaches the target."""
     import torch
 
-    from sspo_cli.models.logprobs import position_ids_for
+    from sspo_cli.models.kv_cache import position_ids_for
     from sspo_cli.rollout import evaluate
 
     cfg = recipe.train.warm_start

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sspo_cli.models.kv_cache import cache_kwarg, new_cache, position_ids_for, select_cache_rows
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
@@ -18,11 +20,6 @@ if TYPE_CHECKING:
 # model_type values whose causal-LM forward is `lm_head(base_model(...).last_hidden_state)`,
 # with no logit scaling or soft-capping: the LM head may then be applied by us, in chunks.
 SEPARABLE_HEAD_MODEL_TYPES = frozenset({"qwen2", "qwen3", "llama", "mistral"})
-
-
-def position_ids_for(attention_mask: "torch.Tensor") -> "torch.Tensor":
-    """Positions that skip left padding, as generation assigns them."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def completion_logprobs(
@@ -159,8 +156,6 @@ def shared_prefix_run(
     every row, so its Tc outputs are exactly those at the Tc completion tokens' positions.
     """
     import torch
-
-    from sspo_cli.sampling import cache_kwarg, new_cache, select_cache_rows
 
     distinct, row_to_distinct = torch.unique(prompt_index, return_inverse=True)
     rows = input_ids.shape[0]

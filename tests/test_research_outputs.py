@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from sspo_cli.research.formatting import cell, format_interval, format_value
-from sspo_cli.research.metrics import METRICS, Curves, RunRecord, Threshold, auto_threshold, best_groups, rank, run_metrics, summarize
+from sspo_cli.research.formatting import format_interval, format_value
+from sspo_cli.research.metrics import METRICS, Curves, RunRecord, Threshold, auto_threshold, best_groups, cell, rank, run_metrics, summarize
 from sspo_cli.research.outputs import comparison_document, markdown_table, write_csv, write_json
 from sspo_cli.research.stats import Interval, t_interval
 from sspo_cli.research.tables import comparison_table, leaderboard_table

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 from sspo_cli.research.stats import Interval
-
-if TYPE_CHECKING:
-    from sspo_cli.research.metrics import GroupSummary, MetricSpec
 
 MISSING = "—"
 
@@ -36,10 +32,6 @@ def format_interval(kind: str, interval: Interval, runs: int | None = None) -> s
     if runs is not None and interval.n < runs:
         text += f" [{interval.n}/{runs}]"
     return text
-
-
-def cell(summary: "GroupSummary", spec: "MetricSpec") -> str:
-    return format_interval(spec.kind, summary.metrics[spec.key], runs=len(summary.run_ids))
 
 
 def format_duration(seconds: float) -> str:

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
-from sspo_cli.research.formatting import format_value
+from sspo_cli.research.formatting import format_interval, format_value
 from sspo_cli.research.stats import Interval, curve_mean, finite, first_step_reaching, mean, t_interval, tail_mean
 
 Better = Literal["higher", "lower"] | None
@@ -132,6 +132,11 @@ def summarize(records: Sequence[RunRecord], threshold: float, order: Sequence[st
         intervals = {key: t_interval([m[key] for m in per_run], confidence) for key in METRIC_KEYS}
         out.append(GroupSummary(name, [r.run_id for r in members], [r.seed for r in members], intervals, per_run))
     return out
+
+
+def cell(summary: GroupSummary, spec: MetricSpec) -> str:
+    """A group's metric as the table and report.md show it."""
+    return format_interval(spec.kind, summary.metrics[spec.key], runs=len(summary.run_ids))
 
 
 def best_groups(summaries: Sequence[GroupSummary]) -> dict[str, set[str]]:

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sspo_cli.research.execute import Outcome
-from sspo_cli.research.formatting import cell, format_duration
-from sspo_cli.research.metrics import METRICS, GroupSummary, RunRecord, Threshold, best_groups, run_metrics
+from sspo_cli.research.formatting import format_duration
+from sspo_cli.research.metrics import METRICS, GroupSummary, RunRecord, Threshold, best_groups, cell, run_metrics
 from sspo_cli.research.stats import INTERVAL_NAME, Interval
 
 

@@ -8,8 +8,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sspo_cli.research.formatting import cell, format_value
-from sspo_cli.research.metrics import METRICS, GroupSummary, Threshold, best_groups, metric_spec
+from sspo_cli.research.formatting import format_value
+from sspo_cli.research.metrics import METRICS, GroupSummary, Threshold, best_groups, cell, metric_spec
 from sspo_cli.research.stats import INTERVAL_NAME
 
 

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sspo_cli.errors import InputError
+
 if TYPE_CHECKING:
     import torch
 
@@ -44,12 +46,8 @@ class TooManySkips(RuntimeError):
         super().__init__(f"{count} consecutive updates had a non-finite loss or gradient (train.max_skipped)")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A run folder or checkpoint that cannot be used; names the option (`--resume`) and the file."""
-
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(f"{key}: {message}")
 
 
 @dataclass

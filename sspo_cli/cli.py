@@ -9,6 +9,8 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
+from sspo_cli.errors import InputError
+
 app = typer.Typer(
     name="sspo",
     help="RL for language models with group-based policy objectives (SSPO, GRPO, GSPO, GMPO, SAPO).",
@@ -33,12 +35,8 @@ EXIT_INTERRUPTED = 130
 RECIPE_SECTIONS = ("model.", "task.", "rollout.", "objective.", "train.", "eval.", "tracking.")
 
 
-class UsageProblem(ValueError):
+class UsageProblem(InputError):
     """Options that do not go together; names them."""
-
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(f"{key}: {message}")
 
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sspo_cli.engines.trl_options import TrlOptions
+from sspo_cli.errors import InputError
 from sspo_cli.objectives.config import ObjectiveConfig, SspoConfig
 
 
@@ -212,13 +213,13 @@ def stable_hash(data: Any) -> str:
 SWEEP_SECTION = "sweep"
 
 
-class RecipeError(ValueError):
+class RecipeError(InputError):
     """Bad recipe input: one readable message naming the file and the key."""
 
     def __init__(self, source: str, problems: list[str]):
         self.source = source
         self.problems = problems
-        super().__init__(f"{source}: " + "; ".join(problems))
+        super().__init__(source, "; ".join(problems))
 
     def render(self) -> str:
         lines = [f"Invalid recipe {self.source}:"]

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from sspo_cli.errors import InputError
+
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
@@ -15,12 +17,8 @@ MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 
 
-class TrackingError(ValueError):
+class TrackingError(InputError):
     """The tracking store cannot be opened or written; names the option."""
-
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(f"{key}: {message}")
 
 
 def default_tracking_uri(output_dir: str | Path) -> str:

@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sspo_cli.errors import InputError
 from sspo_cli.recipe import Recipe, to_yaml
 
 if TYPE_CHECKING:
@@ -40,10 +41,8 @@ if TYPE_CHECKING:
     from sspo_cli.warm_start import WarmStartResult
 
 
-class OutputError(ValueError):
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(f"{key}: {message}")
+class OutputError(InputError):
+    """The output dir cannot take a run folder; names `--output-dir`."""
 
 
 class TrainingObserver:

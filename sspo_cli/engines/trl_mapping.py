@@ -11,17 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from sspo_cli.engines.trl_options import TrlOptions
+from sspo_cli.errors import InputError
 from sspo_cli.recipe import Recipe, RolloutConfig
 
 TRL_INSTALL_HINT = "install the trl extra: pip install -e '.[trl]'"
 
 
-class TrlEngineError(ValueError):
+class TrlEngineError(InputError):
     """A recipe the TRL engine cannot run as written, or TRL missing; `.key` names the recipe key."""
-
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(f"{key}: {message}")
 
 
 def trl_options(recipe: Recipe) -> TrlOptions:

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sspo_cli.errors import InputError
 from sspo_cli.recipe import ModelConfig, TinyModelConfig
 
 if TYPE_CHECKING:
@@ -18,12 +19,8 @@ CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-class ModelError(ValueError):
+class ModelError(InputError):
     """A model folder or model option that cannot be used; the message names the recipe key."""
-
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(f"{key}: {message}")
 
 
 def build_char_tokenizer(alphabet: str) -> "PreTrainedTokenizerBase":

@@ -6,14 +6,11 @@ imported inside the functions that need them, so `sspo --help` stays fast.
 
 from __future__ import annotations
 
+from sspo_cli.errors import InputError
 
-class ResearchError(ValueError):
+
+class ResearchError(InputError):
     """Bad input to eval/compare/sweep; the message starts with the option or key it is about."""
-
-    def __init__(self, key: str, message: str):
-        self.key = key
-        self.reason = message
-        super().__init__(f"{key}: {message}")
 
 
 __all__ = ["ResearchError"]

@@ -7,6 +7,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from sspo_cli.errors import InputError
+
 
 @dataclass(frozen=True, slots=True)
 class Example:
@@ -40,13 +42,8 @@ class Task:
         return digest.hexdigest()[:16]
 
 
-class TaskError(ValueError):
+class TaskError(InputError):
     """Bad task input. The message is one line and starts with the recipe key, e.g. `task.path: ...`."""
-
-    def __init__(self, key: str, message: str):
-        self.key = key
-        self.reason = message
-        super().__init__(f"{key}: {message}")
 
 
 def split_examples(

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Optional
 
 import typer
 
+from sspo_cli.cli_guard import guarded
 from sspo_cli.errors import InputError
 
 app = typer.Typer(
@@ -27,89 +26,9 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.
 
 ResumeOpt = Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run from its last checkpoint: give the run folder (it holds recipe.yaml and run.json). Takes no RECIPE, --set or --output-dir.", show_default=False)]
 
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
-
-# Errors whose key is a recipe key get the recipe file in front of it.
-RECIPE_SECTIONS = ("model.", "task.", "rollout.", "objective.", "train.", "eval.", "tracking.")
-
 
 class UsageProblem(InputError):
     """Options that do not go together; names them."""
-
-
-def _bad_input_types() -> tuple[type[BaseException], ...]:
-    """Errors that mean 'your input is wrong': each carries a message naming the file or key."""
-    from sspo_cli.recipe import RecipeError
-
-    types: list[type[BaseException]] = [RecipeError, UsageProblem]
-    for module, name in (
-        ("sspo_cli.tasks", "TaskError"),
-        ("sspo_cli.models", "ModelError"),
-        ("sspo_cli.tracking", "TrackingError"),
-        ("sspo_cli.trainer", "OutputError"),
-        ("sspo_cli.checkpoint", "CheckpointError"),
-        ("sspo_cli.engines.trl_mapping", "TrlEngineError"),
-        ("sspo_cli.research", "ResearchError"),
-    ):
-        loaded = sys.modules.get(module)
-        if loaded is not None and hasattr(loaded, name):
-            types.append(getattr(loaded, name))
-    return tuple(types)
-
-
-def _describe_bad_input(exc: BaseException, recipe_file: Path | None) -> str:
-    if hasattr(exc, "render"):
-        return exc.render()
-    key = getattr(exc, "key", "")
-    if recipe_file is not None and isinstance(key, str) and key.startswith(RECIPE_SECTIONS):
-        return f"{recipe_file}: {exc}"
-    return str(exc)
-
-
-def _guarded(debug: bool, action: Callable[[], None], recipe_file: Path | None = None) -> None:
-    """Run a command: bad input prints one message and exits 2, a signal exits 130 (after a checkpoint
-    once training has started), too many non-finite updates exit 1. `--debug` shows tracebacks."""
-    from sspo_cli.report import err_console
-    from sspo_cli.signals import RunInterrupted, TermAsKeyboardInterrupt
-
-    try:
-        with TermAsKeyboardInterrupt():
-            action()
-    except RunInterrupted as stop:
-        err_console.print(f"[yellow]stopped[/yellow] ({stop.signal_name}) after step {stop.step}; checkpoint: {stop.checkpoint}", highlight=False, soft_wrap=True)
-        err_console.print(f"resume with:  sspo train --resume {shlex.quote(str(stop.run_dir))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        err_console.print("[yellow]interrupted[/yellow] (before training started: nothing to resume)", highlight=False)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    except Exception as exc:
-        if debug:
-            raise
-        if isinstance(exc, _bad_input_types()):
-            err_console.print(f"[red]error:[/red] {_describe_bad_input(exc, recipe_file)}", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_BAD_INPUT) from None
-        from sspo_cli.checkpoint import TooManySkips
-
-        if isinstance(exc, TooManySkips):
-            _report_too_many_skips(exc, err_console)
-            raise typer.Exit(EXIT_FAILED) from None
-        raise
-
-
-def _report_too_many_skips(exc: Any, err_console: Any) -> None:
-    err_console.print(f"[red]stopped:[/red] {exc}" + (f" at step {exc.step}" if exc.step is not None else ""), highlight=False, soft_wrap=True)
-    if exc.checkpoint is not None:
-        err_console.print(f"the last good state (weights and optimizer before the skipped updates) is saved in {exc.checkpoint}", highlight=False, soft_wrap=True)
-        err_console.print(
-            f"resume with:  sspo train --resume {shlex.quote(str(exc.run_dir))}\n"
-            f"or start a new run from those weights with a smaller train.lr:  --set model.path={shlex.quote(str(exc.checkpoint))}",
-            highlight=False,
-            soft_wrap=True,
-        )
 
 
 @app.command()
@@ -125,7 +44,7 @@ def validate(recipe: RecipeArg, set_: SetOpt = None, debug: DebugOpt = False) ->
             plan_trl_run(resolved, cuda_available=True, bf16_available=True)  # hardware is checked at train time
         typer.echo(to_yaml(resolved), nl=False)
 
-    _guarded(debug, action, recipe)
+    guarded(debug, action, recipe)
 
 
 @app.command()
@@ -164,7 +83,7 @@ def train(
             print_summary(summary)
 
     recipe_file = resume / "recipe.yaml" if resume is not None else recipe
-    _guarded(debug, action, recipe_file)
+    guarded(debug, action, recipe_file)
 
 
 def check_train_options(recipe: Path | None, overrides: list[str] | None, output_dir: Path | None, resume: Path | None) -> None:

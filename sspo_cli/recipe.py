@@ -203,6 +203,11 @@ class Recipe(Strict):
         return stable_hash(self.resolved())
 
 
+def names_recipe_key(key: str) -> bool:
+    """Whether an error's key is a recipe key (`rollout.group_size`, `engine`) rather than an option or file."""
+    return key.split(".", 1)[0] in Recipe.model_fields
+
+
 def stable_hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 

@@ -6,9 +6,11 @@ Nothing heavy is imported at module level (torch, mlflow, matplotlib load inside
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Optional
 
 import typer
+
+from sspo_cli.cli_guard import EXIT_FAILED, guarded
 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a recipe key: dotted.key=value (repeatable; applies to every run).")]
 OutputOpt = Annotated[Path, typer.Option("--output-dir", "-o", help="Where run folders, the warm-start cache, reports and the default MLflow store go.")]
@@ -19,9 +21,7 @@ ReportDirOpt = Annotated[Optional[Path], typer.Option("--report-dir", help="Fold
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.")]
 
-EXIT_BAD_INPUT = 2
-EXIT_RUNS_FAILED = 1
-EXIT_INTERRUPTED = 130
+INTERRUPTED_HINT = "re-run the same command to continue (finished runs are reused; interrupted and missing ones are trained)"
 DEFAULT_METHODS = "grpo,gspo,gmpo,sapo,sspo"
 
 
@@ -30,33 +30,6 @@ def register(app: typer.Typer) -> None:
     app.command("eval")(eval_command)
     app.command("compare")(compare_command)
     app.command("sweep")(sweep_command)
-
-
-def _guarded(debug: bool, action: Callable[[], None]) -> None:
-    """The main CLI's error handling (bad input: exit 2), plus ResearchError as bad input and a Ctrl-C
-    message that fits a comparison or sweep (exit 130)."""
-    from sspo_cli.cli import _guarded as main_guarded
-    from sspo_cli.research import ResearchError
-
-    def mapped() -> None:
-        try:
-            action()
-        except KeyboardInterrupt:
-            if debug:
-                raise
-            from sspo_cli.report import err_console
-
-            err_console.print("[yellow]interrupted[/yellow]: re-run the same command to continue (finished runs are reused; interrupted and missing ones are trained)", highlight=False)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-        except ResearchError as exc:
-            if debug:
-                raise
-            from sspo_cli.report import err_console
-
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
-            raise typer.Exit(EXIT_BAD_INPUT) from None
-
-    main_guarded(debug, mapped)
 
 
 # --------------------------------------------------------------------------- eval
@@ -103,7 +76,7 @@ def eval_command(
             console.print(f"MLflow run {report.eval_run_id}{parent}", soft_wrap=True)
         console.print(f"results: {report.file}", soft_wrap=True)
 
-    _guarded(debug, action)
+    guarded(debug, action, interrupted_hint=INTERRUPTED_HINT)
 
 
 def _int_list(text: str | None, option: str) -> list[int] | None:
@@ -162,7 +135,7 @@ def compare_command(
                 result = run_comparison(Path(positional[0]), set_ or [], methods, seeds, variants, output_dir, tracking_uri, jobs, threshold, report_dir, progress)
         _render_comparison(result)
 
-    _guarded(debug, action)
+    guarded(debug, action, interrupted_hint=INTERRUPTED_HINT)
 
 
 def _render_comparison(result) -> None:
@@ -190,7 +163,7 @@ def _render_footer(result) -> None:
     )
     if result.failed:
         console.print("[yellow]re-run the same command to retry the failed runs; finished ones are reused[/yellow]")
-        raise typer.Exit(EXIT_RUNS_FAILED)
+        raise typer.Exit(EXIT_FAILED)
 
 
 # --------------------------------------------------------------------------- sweep
@@ -223,4 +196,4 @@ def sweep_command(
         print_table(console, leaderboard_table(result.extra["ranked"], result.extra["metric"], result.title, result.extra["failures"]))
         _render_footer(result)
 
-    _guarded(debug, action)
+    guarded(debug, action, interrupted_hint=INTERRUPTED_HINT)

@@ -67,7 +67,8 @@ def run(recipe: Recipe, warmup: int, steps: int) -> dict[str, Any]:
     from sspo_cli.models import load_policy
     from sspo_cli.objectives import build_objective
     from sspo_cli.tasks import build_task
-    from sspo_cli.trainer import Policy, TrainState, lr_multiplier
+    from sspo_cli.run.schedule import lr_multiplier
+    from sspo_cli.run.state import Policy, TrainState
 
     torch.set_num_threads(recipe.train.threads or torch.get_num_threads())
     task = build_task(recipe.task)

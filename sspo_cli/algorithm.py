@@ -4,7 +4,7 @@
     -> `updates_per_rollout` optimiser updates on mini-batches through the objective
 
 Everything a step draws at random depends on (seed, step) alone, so a resumed run repeats
-exactly what an uninterrupted one does. `trainer.py` runs these steps and keeps the records.
+exactly what an uninterrupted one does. `trainer.py` runs these steps; the run layer keeps the records.
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ import time
 from typing import TYPE_CHECKING, Iterator
 
 from sspo_cli.recipe import Recipe, RolloutConfig, stable_hash
+from sspo_cli.run.metrics import merge_rows
 
 if TYPE_CHECKING:
     import torch
 
     from sspo_cli.rollout import Rollout
+    from sspo_cli.run.state import Policy, TrainState
     from sspo_cli.tasks import Example, Task
-    from sspo_cli.trainer import Policy, TrainState
 
 
 def rl_step(recipe: Recipe, policy: "Policy", task: "Task", objective, optimizer, scheduler, state: "TrainState") -> dict[str, float]:
@@ -90,7 +91,7 @@ def rl_step(recipe: Recipe, policy: "Policy", task: "Task", objective, optimizer
         "train/sample_seconds": sampled - started,
         "train/objective_seconds": objective_seconds,
         "train/skipped_updates": float(state.skipped_updates),
-        **aggregate(update_metrics),
+        **merge_rows(update_metrics),
     }
 
 
@@ -149,8 +150,6 @@ def apply_update(loss: "torch.Tensor", model, optimizer, scheduler, recipe: Reci
     """Backward, clip, step; a non-finite loss or gradient leaves weights and optimiser untouched."""
     import torch
 
-    from sspo_cli.checkpoint import TooManySkips
-
     optimizer.zero_grad(set_to_none=True)
     if torch.isfinite(loss):
         loss.backward()
@@ -160,12 +159,9 @@ def apply_update(loss: "torch.Tensor", model, optimizer, scheduler, recipe: Reci
         grad_norm = math.nan
     if not math.isfinite(grad_norm):
         optimizer.zero_grad(set_to_none=True)
-        state.skipped_updates += 1
-        state.consecutive_skips += 1
-        if state.consecutive_skips >= recipe.train.max_skipped:
-            raise TooManySkips(state.consecutive_skips)
+        state.count_skipped_update(recipe.train.max_skipped)
         return {"train/loss": math.nan, "train/grad_norm": math.nan}
-    state.consecutive_skips = 0
+    state.count_applied_update()
     optimizer.step()
     scheduler.step()
     return {"train/loss": float(loss.detach()), "train/grad_norm": grad_norm}
@@ -207,18 +203,3 @@ def minibatches(n: int, cfg: RolloutConfig, seed: int, step: int) -> Iterator["t
         yield order[offset : offset + size]
         offset += size
 
-
-def aggregate(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Per-update metrics to per-step: min of *_min, max of *_max, mean of the rest (NaN-skipping)."""
-    out: dict[str, float] = {}
-    for key in rows[0] if rows else ():
-        values = [r[key] for r in rows if math.isfinite(r[key])]
-        if not values:
-            out[key] = math.nan
-        elif key.endswith("_min"):
-            out[key] = min(values)
-        elif key.endswith("_max"):
-            out[key] = max(values)
-        else:
-            out[key] = sum(values) / len(values)
-    return out

@@ -15,16 +15,15 @@ import json
 import os
 import random
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sspo_cli.errors import InputError
+from sspo_cli.run.state import Policy, TrainState
 
 if TYPE_CHECKING:
     import torch
-
-    from sspo_cli.trainer import Policy, TrainState
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -33,17 +32,6 @@ STEP_PREFIX = "step-"
 STAGING_PREFIX = ".tmp-"
 TRASH_PREFIX = ".old-"  # a complete folder being replaced
 DELETE_PREFIX = ".del-"  # a folder being deleted
-
-
-class TooManySkips(RuntimeError):
-    """`train.max_skipped` consecutive non-finite updates. The trainer fills in where it saved the last good state."""
-
-    def __init__(self, count: int):
-        self.count = count
-        self.step: int | None = None
-        self.run_dir: Path | None = None
-        self.checkpoint: Path | None = None
-        super().__init__(f"{count} consecutive updates had a non-finite loss or gradient (train.max_skipped)")
 
 
 class CheckpointError(InputError):
@@ -66,10 +54,21 @@ class LoadedCheckpoint:
         return int(self.state["step"])
 
 
+def train_state_of(loaded: LoadedCheckpoint) -> TrainState:
+    """The checkpoint's trainer_state.json as a TrainState; CheckpointError if it holds anything else."""
+    data, source = loaded.state, loaded.folder
+    unknown = sorted(set(data) - {f.name for f in fields(TrainState)})
+    checks = {"step": int, "skipped_updates": int, "consecutive_skips": int, "history": list, "evals": list, "elapsed_seconds": (int, float), "resumed_from": list}
+    wrong = [name for name, kind in checks.items() if name in data and not isinstance(data[name], kind)]
+    if unknown or wrong:
+        raise CheckpointError("--resume", f"{source} is not a trainer state ({'unknown keys ' + str(unknown) if unknown else 'wrong types for ' + str(wrong)})")
+    return TrainState(**data)
+
+
 # --------------------------------------------------------------------------- writing
 
 
-def save_checkpoint(root: Path, policy: "Policy", optimizer, scheduler, state: "TrainState", keep: int, final: bool = False) -> Path:
+def save_checkpoint(root: Path, policy: Policy, optimizer, scheduler, state: TrainState, keep: int, final: bool = False) -> Path:
     """Write `root/step-NNNNNN` atomically (and `root/final` when `final`); keep the last `keep` steps."""
     import torch
 

@@ -37,11 +37,10 @@ def validate(recipe: RecipeArg, set_: SetOpt = None, debug: DebugOpt = False) ->
     from sspo_cli.recipe import load_recipe, to_yaml
 
     def action() -> None:
-        resolved = load_recipe(recipe, set_ or [])
-        if resolved.engine == "trl":  # TRL's refusals need no torch: show them now, not at train time
-            from sspo_cli.engines.trl_mapping import plan_trl_run
+        from sspo_cli.train import check_engine_accepts
 
-            plan_trl_run(resolved, cuda_available=True, bf16_available=True)  # hardware is checked at train time
+        resolved = load_recipe(recipe, set_ or [])
+        check_engine_accepts(resolved)
         typer.echo(to_yaml(resolved), nl=False)
 
     guarded(debug, action, recipe)
@@ -67,7 +66,7 @@ def train(
         from sspo_cli.report import RichProgress, print_summary
 
         if resume is not None:
-            from sspo_cli.trainer import resume_training
+            from sspo_cli.train import resume_training
 
             with RichProgress(quiet=quiet) as progress:
                 summary = resume_training(resume, tracking_uri=tracking_uri, observer=progress)
@@ -75,7 +74,7 @@ def train(
             from sspo_cli.recipe import load_recipe
 
             resolved = load_recipe(recipe, set_ or [])
-            from sspo_cli.trainer import run_training
+            from sspo_cli.train import run_training
 
             with RichProgress(quiet=quiet) as progress:
                 summary = run_training(resolved, output_dir=output_dir or Path("runs"), tracking_uri=tracking_uri, observer=progress)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from sspo_cli.errors import InputError
-    from sspo_cli.checkpoint import TooManySkips
+    from sspo_cli.run.state import TooManySkips
 
 EXIT_FAILED = 1  # the run (or a run of a comparison) failed
 EXIT_BAD_INPUT = 2
@@ -37,8 +37,8 @@ def guarded(debug: bool, action: Callable[[], None], recipe_file: Path | None = 
     `recipe_file` goes in front of errors whose key is a recipe key. `interrupted_hint`, when given,
     is what any interruption prints (a comparison or sweep says how to continue it).
     """
-    from sspo_cli.checkpoint import TooManySkips
     from sspo_cli.errors import InputError
+    from sspo_cli.run.state import TooManySkips
     from sspo_cli.signals import RunInterrupted, TermAsKeyboardInterrupt
 
     try:

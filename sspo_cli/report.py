@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sspo_cli.trainer import TrainingObserver
+from sspo_cli.run.state import TrainingObserver
 
 console = Console()
 err_console = Console(stderr=True)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from sspo_cli.errors import InputError
 
@@ -226,6 +228,29 @@ class Tracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+    def finish_quietly(self, status: str) -> None:
+        """Record how the run ended without hiding the error that ended it."""
+        try:
+            self.finish(status)
+        except Exception as exc:
+            print(f"warning: could not mark MLflow run {self.run_id} {status}: {exc}", file=sys.stderr)
+
+
+def failure_status(exc: BaseException) -> str:
+    """KILLED for Ctrl-C, SIGTERM and a stop after a checkpoint (all KeyboardInterrupt); FAILED otherwise."""
+    return "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+
+
+@contextmanager
+def failure_marked(tracker: Tracker | None) -> Iterator[None]:
+    """If the block raises, mark the MLflow run (where this process has one) KILLED or FAILED; the error goes on."""
+    try:
+        yield
+    except BaseException as exc:
+        if tracker is not None:
+            tracker.finish_quietly(failure_status(exc))
+        raise
 
 
 def find_run(client: "MlflowClient", uri: str, run_id: str):

@@ -14,7 +14,8 @@ from sspo_cli.models import load_policy  # noqa: E402
 from sspo_cli.objectives import build_objective  # noqa: E402
 from sspo_cli.recipe import recipe_from_dict  # noqa: E402
 from sspo_cli.tasks import build_task  # noqa: E402
-from sspo_cli.trainer import Policy, TrainState, lr_multiplier  # noqa: E402
+from sspo_cli.run.schedule import lr_multiplier  # noqa: E402
+from sspo_cli.run.state import Policy, TrainState  # noqa: E402
 
 TIMING_KEYS = {"train/tokens_per_s", "train/step_seconds", "train/sample_seconds", "train/objective_seconds"}
 

@@ -27,7 +27,7 @@ class WritesAMarker:
 def tiny_policy():
     from sspo_cli.models import build_char_tokenizer, build_tiny_model
     from sspo_cli.recipe import TinyModelConfig
-    from sspo_cli.trainer import Policy
+    from sspo_cli.run.state import Policy
 
     tokenizer = build_char_tokenizer("0123456789+=")
     return Policy(build_tiny_model(TinyModelConfig(hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=32), tokenizer, 0), tokenizer)
@@ -43,7 +43,7 @@ def make_optimizer(policy):
 def fake_run_folder(root: Path, policy, step: int) -> Path:
     """A run folder as `sspo train` leaves it after an interruption at `step` (no MLflow needed to refuse it)."""
     from sspo_cli.checkpoint import save_checkpoint
-    from sspo_cli.trainer import TrainState
+    from sspo_cli.run.state import TrainState
 
     run_dir = root / "someone-elses-run"
     run_dir.mkdir(parents=True)
@@ -72,7 +72,7 @@ def test_a_crafted_pickle_in_a_checkpoint_is_refused_and_never_runs(tmp_path: Pa
 
 
 def test_a_run_being_trained_cannot_be_resumed_by_a_second_process(tmp_path: Path, tiny_policy) -> None:
-    from sspo_cli.run_folder import RunLock
+    from sspo_cli.run.folder import RunLock
 
     run_dir = fake_run_folder(tmp_path, tiny_policy, step=1)
     with RunLock(run_dir):
@@ -109,7 +109,7 @@ def test_checkpoints_round_trip_and_keep_the_last_n(tmp_path: Path, tiny_policy)
     import torch
 
     from sspo_cli.checkpoint import apply_weights, list_checkpoints, load_checkpoint, save_checkpoint
-    from sspo_cli.trainer import TrainState
+    from sspo_cli.run.state import TrainState
 
     root = tmp_path / "checkpoints"
     optimizer, scheduler = make_optimizer(tiny_policy)
@@ -135,7 +135,7 @@ def test_recovery_after_a_kill_at_any_point_of_a_checkpoint_write(tmp_path: Path
     a folder renamed for deletion. None is ever listed as a checkpoint; recovery puts back the one
     caught mid-replacement and clears the rest."""
     from sspo_cli.checkpoint import list_checkpoints, load_checkpoint, recover_interrupted_writes, save_checkpoint
-    from sspo_cli.trainer import TrainState
+    from sspo_cli.run.state import TrainState
 
     root = tmp_path / "checkpoints"
     optimizer, scheduler = make_optimizer(tiny_policy)

@@ -8,7 +8,7 @@ import pytest
 from conftest import REPO, TINY_OVERRIDES, sspo_command
 
 from sspo_cli.recipe import load_recipe
-from sspo_cli.trainer import run_training
+from sspo_cli.train import run_training
 
 SPEC_METRICS = [
     "ratio/token_mean", "ratio/token_std", "ratio/token_min", "ratio/token_max", "ratio/log_abs_mean",

@@ -76,7 +76,7 @@ def test_every_objective_trains_and_writes_a_normal_run(objective: str, tmp_path
 
 def test_both_engines_write_the_same_records(tmp_path: Path, store: str) -> None:
     """Same summary keys, same history keys (TRL's extra numbers only under `trl/`), same experiment."""
-    from sspo_cli.trainer import run_training
+    from sspo_cli.train import run_training
 
     trl_summary = run_training_trl(tiny_trl_recipe(), output_dir=tmp_path, tracking_uri=store)
     native_summary = run_training(tiny_trl_recipe("engine=native"), output_dir=tmp_path, tracking_uri=store)
@@ -139,7 +139,7 @@ def test_non_finite_updates_are_skipped_and_counted(tmp_path: Path, store: str) 
 def test_too_many_skips_stop_the_run_as_failed(tmp_path: Path, store: str) -> None:
     from mlflow.tracking import MlflowClient
 
-    from sspo_cli.checkpoint import TooManySkips
+    from sspo_cli.run.state import TooManySkips
 
     with pytest.raises(TooManySkips) as info:
         run_training_trl(tiny_trl_recipe(*EXPLODING, "train.max_skipped=3"), output_dir=tmp_path, tracking_uri=store)

@@ -37,7 +37,7 @@ ENGINES_WITHOUT_TRL = """
 import json, sys
 from pathlib import Path
 from sspo_cli.recipe import load_recipe
-from sspo_cli.trainer import run_training
+from sspo_cli.train import run_training
 from sspo_cli.engines.trl_engine import run_training_trl
 from sspo_cli.engines.trl_mapping import TrlEngineError
 

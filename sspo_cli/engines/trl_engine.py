@@ -11,17 +11,16 @@ Importing this module needs neither torch nor TRL.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sspo_cli.engines.trl_mapping import TRL_INSTALL_HINT, TrlEngineError, TrlPlan, plan_trl_run, uses_cpu
-from sspo_cli.recipe import Recipe, to_yaml
+from sspo_cli.recipe import Recipe
 
 if TYPE_CHECKING:
-    from sspo_cli.trainer import TrainingObserver
+    from sspo_cli.run.state import TrainingObserver
 
 SUPPORTED_TRL = ((1, 16), (1, 17))  # [from, to): the private GRPOTrainer methods we override are 1.16's
 
@@ -55,11 +54,12 @@ def run_training_trl(
     import torch
     from accelerate import PartialState
 
-    from sspo_cli.models import load_policy
+    from sspo_cli.models import check_generation_tokens, load_policy
+    from sspo_cli.run.folder import default_run_name, ensure_writable, final_checkpoint
+    from sspo_cli.run.records import RunRecords, open_run
+    from sspo_cli.run.state import TrainingObserver, TrainState
     from sspo_cli.tasks import build_task
-    from sspo_cli.tracking import check_tracking_uri, default_tracking_uri, open_client
-    from sspo_cli.trainer import TrainingObserver, TrainState, build_summary, check_generation_tokens, default_run_name, ensure_writable
-    from sspo_cli.run_folder import SUMMARY_FILE, write_text_atomic
+    from sspo_cli.tracking import check_tracking_uri, default_tracking_uri, failure_marked, open_client
     from sspo_cli.warm_start import cached_warm_start
 
     cuda = torch.cuda.is_available()
@@ -96,45 +96,33 @@ def run_training_trl(
 
     run_dir = shared_run_dir(output_dir, recipe.tracking.run_name or default_run_name(recipe), main)
     args.output_dir = str(run_dir / "checkpoints")
-    tracker = start_tracker(recipe, run_dir, output_dir, tracking_uri, trl_version, parent_run_id, extra_tags) if main else None
-    started = time.perf_counter()
     state = TrainState()
-    try:
-        if tracker and warm_result:
-            tracker.log_metrics({"warm_start/steps": warm_result.steps, "warm_start/dev_accuracy": warm_result.dev_accuracy}, step=0)
-        observer.on_start(recipe.train.steps, run_dir.name, run_dir)
-        context = run_context(recipe, task, tokenizer, state, run_dir, tracker, observer)
-        if main:
-            record_eval_now(context, 0, model)
-        final = run_dir / "checkpoints" / "final"
+    tags = {"sspo.trl_version": trl_version, **(extra_tags or {})}
+    tracker = open_run(recipe, run_dir, output_dir, tracking_uri, parent_run_id, tags) if main else None
+    # The main process alone keeps the records.
+    records = RunRecords(recipe, run_dir, tracker, tracking_uri, observer, state, warm_result, skip_cause="a non-finite gradient") if tracker else None
+    started = time.perf_counter()
+    with failure_marked(tracker):
+        if records:
+            records.begin()
+        context = run_context(recipe, task, tokenizer, state, run_dir, records)
+        if records:
+            records.record_eval(0, context.evaluate(model))
+        final = final_checkpoint(run_dir)
         if recipe.train.steps > 0:
             train_on_trl(recipe, plan, args, model, tokenizer, task, context, final)
             del model
             free_accelerator_memory()
-            if main:
-                record_eval_now(context, recipe.train.steps, load_saved_policy(recipe, final).to(device))
+            if records:
+                records.record_eval(recipe.train.steps, context.evaluate(load_saved_policy(recipe, final).to(device)))
         elif main:
             from sspo_cli.models import save_policy
 
             save_policy(model, tokenizer, final)
-        if not main:
+        if not records:
             return {"run_dir": str(run_dir.resolve()), "main_process": False}
         state.elapsed_seconds = time.perf_counter() - started
-        summary = build_summary(recipe, state, run_dir, tracker, tracking_uri, state.elapsed_seconds, warm_result)
-        summary["engine"] = "trl"
-        write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
-        tracker.log_artifact(run_dir / SUMMARY_FILE)
-        tracker.log_artifact(final, "final_checkpoint")
-        tracker.finish("FINISHED")
-    except KeyboardInterrupt:
-        if tracker:
-            tracker.finish("KILLED")
-        raise
-    except BaseException:
-        if tracker:
-            tracker.finish("FAILED")
-        raise
-    return summary
+        return records.finish(engine=recipe.engine)
 
 
 def train_on_trl(recipe: Recipe, plan: TrlPlan, args, model, tokenizer, task, context, final: Path) -> None:
@@ -154,8 +142,8 @@ def train_on_trl(recipe: Recipe, plan: TrlPlan, args, model, tokenizer, task, co
             recipe=recipe,
         )
     trainer.remove_callback(PrinterCallback)  # transformers prints every log with disable_tqdm; ours are in MLflow
-    if trainer.is_deepspeed_enabled and trainer.accelerator.is_main_process:
-        context.observer.on_warning("under DeepSpeed, updates with a non-finite gradient are DeepSpeed's to skip (train.max_skipped is not checked)")
+    if trainer.is_deepspeed_enabled and context.records is not None:
+        context.records.observer.on_warning("under DeepSpeed, updates with a non-finite gradient are DeepSpeed's to skip (train.max_skipped is not checked)")
     trainer.add_callback(RunRecorder(context, plan.layout.updates_per_rollout, plan.layout.rollout_size, periodic_eval=trainer.weights_are_whole))
     trainer.train()
     trainer.save_model(str(final))
@@ -216,45 +204,25 @@ def grpo_config(plan: TrlPlan, output_dir: str | Path):
     return GRPOConfig(output_dir=str(output_dir), **kwargs)
 
 
-def start_tracker(recipe: Recipe, run_dir: Path, output_dir: Path, tracking_uri: str, trl_version: str, parent_run_id, extra_tags):
-    """The MLflow run, laid out as the native engine lays it out (run.json included), plus the engine's tags."""
-    from sspo_cli.run_folder import RECIPE_FILE, RunInfo
-    from sspo_cli.tracking import Tracker, absolute_uri, flatten
-    from sspo_cli.trainer import run_tags
-
-    (run_dir / RECIPE_FILE).write_text(to_yaml(recipe))
-    tags = run_tags(recipe, run_dir, {"sspo.trl_version": trl_version, **(extra_tags or {})})
-    tracker = Tracker.start(tracking_uri, recipe.tracking.experiment, run_dir.name, flatten(recipe.resolved()), tags, output_dir / "mlartifacts", parent_run_id)
-    RunInfo(tracker.run_id, absolute_uri(tracking_uri), recipe.tracking.experiment, run_dir.name).write(run_dir)
-    tracker.log_artifact(run_dir / RECIPE_FILE)
-    return tracker
-
-
 def shared_run_dir(output_dir: Path, run_name: str, main: bool) -> Path:
     """The main process creates the run folder; every process learns its path."""
     from accelerate.utils import broadcast_object_list
 
-    from sspo_cli.trainer import new_run_dir
+    from sspo_cli.run.folder import new_run_dir
 
     names = [str(new_run_dir(output_dir, run_name)) if main else None]
     broadcast_object_list(names)
     return Path(names[0])
 
 
-def run_context(recipe: Recipe, task, tokenizer, state, run_dir: Path, tracker, observer):
+def run_context(recipe: Recipe, task, tokenizer, state, run_dir: Path, records):
     from sspo_cli.engines.trl_trainer import RunContext
-    from sspo_cli.trainer import Policy, evaluate_policy
+    from sspo_cli.run.records import eval_metrics
 
     def evaluate(model) -> dict[str, float]:
-        return evaluate_policy(recipe, Policy(model, tokenizer), task).as_metrics("eval")
+        return eval_metrics(recipe, model, tokenizer, task)
 
-    return RunContext(recipe=recipe, state=state, run_dir=run_dir, tracker=tracker, observer=observer, evaluate=evaluate)
-
-
-def record_eval_now(context, step: int, model) -> None:
-    from sspo_cli.engines.trl_trainer import record_eval
-
-    record_eval(context, step, context.evaluate(model))
+    return RunContext(recipe=recipe, state=state, run_dir=run_dir, records=records, evaluate=evaluate)
 
 
 def load_saved_policy(recipe: Recipe, folder: Path):

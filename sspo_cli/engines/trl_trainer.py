@@ -9,8 +9,8 @@
   record `train/accuracy` and `train/sample_seconds`;
 - `create_scheduler` and `get_decay_parameter_names`: the native engine's learning-rate
   schedule, and weight decay on every parameter as the native AdamW does.
-`RunRecorder` turns TRL's logs into the native engine's per-step rows, MLflow metrics, history
-lines and periodic evals; `NonFiniteUpdateGuard` skips updates with a non-finite gradient.
+`RunRecorder` turns TRL's logs into per-step rows for the run layer's `RunRecords` (history,
+MLflow, periodic evals); `NonFiniteUpdateGuard` skips updates with a non-finite gradient.
 """
 
 from __future__ import annotations
@@ -25,14 +25,15 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
-from sspo_cli.engines.trl_records import merge_updates, merge_values, native_keys
+from sspo_cli.engines.trl_records import native_keys
 from sspo_cli.objectives import METRIC_KEYS, build_objective, compute_advantages
+from sspo_cli.run.metrics import merge_rows, merge_values
 
 if TYPE_CHECKING:
     from sspo_cli.recipe import Recipe
+    from sspo_cli.run.records import RunRecords
+    from sspo_cli.run.state import TrainState
     from sspo_cli.tasks import Task
-    from sspo_cli.tracking import Tracker
-    from sspo_cli.trainer import TrainingObserver, TrainState
 
 # Logged once per micro-batch by `_compute_loss` and merged per update in `log`.
 UPDATE_KEYS = (*METRIC_KEYS, "train/entropy", "train/objective_seconds")
@@ -83,7 +84,8 @@ class SspoGRPOTrainer(GRPOTrainer):
         local = torch.tensor([metrics[k] for k in keys], dtype=torch.float32, device=self.accelerator.device)
         gathered = self.accelerator.gather(local.unsqueeze(0)).view(-1, len(keys)).cpu()
         for column, key in enumerate(keys):
-            self._metrics[mode][key].append(merge_over_processes(key, gathered[:, column]))
+            # Processes run side by side: their durations do not add up.
+            self._metrics[mode][key].append(merge_values(key, gathered[:, column].tolist(), summed=()))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """TRL averages its metrics over the micro-batches of an update; ours need min/max/sum where named so."""
@@ -120,7 +122,7 @@ class SspoGRPOTrainer(GRPOTrainer):
     # ----------------------------------------------------------------- optimiser
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
-        from sspo_cli.trainer import lr_multiplier
+        from sspo_cli.run.schedule import lr_multiplier
 
         if self.lr_scheduler is None:
             self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, lr_multiplier(self.sspo_recipe))
@@ -138,17 +140,6 @@ class SspoGRPOTrainer(GRPOTrainer):
             return False
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
         return not (self.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3)
-
-
-def merge_over_processes(key: str, values: torch.Tensor) -> float:
-    finite = values[torch.isfinite(values)]
-    if finite.numel() == 0:
-        return math.nan
-    if key.endswith("_min"):
-        return float(finite.min())
-    if key.endswith("_max"):
-        return float(finite.max())
-    return float(finite.mean())
 
 
 def task_reward_function(task: "Task") -> Callable[..., list[float]]:
@@ -172,13 +163,12 @@ def training_dataset(task: "Task"):
 
 @dataclass
 class RunContext:
-    """What the recorder writes to; `tracker` is None on every process but the main one."""
+    """What the recorder writes to; `records` is None on every process but the main one."""
 
     recipe: "Recipe"
     state: "TrainState"
     run_dir: Path
-    tracker: "Tracker | None"
-    observer: "TrainingObserver"
+    records: "RunRecords | None"
     evaluate: Callable[[Any], dict[str, float]]  # model -> eval/* metrics
 
 
@@ -193,7 +183,6 @@ class RunRecorder(TrainerCallback):
         self.pending: list[dict[str, float]] = []
         self.last_logged_update = 0
         self.lr_after_update = math.nan
-        self.skipped_before = 0
         self.rollout_started = time.perf_counter()
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -211,7 +200,7 @@ class RunRecorder(TrainerCallback):
         if state.global_step % self.updates_per_rollout:
             return
         step = state.global_step // self.updates_per_rollout
-        metrics = self.rollout_metrics(merge_updates(self.pending))
+        metrics = self.rollout_metrics(merge_rows(self.pending))
         self.pending = []
         if state.is_world_process_zero:
             self.record_step(step, metrics, model)
@@ -229,27 +218,12 @@ class RunRecorder(TrainerCallback):
         }
 
     def record_step(self, step: int, metrics: dict[str, float], model) -> None:
-        from sspo_cli.trainer import record_step
-
         ctx = self.context
         ctx.state.step = step
-        record_step(ctx.state, metrics, ctx.tracker, ctx.run_dir, ctx.observer)
-        skipped = ctx.state.skipped_updates - self.skipped_before
-        if skipped:
-            ctx.observer.on_warning(
-                f"step {step}: skipped {skipped} update(s) with a non-finite gradient ({ctx.state.skipped_updates} in all; "
-                f"the run stops after {ctx.recipe.train.max_skipped} in a row, train.max_skipped)"
-            )
-        self.skipped_before = ctx.state.skipped_updates
+        ctx.records.record_step(metrics)
         last = step == ctx.recipe.train.steps  # evaluated after training, on the saved final weights
         if self.periodic_eval and not last and step % ctx.recipe.eval.every == 0:
-            record_eval(ctx, step, ctx.evaluate(model))
-
-
-def record_eval(ctx: RunContext, step: int, metrics: dict[str, float]) -> None:
-    ctx.state.evals.append({"step": step, **metrics})
-    ctx.tracker.log_metrics(metrics, step)
-    ctx.observer.on_eval(step, metrics)
+            ctx.records.record_eval(step, ctx.evaluate(model))
 
 
 class NonFiniteUpdateGuard(TrainerCallback):
@@ -268,7 +242,7 @@ class NonFiniteUpdateGuard(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         from accelerate.utils import reduce
 
-        from sspo_cli.checkpoint import TooManySkips
+        from sspo_cli.run.state import TooManySkips
 
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         if not grads:  # DeepSpeed: its own buffers hold the gradients
@@ -276,13 +250,12 @@ class NonFiniteUpdateGuard(TrainerCallback):
         local_bad = (~torch.stack([torch.isfinite(g).all() for g in grads]).all()).float()
         bad = bool(reduce(local_bad, reduction="sum") > 0)
         if not bad:
-            self.state.consecutive_skips = 0
+            self.state.count_applied_update()
             return
         for param in model.parameters():
             param.grad = None  # AdamW leaves parameters without a gradient untouched
-        self.state.skipped_updates += 1
-        self.state.consecutive_skips += 1
-        if self.state.consecutive_skips >= self.max_consecutive:
-            stop = TooManySkips(self.state.consecutive_skips)
+        try:
+            self.state.count_skipped_update(self.max_consecutive)
+        except TooManySkips as stop:
             stop.step, stop.run_dir = self.state.step + 1, self.run_dir  # no last-good checkpoint: TRL runs do not resume
-            raise stop
+            raise

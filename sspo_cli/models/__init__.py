@@ -122,6 +122,12 @@ def load_policy(cfg: ModelConfig, alphabet: str, seed: int) -> tuple["PreTrained
     return model.to(resolve_device(cfg.device)), tokenizer
 
 
+def check_generation_tokens(tokenizer: "PreTrainedTokenizerBase") -> None:
+    """Sampling stops at the end-of-sequence token: a folder whose tokenizer has none is no causal LM we can train."""
+    if tokenizer.eos_token_id is None:
+        raise ModelError("model.path", f"the tokenizer ({type(tokenizer).__name__}) has no end-of-sequence token: not a causal language model with its tokenizer")
+
+
 def save_policy(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", folder: str | Path) -> None:
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)

@@ -136,8 +136,8 @@ def run_comparison(
     report_dir: Path | None = None,
     observer: WorkflowObserver | None = None,
 ) -> ComparisonResult:
+    from sspo_cli.run.folder import ensure_writable
     from sspo_cli.tracking import default_tracking_uri
-    from sspo_cli.trainer import ensure_writable
 
     timer = PhaseTimer()
     with timer.phase("planning"):
@@ -174,19 +174,14 @@ def _run_and_finish(
 ) -> ComparisonResult:
     """Train (or reuse) the plan under the group run, then finish; the group run ends KILLED/FAILED if this does not."""
     from sspo_cli.research.records import records_of_outcomes
+    from sspo_cli.tracking import failure_marked
 
-    try:
+    with failure_marked(tracker):
         ctx = ExecutionContext(output_dir, tracking_uri, group_id, tracker.run_id, jobs, observer or WorkflowObserver(), timer)
         outcomes = execute(plan, ctx)
         with timer.phase("loading records"):
             records = records_of_outcomes(tracker.client, outcomes)
         return finish_comparison(kind, group_id, title, records, outcomes, order, threshold, out_dir, tracker, timer, tracking_uri)
-    except KeyboardInterrupt:
-        tracker.finish("KILLED")
-        raise
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
 
 
 def finish_comparison(
@@ -249,7 +244,7 @@ def compare_existing(
     """Compare finished runs as they are, grouped by the `sspo.method` tag (or `--group-by TAG`)."""
     from sspo_cli.research.records import record_from_mlflow
     from sspo_cli.research.store import runs_by_id, training_runs_of_experiment
-    from sspo_cli.tracking import default_tracking_uri, open_client
+    from sspo_cli.tracking import default_tracking_uri, failure_marked, open_client
 
     timer = PhaseTimer()
     if bool(experiment) == bool(run_ids):
@@ -272,11 +267,8 @@ def compare_existing(
         for run in runs:
             add_membership(client, run.info.run_id, run.data.tags.get(MEMBERSHIP_TAG), group_id)
     out_dir = report_dir or output_dir / f"compare-{experiment_name}-{group_id}"
-    try:
+    with failure_marked(tracker):
         return finish_comparison("comparison", group_id, title, records, [], order, threshold, out_dir, tracker, timer, tracking_uri)
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
 
 
 def group_label(run: Any, tag: str | None) -> str:

@@ -20,7 +20,7 @@ from sspo_cli.research.store import MEMBERSHIP_TAG, add_membership, finished_run
 from sspo_cli.research.timing import TRAINING, PhaseTimer
 
 if TYPE_CHECKING:
-    from sspo_cli.trainer import TrainingObserver
+    from sspo_cli.run.state import TrainingObserver
 
 State = Literal["reused", "trained", "failed", "cancelled"]
 
@@ -147,7 +147,7 @@ def run_tags(planned: PlannedRun, group_id: str) -> dict[str, str]:
 
 
 def run_sequentially(plan: Sequence[PlannedRun], ctx: ExecutionContext, outcomes: dict[str, Outcome]) -> None:
-    from sspo_cli.trainer import run_training
+    from sspo_cli.train import run_training
 
     quiet_library_progress_bars()
     for planned in plan:
@@ -263,7 +263,7 @@ def _worker_init(threads: int) -> None:
 def _train_in_worker(recipe_data: dict[str, Any], output_dir: str, tracking_uri: str, parent_run_id: str | None, tags: dict[str, str]) -> dict[str, Any]:
     """Runs in a worker process. Errors come back as text: some exception types do not survive pickling
     (and one that fails to unpickle breaks the whole pool)."""
-    from sspo_cli.trainer import run_training
+    from sspo_cli.train import run_training
 
     try:
         summary = run_training(Recipe.model_validate(recipe_data), output_dir=output_dir, tracking_uri=tracking_uri, parent_run_id=parent_run_id, extra_tags=tags)

@@ -9,7 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sspo_cli.research.execute import Outcome, PlannedRun, WorkflowObserver, eta_seconds
 from sspo_cli.research.formatting import format_duration
-from sspo_cli.trainer import TrainingObserver
+from sspo_cli.run.state import TrainingObserver
 
 
 class RichWorkflowProgress(WorkflowObserver):

@@ -171,8 +171,8 @@ def run_sweep(
     observer: WorkflowObserver | None = None,
 ) -> ComparisonResult:
     from sspo_cli.research.records import records_of_outcomes
-    from sspo_cli.tracking import default_tracking_uri
-    from sspo_cli.trainer import ensure_writable
+    from sspo_cli.run.folder import ensure_writable
+    from sspo_cli.tracking import default_tracking_uri, failure_status
 
     timer = PhaseTimer()
     with timer.phase("planning"):
@@ -198,11 +198,8 @@ def run_sweep(
             chosen = Threshold(threshold, "--threshold") if threshold is not None else auto_threshold(records)
             summaries = summarize(records, chosen.value, plan.labels)
         return _finish_sweep(plan, group_id, title, records, outcomes, summaries, chosen, out_dir, tracker, timer, tracking_uri)
-    except KeyboardInterrupt:
-        tracker.finish("KILLED")
-        raise
-    except BaseException:
-        tracker.finish("FAILED")
+    except BaseException as exc:
+        tracker.finish_quietly(failure_status(exc))
         raise
 
 

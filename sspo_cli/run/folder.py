@@ -1,4 +1,4 @@
-"""A run folder: what makes a folder a run, and the files that let `--resume` find everything.
+"""A run folder: where it is made, what makes a folder a run, and the files that let `--resume` find everything.
 
     OUTPUT_DIR/<run name>/
         run.json        MLflow run id, tracking URI, experiment (written when the run starts)
@@ -15,11 +15,17 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sspo_cli.checkpoint import CheckpointError
+from sspo_cli.checkpoint import FINAL_NAME, CheckpointError
+from sspo_cli.errors import InputError
+
+if TYPE_CHECKING:
+    from sspo_cli.recipe import Recipe
 
 RUN_FILE = "run.json"
 RECIPE_FILE = "recipe.yaml"
@@ -28,6 +34,59 @@ HISTORY_FILE = "history.jsonl"
 CHECKPOINTS = "checkpoints"
 LOCK_FILE = ".lock"
 RUN_FORMAT = 1
+
+
+def final_checkpoint(run_dir: Path) -> Path:
+    """The final weights of a run, whichever engine wrote them: a Hugging Face model folder."""
+    return run_dir / CHECKPOINTS / FINAL_NAME
+
+
+class OutputError(InputError):
+    """The output dir cannot take a run folder; names `--output-dir`."""
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """The output dir, or the folder it would be created in, takes a file; nothing is left behind."""
+    existing = output_dir
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError("--output-dir", f"cannot create {str(output_dir)!r}: {str(existing)!r} is not a folder")
+    probe = existing / f".sspo-write-test-{os.getpid()}-{time.time_ns()}"
+    try:
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError("--output-dir", f"cannot write to {str(existing)!r}: {exc.strerror or exc}") from None
+
+
+def ensure_writable(output_dir: Path) -> None:
+    """Create the output dir; OutputError if it cannot be written."""
+    check_output_dir(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError("--output-dir", f"cannot create {str(output_dir)!r}: {exc.strerror or exc}") from None
+
+
+def default_run_name(recipe: Recipe) -> str:
+    return f"{recipe.name}-{recipe.objective.name}-s{recipe.seed}"
+
+
+def new_run_dir(output_dir: Path, run_name: str) -> Path:
+    """A fresh `<run name>-<timestamp>` folder in the output dir."""
+    ensure_writable(output_dir)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for attempt in range(100):
+        folder = output_dir / f"{run_name}-{stamp}{'' if attempt == 0 else f'-{attempt}'}"
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise OutputError("--output-dir", f"cannot create a run folder in {str(output_dir)!r}: {exc.strerror or exc}") from None
+    raise OutputError("--output-dir", f"cannot create a run folder for {run_name!r}")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,87 @@
+"""Which engine trains a recipe: the one place that knows every engine.
+
+    recipe.engine -> ENGINES[engine]: `native` (sspo_cli.trainer) or `trl` (sspo_cli.engines.trl_engine)
+
+Both engines stand on the run layer (`sspo_cli.run`) and neither imports the other. Everything
+that trains (`sspo train`, compare, sweep) comes through `run_training` or `resume_training`.
+Engines load on first use: importing this module imports no torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, TypedDict, Unpack
+
+if TYPE_CHECKING:
+    from sspo_cli.recipe import Recipe
+    from sspo_cli.run.folder import RunInfo
+    from sspo_cli.run.state import TrainingObserver
+
+
+class TrainOptions(TypedDict, total=False):
+    """Where a run goes and what it is part of; every engine takes these (defaults are the engine's)."""
+
+    output_dir: str | Path  # default "runs"
+    tracking_uri: str | None  # default: the sqlite store in the output dir
+    observer: TrainingObserver | None
+    parent_run_id: str | None  # nest the MLflow run under this one
+    extra_tags: dict[str, str] | None
+
+
+def _train_native(recipe: Recipe, **options: Unpack[TrainOptions]) -> dict[str, Any]:
+    from sspo_cli.trainer import run_training_native
+
+    return run_training_native(recipe, **options)
+
+
+def _train_trl(recipe: Recipe, **options: Unpack[TrainOptions]) -> dict[str, Any]:
+    from sspo_cli.engines.trl_engine import run_training_trl
+
+    return run_training_trl(recipe, **options)
+
+
+def _resume_native(run_dir: Path, info: RunInfo, recipe: Recipe, **options: Any) -> dict[str, Any]:
+    from sspo_cli.trainer import resume_training_native
+
+    return resume_training_native(run_dir, info, recipe, **options)
+
+
+def _check_trl(recipe: Recipe) -> None:
+    """TRL's refusals need no torch: `sspo validate` shows them now, not at train time."""
+    from sspo_cli.engines.trl_mapping import plan_trl_run
+
+    plan_trl_run(recipe, cuda_available=True, bf16_available=True)  # the hardware is checked at train time
+
+
+# recipe.engine -> how it trains a recipe; the recipe's `engine` field lists the same names (a test checks).
+ENGINES: dict[str, Callable[..., dict[str, Any]]] = {"native": _train_native, "trl": _train_trl}
+RESUMABLE: dict[str, Callable[..., dict[str, Any]]] = {"native": _resume_native}
+CHECKS: dict[str, Callable[[Recipe], None]] = {"trl": _check_trl}  # engines with refusals of their own
+
+
+def run_training(recipe: Recipe, **options: Unpack[TrainOptions]) -> dict[str, Any]:
+    """Train one recipe end to end on its engine and return its summary (also written to summary.json)."""
+    return ENGINES[recipe.engine](recipe, **options)
+
+
+def resume_training(run_dir: str | Path, tracking_uri: str | None = None, observer: TrainingObserver | None = None) -> dict[str, Any]:
+    """Continue an interrupted run from its last complete checkpoint, in the same MLflow run, on its own recipe."""
+    from sspo_cli.checkpoint import CheckpointError
+    from sspo_cli.recipe import load_recipe
+    from sspo_cli.run.folder import RECIPE_FILE, read_run_folder
+
+    run_dir = Path(run_dir)
+    info = read_run_folder(run_dir)
+    recipe = load_recipe(run_dir / RECIPE_FILE)
+    resume = RESUMABLE.get(recipe.engine)
+    if resume is None:
+        only = ", ".join(RESUMABLE)
+        raise CheckpointError("--resume", f"{run_dir / RECIPE_FILE} trains with engine {recipe.engine!r}; only the {only} engine's runs can be resumed")
+    return resume(run_dir, info, recipe, tracking_uri=tracking_uri, observer=observer)
+
+
+def check_engine_accepts(recipe: Recipe) -> None:
+    """Raise the recipe's engine's own refusals (an InputError naming the key), if it has any."""
+    check = CHECKS.get(recipe.engine)
+    if check is not None:
+        check(recipe)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from sspo_cli.engines.trl_options import TrlOptions
 from sspo_cli.errors import InputError
-from sspo_cli.objectives.config import ObjectiveConfig, SspoConfig
+from sspo_cli.objectives.config import SspoConfig, objective_config_union
 
 
 class Strict(BaseModel):
@@ -175,6 +175,9 @@ class PerformanceConfig(Strict):
     autocast_bf16: Union[Literal["auto"], bool] = Field("auto", description="bfloat16 autocast of the model in the optimiser updates (sampling, the log-softmax and the loss stay float32): true, false, or 'auto' = on where bf16 is native (CUDA with bf16, CPUs with AVX-512-BF16 or AMX), off elsewhere.")
     compile: bool = Field(False, description="torch.compile the model (pays only in long runs: compiling takes tens of seconds).")
     logprob_chunk_mb: float = Field(64.0, gt=0, description="Most MiB of float32 logits held at once when turning them into log-probs: the batch's full-vocabulary log-softmax is never built (for a 150k vocabulary it is gigabytes).")
+
+
+ObjectiveConfig = objective_config_union()  # every objective registered in sspo_cli.objectives
 
 
 class Recipe(Strict):

@@ -9,15 +9,12 @@ import math
 import pytest
 import torch
 
-from sspo_cli.objectives import build_objective
+from sspo_cli.objectives import build_objective, objective_names
 
-ALL_CONFIGS = [
-    {"name": "grpo"},
+# Every objective with its defaults, then variants of their options.
+ALL_CONFIGS = [{"name": name} for name in objective_names()] + [
     {"name": "grpo", "agg": "token_mean"},
     {"name": "grpo", "eps_low": 0.1, "eps_high": 0.28},
-    {"name": "gspo"},
-    {"name": "gmpo"},
-    {"name": "sapo"},
     {"name": "sapo", "tau_pos": 3.0, "tau_neg": 0.3},
 ] + [
     {"name": "sspo", "gate": gate, **taus}

@@ -7,15 +7,11 @@ import math
 import pytest
 import torch
 
-from sspo_cli.objectives import METRIC_KEYS, ObjectiveOutput, build_objective
+from sspo_cli.objectives import METRIC_KEYS, ObjectiveOutput, build_objective, objective_names
 
-CONFIGS = [
-    {"name": "grpo"},
+# Every objective with its defaults (sspo's gate: sigmoid), then variants of their options.
+CONFIGS = [{"name": name} for name in objective_names()] + [
     {"name": "grpo", "agg": "token_mean"},
-    {"name": "gspo"},
-    {"name": "gmpo"},
-    {"name": "sapo"},
-    {"name": "sspo", "gate": "sigmoid"},
     {"name": "sspo", "gate": "arctan"},
     {"name": "sspo", "gate": "erf"},
     {"name": "sspo", "gate": "softsign"},

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, TINY_OVERRIDES, sspo_command
 
+from sspo_cli.objectives import objective_names
 from sspo_cli.recipe import load_recipe
 from sspo_cli.train import run_training
 
@@ -79,7 +80,7 @@ def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path: Path) -> None
     assert without_timings(history(first)) != without_timings(history(other))
 
 
-@pytest.mark.parametrize("objective", ["grpo", "gspo", "gmpo", "sapo", "sspo"])
+@pytest.mark.parametrize("objective", objective_names())
 def test_every_objective_trains_with_a_kl_penalty(tmp_path: Path, objective: str) -> None:
     summary = run_training(tiny_recipe(f"objective.name={objective}", "objective.beta=0.05", "train.steps=2"), output_dir=tmp_path)
     rows = [json.loads(line) for line in (Path(summary["run_dir"]) / "history.jsonl").read_text().splitlines()]

@@ -10,7 +10,7 @@ pytest.importorskip("trl")
 from conftest import REPO, TINY_OVERRIDES
 
 from sspo_cli.engines.trl_engine import run_training_trl
-from sspo_cli.objectives import METRIC_KEYS, OBJECTIVE_NAMES
+from sspo_cli.objectives import METRIC_KEYS, objective_names
 from sspo_cli.recipe import load_recipe
 
 TRAIN_METRICS = ["train/reward", "train/accuracy", "train/response_length", "train/entropy", "train/grad_norm", "train/lr", "train/tokens_per_s", "train/loss"]
@@ -42,7 +42,7 @@ def history_of(summary) -> list[dict]:
     return [json.loads(line) for line in (Path(summary["run_dir"]) / "history.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("objective", OBJECTIVE_NAMES)
+@pytest.mark.parametrize("objective", objective_names())
 def test_every_objective_trains_and_writes_a_normal_run(objective: str, tmp_path: Path, store: str) -> None:
     from mlflow.tracking import MlflowClient
 

@@ -7,6 +7,7 @@ from conftest import REPO
 
 from sspo_cli.engines.trl_mapping import TrlEngineError, batch_layout, plan_trl_run, trl_loss_settings
 from sspo_cli.engines.trl_options import TrlOptions
+from sspo_cli.objectives import objective_names
 from sspo_cli.recipe import Recipe, recipe_from_dict
 from sspo_cli.tracking import flatten
 
@@ -112,7 +113,7 @@ def documented_keys() -> set[str]:
 
 def test_every_recipe_key_is_in_the_mapping_table() -> None:
     keys = set(flatten(Recipe().resolved())) | {f"trl.{name}" for name in TrlOptions.model_fields}
-    for objective in ("grpo", "gspo", "gmpo", "sapo", "sspo"):
+    for objective in objective_names():
         keys |= {f"objective.{k}" for k in recipe(f"objective.name={objective}").objective.model_fields}
     documented = documented_keys()
     wildcards = [k[:-1] for k in documented if k.endswith("*")]

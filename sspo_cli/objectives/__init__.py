@@ -10,15 +10,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sspo_cli.objectives.config import (
-    OBJECTIVE_NAMES,
+    OBJECTIVE_CONFIGS,
     BaseObjectiveConfig,
     GmpoConfig,
     GrpoConfig,
     GspoConfig,
-    ObjectiveConfig,
     SapoConfig,
     SspoConfig,
+    objective_config_union,
+    objective_names,
     parse_objective_config,
+    register_objective,
 )
 from sspo_cli.objectives.metric_keys import METRIC_KEYS
 
@@ -35,19 +37,21 @@ _LAZY_ATTRIBUTES = {
 
 __all__ = [
     "METRIC_KEYS",
-    "OBJECTIVE_NAMES",
+    "OBJECTIVE_CONFIGS",
     "BaseObjectiveConfig",
     "GmpoConfig",
     "GrpoConfig",
     "GspoConfig",
     "Objective",
-    "ObjectiveConfig",
     "ObjectiveOutput",
     "SapoConfig",
     "SspoConfig",
     "build_objective",
     "compute_advantages",
+    "objective_config_union",
+    "objective_names",
     "parse_objective_config",
+    "register_objective",
 ]
 
 

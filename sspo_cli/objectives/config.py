@@ -1,8 +1,14 @@
-"""Objective configs: one Pydantic model per objective, discriminated by ``name``.
+"""Objective configs: one Pydantic model per objective, discriminated by ``name``, and the one
+list of objectives.
 
 These models are the single source of truth for parameter names, defaults, valid ranges
 and user docs (each ``Field(description=...)``). Recipes embed them as they are.
 This module must not import torch: ``sspo validate`` imports it and answers in milliseconds.
+
+``@register_objective`` puts a config model on ``OBJECTIVE_CONFIGS``, the list every other
+list derives from: the recipe's ``objective`` union, ``sspo compare``'s default methods, the
+tests' parametrisations. An objective's policy weight is registered beside its formula
+(``formulas.policy_weight``). Adding an objective: a config model here, a function there.
 
 Range choices beyond the spec's "> 0" (documented in docs/objectives.md):
 - ratio-space epsilons (grpo, gspo): ``0 < eps_low < 1`` so the lower clip bound
@@ -16,7 +22,8 @@ Range choices beyond the spec's "> 0" (documented in docs/objectives.md):
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from functools import lru_cache
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -68,6 +75,30 @@ class BaseObjectiveConfig(BaseModel):
     )
 
 
+Config = TypeVar("Config", bound=type[BaseObjectiveConfig])
+
+OBJECTIVE_CONFIGS: dict[str, type[BaseObjectiveConfig]] = {}
+"""Every objective: its name -> its config model, in the order they were registered."""
+
+_in_use = False  # set once a union of the configs exists: a recipe model built on it would miss later ones
+
+
+def register_objective(config: Config) -> Config:
+    """Class decorator: add an objective's config model; its ``name`` field's default is the objective's name.
+
+    Register before anything builds the union (importing ``sspo_cli.recipe`` does): the recipe
+    model is built once, from the objectives registered at that moment.
+    """
+    name = config.model_fields["name"].default
+    if name in OBJECTIVE_CONFIGS:
+        raise ValueError(f"objective {name!r} is registered twice")
+    if _in_use:
+        raise RuntimeError(f"objective {name!r} registered after the objective union was built (import it before sspo_cli.recipe)")
+    OBJECTIVE_CONFIGS[name] = config
+    return config
+
+
+@register_objective
 class GrpoConfig(BaseObjectiveConfig):
     """GRPO: token-level PPO hard clip (Shao et al. 2024; DAPO's asymmetric bounds allowed)."""
 
@@ -94,6 +125,7 @@ class GrpoConfig(BaseObjectiveConfig):
     )
 
 
+@register_objective
 class GspoConfig(BaseObjectiveConfig):
     """GSPO: sequence-level ratio with a hard clip (Zheng et al. 2025)."""
 
@@ -113,6 +145,7 @@ class GspoConfig(BaseObjectiveConfig):
     )
 
 
+@register_objective
 class GmpoConfig(BaseObjectiveConfig):
     """GMPO: geometric mean of token ratios with a log-space clip (Zhao et al. 2025)."""
 
@@ -132,6 +165,7 @@ class GmpoConfig(BaseObjectiveConfig):
     )
 
 
+@register_objective
 class SapoConfig(BaseObjectiveConfig):
     """SAPO: token-level sigmoid soft gate, arithmetic mean over tokens (Gao et al. 2025)."""
 
@@ -140,6 +174,7 @@ class SapoConfig(BaseObjectiveConfig):
     tau_neg: float = Field(default=1.05, **_TEMPERATURE, description=_TAU_NEG_DOC)
 
 
+@register_objective
 class SspoConfig(BaseObjectiveConfig):
     """SSPO: soft token gates aggregated by a geometric mean into a sequence weight."""
 
@@ -155,24 +190,20 @@ class SspoConfig(BaseObjectiveConfig):
     tau_neg: float = Field(default=1.05, **_TEMPERATURE, description=_TAU_NEG_DOC)
 
 
-ObjectiveConfig = Annotated[
-    Union[GrpoConfig, GspoConfig, GmpoConfig, SapoConfig, SspoConfig],
-    Field(discriminator="name"),
-]
-"""Any objective's config; Pydantic picks the model from the ``name`` key."""
+def objective_names() -> tuple[str, ...]:
+    return tuple(OBJECTIVE_CONFIGS)
 
-OBJECTIVE_CONFIG_TYPES: tuple[type[BaseObjectiveConfig], ...] = (
-    GrpoConfig,
-    GspoConfig,
-    GmpoConfig,
-    SapoConfig,
-    SspoConfig,
-)
-OBJECTIVE_NAMES: tuple[str, ...] = tuple(
-    cls.model_fields["name"].default for cls in OBJECTIVE_CONFIG_TYPES
-)
 
-_OBJECTIVE_ADAPTER: TypeAdapter[Any] = TypeAdapter(ObjectiveConfig)
+def objective_config_union() -> Any:
+    """Any registered objective's config; Pydantic picks the model from the ``name`` key."""
+    global _in_use
+    _in_use = True
+    return Annotated[Union[tuple(OBJECTIVE_CONFIGS.values())], Field(discriminator="name")]
+
+
+@lru_cache(maxsize=1)
+def _adapter() -> TypeAdapter[Any]:
+    return TypeAdapter(objective_config_union())  # no objective can be registered after this
 
 
 def parse_objective_config(cfg: dict[str, Any] | BaseModel) -> BaseObjectiveConfig:
@@ -181,8 +212,6 @@ def parse_objective_config(cfg: dict[str, Any] | BaseModel) -> BaseObjectiveConf
     Raises ``pydantic.ValidationError`` (a ``ValueError``) naming the offending key for an
     unknown ``name``, an unknown key or an out-of-range value.
     """
-    if isinstance(cfg, OBJECTIVE_CONFIG_TYPES):
-        return _OBJECTIVE_ADAPTER.validate_python(cfg.model_dump())
     if isinstance(cfg, BaseModel):
         cfg = cfg.model_dump()
-    return _OBJECTIVE_ADAPTER.validate_python(cfg)
+    return _adapter().validate_python(cfg)

@@ -9,7 +9,8 @@ and the loss is -(1/B') * sum_b J_b (see ``core.py`` for aggregation and the KL 
 Writing every objective as "weight times advantage" lets one code path compute the loss,
 the gradient weights and the diagnostics for all of them.
 
-Adding an objective: a config model in ``config.py``, one function here, one registry line.
+Adding an objective: a config model registered in ``config.py``, one function here registered
+with ``@policy_weight`` (a test checks that every config has one).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import Tensor
 
 from sspo_cli.objectives.batch import TokenBatch
 from sspo_cli.objectives.config import (
+    BaseObjectiveConfig,
     GmpoConfig,
     GrpoConfig,
     GspoConfig,
@@ -38,6 +40,22 @@ class PolicyWeight:
 
     value: Tensor
     per_token: bool
+
+
+ObjectiveFunction = Callable[[Any, TokenBatch], PolicyWeight]
+
+OBJECTIVES: dict[str, ObjectiveFunction] = {}
+"""Each objective's policy weight, by objective name."""
+
+
+def policy_weight(config: type[BaseObjectiveConfig]) -> Callable[[ObjectiveFunction], ObjectiveFunction]:
+    """Decorator: the function is the policy weight of the objective whose config model is `config`."""
+
+    def register(function: ObjectiveFunction) -> ObjectiveFunction:
+        OBJECTIVES[config.model_fields["name"].default] = function
+        return function
+
+    return register
 
 
 def log_sigmoid(x: Tensor) -> Tensor:
@@ -62,6 +80,7 @@ def pessimistic_clip(ratio: Tensor, eps_low: float, eps_high: float, advantages:
     )
 
 
+@policy_weight(GrpoConfig)
 def grpo(config: GrpoConfig, batch: TokenBatch) -> PolicyWeight:
     """u[b,t] = min(r*A_b, clip(r, 1-eps_low, 1+eps_high)*A_b); token weight u/A_b."""
     advantages = batch.advantages[:, None]
@@ -69,6 +88,7 @@ def grpo(config: GrpoConfig, batch: TokenBatch) -> PolicyWeight:
     return PolicyWeight(weight, per_token=True)
 
 
+@policy_weight(GspoConfig)
 def gspo(config: GspoConfig, batch: TokenBatch) -> PolicyWeight:
     """s_b = exp(mean_t(d)); J_b = min(s_b*A_b, clip(s_b, 1-eps_low, 1+eps_high)*A_b)."""
     sequence_ratio = torch.exp(batch.sequence_log_ratio())
@@ -76,6 +96,7 @@ def gspo(config: GspoConfig, batch: TokenBatch) -> PolicyWeight:
     return PolicyWeight(weight, per_token=False)
 
 
+@policy_weight(GmpoConfig)
 def gmpo(config: GmpoConfig, batch: TokenBatch) -> PolicyWeight:
     """k = sign(A_b); l = k*min(k*d, k*clamp(d, -eps_low, eps_high)); w_b = exp(mean_t(l))."""
     d = batch.log_ratio
@@ -84,6 +105,7 @@ def gmpo(config: GmpoConfig, batch: TokenBatch) -> PolicyWeight:
     return PolicyWeight(torch.exp(batch.mean_t(clipped_log_ratio)), per_token=False)
 
 
+@policy_weight(SapoConfig)
 def sapo(config: SapoConfig, batch: TokenBatch) -> PolicyWeight:
     """f(r) = (4/tau_b) * sigma(tau_b*(r-1)); J_b = mean_t(f(r)) * A_b."""
     tau = batch.temperature(config.tau_pos, config.tau_neg)
@@ -126,22 +148,12 @@ SSPO_LOG_GATES: dict[str, LogGate] = {
 }
 
 
+@policy_weight(SspoConfig)
 def sspo(config: SspoConfig, batch: TokenBatch) -> PolicyWeight:
     """w_b = exp(mean_t(log g[b,t])), the geometric mean of the token gates; J_b = w_b * A_b."""
     tau = batch.temperature(config.tau_pos, config.tau_neg)
     log_gate = SSPO_LOG_GATES[config.gate](batch.log_ratio, tau)
     return PolicyWeight(torch.exp(batch.mean_t(log_gate)), per_token=False)
-
-
-ObjectiveFunction = Callable[[Any, TokenBatch], PolicyWeight]
-
-OBJECTIVES: dict[str, ObjectiveFunction] = {
-    "grpo": grpo,
-    "gspo": gspo,
-    "gmpo": gmpo,
-    "sapo": sapo,
-    "sspo": sspo,
-}
 
 
 def k3(log_ratio: Tensor) -> Tensor:

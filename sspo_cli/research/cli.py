@@ -22,7 +22,6 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.")]
 
 INTERRUPTED_HINT = "re-run the same command to continue (finished runs are reused; interrupted and missing ones are trained)"
-DEFAULT_METHODS = "grpo,gspo,gmpo,sapo,sspo"
 
 
 def register(app: typer.Typer) -> None:
@@ -95,7 +94,7 @@ def _int_list(text: str | None, option: str) -> list[int] | None:
 
 def compare_command(
     args: Annotated[Optional[list[str]], typer.Argument(help="RECIPE to train and compare, or with --runs: the MLflow run ids to compare.", metavar="RECIPE | RUN_ID...", show_default=False)] = None,
-    methods: Annotated[str, typer.Option(help="Comma-separated objectives or named variants (from --variants).")] = DEFAULT_METHODS,
+    methods: Annotated[Optional[str], typer.Option(help="Comma-separated objectives or named variants (from --variants); default: every objective.", show_default=False)] = None,
     seeds: Annotated[int, typer.Option(help="Seeds per method: the recipe's seed, +1, ...")] = 3,
     variants: Annotated[Optional[Path], typer.Option(help="YAML of named method variants (default: variants.yaml next to the recipe, if any).")] = None,
     set_: SetOpt = None,

@@ -52,11 +52,11 @@ class ComparisonResult:
 # --------------------------------------------------------------------------- planning
 
 
-def parse_methods(spec: str, variants: dict[str, dict[str, Any]]) -> list[Method]:
-    """`grpo,gspo,sspo-arctan`: objective names, or variant names from the variants file."""
-    from sspo_cli.objectives.config import OBJECTIVE_NAMES
+def parse_methods(spec: str | None, variants: dict[str, dict[str, Any]]) -> list[Method]:
+    """`grpo,gspo,sspo-arctan`: objective names, or variant names from the variants file; None: every objective."""
+    from sspo_cli.objectives.config import objective_names
 
-    names = [name.strip() for name in spec.split(",") if name.strip()]
+    names = list(objective_names()) if spec is None else [name.strip() for name in spec.split(",") if name.strip()]
     if not names:
         raise ResearchError("--methods", "name at least one method, e.g. --methods grpo,sspo")
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -66,10 +66,10 @@ def parse_methods(spec: str, variants: dict[str, dict[str, Any]]) -> list[Method
     for name in names:
         if name in variants:
             methods.append(Method(name, variants[name]))
-        elif name in OBJECTIVE_NAMES:
+        elif name in objective_names():
             methods.append(Method(name, {"objective": {"name": name}}))
         else:
-            known = f"objectives: {', '.join(OBJECTIVE_NAMES)}" + (f"; variants: {', '.join(variants)}" if variants else "; no variants file")
+            known = f"objectives: {', '.join(objective_names())}" + (f"; variants: {', '.join(variants)}" if variants else "; no variants file")
             raise ResearchError("--methods", f"unknown method {name!r} ({known})")
     return methods
 
@@ -94,7 +94,7 @@ def recipe_data_for(base: dict[str, Any], method: Method) -> dict[str, Any]:
     return data
 
 
-def plan_comparison(recipe_path: Path, overrides: Sequence[str], methods_spec: str, seeds: int, variants_path: Path | None) -> tuple[list[PlannedRun], Recipe]:
+def plan_comparison(recipe_path: Path, overrides: Sequence[str], methods_spec: str | None, seeds: int, variants_path: Path | None) -> tuple[list[PlannedRun], Recipe]:
     """Every (method, seed) run, each recipe validated before anything trains."""
     if seeds < 1:
         raise ResearchError("--seeds", f"must be at least 1, got {seeds}")
@@ -126,7 +126,7 @@ def group_id_of(kind: str, plan: Sequence[PlannedRun]) -> str:
 def run_comparison(
     recipe_path: Path,
     overrides: Sequence[str],
-    methods_spec: str,
+    methods_spec: str | None,
     seeds: int,
     variants_path: Path | None,
     output_dir: Path,

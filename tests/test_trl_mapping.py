@@ -77,6 +77,15 @@ def test_config_values() -> None:
     assert config["top_k"] == 0 and config["top_p"] == 1.0  # the model's own distribution
 
 
+@pytest.mark.parametrize(
+    ("setting", "bf16_available", "expected"),
+    [("true", False, True), ("false", True, False), ("auto", True, True), ("auto", False, False)],
+)
+def test_autocast_bf16_of_the_recipe_is_trls_bf16(setting: str, bf16_available: bool, expected: bool) -> None:
+    plan = plan_trl_run(recipe(f"performance.autocast_bf16={setting}"), bf16_available=bf16_available)  # float32 weights
+    assert plan.config["bf16"] is expected
+
+
 def test_loss_settings_follow_the_objective() -> None:
     assert trl_loss_settings(recipe("objective.name=grpo", "objective.agg=token_mean").objective)["loss_type"] == "bnpo"
     gspo = trl_loss_settings(recipe("objective.name=gspo").objective)

@@ -95,22 +95,34 @@ def batch_layout(rollout: RolloutConfig, world_size: int = 1, gradient_accumulat
 # --------------------------------------------------------------------------- objective
 
 
+def _grpo_loss(objective: Any) -> dict[str, Any]:
+    loss_type = "grpo" if objective.agg == "seq_mean_token_mean" else "bnpo"
+    return {"loss_type": loss_type, "importance_sampling_level": "token", "epsilon": objective.eps_low, "epsilon_high": objective.eps_high}
+
+
+def _gspo_loss(objective: Any) -> dict[str, Any]:
+    return {"loss_type": "grpo", "importance_sampling_level": "sequence", "epsilon": objective.eps_low, "epsilon_high": objective.eps_high}
+
+
+def _sapo_loss(objective: Any) -> dict[str, Any]:
+    return {"loss_type": "sapo", "importance_sampling_level": "token", "sapo_temperature_pos": objective.tau_pos, "sapo_temperature_neg": objective.tau_neg}
+
+
+# Our objectives that TRL has a built-in counterpart of; any other objective gets NO_TRL_COUNTERPART.
+TRL_COUNTERPARTS = {"grpo": _grpo_loss, "gspo": _gspo_loss, "sapo": _sapo_loss}
+NO_TRL_COUNTERPART = {"loss_type": "grpo", "importance_sampling_level": "token"}
+
+
 def trl_loss_settings(objective: Any) -> dict[str, Any]:
     """TRL's own loss settings closest to our objective.
 
     For grpo, gspo and sapo these settings make TRL's built-in loss equal ours (cross-checked in
-    tests/test_trl_crosscheck.py, conditions in docs/engines.md). gmpo and sspo have no TRL
-    counterpart. The engine always optimises our objective; these only keep TRL's bookkeeping honest.
+    tests/test_trl_crosscheck.py, conditions in docs/engines.md). gmpo and sspo (and any objective
+    added later) have no TRL counterpart. The engine always optimises our objective; these only
+    keep TRL's bookkeeping honest.
     """
-    name = objective.name
-    if name == "grpo":
-        loss_type = "grpo" if objective.agg == "seq_mean_token_mean" else "bnpo"
-        return {"loss_type": loss_type, "importance_sampling_level": "token", "epsilon": objective.eps_low, "epsilon_high": objective.eps_high}
-    if name == "gspo":
-        return {"loss_type": "grpo", "importance_sampling_level": "sequence", "epsilon": objective.eps_low, "epsilon_high": objective.eps_high}
-    if name == "sapo":
-        return {"loss_type": "sapo", "importance_sampling_level": "token", "sapo_temperature_pos": objective.tau_pos, "sapo_temperature_neg": objective.tau_neg}
-    return {"loss_type": "grpo", "importance_sampling_level": "token"}
+    counterpart = TRL_COUNTERPARTS.get(objective.name)
+    return counterpart(objective) if counterpart is not None else dict(NO_TRL_COUNTERPART)
 
 
 # --------------------------------------------------------------------------- placement and precision
@@ -141,8 +153,8 @@ def bf16_mixed_precision(recipe: Recipe, bf16_available: bool) -> bool:
             "model.dtype",
             "float16 weights cannot be trained by TRL (transformers refuses to unscale float16 gradients); use bfloat16 or float32",
         )
-    setting = recipe.performance.autocast_bf16
-    return recipe.model.dtype == "bfloat16" or setting == "on" or (setting == "auto" and bf16_available)
+    setting = recipe.performance.autocast_bf16  # True, False or "auto"
+    return recipe.model.dtype == "bfloat16" or setting is True or (setting == "auto" and bf16_available)
 
 
 # --------------------------------------------------------------------------- the whole plan

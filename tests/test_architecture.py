@@ -1,0 +1,140 @@
+"""The package's shape: its import graph has no circles, the CLI stays free of maths.
+
+Every import counts: module level, under `if TYPE_CHECKING:` and inside functions, since a
+function-level import only hides a circle until the function runs.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = "sspo_cli"
+ROOT = Path(__file__).resolve().parents[1] / PACKAGE
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def package_modules() -> dict[str, Path]:
+    return {module_name(path): path for path in sorted(ROOT.rglob("*.py"))}
+
+
+def imported_modules(path: Path, importer: str, modules: set[str]) -> set[str]:
+    """The package's modules that import statements anywhere in the file run.
+
+    `from a import b` names the module a.b where that is one, else a; relative imports are resolved.
+    Importing a.b.c also runs the packages a and a.b, except those the importer is itself inside
+    (they are already being imported when it runs).
+    """
+    named: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            named.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = importer.split(".")
+                anchor = parts[: len(parts) - node.level + (path.name == "__init__.py")]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in node.names:
+                named.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+    own_packages = {importer.rsplit(".", depth)[0] for depth in range(importer.count(".") + 1)}
+    found = set()
+    for name in named:
+        parts = name.split(".")
+        found.update(".".join(parts[:size]) for size in range(1, len(parts) + 1))
+    return {name for name in found if name in modules and name not in own_packages}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the package's modules importing it runs."""
+    modules = package_modules()
+    return {name: imported_modules(path, name, set(modules)) for name, path in modules.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle as a path that starts and ends at the same module, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                return [*path[path.index(target) :], target]
+            if target not in state and (found := visit(target)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start)):
+            return found
+    return None
+
+
+def test_the_import_graph_has_no_circles() -> None:
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import circle: " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_finder_finds_a_circle() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_function_level_and_type_checking_imports_count(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from sspo_cli.recipe import Recipe\n"
+        "def f():\n    from sspo_cli.run import state\n    import sspo_cli.models.kv_cache\n"
+    )
+    found = imported_modules(source, "sspo_cli.x", set(package_modules()))
+    assert found == {"sspo_cli.recipe", "sspo_cli.run", "sspo_cli.run.state", "sspo_cli.models", "sspo_cli.models.kv_cache"}
+
+
+def imports_of(prefixes: tuple[str, ...]) -> dict[str, set[str]]:
+    return {name: targets for name, targets in import_graph().items() if name.startswith(prefixes)}
+
+
+NATIVE = ("sspo_cli.trainer", "sspo_cli.algorithm")
+TRL = ("sspo_cli.engines",)
+MATHS = ("sspo_cli.objectives",)
+
+
+def test_each_engine_stands_on_the_run_layer_not_on_the_other_engine() -> None:
+    for module, targets in imports_of(TRL).items():
+        assert not {t for t in targets if t.startswith(NATIVE)}, module
+    for module, targets in imports_of(NATIVE).items():
+        assert not {t for t in targets if t.startswith(TRL)}, module
+    for module, targets in imports_of(("sspo_cli.run",)).items():
+        assert not {t for t in targets if t.startswith(NATIVE + TRL + ("sspo_cli.train",))}, module
+
+
+def test_only_train_chooses_the_engine() -> None:
+    importers = {name for name, targets in import_graph().items() if {"sspo_cli.trainer", "sspo_cli.engines.trl_engine"} & targets}
+    assert importers == {"sspo_cli.train"}
+
+
+def test_the_command_lines_know_nothing_of_maths_or_engines() -> None:
+    for module, targets in imports_of(("sspo_cli.cli", "sspo_cli.cli_guard", "sspo_cli.research.cli")).items():
+        assert not {t for t in targets if t.startswith(MATHS + NATIVE + TRL)}, module
+
+
+def test_the_maths_knows_nothing_of_the_rest() -> None:
+    for module, targets in imports_of(MATHS).items():
+        assert all(t.startswith(MATHS) for t in targets), module
+
+
+def test_the_engine_table_lists_the_recipes_engines() -> None:
+    from typing import get_args
+
+    from sspo_cli.recipe import Recipe
+    from sspo_cli.train import ENGINES
+
+    assert set(ENGINES) == set(get_args(Recipe.model_fields["engine"].annotation))

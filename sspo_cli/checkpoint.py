@@ -61,7 +61,8 @@ def train_state_of(loaded: LoadedCheckpoint) -> TrainState:
     checks = {"step": int, "skipped_updates": int, "consecutive_skips": int, "history": list, "evals": list, "elapsed_seconds": (int, float), "resumed_from": list}
     wrong = [name for name, kind in checks.items() if name in data and not isinstance(data[name], kind)]
     if unknown or wrong:
-        raise CheckpointError("--resume", f"{source} is not a trainer state ({'unknown keys ' + str(unknown) if unknown else 'wrong types for ' + str(wrong)})")
+        problem = f"unknown keys {unknown}" if unknown else f"wrong types for {wrong}"
+        raise CheckpointError("--resume", f"{source} is not a trainer state ({problem})")
     return TrainState(**data)
 
 

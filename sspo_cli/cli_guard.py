@@ -96,7 +96,8 @@ def _report_too_many_skips(exc: "TooManySkips") -> None:
         err.print(f"the last good state (weights and optimizer before the skipped updates) is saved in {exc.checkpoint}", highlight=False, soft_wrap=True)
         err.print(
             f"resume with:  sspo train --resume {shlex.quote(str(exc.run_dir))}\n"
-            f"or start a new run from those weights with a smaller train.lr:  --set model.path={shlex.quote(str(exc.checkpoint))}",
+            "or start a new run from those weights with a smaller train.lr:  "
+            f"--set model.path={shlex.quote(str(exc.checkpoint))}",
             highlight=False,
             soft_wrap=True,
         )

@@ -76,7 +76,8 @@ def resume_training(run_dir: str | Path, tracking_uri: str | None = None, observ
     resume = RESUMABLE.get(recipe.engine)
     if resume is None:
         only = ", ".join(RESUMABLE)
-        raise CheckpointError("--resume", f"{run_dir / RECIPE_FILE} trains with engine {recipe.engine!r}; only the {only} engine's runs can be resumed")
+        trains = f"{run_dir / RECIPE_FILE} trains with engine {recipe.engine!r}"
+        raise CheckpointError("--resume", f"{trains}; only the {only} engine's runs can be resumed")
     return resume(run_dir, info, recipe, tracking_uri=tracking_uri, observer=observer)
 
 

@@ -130,7 +130,7 @@ def test_loss_and_gradient_equal_trl(case: str, policy_and_task, tmp_path) -> No
     torch.testing.assert_close(our_loss, their_loss, rtol=1e-5, atol=1e-7)
     assert set(our_grads) == set(their_grads) and their_grads
     for name, grad in their_grads.items():
-        torch.testing.assert_close(our_grads[name], grad, rtol=1e-4, atol=1e-7, msg=lambda m: f"{case}: {name}: {m}")
+        torch.testing.assert_close(our_grads[name], grad, rtol=1e-4, atol=1e-7, msg=lambda m, name=name: f"{case}: {name}: {m}")
     # The batch exercises the non-trivial regime: some tokens (or sequences) are clipped or gated down.
     saturated = ours._metrics["train"]["grad_weight/saturated_frac"][-1]
     weight = ours._metrics["train"]["grad_weight/mean"][-1]

@@ -143,7 +143,10 @@ def train_on_trl(recipe: Recipe, plan: TrlPlan, args, model, tokenizer, task, co
         )
     trainer.remove_callback(PrinterCallback)  # transformers prints every log with disable_tqdm; ours are in MLflow
     if trainer.is_deepspeed_enabled and context.records is not None:
-        context.records.observer.on_warning("under DeepSpeed, updates with a non-finite gradient are DeepSpeed's to skip (train.max_skipped is not checked)")
+        context.records.observer.on_warning(
+            "under DeepSpeed, updates with a non-finite gradient are DeepSpeed's to skip "
+            "(train.max_skipped is not checked)"
+        )
     trainer.add_callback(RunRecorder(context, plan.layout.updates_per_rollout, plan.layout.rollout_size, periodic_eval=trainer.weights_are_whole))
     trainer.train()
     trainer.save_model(str(final))

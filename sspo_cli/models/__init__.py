@@ -125,7 +125,8 @@ def load_policy(cfg: ModelConfig, alphabet: str, seed: int) -> tuple["PreTrained
 def check_generation_tokens(tokenizer: "PreTrainedTokenizerBase") -> None:
     """Sampling stops at the end-of-sequence token: a folder whose tokenizer has none is no causal LM we can train."""
     if tokenizer.eos_token_id is None:
-        raise ModelError("model.path", f"the tokenizer ({type(tokenizer).__name__}) has no end-of-sequence token: not a causal language model with its tokenizer")
+        what = f"the tokenizer ({type(tokenizer).__name__}) has no end-of-sequence token"
+        raise ModelError("model.path", f"{what}: not a causal language model with its tokenizer")
 
 
 def save_policy(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", folder: str | Path) -> None:

@@ -19,7 +19,8 @@ SUMMARY_KEYS: tuple[str, ...] = (*METRIC_KEYS, "train/entropy", "train/grad_norm
 
 
 def merge_values(key: str, values: Iterable[float], summed: Collection[str] = SEQUENTIAL_SECONDS) -> float:
-    """Min of `*_min`, max of `*_max`, the sum for keys in `summed`, else the mean; non-finite values skipped (NaN if none).
+    """Min of `*_min`, max of `*_max`, the sum for keys in `summed`, else the mean; NaN and inf are skipped
+    (NaN if nothing is left).
 
     Values from processes running side by side are merged with `summed=()`: their durations do not add.
     """

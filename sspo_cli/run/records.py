@@ -108,7 +108,8 @@ class RunRecords:
         skipped = state.skipped_updates - self._skips_reported
         if skipped:
             self.observer.on_warning(
-                f"step {state.step}: skipped {skipped} update(s) with {self.skip_cause} ({state.skipped_updates} in all; "
+                f"step {state.step}: skipped {skipped} update(s) with {self.skip_cause} "
+                f"({state.skipped_updates} in all; "
                 f"the run stops after {self.recipe.train.max_skipped} in a row, train.max_skipped)"
             )
         self._skips_reported = state.skipped_updates

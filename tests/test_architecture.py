@@ -138,3 +138,15 @@ def test_the_engine_table_lists_the_recipes_engines() -> None:
     from sspo_cli.train import ENGINES
 
     assert set(ENGINES) == set(get_args(Recipe.model_fields["engine"].annotation))
+
+
+def test_the_command_line_starts_without_the_heavy_libraries() -> None:
+    """`sspo --help` imports the CLI modules only: no pydantic, torch, transformers, mlflow or Rich."""
+    import subprocess
+    import sys
+
+    heavy = ("pydantic", "torch", "transformers", "mlflow", "rich", "sspo_cli.recipe", "sspo_cli.objectives")
+    code = f"import sys, sspo_cli.cli; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT.parent, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

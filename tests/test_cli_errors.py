@@ -263,3 +263,16 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     result = run_sspo("train", "unknown_key.yaml", "-o", str(tmp_path / "out"), "--debug", cwd=BAD_INPUTS)
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "RecipeError" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["engine=trl", "trl.use_vllm=true"], "trl.use_vllm"),  # sections the CLI once listed by hand lacked
+        (["engine=trl", "rollout.updates_per_rollout=3"], "rollout.updates_per_rollout"),
+    ],
+)
+def test_an_engine_refusal_names_the_recipe_file_and_key(overrides: list[str], key: str) -> None:
+    sets = [a for o in overrides for a in ("--set", o)]
+    result = run_sspo("validate", "base.yaml", *sets, cwd=BAD_INPUTS)
+    assert_clean_failure(result, [f"base.yaml: {key}: "])

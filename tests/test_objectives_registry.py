@@ -31,8 +31,8 @@ def sspo_with_toy(*args: str) -> subprocess.CompletedProcess[str]:
 def test_a_registered_objective_is_a_method_of_compare(tmp_path: Path) -> None:
     out = tmp_path / "runs"
     sets = [a for o in [*TINY_OVERRIDES, "train.steps=2", "task.eval_size=8", "tracking.experiment=toy"] for a in ("--set", o)]
-    args = ["compare", "recipes/quickstart.yaml", "--methods", "toy,grpo", "--seeds", "1", *sets, "-o", str(out), "--report-dir", str(out / "report"), "-q"]
-    result = sspo_with_toy(*args)
+    options = ["--methods", "toy,grpo", "--seeds", "1", "-o", str(out), "--report-dir", str(out / "report"), "-q"]
+    result = sspo_with_toy("compare", "recipes/quickstart.yaml", *options, *sets)
     assert result.returncode == 0, result.stdout + result.stderr
 
     document = json.loads((out / "report" / "compare.json").read_text())

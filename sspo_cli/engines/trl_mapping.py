@@ -95,13 +95,17 @@ def batch_layout(rollout: RolloutConfig, world_size: int = 1, gradient_accumulat
 # --------------------------------------------------------------------------- objective
 
 
+def _hard_clip(loss_type: str, level: str, objective: Any) -> dict[str, Any]:
+    """TRL's PPO clip of the token or sequence ratio, with the objective's epsilons."""
+    return {"loss_type": loss_type, "importance_sampling_level": level, "epsilon": objective.eps_low, "epsilon_high": objective.eps_high}
+
+
 def _grpo_loss(objective: Any) -> dict[str, Any]:
-    loss_type = "grpo" if objective.agg == "seq_mean_token_mean" else "bnpo"
-    return {"loss_type": loss_type, "importance_sampling_level": "token", "epsilon": objective.eps_low, "epsilon_high": objective.eps_high}
+    return _hard_clip("grpo" if objective.agg == "seq_mean_token_mean" else "bnpo", "token", objective)
 
 
 def _gspo_loss(objective: Any) -> dict[str, Any]:
-    return {"loss_type": "grpo", "importance_sampling_level": "sequence", "epsilon": objective.eps_low, "epsilon_high": objective.eps_high}
+    return _hard_clip("grpo", "sequence", objective)
 
 
 def _sapo_loss(objective: Any) -> dict[str, Any]:

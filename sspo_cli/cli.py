@@ -52,6 +52,7 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
         ("sspo_cli.tracking", "TrackingError"),
         ("sspo_cli.trainer", "OutputError"),
         ("sspo_cli.checkpoint", "CheckpointError"),
+        ("sspo_cli.warm_start", "WarmStartMissed"),
         ("sspo_cli.engines.trl_mapping", "TrlEngineError"),
         ("sspo_cli.research", "ResearchError"),
     ):

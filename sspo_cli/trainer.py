@@ -130,7 +130,7 @@ def run_training(
     run_name = recipe.tracking.run_name or default_run_name(recipe)
     run_dir = new_run_dir(prepared.output_dir, run_name)
     with RunLock(run_dir):
-        tags = run_tags(recipe, run_dir, extra_tags)
+        tags = run_tags(recipe, run_dir, extra_tags, prepared.warm_result)
         tracker = None
         try:
             (run_dir / RECIPE_FILE).write_text(to_yaml(recipe))
@@ -205,7 +205,7 @@ def prepare(recipe: Recipe, output_dir: Path, tracking_uri: str | None, observer
     import torch
 
     from sspo_cli.objectives import build_objective
-    from sspo_cli.warm_start import cached_warm_start
+    from sspo_cli.warm_start import cached_warm_start, check_target
 
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
@@ -227,6 +227,7 @@ def prepare(recipe: Recipe, output_dir: Path, tracking_uri: str | None, observer
     if warm.enabled:
         observer.on_phase("warm start")
         warm_result = cached_warm_start(recipe, model, tokenizer, task, output_dir / ".cache" / "warm_start", observer.on_warm_start)
+        check_target(warm_result, warm, observer.on_warning)
     policy = Policy(model, tokenizer, reference=frozen_copy(model) if recipe.objective.beta > 0 else None)
     return Prepared(recipe, task, policy, objective, output_dir, tracking_uri, warm_result)
 
@@ -254,9 +255,11 @@ def check_output_dir(output_dir: Path) -> None:
         raise OutputError("--output-dir", f"cannot write to {str(existing)!r}: {exc.strerror or exc}") from None
 
 
-def run_tags(recipe: Recipe, run_dir: Path, extra_tags: dict[str, str] | None = None) -> dict[str, str]:
+def run_tags(recipe: Recipe, run_dir: Path, extra_tags: dict[str, str] | None = None, warm_result: "WarmStartResult | None" = None) -> dict[str, str]:
     """The MLflow tags every run carries, whatever its engine: how compare and sweep find runs again."""
+    warm_tags = {} if warm_result is None else {"sspo.warm_start.reached_target": str(warm_result.reached_target).lower()}
     return {
+        **warm_tags,
         "sspo.recipe": recipe.name,
         "sspo.objective": recipe.objective.name,
         "sspo.seed": str(recipe.seed),
@@ -509,7 +512,7 @@ def build_summary(recipe, state, run_dir, tracker, tracking_uri, wall_seconds, w
         "wall_seconds": wall_seconds,
         "skipped_updates": state.skipped_updates,
         "resumed_from": state.resumed_from,
-        "warm_start": None if warm_result is None else {"steps": warm_result.steps, "dev_accuracy": warm_result.dev_accuracy, "cached": warm_result.cached},
+        "warm_start": None if warm_result is None else warm_result.as_summary(),
         "eval_before": eval_dict(evals[0]),
         "eval_after": eval_dict(evals[-1]),
         "evals": [eval_dict(row) for row in evals],

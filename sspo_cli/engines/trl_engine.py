@@ -60,7 +60,7 @@ def run_training_trl(
     from sspo_cli.tracking import check_tracking_uri, default_tracking_uri, open_client
     from sspo_cli.trainer import TrainingObserver, TrainState, build_summary, check_generation_tokens, default_run_name, ensure_writable
     from sspo_cli.run_folder import SUMMARY_FILE, write_text_atomic
-    from sspo_cli.warm_start import cached_warm_start
+    from sspo_cli.warm_start import cached_warm_start, check_target
 
     cuda = torch.cuda.is_available()
     # Everything that can fail on bad input happens before a run folder or MLflow run exists.
@@ -93,10 +93,11 @@ def run_training_trl(
         observer.on_phase("warm start")
         with processes.main_process_first():  # the others then read the main process's cache
             warm_result = cached_warm_start(recipe, model, tokenizer, task, output_dir / ".cache" / "warm_start", observer.on_warm_start)
+        check_target(warm_result, warm, observer.on_warning if main else lambda message: None)
 
     run_dir = shared_run_dir(output_dir, recipe.tracking.run_name or default_run_name(recipe), main)
     args.output_dir = str(run_dir / "checkpoints")
-    tracker = start_tracker(recipe, run_dir, output_dir, tracking_uri, trl_version, parent_run_id, extra_tags) if main else None
+    tracker = start_tracker(recipe, run_dir, output_dir, tracking_uri, trl_version, parent_run_id, extra_tags, warm_result) if main else None
     started = time.perf_counter()
     state = TrainState()
     try:
@@ -216,14 +217,14 @@ def grpo_config(plan: TrlPlan, output_dir: str | Path):
     return GRPOConfig(output_dir=str(output_dir), **kwargs)
 
 
-def start_tracker(recipe: Recipe, run_dir: Path, output_dir: Path, tracking_uri: str, trl_version: str, parent_run_id, extra_tags):
+def start_tracker(recipe: Recipe, run_dir: Path, output_dir: Path, tracking_uri: str, trl_version: str, parent_run_id, extra_tags, warm_result=None):
     """The MLflow run, laid out as the native engine lays it out (run.json included), plus the engine's tags."""
     from sspo_cli.run_folder import RECIPE_FILE, RunInfo
     from sspo_cli.tracking import Tracker, absolute_uri, flatten
     from sspo_cli.trainer import run_tags
 
     (run_dir / RECIPE_FILE).write_text(to_yaml(recipe))
-    tags = run_tags(recipe, run_dir, {"sspo.trl_version": trl_version, **(extra_tags or {})})
+    tags = run_tags(recipe, run_dir, {"sspo.trl_version": trl_version, **(extra_tags or {})}, warm_result)
     tracker = Tracker.start(tracking_uri, recipe.tracking.experiment, run_dir.name, flatten(recipe.resolved()), tags, output_dir / "mlartifacts", parent_run_id)
     RunInfo(tracker.run_id, absolute_uri(tracking_uri), recipe.tracking.experiment, run_dir.name).write(run_dir)
     tracker.log_artifact(run_dir / RECIPE_FILE)

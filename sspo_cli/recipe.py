@@ -66,6 +66,11 @@ class WarmStartConfig(Strict):
     eval_every: int = Field(25, ge=1, description="Check dev accuracy every this many steps.")
     target_dev_accuracy: float | None = Field(0.4, ge=0, le=1, description="Stop as soon as greedy dev accuracy reaches this (None: run max_steps).")
     seed: int = Field(0, description="Seed of the warm start; not the recipe seed, so every seed of a comparison starts from identical weights.")
+    on_miss: Literal["warn", "stop"] = Field("warn", description="When max_steps end below target_dev_accuracy: 'warn' (say so, record it, go on to RL) or 'stop' (exit 2 before RL starts, saying what to change). Does not change the weights, so not part of the cache key.")
+
+    def cache_fields(self) -> dict[str, Any]:
+        """The options that decide the warm-started weights (what happens after a miss does not)."""
+        return self.model_dump(mode="json", exclude={"on_miss"})
 
 
 # --------------------------------------------------------------------------- task

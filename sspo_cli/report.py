@@ -95,6 +95,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         console.print(diag)
     if summary.get("warm_start"):
         ws = summary["warm_start"]
-        console.print(f"warm start: {ws['steps']} steps, dev accuracy {ws['dev_accuracy']:.1%}{' (from cache)' if ws['cached'] else ''}")
+        target = "" if ws.get("target") is None else f", target {ws['target']:.1%}" + ("" if ws["reached_target"] else " [yellow]MISSED[/yellow]")
+        console.print(f"warm start: {ws['steps']} steps, dev accuracy {ws['dev_accuracy']:.1%}{target}{' (from cache)' if ws['cached'] else ''}")
     console.print(f"MLflow run [bold]{summary['run_id']}[/bold] in experiment '{summary['experiment']}' at {summary['tracking_uri']}")
     console.print(f"run folder: {summary['run_dir']}  (open the UI: mlflow ui --backend-store-uri {summary['tracking_uri']})")

@@ -71,7 +71,7 @@ def run_training_native(
 
     run_dir = new_run_dir(prepared.output_dir, recipe.tracking.run_name or default_run_name(recipe))
     with RunLock(run_dir):
-        tracker = open_run(recipe, run_dir, prepared.output_dir, prepared.tracking_uri, parent_run_id, extra_tags)
+        tracker = open_run(recipe, run_dir, prepared.output_dir, prepared.tracking_uri, parent_run_id, extra_tags, prepared.warm_result)
         return execute(prepared, run_dir, tracker, TrainState(), optimizer, scheduler, observer, first_session=True)
 
 
@@ -131,7 +131,7 @@ def prepare(recipe: Recipe, output_dir: Path, tracking_uri: str | None, observer
     import torch
 
     from sspo_cli.objectives import build_objective
-    from sspo_cli.warm_start import cached_warm_start
+    from sspo_cli.warm_start import cached_warm_start, check_target
 
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
@@ -153,6 +153,7 @@ def prepare(recipe: Recipe, output_dir: Path, tracking_uri: str | None, observer
     if warm.enabled:
         observer.on_phase("warm start")
         warm_result = cached_warm_start(recipe, model, tokenizer, task, output_dir / ".cache" / "warm_start", observer.on_warm_start)
+        check_target(warm_result, warm, observer.on_warning)
     policy = Policy(model, tokenizer, reference=frozen_copy(model) if recipe.objective.beta > 0 else None)
     return Prepared(recipe, task, policy, objective, output_dir, tracking_uri, warm_result)
 

@@ -12,14 +12,16 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from sspo_cli.errors import InputError
 from sspo_cli.recipe import Recipe, stable_hash
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from sspo_cli.recipe import WarmStartConfig
     from sspo_cli.tasks import Example, Task
 
 CACHE_FORMAT = 1
@@ -31,6 +33,37 @@ class WarmStartResult:
     dev_accuracy: float
     cached: bool
     folder: Path
+    target: float | None = None  # train.warm_start.target_dev_accuracy; None: no target to miss
+
+    @property
+    def reached_target(self) -> bool:
+        return self.target is None or self.dev_accuracy >= self.target
+
+    def as_summary(self) -> dict[str, Any]:
+        return {"steps": self.steps, "dev_accuracy": self.dev_accuracy, "cached": self.cached, "target": self.target, "reached_target": self.reached_target}
+
+
+class WarmStartMissed(InputError):
+    """The warm start ended below its dev-accuracy target and the recipe says to stop (`on_miss: stop`)."""
+
+
+def missed_target_message(result: WarmStartResult, max_steps: int) -> str:
+    return (
+        f"the warm start ended at dev accuracy {result.dev_accuracy:.1%} after {result.steps} of {max_steps} steps, "
+        f"short of its target {result.target:.1%}; RL would start from a policy that may earn too little reward to learn from. "
+        "Raise train.warm_start.max_steps (or lr), lower train.warm_start.target_dev_accuracy, "
+        "or try another train.warm_start.seed"
+    )
+
+
+def check_target(result: WarmStartResult, cfg: "WarmStartConfig", warn: Callable[[str], None]) -> None:
+    """Say when the warm start missed its target: a warning (`on_miss: warn`) or WarmStartMissed (`stop`)."""
+    if result.reached_target:
+        return
+    message = missed_target_message(result, cfg.max_steps)
+    if cfg.on_miss == "stop":
+        raise WarmStartMissed("train.warm_start.target_dev_accuracy", message + " (train.warm_start.on_miss: stop)")
+    warn(message + "; going on to RL (train.warm_start.on_miss: warn)")
 
 
 def warm_start_key(recipe: Recipe, task: "Task") -> str:
@@ -41,7 +74,7 @@ def warm_start_key(recipe: Recipe, task: "Task") -> str:
             "model": recipe.model.model_dump(mode="json", exclude={"device"}),
             "task": recipe.task.model_dump(mode="json"),
             "task_data": task.fingerprint(),  # a data file edited in place changes the key
-            "warm_start": recipe.train.warm_start.model_dump(mode="json"),
+            "warm_start": recipe.train.warm_start.cache_fields(),
             "max_new_tokens": recipe.rollout.max_new_tokens,
         }
     )
@@ -59,12 +92,13 @@ def cached_warm_start(
     from safetensors.torch import load_file, save_file
 
     folder = cache_root / warm_start_key(recipe, task)
+    target = recipe.train.warm_start.target_dev_accuracy
     weights = folder / "model.safetensors"
     info_file = folder / "warm_start.json"
     if weights.is_file() and info_file.is_file():
         model.load_state_dict(load_file(str(weights), device=str(next(model.parameters()).device)), strict=False)
         info = json.loads(info_file.read_text())
-        return WarmStartResult(info["steps"], info["dev_accuracy"], cached=True, folder=folder)
+        return WarmStartResult(info["steps"], info["dev_accuracy"], cached=True, folder=folder, target=target)
 
     steps, dev_accuracy = supervised_warm_start(model, tokenizer, task, recipe, on_progress)
     staging = cache_root / f".{folder.name}.tmp-{os.getpid()}"
@@ -77,7 +111,7 @@ def cached_warm_start(
         os.replace(staging, folder)
     except OSError:  # another process cached the same key first: theirs is identical
         shutil.rmtree(staging, ignore_errors=True)
-    return WarmStartResult(steps, dev_accuracy, cached=False, folder=folder)
+    return WarmStartResult(steps, dev_accuracy, cached=False, folder=folder, target=target)
 
 
 def _untie(state: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:

@@ -1,28 +1,32 @@
-"""The embedded default must really learn: a shorter quickstart, from a cold warm-start cache.
+"""The embedded default must really learn, on any CPU: the quickstart itself, from a cold warm-start cache.
 
-Held-out greedy accuracy after RL must beat the warm-started starting point by a clear margin.
-(The full quickstart gains about 25 points over 200 steps; 80 steps already gain well over 15.)
+Where the warm start's accuracy jump falls depends on floating-point rounding (the CPU's matmul
+kernels, the thread count, the seed), so the check runs on two warm-start seeds: seed 2 needed
+the most supervised steps of seeds 0-4 when the default was chosen. Held-out greedy accuracy after
+RL must beat the warm-started start by the quickstart's promise of 15 points; on the machines
+measured it gained about twice that (docs in README, "Measured").
 """
 
 import json
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import REPO, sspo_command
 
-MIN_GAIN = 0.10
+MIN_GAIN = 0.15
 
 
-def test_quickstart_recipe_improves_held_out_accuracy(tmp_path: Path) -> None:
-    result = subprocess.run(
-        sspo_command("train", str(REPO / "recipes" / "quickstart.yaml"), "--set", "train.steps=80", "--set", "eval.every=40", "-o", str(tmp_path), "--quiet"),
-        capture_output=True, text=True, timeout=900,
-    )
+@pytest.mark.slow
+@pytest.mark.parametrize("warm_seed", [0, 2])
+def test_quickstart_gains_15_points_of_held_out_accuracy(tmp_path: Path, warm_seed: int) -> None:
+    command = sspo_command("train", str(REPO / "recipes" / "quickstart.yaml"), "--set", f"train.warm_start.seed={warm_seed}", "-o", str(tmp_path), "--quiet")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     (summary_file,) = tmp_path.glob("quickstart-sspo-s0-*/summary.json")
     summary = json.loads(summary_file.read_text())
     before, after = summary["eval_before"]["accuracy"], summary["eval_after"]["accuracy"]
     print(f"warm start {summary['warm_start']}, eval accuracy {before:.3f} -> {after:.3f} in {summary['wall_seconds']:.0f} s")
     assert summary["warm_start"]["cached"] is False
-    assert 0.2 < before < 0.8, "the warm start should leave room to learn"
+    assert summary["warm_start"]["reached_target"] is True, "the warm start missed its dev-accuracy target"
     assert after >= before + MIN_GAIN

@@ -60,7 +60,7 @@ def run_training_trl(
     from sspo_cli.run.state import TrainingObserver, TrainState
     from sspo_cli.tasks import build_task
     from sspo_cli.tracking import check_tracking_uri, default_tracking_uri, failure_marked, open_client
-    from sspo_cli.warm_start import cached_warm_start
+    from sspo_cli.warm_start import cached_warm_start, check_target
 
     cuda = torch.cuda.is_available()
     # Everything that can fail on bad input happens before a run folder or MLflow run exists.
@@ -93,12 +93,13 @@ def run_training_trl(
         observer.on_phase("warm start")
         with processes.main_process_first():  # the others then read the main process's cache
             warm_result = cached_warm_start(recipe, model, tokenizer, task, output_dir / ".cache" / "warm_start", observer.on_warm_start)
+        check_target(warm_result, warm, observer.on_warning if main else lambda message: None)
 
     run_dir = shared_run_dir(output_dir, recipe.tracking.run_name or default_run_name(recipe), main)
     args.output_dir = str(run_dir / "checkpoints")
     state = TrainState()
     tags = {"sspo.trl_version": trl_version, **(extra_tags or {})}
-    tracker = open_run(recipe, run_dir, output_dir, tracking_uri, parent_run_id, tags) if main else None
+    tracker = open_run(recipe, run_dir, output_dir, tracking_uri, parent_run_id, tags, warm_result) if main else None
     # The main process alone keeps the records.
     records = RunRecords(recipe, run_dir, tracker, tracking_uri, observer, state, warm_result, skip_cause="a non-finite gradient") if tracker else None
     started = time.perf_counter()

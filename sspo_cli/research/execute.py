@@ -285,7 +285,7 @@ def prewarm(plan: Sequence[PlannedRun], output_dir: Path) -> None:
         if not recipe.train.warm_start.enabled:
             continue
         # What decides the warm start (the cache's own key also hashes the task data).
-        key = stable_hash([recipe.model.model_dump(mode="json"), recipe.task.model_dump(mode="json"), recipe.train.warm_start.model_dump(mode="json"), recipe.rollout.max_new_tokens])
+        key = stable_hash([recipe.model.model_dump(mode="json"), recipe.task.model_dump(mode="json"), recipe.train.warm_start.cache_fields(), recipe.rollout.max_new_tokens])
         if key in seen:
             continue
         seen.add(key)

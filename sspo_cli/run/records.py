@@ -29,9 +29,13 @@ if TYPE_CHECKING:
     from sspo_cli.warm_start import WarmStartResult
 
 
-def run_tags(recipe: Recipe, run_dir: Path, extra_tags: dict[str, str] | None = None) -> dict[str, str]:
+def run_tags(
+    recipe: Recipe, run_dir: Path, extra_tags: dict[str, str] | None = None, warm_start: WarmStartResult | None = None
+) -> dict[str, str]:
     """The MLflow tags every run carries, whatever its engine: how compare and sweep find runs again."""
+    warm_tags = {} if warm_start is None else {"sspo.warm_start.reached_target": str(warm_start.reached_target).lower()}
     return {
+        **warm_tags,
         "sspo.recipe": recipe.name,
         "sspo.objective": recipe.objective.name,
         "sspo.seed": str(recipe.seed),
@@ -50,6 +54,7 @@ def open_run(
     tracking_uri: str,
     parent_run_id: str | None = None,
     extra_tags: dict[str, str] | None = None,
+    warm_start: WarmStartResult | None = None,
 ) -> Tracker:
     """Write recipe.yaml, start the MLflow run, write run.json. If any of it fails, the MLflow run is
     marked as ended and the run folder removed: no run folder without its run.json."""
@@ -58,7 +63,7 @@ def open_run(
     tracker = None
     try:
         (run_dir / RECIPE_FILE).write_text(to_yaml(recipe))
-        tags = run_tags(recipe, run_dir, extra_tags)
+        tags = run_tags(recipe, run_dir, extra_tags, warm_start)
         params = flatten(recipe.resolved())
         experiment = recipe.tracking.experiment
         tracker = Tracker.start(tracking_uri, experiment, run_dir.name, params, tags, output_dir / "mlartifacts", parent_run_id)
@@ -150,7 +155,7 @@ def build_summary(records: RunRecords) -> dict[str, Any]:
         "wall_seconds": state.elapsed_seconds,
         "skipped_updates": state.skipped_updates,
         "resumed_from": state.resumed_from,
-        "warm_start": None if warm is None else {"steps": warm.steps, "dev_accuracy": warm.dev_accuracy, "cached": warm.cached},
+        "warm_start": None if warm is None else warm.as_summary(),
         "eval_before": eval_dict(evals[0]),
         "eval_after": eval_dict(evals[-1]),
         "evals": [eval_dict(row) for row in evals],

@@ -17,6 +17,7 @@ JobsOpt = Annotated[int, typer.Option("--jobs", "-j", help="Runs trained in para
 ThresholdOpt = Annotated[Optional[float], typer.Option("--threshold", help="Accuracy for 'steps to threshold' (default: halfway from the start to the best final mean).")]
 ReportDirOpt = Annotated[Optional[Path], typer.Option("--report-dir", help="Folder for the table files, figure and report.md (default: under --output-dir).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")]
+IntervalOpt = Annotated[str, typer.Option("--interval", help="Intervals of the main table: t (Student-t over seeds) or bootstrap (stratified percentile bootstrap over runs).")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.")]
 
 EXIT_BAD_INPUT = 2
@@ -131,13 +132,15 @@ def compare_command(
     group_by: Annotated[Optional[str], typer.Option(help="Tag that groups existing runs (default: sspo.method, else sspo.objective).")] = None,
     jobs: JobsOpt = 1,
     threshold: ThresholdOpt = None,
+    interval: IntervalOpt = "t",
     output_dir: OutputOpt = Path("runs"),
     tracking_uri: TrackingOpt = None,
     report_dir: ReportDirOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Compare methods over seeds: a table with 95% CIs, learning curves, CSV/JSON and report.md.
+    """Compare methods over seeds: a table with 95% CIs, IQM and probability of improvement with bootstrap CIs,
+    paired differences over the held-out problems, learning curves, CSV/JSON and report.md.
 
     Runs whose resolved recipe matches a FINISHED run are reused, not trained again.
     """
@@ -154,12 +157,14 @@ def compare_command(
                 raise ResearchError("--experiment", "give either --experiment NAME or --runs ID ..., not both")
             if runs and not positional:
                 raise ResearchError("--runs", "name at least one run id")
-            result = compare_existing(experiment, positional, output_dir, tracking_uri, threshold, report_dir, group_by)
+            result = compare_existing(experiment, positional, output_dir, tracking_uri, threshold, report_dir, group_by, interval)
         else:
             if len(positional) != 1:
                 raise ResearchError("RECIPE", "give one recipe file (or --experiment NAME, or --runs ID ...)")
             with RichWorkflowProgress(console, quiet) as progress:
-                result = run_comparison(Path(positional[0]), set_ or [], methods, seeds, variants, output_dir, tracking_uri, jobs, threshold, report_dir, progress)
+                result = run_comparison(
+                    Path(positional[0]), set_ or [], methods, seeds, variants, output_dir, tracking_uri, jobs, threshold, report_dir, progress, interval
+                )
         _render_comparison(result)
 
     _guarded(debug, action)
@@ -167,9 +172,15 @@ def compare_command(
 
 def _render_comparison(result) -> None:
     from sspo_cli.report import console
-    from sspo_cli.research.tables import comparison_table, print_table
+    from sspo_cli.research.statistics_text import statistics_tables
+    from sspo_cli.research.tables import comparison_table, print_table, text_table
 
-    print_table(console, comparison_table(result.summaries, result.threshold, result.title))
+    print_table(console, comparison_table(result.summaries, result.threshold, result.title, method=result.interval))
+    if result.inference is not None:
+        for table in statistics_tables(result.inference):
+            print_table(console, text_table(table))
+        for note in result.inference.notes:
+            console.print(f"[yellow]note[/yellow] {note}", highlight=False, soft_wrap=True)
     _render_footer(result)
 
 

@@ -263,7 +263,7 @@ def _finish_sweep(
 
 
 def sweep_heatmap(plan: SweepPlan, summaries: Sequence[GroupSummary], path: Path, title: str) -> Path:
-    from sspo_cli.research.formatting import format_value
+    from sspo_cli.research.formatting import format_spread, format_value
     from sspo_cli.research.plots import heatmap_figure
 
     spec = metric_spec(plan.metric)
@@ -275,13 +275,12 @@ def sweep_heatmap(plan: SweepPlan, summaries: Sequence[GroupSummary], path: Path
         for x_value in x_axis.values:
             label = plan.labels[plan.points.index({x_axis.key: x_value, y_axis.key: y_value})]
             interval = by_label[label].metrics[plan.metric] if label in by_label else None
-            value = interval.mean if interval is not None else math.nan
+            value = interval.estimate if interval is not None else math.nan
             row.append(value)
             if interval is None or interval.n == 0:
                 row_text.append("missing")
             else:
-                spread = f"\n± {format_value(spec.kind, interval.half_width)}" if interval.n >= 2 else "\n(n=1)"
-                row_text.append(format_value(spec.kind, value) + spread)
+                row_text.append(f"{format_value(spec.kind, value)}\n{format_spread(spec.kind, interval)}")
         values.append(row)
         texts.append(row_text)
     return heatmap_figure(values, x_axis.key, [_show(v) for v in x_axis.values], y_axis.key, [_show(v) for v in y_axis.values], spec.label, path, f"{title}\n{spec.label}: mean over seeds ± 95% CI half-width", texts)

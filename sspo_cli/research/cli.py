@@ -188,10 +188,20 @@ def _render_footer(result) -> None:
     from rich.markup import escape
 
     from sspo_cli.report import console
-    from sspo_cli.research.store import membership_filter
 
     for outcome in result.failed:
         console.print(f"[red]{outcome.state}[/red] {outcome.planned.display_name}: {escape(outcome.error or '')}", highlight=False, soft_wrap=True)
+    _render_where(result)
+    if result.failed:
+        console.print("[yellow]re-run the same command to retry the failed runs; finished ones are reused[/yellow]")
+        raise typer.Exit(EXIT_RUNS_FAILED)
+
+
+def _render_where(result) -> None:
+    """Where the outputs and the MLflow runs are, and where the time went."""
+    from sspo_cli.report import console
+    from sspo_cli.research.store import membership_filter
+
     console.print(f"outputs: {result.out_dir}  ({', '.join(p.name for p in result.files.values())})", soft_wrap=True)
     console.print(f"MLflow parent run {result.parent_run_id}; runs side by side: {membership_filter(result.group_id)}", highlight=False, soft_wrap=True)
     timing = result.timing
@@ -199,39 +209,90 @@ def _render_footer(result) -> None:
         f"[dim]time {timing['total_seconds']:.1f}s: training {timing['training_seconds']:.1f}s, "
         f"workflow overhead {timing['overhead_seconds']:.2f}s ({timing['overhead_fraction']:.1%})[/dim]"
     )
-    if result.failed:
-        console.print("[yellow]re-run the same command to retry the failed runs; finished ones are reused[/yellow]")
-        raise typer.Exit(EXIT_RUNS_FAILED)
 
 
 # --------------------------------------------------------------------------- sweep
 
 
 def sweep_command(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file (may hold a `sweep:` section with grid, seeds, metric).", show_default=False)],
-    grid: Annotated[Optional[list[str]], typer.Option("--grid", "-g", help="dotted.key=v1,v2,... (repeatable; the cartesian product is swept).")] = None,
-    seeds: Annotated[Optional[int], typer.Option(help="Seeds per grid point (default: the sweep section's, else 1).")] = None,
-    metric: Annotated[Optional[str], typer.Option(help="Leaderboard and heatmap metric (default: final_accuracy).")] = None,
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file (may hold a `sweep:` section: grid, space, search, trials, seeds, metric).", show_default=False)],
+    grid: Annotated[Optional[list[str]], typer.Option("--grid", "-g", help="dotted.key=v1,v2,... (repeatable; the cartesian product is swept; with --search: choices).")] = None,
+    search: Annotated[Optional[str], typer.Option("--search", help="Search with Optuna instead of sweeping every grid point: tpe, random or grid.")] = None,
+    trials: Annotated[Optional[int], typer.Option("--trials", help="Trials of a search, in all (default: the sweep section's, the grid's size, else 20).")] = None,
+    space: Annotated[Optional[list[str]], typer.Option("--space", help="A searched range: dotted.key=low:high or dotted.key=low:high:log (repeatable).")] = None,
+    pruner: Annotated[Optional[str], typer.Option("--pruner", help="Pruning of a search on the eval accuracy: median, halving or none (default: median).")] = None,
+    seeds: Annotated[Optional[int], typer.Option(help="Seeds per grid point or trial (default: the sweep section's, else 1).")] = None,
+    metric: Annotated[Optional[str], typer.Option(help="Leaderboard and heatmap metric, or the objective of a search (default: final_accuracy).")] = None,
     set_: SetOpt = None,
     jobs: JobsOpt = 1,
     threshold: ThresholdOpt = None,
+    interval: IntervalOpt = "t",
     output_dir: OutputOpt = Path("runs"),
     tracking_uri: TrackingOpt = None,
     report_dir: ReportDirOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Sweep a grid of recipe values over seeds; resumable (finished points are skipped), with a leaderboard and heatmap."""
+    """Sweep a grid of recipe values over seeds (finished points are skipped), with a leaderboard and heatmap; or,
+    with --search, an Optuna study (TPE, random or grid) pruned on the eval accuracy, resumable from its SQLite."""
 
     def action() -> None:
         from sspo_cli.report import console
         from sspo_cli.research.progress import RichWorkflowProgress
-        from sspo_cli.research.sweep import run_sweep
-        from sspo_cli.research.tables import leaderboard_table, print_table
+
+        if search is None and not section_searches(recipe):
+            from sspo_cli.research.sweep import run_sweep
+            from sspo_cli.research.tables import leaderboard_table, print_table
+
+            check_grid_only(space, trials, pruner)
+            with RichWorkflowProgress(console, quiet) as progress:
+                result = run_sweep(recipe, set_ or [], grid or [], seeds, metric, output_dir, tracking_uri, jobs, threshold, report_dir, progress, interval)
+            print_table(console, leaderboard_table(result.extra["ranked"], result.extra["metric"], result.title, result.extra["failures"], result.interval))
+            _render_footer(result)
+            return
+        from sspo_cli.research.search import run_search
 
         with RichWorkflowProgress(console, quiet) as progress:
-            result = run_sweep(recipe, set_ or [], grid or [], seeds, metric, output_dir, tracking_uri, jobs, threshold, report_dir, progress)
-        print_table(console, leaderboard_table(result.extra["ranked"], result.extra["metric"], result.title, result.extra["failures"]))
-        _render_footer(result)
+            result = run_search(recipe, set_ or [], grid or [], space or [], search, trials, seeds, metric, pruner, output_dir, tracking_uri, jobs, threshold, report_dir, progress)
+        _render_search(result)
 
     _guarded(debug, action)
+
+
+def section_searches(recipe: Path) -> bool:
+    """Whether the recipe's sweep section asks for a search (unreadable files are left for the sweep to report)."""
+    from sspo_cli.recipe import RecipeError
+    from sspo_cli.research.recipe_files import read_recipe_file
+
+    try:
+        _, section = read_recipe_file(recipe)
+    except RecipeError:
+        return False
+    return isinstance(section, dict) and section.get("search") is not None
+
+
+def check_grid_only(space: list[str] | None, trials: int | None, pruner: str | None) -> None:
+    from sspo_cli.research import ResearchError
+
+    for option, value in (("--space", space), ("--trials", trials), ("--pruner", pruner)):
+        if value:
+            raise ResearchError(option, "belongs to a search: add --search tpe, random or grid")
+
+
+def _render_search(result) -> None:
+    from rich.markup import escape
+
+    from sspo_cli.report import console
+    from sspo_cli.research.search_report import trials_table
+    from sspo_cli.research.tables import print_table, text_table
+
+    print_table(console, text_table(trials_table(result)))
+    for note in result.notes:
+        console.print(f"[yellow]note[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
+    for trial in result.failed_now:
+        console.print(f"[red]failed[/red] trial {trial.number}: {escape(trial.user_attrs.get('error') or 'failed')}", highlight=False, soft_wrap=True)
+    console.print(f"Optuna study {result.plan.study_name} in {result.storage}", highlight=False, soft_wrap=True)
+    _render_where(result)
+    if result.failed_now:
+        console.print("[yellow]re-run the same command to retry the failed trials; finished ones stay in the study[/yellow]")
+        raise typer.Exit(EXIT_RUNS_FAILED)

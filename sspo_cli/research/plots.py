@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from sspo_cli.research.inference import Inference, PairedComparison
 
 
-def _pyplot():
+def agg_pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -67,7 +67,7 @@ def band(
 
 def comparison_figure(records: Sequence[RunRecord], order: Sequence[str], path: Path, title: str) -> Path:
     """2x2: eval accuracy, train reward (smoothed), weight/seq_var (log scale), saturated fraction."""
-    plt = _pyplot()
+    plt = agg_pyplot()
     longest = max((len(r.curves.steps) for r in records), default=1)
     window = max(1, longest // 20)
     smooth = f"{window}-step moving avg" if window > 1 else "per step"
@@ -117,7 +117,7 @@ def heatmap_figure(
 ) -> Path:
     """values[row][col] with rows = y values and columns = x values, each cell labelled with
     cell_text[row][col]; missing cells (NaN) left grey."""
-    plt = _pyplot()
+    plt = agg_pyplot()
     import textwrap
 
     fig, axis = plt.subplots(figsize=(max(7.0, 1.4 * len(x_labels) + 3), 1.0 * len(y_labels) + 2.5), constrained_layout=True)
@@ -143,7 +143,7 @@ def draw_heatmap(
     """values[row][col] as colours (viridis, NaN grey) with each cell's text on it; returns the image."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = agg_pyplot()
     grid = np.array(values, dtype=float)
     cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
     low, high = value_range or (None, None)
@@ -162,7 +162,7 @@ def draw_heatmap(
 
 def statistics_figure(inference: "Inference", path: Path, title: str) -> Path:
     """Three panels: IQM and mean per method with bootstrap intervals, P(row > column), paired differences."""
-    plt = _pyplot()
+    plt = agg_pyplot()
     names = [g.name for g in inference.groups]
     pairs = inference.paired
     height = max(4.0, 0.45 * max(len(names), len(pairs)) + 2.5)

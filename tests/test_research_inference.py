@@ -74,7 +74,9 @@ def test_aggregates_and_improvement_matrix_are_the_estimators_on_the_runs() -> N
     worse_finals = [r.curves.eval_accuracy[-1] for r in records if r.group == "worse"]
     expected = stats.mannwhitneyu(finals, worse_finals).statistic / 9
     assert inference.improvement[("base", "worse")].estimate == pytest.approx(expected)
-    assert inference.improvement[("base", "worse")].estimate + inference.improvement[("worse", "base")].estimate == pytest.approx(1)
+    assert inference.improvement[("base", "worse")].estimate + inference.improvement[
+        ("worse", "base")
+    ].estimate == pytest.approx(1)
 
 
 def test_failed_runs_count_as_every_problem_wrong() -> None:
@@ -110,7 +112,9 @@ def test_pairs_without_per_problem_results_say_why() -> None:
 
 def test_only_shared_problems_are_paired() -> None:
     records, problems = constructed()
-    shorter = {k: ProblemScores(v.prompts[:150], v.correct[:150]) if k.startswith("worse") else v for k, v in problems.items()}
+    shorter = {
+        k: ProblemScores(v.prompts[:150], v.correct[:150]) if k.startswith("worse") else v for k, v in problems.items()
+    }
     assert infer(records, ["base", "worse"], shorter).paired[0].problems == 150
 
 
@@ -128,7 +132,9 @@ def test_statistics_reach_the_tables_json_csv_report_and_figure(tmp_path: Path) 
     inference = infer(records, ["base", "worse"], problems)
     aggregates, improvement, paired = statistics_tables(inference)
     assert [row[0] for row in aggregates.rows] == ["base", "worse"]
-    assert improvement.rows[0][1] == "" and improvement.rows[0][2].startswith(f"{inference.improvement[('base', 'worse')].estimate:.3f}")
+    assert improvement.rows[0][1] == "" and improvement.rows[0][2].startswith(
+        f"{inference.improvement[('base', 'worse')].estimate:.3f}"
+    )
     assert paired.rows[0][-1] == "base better" and paired.rows[0][6] == "overlap"
     threshold = Threshold(0.6, "--threshold")
     summaries = summarize(records, threshold.value)
@@ -136,12 +142,31 @@ def test_statistics_reach_the_tables_json_csv_report_and_figure(tmp_path: Path) 
     statistics = json.loads(json.dumps(document))["statistics"]
     assert statistics["paired"][0]["verdict"] == "base better"
     assert statistics["paired"][0]["difference"] == pytest.approx(inference.paired[0].difference.estimate)
-    assert {(p["x"], p["y"]) for p in statistics["probability_of_improvement"]} == {("base", "worse"), ("worse", "base")}
+    assert {(p["x"], p["y"]) for p in statistics["probability_of_improvement"]} == {
+        ("base", "worse"),
+        ("worse", "base"),
+    }
     rows = (write_pairs_csv(tmp_path / "pairs.csv", inference)).read_text().splitlines()
     assert rows[0].startswith("first,second,difference,ci_low,ci_high") and rows[1].startswith("base,worse,")
     figure = statistics_figure(inference, tmp_path / "statistics.png", "constructed")
     assert figure.stat().st_size > 10_000
     timing = {"total_seconds": 1.0, "training_seconds": 0.0, "overhead_seconds": 1.0, "overhead_fraction": 1.0}
-    report = write_report(tmp_path / "report.md", "t", summaries, records, [], threshold, [figure], "method", "", timing, inference=inference)
+    report = write_report(
+        tmp_path / "report.md",
+        "t",
+        summaries,
+        records,
+        [],
+        threshold,
+        [figure],
+        "method",
+        "",
+        timing,
+        inference=inference,
+    )
     text = report.read_text()
-    assert "### paired differences in final accuracy" in text and "| base | worse |" in text and "![statistics](statistics.png)" in text
+    assert (
+        "### paired differences in final accuracy" in text
+        and "| base | worse |" in text
+        and "![statistics](statistics.png)" in text
+    )

@@ -175,7 +175,9 @@ def test_failed_runs_stay_in_the_statistics_by_the_stated_rule() -> None:
     assert (sspo.failed, len(sspo.run_ids)) == (1, 3)
     # the failed run is a third seed at 0%: mean (0.70 + 0.65 + 0) / 3, a t-interval over 3 values
     assert sspo.metrics["final_accuracy"] == t_interval([0.70, 0.65, 0.0])
-    assert sspo.metrics["reward_auc"].n == 2 and "[2/3]" in cell(sspo, next(s for s in METRICS if s.key == "reward_auc"))
+    assert sspo.metrics["reward_auc"].n == 2 and "[2/3]" in cell(
+        sspo, next(s for s in METRICS if s.key == "reward_auc")
+    )
 
 
 def test_collapse_rule_flags_without_dropping() -> None:
@@ -194,7 +196,12 @@ def test_bootstrap_summaries_are_scipys_stratified_bootstrap_of_the_mean() -> No
     grpo, _ = summarize(RUNS, threshold=0.5, method="bootstrap")
     interval = grpo.metrics["final_accuracy"]
     expected = stats.bootstrap(
-        ([0.55, 0.60, 0.50],), np.mean, n_resamples=10_000, method="percentile", rng=np.random.default_rng(0), vectorized=True
+        ([0.55, 0.60, 0.50],),
+        np.mean,
+        n_resamples=10_000,
+        method="percentile",
+        rng=np.random.default_rng(0),
+        vectorized=True,
     ).confidence_interval
     assert interval.estimate == pytest.approx(0.55)
     assert (interval.low, interval.high) == pytest.approx((expected.low, expected.high))

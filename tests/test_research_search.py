@@ -26,10 +26,18 @@ def choice_recipe(tmp_path: Path, steps: int = 10, sweep: dict | None = None, na
     recipe = {
         "name": name,
         "seed": 3,
-        "model": {"tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}},
+        "model": {
+            "tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}
+        },
         "task": {"name": "file", "path": str(data), "eval_size": 48, "dev_size": 0},
         "rollout": {"prompts_per_step": 4, "group_size": 4, "max_new_tokens": 1},
-        "train": {"steps": steps, "lr": 0.01, "checkpoint_every": steps, "threads": 1, "warm_start": {"enabled": False}},
+        "train": {
+            "steps": steps,
+            "lr": 0.01,
+            "checkpoint_every": steps,
+            "threads": 1,
+            "warm_start": {"enabled": False},
+        },
         "eval": {"every": 5, "batch_size": 48},
         "tracking": {"experiment": "search-test"},
     }
@@ -130,7 +138,9 @@ def test_rerunning_a_finished_search_trains_nothing_and_more_trials_extend_it(se
     before = sorted(r.info.run_id for r in training_runs(searched["out"]))
     again = run_search(searched["recipe"], [], [], [], None, None, None, None, None, searched["out"])
     assert sorted(r.info.run_id for r in training_runs(searched["out"])) == before
-    assert [t.number for t in again.trials] == list(range(6)) and again.parent_run_id == searched["result"].parent_run_id
+    assert [t.number for t in again.trials] == list(range(6)) and again.parent_run_id == searched[
+        "result"
+    ].parent_run_id
     extended = run_search(searched["recipe"], [], [], [], None, 7, None, None, None, searched["out"])
     assert len(extended.trials) == 7  # one more trial, with a point not drawn before
     assert extended.trials[6].params["train.lr"] not in {t.params["train.lr"] for t in extended.trials[:6]}
@@ -141,7 +151,9 @@ def test_grid_search_visits_every_point_once(tmp_path: Path) -> None:
 
     recipe = choice_recipe(tmp_path, steps=5)
     out = tmp_path / "runs"
-    result = run_search(recipe, [], ["train.lr=0.01,0.001", "objective.tau_pos=0.5,2.0"], [], "grid", None, None, None, "none", out)
+    result = run_search(
+        recipe, [], ["train.lr=0.01,0.001", "objective.tau_pos=0.5,2.0"], [], "grid", None, None, None, "none", out
+    )
     points = sorted((t.params["train.lr"], t.params["objective.tau_pos"]) for t in result.trials)
     assert points == [(0.001, 0.5), (0.001, 2.0), (0.01, 0.5), (0.01, 2.0)]  # --trials defaults to the grid's size
     assert all(t.state.name == "COMPLETE" for t in result.trials)
@@ -153,7 +165,20 @@ def test_grid_search_visits_every_point_once(tmp_path: Path) -> None:
 
 
 def search_args(recipe: Path, out: Path, *extra: str) -> list[str]:
-    return ["sweep", str(recipe), "--search", "random", "--space", "train.lr=1e-3:1e-1:log", "--pruner", "none", "-o", str(out), "-q", *extra]
+    return [
+        "sweep",
+        str(recipe),
+        "--search",
+        "random",
+        "--space",
+        "train.lr=1e-3:1e-1:log",
+        "--pruner",
+        "none",
+        "-o",
+        str(out),
+        "-q",
+        *extra,
+    ]
 
 
 def run_folders(out: Path) -> list[Path]:
@@ -226,13 +251,28 @@ def test_killed_search_with_workers_resumes(tmp_path: Path) -> None:
 
 
 BAD_SEARCHES = {
-    "low above high": (["--space", "objective.tau_pos=2:0.5"], ["--space: objective.tau_pos", "low (2) must be below high (0.5)"]),
-    "log needs low above 0": (["--space", "train.lr=0:0.1:log"], ["--space: train.lr", "a log scale needs low > 0, got 0"]),
-    "unknown key": (["--space", "objective.tau_p=0.5:2"], ["srch.yaml", "objective.tau_p", "objective has no key 'tau_p'"]),
-    "value the recipe refuses": (["--space", "objective.tau_pos=-1:2"], ["srch.yaml", "objective.tau_pos", "greater than 0"]),
+    "low above high": (
+        ["--space", "objective.tau_pos=2:0.5"],
+        ["--space: objective.tau_pos", "low (2) must be below high (0.5)"],
+    ),
+    "log needs low above 0": (
+        ["--space", "train.lr=0:0.1:log"],
+        ["--space: train.lr", "a log scale needs low > 0, got 0"],
+    ),
+    "unknown key": (
+        ["--space", "objective.tau_p=0.5:2"],
+        ["srch.yaml", "objective.tau_p", "objective has no key 'tau_p'"],
+    ),
+    "value the recipe refuses": (
+        ["--space", "objective.tau_pos=-1:2"],
+        ["srch.yaml", "objective.tau_pos", "greater than 0"],
+    ),
     "not a number": (["--space", "objective.tau_pos=a:2"], ["--space: objective.tau_pos", "'a' is not a number"]),
     "not a range": (["--space", "objective.tau_pos=0.5"], ["--space", "expected dotted.key=low:high"]),
-    "grid of ranges": (["--search", "grid", "--space", "train.lr=1e-3:1e-1"], ["--search", "grid search needs values", "train.lr"]),
+    "grid of ranges": (
+        ["--search", "grid", "--space", "train.lr=1e-3:1e-1"],
+        ["--search", "grid search needs values", "train.lr"],
+    ),
     "bad pruner": (["--pruner", "hyperband"], ["--pruner: unknown value 'hyperband'", "median, halving, none"]),
     "pruning a metric that is no accuracy": (["--metric", "reward_auc"], ["--pruner", "--metric final_accuracy"]),
 }
@@ -256,10 +296,22 @@ def test_bad_search_space_is_one_clear_error(case: str, tmp_path: Path) -> None:
     "section,expected",
     [
         ({"search": "bayes", "space": {"train.lr": {"low": 1e-3, "high": 0.1}}}, ["sweep.search", "'bayes'", "tpe"]),
-        ({"search": "tpe", "space": {"objective.tau_pos": {"low": 2.0, "high": 1.0}}}, ["sweep.space.objective.tau_pos", "low (2.0) must be below high (1.0)"]),
-        ({"search": "tpe", "space": {"objective.tau_pos": {"low": 0.5, "hi": 2.0}}}, ["sweep.space.objective.tau_pos.hi", "Extra inputs are not permitted"]),
-        ({"search": "tpe", "space": {"train.lr": {"choices": [0.1, 0.1]}}}, ["sweep.space.train.lr", "a value is listed twice"]),
-        ({"search": "tpe", "trials": 0, "space": {"train.lr": {"choices": [0.1]}}}, ["sweep.trials", "greater than or equal to 1"]),
+        (
+            {"search": "tpe", "space": {"objective.tau_pos": {"low": 2.0, "high": 1.0}}},
+            ["sweep.space.objective.tau_pos", "low (2.0) must be below high (1.0)"],
+        ),
+        (
+            {"search": "tpe", "space": {"objective.tau_pos": {"low": 0.5, "hi": 2.0}}},
+            ["sweep.space.objective.tau_pos.hi", "Extra inputs are not permitted"],
+        ),
+        (
+            {"search": "tpe", "space": {"train.lr": {"choices": [0.1, 0.1]}}},
+            ["sweep.space.train.lr", "a value is listed twice"],
+        ),
+        (
+            {"search": "tpe", "trials": 0, "space": {"train.lr": {"choices": [0.1]}}},
+            ["sweep.trials", "greater than or equal to 1"],
+        ),
     ],
 )
 def test_bad_sweep_section_names_the_file_and_key(section: dict, expected: list[str], tmp_path: Path) -> None:
@@ -279,7 +331,9 @@ def test_bad_search_value_and_search_options_without_a_search(tmp_path: Path) ->
     out = tmp_path / "out"
     bad = run_sspo("sweep", str(recipe), "--search", "bayes", "--space", "train.lr=1e-3:1e-1", "-o", str(out))
     assert_clean_failure(bad, ["--search: unknown value 'bayes'", "tpe, random, grid"])
-    alone = run_sspo("sweep", str(recipe), "--grid", "train.lr=0.1,0.01", "--space", "train.lr=1e-3:1e-1", "-o", str(out))
+    alone = run_sspo(
+        "sweep", str(recipe), "--grid", "train.lr=0.1,0.01", "--space", "train.lr=1e-3:1e-1", "-o", str(out)
+    )
     assert_clean_failure(alone, ["--space: belongs to a search"])
     assert not out.exists()
 
@@ -292,8 +346,12 @@ def test_space_parsing_and_recipe_types() -> None:
     _, steps = parse_space_option("train.steps=10:50")
     assert steps.integer
     base = {"name": "x", "objective": {"name": "sspo"}}
-    space = validated_space({"objective.tau_pos": SpaceParam(low=1, high=2), "train.steps": steps}, base, [], 0, Path("x.yaml"))
-    assert not space["objective.tau_pos"].integer and space["objective.tau_pos"].low == 1.0  # a float key: a float range
+    space = validated_space(
+        {"objective.tau_pos": SpaceParam(low=1, high=2), "train.steps": steps}, base, [], 0, Path("x.yaml")
+    )
+    assert (
+        not space["objective.tau_pos"].integer and space["objective.tau_pos"].low == 1.0
+    )  # a float key: a float range
     assert space["train.steps"].integer  # an integer key keeps an integer range
 
 

@@ -132,7 +132,9 @@ def test_compare_keeps_each_runs_per_problem_results_and_pairs_the_methods(compa
         rows = [json.loads(line) for line in (Path(run["run_dir"]) / "eval_problems.jsonl").read_text().splitlines()]
         summary = json.loads((Path(run["run_dir"]) / "summary.json").read_text())
         assert len(rows) == 32 and len({r["prompt"] for r in rows}) == 32
-        assert sum(r["correct"] for r in rows) / 32 == summary["eval_after"]["accuracy"]  # the trainer's final eval, per problem
+        assert (
+            sum(r["correct"] for r in rows) / 32 == summary["eval_after"]["accuracy"]
+        )  # the trainer's final eval, per problem
     statistics = document["statistics"]
     assert [(g["name"], g["runs"], g["failed"]) for g in statistics["groups"]] == [("grpo", 2, 0), ("sspo", 2, 0)]
     (pair,) = statistics["paired"]
@@ -140,7 +142,11 @@ def test_compare_keeps_each_runs_per_problem_results_and_pairs_the_methods(compa
     assert not statistics["notes"]
     logged = {a.path for a in client_for(compared["out"]).list_artifacts(document["mlflow"]["parent_run_id"])}
     assert {"statistics.png", "pairs.csv"} <= logged
-    for title in ("final held-out accuracy over runs", "probability of improvement", "paired differences in final accuracy"):
+    for title in (
+        "final held-out accuracy over runs",
+        "probability of improvement",
+        "paired differences in final accuracy",
+    ):
         assert title in compared["first"].stdout
 
 

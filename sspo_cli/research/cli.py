@@ -17,7 +17,13 @@ JobsOpt = Annotated[int, typer.Option("--jobs", "-j", help="Runs trained in para
 ThresholdOpt = Annotated[Optional[float], typer.Option("--threshold", help="Accuracy for 'steps to threshold' (default: halfway from the start to the best final mean).")]
 ReportDirOpt = Annotated[Optional[Path], typer.Option("--report-dir", help="Folder for the table files, figure and report.md (default: under --output-dir).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")]
-IntervalOpt = Annotated[str, typer.Option("--interval", help="Intervals of the main table: t (Student-t over seeds) or bootstrap (stratified percentile bootstrap over runs).")]
+IntervalOpt = Annotated[
+    str,
+    typer.Option(
+        "--interval",
+        help="Intervals of the main table: t (Student-t over seeds) or bootstrap (stratified bootstrap over runs).",
+    ),
+]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.")]
 
 EXIT_BAD_INPUT = 2
@@ -157,13 +163,26 @@ def compare_command(
                 raise ResearchError("--experiment", "give either --experiment NAME or --runs ID ..., not both")
             if runs and not positional:
                 raise ResearchError("--runs", "name at least one run id")
-            result = compare_existing(experiment, positional, output_dir, tracking_uri, threshold, report_dir, group_by, interval)
+            result = compare_existing(
+                experiment, positional, output_dir, tracking_uri, threshold, report_dir, group_by, interval
+            )
         else:
             if len(positional) != 1:
                 raise ResearchError("RECIPE", "give one recipe file (or --experiment NAME, or --runs ID ...)")
             with RichWorkflowProgress(console, quiet) as progress:
                 result = run_comparison(
-                    Path(positional[0]), set_ or [], methods, seeds, variants, output_dir, tracking_uri, jobs, threshold, report_dir, progress, interval
+                    Path(positional[0]),
+                    set_ or [],
+                    methods,
+                    seeds,
+                    variants,
+                    output_dir,
+                    tracking_uri,
+                    jobs,
+                    threshold,
+                    report_dir,
+                    progress,
+                    interval,
                 )
         _render_comparison(result)
 
@@ -215,14 +234,48 @@ def _render_where(result) -> None:
 
 
 def sweep_command(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file (may hold a `sweep:` section: grid, space, search, trials, seeds, metric).", show_default=False)],
-    grid: Annotated[Optional[list[str]], typer.Option("--grid", "-g", help="dotted.key=v1,v2,... (repeatable; the cartesian product is swept; with --search: choices).")] = None,
-    search: Annotated[Optional[str], typer.Option("--search", help="Search with Optuna instead of sweeping every grid point: tpe, random or grid.")] = None,
-    trials: Annotated[Optional[int], typer.Option("--trials", help="Trials of a search, in all (default: the sweep section's, the grid's size, else 20).")] = None,
-    space: Annotated[Optional[list[str]], typer.Option("--space", help="A searched range: dotted.key=low:high or dotted.key=low:high:log (repeatable).")] = None,
-    pruner: Annotated[Optional[str], typer.Option("--pruner", help="Pruning of a search on the eval accuracy: median, halving or none (default: median).")] = None,
-    seeds: Annotated[Optional[int], typer.Option(help="Seeds per grid point or trial (default: the sweep section's, else 1).")] = None,
-    metric: Annotated[Optional[str], typer.Option(help="Leaderboard and heatmap metric, or the objective of a search (default: final_accuracy).")] = None,
+    recipe: Annotated[
+        Path,
+        typer.Argument(
+            help="Recipe YAML file (may hold a `sweep:` section: grid, space, search, trials, seeds, metric).",
+            show_default=False,
+        ),
+    ],
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--grid",
+            "-g",
+            help="dotted.key=v1,v2,... (repeatable; the cartesian product is swept; with --search: choices).",
+        ),
+    ] = None,
+    search: Annotated[
+        str | None,
+        typer.Option("--search", help="Search with Optuna instead of sweeping every grid point: tpe, random or grid."),
+    ] = None,
+    trials: Annotated[
+        int | None,
+        typer.Option(
+            "--trials", help="Trials of a search, in all (default: the sweep section's, the grid's size, else 20)."
+        ),
+    ] = None,
+    space: Annotated[
+        list[str] | None,
+        typer.Option("--space", help="A searched range: dotted.key=low:high or dotted.key=low:high:log (repeatable)."),
+    ] = None,
+    pruner: Annotated[
+        str | None,
+        typer.Option(
+            "--pruner", help="Pruning of a search on the eval accuracy: median, halving or none (default: median)."
+        ),
+    ] = None,
+    seeds: Annotated[
+        int | None, typer.Option(help="Seeds per grid point or trial (default: the sweep section's, else 1).")
+    ] = None,
+    metric: Annotated[
+        str | None,
+        typer.Option(help="Leaderboard and heatmap metric, or the objective of a search (default: final_accuracy)."),
+    ] = None,
     set_: SetOpt = None,
     jobs: JobsOpt = 1,
     threshold: ThresholdOpt = None,
@@ -246,14 +299,52 @@ def sweep_command(
 
             check_grid_only(space, trials, pruner)
             with RichWorkflowProgress(console, quiet) as progress:
-                result = run_sweep(recipe, set_ or [], grid or [], seeds, metric, output_dir, tracking_uri, jobs, threshold, report_dir, progress, interval)
-            print_table(console, leaderboard_table(result.extra["ranked"], result.extra["metric"], result.title, result.extra["failures"], result.interval))
+                result = run_sweep(
+                    recipe,
+                    set_ or [],
+                    grid or [],
+                    seeds,
+                    metric,
+                    output_dir,
+                    tracking_uri,
+                    jobs,
+                    threshold,
+                    report_dir,
+                    progress,
+                    interval,
+                )
+            print_table(
+                console,
+                leaderboard_table(
+                    result.extra["ranked"],
+                    result.extra["metric"],
+                    result.title,
+                    result.extra["failures"],
+                    result.interval,
+                ),
+            )
             _render_footer(result)
             return
         from sspo_cli.research.search import run_search
 
         with RichWorkflowProgress(console, quiet) as progress:
-            result = run_search(recipe, set_ or [], grid or [], space or [], search, trials, seeds, metric, pruner, output_dir, tracking_uri, jobs, threshold, report_dir, progress)
+            result = run_search(
+                recipe,
+                set_ or [],
+                grid or [],
+                space or [],
+                search,
+                trials,
+                seeds,
+                metric,
+                pruner,
+                output_dir,
+                tracking_uri,
+                jobs,
+                threshold,
+                report_dir,
+                progress,
+            )
         _render_search(result)
 
     _guarded(debug, action)
@@ -290,9 +381,15 @@ def _render_search(result) -> None:
     for note in result.notes:
         console.print(f"[yellow]note[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
     for trial in result.failed_now:
-        console.print(f"[red]failed[/red] trial {trial.number}: {escape(trial.user_attrs.get('error') or 'failed')}", highlight=False, soft_wrap=True)
+        console.print(
+            f"[red]failed[/red] trial {trial.number}: {escape(trial.user_attrs.get('error') or 'failed')}",
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(f"Optuna study {result.plan.study_name} in {result.storage}", highlight=False, soft_wrap=True)
     _render_where(result)
     if result.failed_now:
-        console.print("[yellow]re-run the same command to retry the failed trials; finished ones stay in the study[/yellow]")
+        console.print(
+            "[yellow]re-run the same command to retry the failed trials; finished ones stay in the study[/yellow]"
+        )
         raise typer.Exit(EXIT_RUNS_FAILED)

@@ -197,7 +197,15 @@ def _run_and_finish(
     from sspo_cli.research.records import records_of_outcomes
 
     try:
-        ctx = ExecutionContext(analysis.output_dir, analysis.tracking_uri, group_id, tracker.run_id, jobs, observer or WorkflowObserver(), timer)
+        ctx = ExecutionContext(
+            analysis.output_dir,
+            analysis.tracking_uri,
+            group_id,
+            tracker.run_id,
+            jobs,
+            observer or WorkflowObserver(),
+            timer,
+        )
         outcomes = execute(plan, ctx)
         with timer.phase("loading records"):
             records = records_of_outcomes(tracker.client, outcomes)
@@ -228,7 +236,9 @@ def finish_comparison(
     out_dir, tracking_uri = analysis.out_dir, analysis.tracking_uri
     with timer.phase("analysis"):
         out_dir.mkdir(parents=True, exist_ok=True)
-        threshold = Threshold(analysis.threshold, "--threshold") if analysis.threshold is not None else auto_threshold(records)
+        threshold = (
+            Threshold(analysis.threshold, "--threshold") if analysis.threshold is not None else auto_threshold(records)
+        )
         summaries = summarize(records, threshold.value, order, method=analysis.interval)
     inference = comparison_inference(records, order, analysis, timer)
     figures = []
@@ -236,7 +246,9 @@ def finish_comparison(
         with timer.phase("plotting"):
             figures.append(comparison_figure(records, order, out_dir / "compare.png", title))
             if inference is not None and inference.paired:
-                figures.append(statistics_figure(inference, out_dir / "statistics.png", f"{title}: final held-out accuracy"))
+                figures.append(
+                    statistics_figure(inference, out_dir / "statistics.png", f"{title}: final held-out accuracy")
+                )
     mlflow_note = (
         f"MLflow store `{tracking_uri}`, parent run `{tracker.run_id}`; the runs side by side: "
         f"search ``{membership_filter(group_id)}`` in the MLflow UI."
@@ -245,10 +257,32 @@ def finish_comparison(
         files = {"csv": write_csv(out_dir / "compare.csv", summaries, "method")}
         if inference is not None and inference.paired:
             files["pairs"] = write_pairs_csv(out_dir / "pairs.csv", inference)
-        extra = {"mlflow": {"tracking_uri": tracking_uri, "parent_run_id": tracker.run_id, "runs_filter": membership_filter(group_id)}, "timing": timer.report()}
-        document = comparison_document(kind, group_id, title, summaries, records, outcomes, threshold, extra, analysis.interval, inference)
+        extra = {
+            "mlflow": {
+                "tracking_uri": tracking_uri,
+                "parent_run_id": tracker.run_id,
+                "runs_filter": membership_filter(group_id),
+            },
+            "timing": timer.report(),
+        }
+        document = comparison_document(
+            kind, group_id, title, summaries, records, outcomes, threshold, extra, analysis.interval, inference
+        )
         files["json"] = write_json(out_dir / "compare.json", document)
-        files["report"] = write_report(out_dir / "report.md", title, summaries, records, outcomes, threshold, figures, "method", mlflow_note, timer.report(), analysis.interval, inference)
+        files["report"] = write_report(
+            out_dir / "report.md",
+            title,
+            summaries,
+            records,
+            outcomes,
+            threshold,
+            figures,
+            "method",
+            mlflow_note,
+            timer.report(),
+            analysis.interval,
+            inference,
+        )
         files.update({figure.stem: figure for figure in figures})
     with timer.phase("logging artifacts"):
         for path in files.values():
@@ -256,10 +290,28 @@ def finish_comparison(
     timing = timer.report()
     tracker.log_metrics({f"workflow/{key}": value for key, value in timing.items() if isinstance(value, float)}, step=0)
     tracker.finish("FINISHED" if all(o.ok for o in outcomes) else "FAILED")
-    return ComparisonResult(kind, group_id, title, out_dir, summaries, records, outcomes, threshold, files, timing, tracker.run_id, tracking_uri, {}, analysis.interval, inference)
+    return ComparisonResult(
+        kind,
+        group_id,
+        title,
+        out_dir,
+        summaries,
+        records,
+        outcomes,
+        threshold,
+        files,
+        timing,
+        tracker.run_id,
+        tracking_uri,
+        {},
+        analysis.interval,
+        inference,
+    )
 
 
-def comparison_inference(records: Sequence[RunRecord], order: Sequence[str], analysis: Analysis, timer: PhaseTimer) -> Inference | None:
+def comparison_inference(
+    records: Sequence[RunRecord], order: Sequence[str], analysis: Analysis, timer: PhaseTimer
+) -> Inference | None:
     """The statistics of the final accuracy; with two methods or more, per-problem results for the paired comparison."""
     from sspo_cli.research.inference import infer
     from sspo_cli.research.problems import load_problem_scores
@@ -311,7 +363,13 @@ def compare_existing(
     with timer.phase("loading records"):
         records = [record_from_mlflow(client, run, group_label(run, group_by), reused=True) for run in runs]
         records += [
-            failed_record(group_label(run, group_by), int(run.data.tags.get("sspo.seed", 0)), task_label(run.data.params), "FAILED in MLflow", run.info.run_id)
+            failed_record(
+                group_label(run, group_by),
+                int(run.data.tags.get("sspo.seed", 0)),
+                task_label(run.data.params),
+                "FAILED in MLflow",
+                run.info.run_id,
+            )
             for run in failed_runs
         ]
     order = list(dict.fromkeys(r.group for r in records))
@@ -322,7 +380,13 @@ def compare_existing(
         tracker = open_group_run(tracking_uri, experiment_name, "comparison", group_id, f"compare-runs-{group_id[:6]}", params, output_dir / "mlartifacts")
         for run in runs:
             add_membership(client, run.info.run_id, run.data.tags.get(MEMBERSHIP_TAG), group_id)
-    analysis = Analysis(report_dir or output_dir / f"compare-{experiment_name}-{group_id}", output_dir, tracking_uri, threshold, interval)
+    analysis = Analysis(
+        report_dir or output_dir / f"compare-{experiment_name}-{group_id}",
+        output_dir,
+        tracking_uri,
+        threshold,
+        interval,
+    )
     try:
         return finish_comparison("comparison", group_id, title, records, [], order, analysis, tracker, timer)
     except BaseException:

@@ -191,12 +191,20 @@ def evaluate_target(target_text: str, target: EvalTarget, recipe: Recipe, option
     max_new = options.max_new_tokens or recipe.eval.max_new_tokens or recipe.rollout.max_new_tokens
     batch_size = options.batch_size or recipe.eval.batch_size
     common = dict(target=target_text, checkpoint=str(target.checkpoint), task=task.name, split=options.split, size=len(examples), run_id=target.run_id)
-    temperature = options.temperature if options.temperature is not None else (recipe.rollout.temperature if options.samples > 1 else None)
+    temperature = (
+        options.temperature
+        if options.temperature is not None
+        else (recipe.rollout.temperature if options.samples > 1 else None)
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
         correct, rewards, lengths = sample_many(model, tokenizer, task, examples, options.samples, max_new, batch_size, temperature)
     accuracy = mean_pass_at_k(correct, options.samples, 1)
-    pass_at = {} if temperature is None else {k: mean_pass_at_k(correct, options.samples, k) for k in options.ks or default_ks(options.samples)}
+    pass_at = (
+        {}
+        if temperature is None
+        else {k: mean_pass_at_k(correct, options.samples, k) for k in options.ks or default_ks(options.samples)}
+    )
     decoding = "greedy" if temperature is None else f"sampled, temperature {temperature}"
     if options.samples > 1:
         decoding += f", {options.samples} samples per prompt"

@@ -199,7 +199,12 @@ def run_in_processes(plan: Sequence[PlannedRun], ctx: ExecutionContext, outcomes
     threads = threads_per_job(ctx.jobs)
     pending = list(plan)
     running: dict[Any, tuple[PlannedRun, float]] = {}
-    pool = ProcessPoolExecutor(max_workers=ctx.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker, initargs=(threads,))
+    pool = ProcessPoolExecutor(
+        max_workers=ctx.jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=init_worker,
+        initargs=(threads,),
+    )
     try:
         while pending or running:
             while pending and len(running) < ctx.jobs:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from sspo_cli.research.metrics import RunRecord, group_records, is_collapsed, run_metrics, strata_of
 from sspo_cli.research.stats import (
@@ -89,7 +90,7 @@ class Inference:
 def infer(
     records: Sequence[RunRecord],
     order: Sequence[str],
-    problems: Mapping[str, "ProblemScores"],
+    problems: Mapping[str, ProblemScores],
     notes: Sequence[str] = (),
     confidence: float = CONFIDENCE,
 ) -> Inference:
@@ -97,7 +98,9 @@ def infer(
     scores = {name: [run_metrics(r, math.nan)[HEADLINE_METRIC] for r in members] for name, members in by_group.items()}
     groups = [group_statistics(name, members, scores[name], confidence) for name, members in by_group.items()]
     strata = {name: strata_of(members, scores[name]) for name, members in by_group.items()}
-    improvement = {(x, y): improvement_interval(strata[x], strata[y], confidence) for x, y in itertools.permutations(by_group, 2)}
+    improvement = {
+        (x, y): improvement_interval(strata[x], strata[y], confidence) for x, y in itertools.permutations(by_group, 2)
+    }
     t_of = {g.name: g.t for g in groups}
     paired = [
         paired_comparison(x, by_group[x], y, by_group[y], problems, intervals_overlap(t_of[x], t_of[y]), confidence)
@@ -106,7 +109,9 @@ def infer(
     return Inference(HEADLINE_METRIC, confidence, groups, improvement, paired, list(notes))
 
 
-def group_statistics(name: str, members: Sequence[RunRecord], scores: Sequence[float], confidence: float) -> GroupStatistics:
+def group_statistics(
+    name: str, members: Sequence[RunRecord], scores: Sequence[float], confidence: float
+) -> GroupStatistics:
     strata = strata_of(members, scores)
     return GroupStatistics(
         name,
@@ -134,14 +139,20 @@ def paired_comparison(
     first_runs: Sequence[RunRecord],
     second: str,
     second_runs: Sequence[RunRecord],
-    problems: Mapping[str, "ProblemScores"],
+    problems: Mapping[str, ProblemScores],
     unpaired_overlap: bool,
     confidence: float,
 ) -> PairedComparison:
     missing = [r.run_name for r in [*first_runs, *second_runs] if not r.failed and r.run_id not in problems]
     shared = shared_prompts([problems[r.run_id] for r in [*first_runs, *second_runs] if r.run_id in problems])
     seeds_paired = seeds_match(first_runs, second_runs)
-    reason = f"no per-problem results for {', '.join(missing)}" if missing else "fewer than 2 problems in common" if len(shared) < 2 else ""
+    reason = (
+        f"no per-problem results for {', '.join(missing)}"
+        if missing
+        else "fewer than 2 problems in common"
+        if len(shared) < 2
+        else ""
+    )
     if reason:
         return PairedComparison(first, second, None, math.nan, seeds_paired, len(shared), unpaired_overlap, reason)
     first_matrix = problem_matrix(first_runs, problems, shared)
@@ -151,7 +162,7 @@ def paired_comparison(
     return PairedComparison(first, second, difference, detectable, seeds_paired, len(shared), unpaired_overlap)
 
 
-def shared_prompts(scores: Sequence["ProblemScores"]) -> list[str]:
+def shared_prompts(scores: Sequence[ProblemScores]) -> list[str]:
     """The prompts every run was evaluated on, in the first run's order."""
     if not scores:
         return []
@@ -166,7 +177,9 @@ def seeds_match(first_runs: Sequence[RunRecord], second_runs: Sequence[RunRecord
     return first == second and len(set(first)) == len(first)
 
 
-def problem_matrix(runs: Sequence[RunRecord], problems: Mapping[str, "ProblemScores"], prompts: Sequence[str]) -> "np.ndarray":
+def problem_matrix(
+    runs: Sequence[RunRecord], problems: Mapping[str, ProblemScores], prompts: Sequence[str]
+) -> np.ndarray:
     """[run (by seed), problem] correctness; a failed run answers nothing correctly (FAILED_RULE)."""
     import numpy as np
 

@@ -38,11 +38,43 @@ class MetricSpec:
 
 
 METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("final_accuracy", "final acc", "higher", "percent", "greedy held-out accuracy at the last step", failed_score=0.0),
-    MetricSpec("best_accuracy", "best acc", "higher", "percent", "best greedy held-out accuracy over the run's evals", failed_score=0.0),
-    MetricSpec("reward_auc", "reward AUC", "higher", "float", "area under the train/reward curve divided by the step span (mean reward over training)"),
-    MetricSpec("steps_to_threshold", "steps to thr", "lower", "steps", "first eval step whose accuracy reaches the threshold (seeds that never reach it are left out)"),
-    MetricSpec("seq_var", "weight/seq_var", "lower", "sci", "mean over steps of weight/seq_var (variance of the sequence importance weight)"),
+    MetricSpec(
+        "final_accuracy",
+        "final acc",
+        "higher",
+        "percent",
+        "greedy held-out accuracy at the last step",
+        failed_score=0.0,
+    ),
+    MetricSpec(
+        "best_accuracy",
+        "best acc",
+        "higher",
+        "percent",
+        "best greedy held-out accuracy over the run's evals",
+        failed_score=0.0,
+    ),
+    MetricSpec(
+        "reward_auc",
+        "reward AUC",
+        "higher",
+        "float",
+        "area under the train/reward curve divided by the step span (mean reward over training)",
+    ),
+    MetricSpec(
+        "steps_to_threshold",
+        "steps to thr",
+        "lower",
+        "steps",
+        "first eval step whose accuracy reaches the threshold (seeds that never reach it are left out)",
+    ),
+    MetricSpec(
+        "seq_var",
+        "weight/seq_var",
+        "lower",
+        "sci",
+        "mean over steps of weight/seq_var (variance of the sequence importance weight)",
+    ),
     MetricSpec("saturated_frac", "saturated", "lower", "percent", "mean over steps of grad_weight/saturated_frac"),
     MetricSpec("final_entropy", "final entropy", None, "float", "mean train/entropy over the last 10% of steps"),
     MetricSpec("wall_seconds", "wall time", "lower", "seconds", "RL wall time of the run (warm start excluded)"),
@@ -50,8 +82,14 @@ METRICS: tuple[MetricSpec, ...] = (
 METRIC_KEYS = tuple(spec.key for spec in METRICS)
 
 COLLAPSE_FRACTION = 0.5
-FAILED_RULE = "a run that failed (no final eval) stays in the statistics with 0% held-out accuracy (final and best) and no other metric"
-COLLAPSE_RULE = f"collapsed: finished, but its final held-out accuracy is below {COLLAPSE_FRACTION:.0%} of its own starting accuracy (kept with its measured scores)"
+FAILED_RULE = (
+    "a run that failed (no final eval) stays in the statistics with 0% held-out accuracy (final and best) "
+    "and no other metric"
+)
+COLLAPSE_RULE = (
+    f"collapsed: finished, but its final held-out accuracy is below {COLLAPSE_FRACTION:.0%} of its own starting "
+    "accuracy (kept with its measured scores)"
+)
 
 
 def metric_spec(key: str) -> MetricSpec:
@@ -93,7 +131,17 @@ class RunRecord:
 
 def failed_record(group: str, seed: int, task: str, error: str | None, run_id: str = "") -> RunRecord:
     """A run that failed, as the statistics count it (see FAILED_RULE)."""
-    return RunRecord(run_id, group, seed, math.nan, Curves(), run_name=f"{group} seed {seed} (failed)", task=task, failed=True, error=error)
+    return RunRecord(
+        run_id,
+        group,
+        seed,
+        math.nan,
+        Curves(),
+        run_name=f"{group} seed {seed} (failed)",
+        task=task,
+        failed=True,
+        error=error,
+    )
 
 
 def is_collapsed(record: RunRecord) -> bool:
@@ -175,10 +223,16 @@ def summarize(
     out = []
     for name, members in group_records(records, order).items():
         per_run = [run_metrics(r, threshold) for r in members]
-        intervals = {key: metric_interval(members, [m[key] for m in per_run], confidence, method) for key in METRIC_KEYS}
+        intervals = {
+            key: metric_interval(members, [m[key] for m in per_run], confidence, method) for key in METRIC_KEYS
+        }
         failed = sum(r.failed for r in members)
         collapsed = sum(is_collapsed(r) for r in members)
-        out.append(GroupSummary(name, [r.run_id for r in members], [r.seed for r in members], intervals, per_run, failed, collapsed))
+        out.append(
+            GroupSummary(
+                name, [r.run_id for r in members], [r.seed for r in members], intervals, per_run, failed, collapsed
+            )
+        )
     return out
 
 
@@ -206,7 +260,9 @@ def best_groups(summaries: Sequence[GroupSummary]) -> dict[str, set[str]]:
     for spec in METRICS:
         if spec.better is None:
             continue
-        scored = [(s.metrics[spec.key].estimate, s.name) for s in summaries if math.isfinite(s.metrics[spec.key].estimate)]
+        scored = [
+            (s.metrics[spec.key].estimate, s.name) for s in summaries if math.isfinite(s.metrics[spec.key].estimate)
+        ]
         if len(scored) < 2:
             continue
         pick = max if spec.better == "higher" else min

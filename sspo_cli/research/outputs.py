@@ -11,7 +11,17 @@ from typing import Any, Sequence
 from sspo_cli.research.execute import Outcome
 from sspo_cli.research.formatting import cell, format_duration, interval_caption
 from sspo_cli.research.inference import Inference
-from sspo_cli.research.metrics import COLLAPSE_RULE, FAILED_RULE, METRICS, GroupSummary, RunRecord, Threshold, best_groups, is_collapsed, run_metrics
+from sspo_cli.research.metrics import (
+    COLLAPSE_RULE,
+    FAILED_RULE,
+    METRICS,
+    GroupSummary,
+    RunRecord,
+    Threshold,
+    best_groups,
+    is_collapsed,
+    run_metrics,
+)
 from sspo_cli.research.statistics_text import statistics_tables
 from sspo_cli.research.stats import BOOTSTRAP_METHOD, T_METHOD, Interval, interval_name
 
@@ -28,7 +38,14 @@ def clean(value: Any) -> Any:
 
 
 def interval_fields(interval: Interval, estimate_key: str = "mean") -> dict[str, Any]:
-    return {estimate_key: interval.estimate, "ci_low": interval.low, "ci_high": interval.high, "half_width": interval.half_width, "n": interval.n, "method": interval.method}
+    return {
+        estimate_key: interval.estimate,
+        "ci_low": interval.low,
+        "ci_high": interval.high,
+        "half_width": interval.half_width,
+        "n": interval.n,
+        "method": interval.method,
+    }
 
 
 def write_csv(path: Path, summaries: Sequence[GroupSummary], group_header: str, extra_columns: dict[str, dict[str, Any]] | None = None) -> Path:
@@ -45,7 +62,12 @@ def write_csv(path: Path, summaries: Sequence[GroupSummary], group_header: str, 
             row: list[Any] = [summary.name, *(extra_columns.get(summary.name, {}).get(k, "") for k in extra_names), len(summary.run_ids)]
             for spec in METRICS:
                 interval = summary.metrics[spec.key]
-                row += [_csv_number(interval.estimate), _csv_number(interval.low), _csv_number(interval.high), interval.n]
+                row += [
+                    _csv_number(interval.estimate),
+                    _csv_number(interval.low),
+                    _csv_number(interval.high),
+                    interval.n,
+                ]
             writer.writerow(row)
     return path
 
@@ -127,7 +149,9 @@ def inference_document(inference: Inference) -> dict[str, Any]:
             }
             for g in inference.groups
         ],
-        "probability_of_improvement": [{"x": x, "y": y, **interval_fields(p, "probability")} for (x, y), p in inference.improvement.items()],
+        "probability_of_improvement": [
+            {"x": x, "y": y, **interval_fields(p, "probability")} for (x, y), p in inference.improvement.items()
+        ],
         "paired": [pair_fields(pair) for pair in inference.paired],
         "detectable_median": inference.detectable_median,
         "notes": inference.notes,
@@ -148,7 +172,18 @@ def pair_fields(pair: Any) -> dict[str, Any]:
     }
 
 
-PAIR_COLUMNS = ("first", "second", "difference", "ci_low", "ci_high", "detectable", "problems", "seeds_paired", "unpaired_t_overlap", "verdict")
+PAIR_COLUMNS = (
+    "first",
+    "second",
+    "difference",
+    "ci_low",
+    "ci_high",
+    "detectable",
+    "problems",
+    "seeds_paired",
+    "unpaired_t_overlap",
+    "verdict",
+)
 
 
 def write_pairs_csv(path: Path, inference: Inference) -> Path:

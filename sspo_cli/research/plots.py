@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from sspo_cli.research.metrics import Curves, RunRecord
 from sspo_cli.research.stats import INTERVAL_NAME, Interval, t_interval
@@ -160,7 +161,7 @@ def draw_heatmap(
     return image
 
 
-def statistics_figure(inference: "Inference", path: Path, title: str) -> Path:
+def statistics_figure(inference: Inference, path: Path, title: str) -> Path:
     """Three panels: IQM and mean per method with bootstrap intervals, P(row > column), paired differences."""
     plt = agg_pyplot()
     names = [g.name for g in inference.groups]
@@ -188,9 +189,11 @@ def _probability_text(interval: Interval) -> str:
     return f"{interval.estimate:.2f}\n[{interval.low:.2f}, {interval.high:.2f}]"
 
 
-def _aggregate_panel(axis, inference: "Inference") -> None:
+def _aggregate_panel(axis, inference: Inference) -> None:
     for row, group in enumerate(inference.groups):
-        for offset, (label, interval, colour) in enumerate((("IQM", group.iqm, "tab:blue"), ("mean", group.mean, "tab:orange"))):
+        for offset, (label, interval, colour) in enumerate(
+            (("IQM", group.iqm, "tab:blue"), ("mean", group.mean, "tab:orange"))
+        ):
             y = row + 0.15 * (1 - 2 * offset)
             _interval_bar(axis, y, interval, colour, label if row == 0 else None, scale=100)
     axis.set_yticks(range(len(inference.groups)), labels=[g.name for g in inference.groups])
@@ -201,19 +204,27 @@ def _aggregate_panel(axis, inference: "Inference") -> None:
     axis.legend(fontsize=8)
 
 
-def _paired_panel(axis, pairs: Sequence["PairedComparison"]) -> None:
+def _paired_panel(axis, pairs: Sequence[PairedComparison]) -> None:
     for row, pair in enumerate(pairs):
         if pair.difference is None:
             continue
         if math.isfinite(pair.detectable):
-            axis.plot([-100 * pair.detectable, 100 * pair.detectable], [row, row], color="lightgrey", linewidth=7, solid_capstyle="butt")
+            axis.plot(
+                [-100 * pair.detectable, 100 * pair.detectable],
+                [row, row],
+                color="lightgrey",
+                linewidth=7,
+                solid_capstyle="butt",
+            )
         colour = "tab:green" if pair.difference.excludes(0.0) else "tab:grey"
         _interval_bar(axis, row, pair.difference, colour, None, scale=100)
     axis.axvline(0.0, color="black", linewidth=0.8)
     axis.set_yticks(range(len(pairs)), labels=[f"{p.first} - {p.second}" for p in pairs])
     axis.invert_yaxis()
     axis.set_xlabel("difference in final accuracy (points)")
-    axis.set_title("paired bootstrap over problems and seeds, 95% CI\n(grey band: +- smallest detectable difference)", fontsize=10)
+    axis.set_title(
+        "paired bootstrap over problems and seeds, 95% CI\n(grey band: +- smallest detectable difference)", fontsize=10
+    )
     axis.grid(alpha=0.3, axis="x")
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from sspo_cli.research.metrics import RunRecord
 
@@ -43,7 +43,10 @@ def write_problem_scores(path: Path, scores: ProblemScores) -> None:
     from sspo_cli.run_folder import write_text_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = (json.dumps({"prompt": prompt, "correct": int(correct)}) + "\n" for prompt, correct in zip(scores.prompts, scores.correct))
+    lines = (
+        json.dumps({"prompt": prompt, "correct": int(correct)}) + "\n"
+        for prompt, correct in zip(scores.prompts, scores.correct)
+    )
     write_text_atomic(path, "".join(lines))
 
 
@@ -65,7 +68,9 @@ def evaluate_problems(record: RunRecord, output_dir: Path, tracking_uri: str | N
     return ProblemScores(tuple(report.prompts or ()), tuple(float(c) for c in report.correct_per_prompt or ()))
 
 
-def load_problem_scores(records: Sequence[RunRecord], output_dir: Path, tracking_uri: str | None) -> tuple[dict[str, ProblemScores], list[str]]:
+def load_problem_scores(
+    records: Sequence[RunRecord], output_dir: Path, tracking_uri: str | None
+) -> tuple[dict[str, ProblemScores], list[str]]:
     """Per-problem results of each finished run, by run id, and a note for each run without them.
 
     A run that cannot be evaluated again (its checkpoint is gone) is left out of the paired
@@ -83,12 +88,15 @@ def load_problem_scores(records: Sequence[RunRecord], output_dir: Path, tracking
         if scores is None:
             try:
                 scores = evaluate_problems(record, output_dir, tracking_uri)
-            except Exception as exc:  # any reason the checkpoint cannot be evaluated: note it, carry on
+            except Exception as exc:  # noqa: BLE001 - any reason the checkpoint cannot be evaluated: note it, carry on
                 notes.append(f"{record.run_name}: no per-problem results ({describe_failure(exc)})")
                 continue
             write_problem_scores(path, scores)
         logged = record.curves.eval_accuracy[-1] if record.curves.eval_accuracy else math.nan
         if math.isfinite(logged) and abs(scores.accuracy - logged) > 1e-9:
-            notes.append(f"{record.run_name}: the per-problem re-evaluation gives {scores.accuracy:.2%}, the run logged {logged:.2%}")
+            notes.append(
+                f"{record.run_name}: the per-problem re-evaluation gives {scores.accuracy:.2%}, "
+                f"the run logged {logged:.2%}"
+            )
         found[record.run_id] = scores
     return found, notes

@@ -64,7 +64,11 @@ class RichWorkflowProgress(WorkflowObserver):
         if outcome.state == "trained":
             self.console.print(f"[green]done[/green] {outcome.planned.display_name} ({format_duration(outcome.seconds)})", highlight=False)
         elif outcome.state == "pruned":
-            self.console.print(f"[yellow]pruned[/yellow] {outcome.planned.display_name}: {escape(outcome.error or '')} ({format_duration(outcome.seconds)})", highlight=False)
+            self.console.print(
+                f"[yellow]pruned[/yellow] {outcome.planned.display_name}: {escape(outcome.error or '')} "
+                f"({format_duration(outcome.seconds)})",
+                highlight=False,
+            )
         self._refresh()
 
     def _refresh(self) -> None:

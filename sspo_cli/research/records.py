@@ -35,7 +35,7 @@ def task_label(params: Any) -> str:
     return ":".join([str(params.get("task.name", "")), *details])
 
 
-def recipe_task_label(recipe: "Recipe") -> str:
+def recipe_task_label(recipe: Recipe) -> str:
     from sspo_cli.tracking import flatten
 
     return task_label(flatten({"task": recipe.task.model_dump(mode="json")}))

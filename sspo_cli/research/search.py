@@ -16,16 +16,23 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sspo_cli.recipe import Recipe, stable_hash
 from sspo_cli.research import ResearchError
 from sspo_cli.research.execute import Outcome, PlannedRun, WorkflowObserver, describe_failure
 from sspo_cli.research.metrics import metric_spec, run_metrics
 from sspo_cli.research.recipe_files import read_recipe_file
-from sspo_cli.research.space import SpaceParam, merge_space, parse_space_option, recipe_for_point, space_param, validated_space
+from sspo_cli.research.space import (
+    SpaceParam,
+    merge_space,
+    parse_space_option,
+    recipe_for_point,
+    validated_space,
+)
 from sspo_cli.research.store import POINT_TAG
 from sspo_cli.research.timing import TRAINING, PhaseTimer
 from sspo_cli.trainer import TrainingObserver
@@ -79,7 +86,9 @@ class SearchPlan:
         tags = {POINT_TAG: label, TRIAL_TAG: str(number)}
         runs = []
         for seed in range(self.base.seed, self.base.seed + self.seeds):
-            recipe = recipe_for_point(self.base_data, params, self.overrides, seed, f"{self.recipe_path} (trial {number})")
+            recipe = recipe_for_point(
+                self.base_data, params, self.overrides, seed, f"{self.recipe_path} (trial {number})"
+            )
             runs.append(PlannedRun(label, seed, recipe, f"{recipe.name}-t{number:03d}-s{seed}", tags))
         return runs
 
@@ -118,11 +127,17 @@ def plan_search(
     cli_space = [parse_space_option(text) for text in space_options]
     space = merge_space(section.space, file_grid, [parse_grid_option(text) for text in grid_options], cli_space)
     if not space:
-        raise ResearchError("--space", "no search space: give --space key=low:high, --grid key=v1,v2 or a `sweep: {space: ...}` section")
+        raise ResearchError(
+            "--space", "no search space: give --space key=low:high, --grid key=v1,v2 or a `sweep: {space: ...}` section"
+        )
     if strategy == "grid":
         ranges = [key for key, param in space.items() if param.choices is None]
         if ranges:
-            raise ResearchError("--search", f"grid search needs values, not ranges ({', '.join(ranges)}): give them with --grid, or use tpe or random")
+            raise ResearchError(
+                "--search",
+                f"grid search needs values, not ranges ({', '.join(ranges)}): "
+                "give them with --grid, or use tpe or random",
+            )
     metric = metric or section.metric
     check_metric(metric, pruner, threshold)
     seeds = seeds if seeds is not None else section.seeds
@@ -133,7 +148,19 @@ def plan_search(
     trials = trials or section.trials or (grid_size(space) if strategy == "grid" else DEFAULT_TRIALS)
     if trials < 1:
         raise ResearchError("--trials", f"must be at least 1, got {trials}")
-    return SearchPlan(recipe_path, list(overrides), base_data, base, space, strategy, pruner, trials, seeds, metric, math.nan if threshold is None else threshold)
+    return SearchPlan(
+        recipe_path,
+        list(overrides),
+        base_data,
+        base,
+        space,
+        strategy,
+        pruner,
+        trials,
+        seeds,
+        metric,
+        math.nan if threshold is None else threshold,
+    )
 
 
 def choose(option: str, value: str, allowed: Sequence[str]) -> str:
@@ -145,9 +172,15 @@ def choose(option: str, value: str, allowed: Sequence[str]) -> str:
 def check_metric(metric: str, pruner: str, threshold: float | None) -> None:
     spec = metric_spec(metric)
     if spec.better is None:
-        raise ResearchError("--metric", f"{metric} has no direction (neither higher nor lower is better): it cannot be optimised")
+        raise ResearchError(
+            "--metric", f"{metric} has no direction (neither higher nor lower is better): it cannot be optimised"
+        )
     if pruner != "none" and metric not in PRUNABLE_METRICS:
-        raise ResearchError("--pruner", f"pruning compares the eval accuracy during training, so it needs --metric {' or '.join(PRUNABLE_METRICS)}; give --pruner none to search {metric}")
+        raise ResearchError(
+            "--pruner",
+            f"pruning compares the eval accuracy during training, so it needs --metric "
+            f"{' or '.join(PRUNABLE_METRICS)}; give --pruner none to search {metric}",
+        )
     if metric == "steps_to_threshold" and threshold is None:
         raise ResearchError("--threshold", "searching steps_to_threshold needs --threshold (the accuracy to reach)")
 
@@ -165,7 +198,7 @@ def grid_size(space: dict[str, SpaceParam]) -> int:
 # --------------------------------------------------------------------------- Optuna pieces
 
 
-def study_storage(output_dir: Path) -> "optuna.storages.RDBStorage":
+def study_storage(output_dir: Path) -> optuna.storages.RDBStorage:
     """The output folder's SQLite; writers wait for each other (workers report from several processes)."""
     import threading
 
@@ -185,45 +218,51 @@ def study_storage(output_dir: Path) -> "optuna.storages.RDBStorage":
     return SerialStateStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
 
 
-def make_pruner(name: str, first_eval_step: int) -> "optuna.pruners.BasePruner":
+def make_pruner(name: str, first_eval_step: int) -> optuna.pruners.BasePruner:
     """median: Optuna's MedianPruner (its defaults: no pruning in the first 5 trials); halving: successive
     halving with rungs at the first eval step times 3^k; none: never prune."""
     import optuna
 
     pruners = {
         "median": lambda: optuna.pruners.MedianPruner(),
-        "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=first_eval_step, reduction_factor=HALVING_REDUCTION),
+        "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=first_eval_step, reduction_factor=HALVING_REDUCTION
+        ),
         "none": lambda: optuna.pruners.NopPruner(),
     }
     return pruners[name]()
 
 
-def make_sampler(plan: SearchPlan, existing_trials: int) -> "optuna.samplers.BaseSampler":
+def make_sampler(plan: SearchPlan, existing_trials: int) -> optuna.samplers.BaseSampler:
     """Seeded from the recipe's seed, plus the trials the study already has (a resumed random search
     does not draw its first points again); the grid keeps its order whatever has run."""
     import optuna
 
     seed = plan.base.seed + existing_trials
     samplers = {
-        # Random points first, then TPE; a third of the budget (Optuna's 10 at most) leaves small searches some guidance.
+        # Random points first, then TPE: a third of the budget (Optuna's 10 at most) guides small searches too.
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, plan.trials // 3))),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-        "grid": lambda: optuna.samplers.GridSampler({key: list(p.choices or ()) for key, p in plan.space.items()}, seed=plan.base.seed),
+        "grid": lambda: optuna.samplers.GridSampler(
+            {key: list(p.choices or ()) for key, p in plan.space.items()}, seed=plan.base.seed
+        ),
     }
     return samplers[plan.strategy]()
 
 
-def open_study(plan: SearchPlan, output_dir: Path) -> "optuna.Study":
+def open_study(plan: SearchPlan, output_dir: Path) -> optuna.Study:
     import optuna
 
     storage = study_storage(output_dir)
-    study = optuna.create_study(storage=storage, study_name=plan.study_name, direction=plan.direction, load_if_exists=True)
+    study = optuna.create_study(
+        storage=storage, study_name=plan.study_name, direction=plan.direction, load_if_exists=True
+    )
     study.sampler = make_sampler(plan, len(study.trials))
     study.pruner = make_pruner(plan.pruner, plan.base.eval.every)
     return study
 
 
-def recover_interrupted_trials(study: "optuna.Study") -> int:
+def recover_interrupted_trials(study: optuna.Study) -> int:
     """Trials still RUNNING belong to a process that died (this search holds the study's lock): FAIL them.
     Every FAIL trial not retried yet gets a WAITING copy with its parameters, which runs first.
     Returns how many were queued again."""
@@ -239,7 +278,7 @@ def recover_interrupted_trials(study: "optuna.Study") -> int:
     return len(failed)
 
 
-def requeue(study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> None:
+def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """A WAITING copy of a trial, with its parameters and sampler bookkeeping (a grid point keeps its id);
     `retry_history` lists the trials it retries, as Optuna's own retry callbacks record it."""
     import optuna
@@ -248,12 +287,16 @@ def requeue(study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> None:
     system_attrs = {**trial.system_attrs, "failed_trial": trial.number, "retry_history": history}
     label = {"label": trial.user_attrs["label"]} if "label" in trial.user_attrs else {}
     waiting = optuna.trial.create_trial(
-        state=optuna.trial.TrialState.WAITING, params=trial.params, distributions=trial.distributions, user_attrs=label, system_attrs=system_attrs
+        state=optuna.trial.TrialState.WAITING,
+        params=trial.params,
+        distributions=trial.distributions,
+        user_attrs=label,
+        system_attrs=system_attrs,
     )
     study.add_trial(waiting)
 
 
-def finished_count(study: "optuna.Study") -> int:
+def finished_count(study: optuna.Study) -> int:
     from optuna.trial import TrialState
 
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
@@ -277,7 +320,7 @@ class PruningObserver(TrainingObserver):
     each seed is compared with the same seed of the other trials.
     """
 
-    def __init__(self, trial: "optuna.Trial", offset: int, inner: TrainingObserver | None):
+    def __init__(self, trial: optuna.Trial, offset: int, inner: TrainingObserver | None):
         self.trial = trial
         self.offset = offset
         self.inner = inner or TrainingObserver()
@@ -348,7 +391,9 @@ class TrialResult:
         return sum(values) / len(values) if values else math.nan
 
 
-def train_trial(trial: "optuna.Trial", runs: Sequence[PlannedRun], setting: TrialSetting, observer: TrainingObserver | None) -> TrialResult:
+def train_trial(
+    trial: optuna.Trial, runs: Sequence[PlannedRun], setting: TrialSetting, observer: TrainingObserver | None
+) -> TrialResult:
     """Train (or reuse) the trial's runs one after the other, reporting every eval; stop at a prune or a failure."""
     from sspo_cli.research.execute import run_tags
     from sspo_cli.research.store import finished_runs_by_fingerprint
@@ -368,19 +413,35 @@ def train_trial(trial: "optuna.Trial", runs: Sequence[PlannedRun], setting: Tria
         pruning = PruningObserver(trial, offset, observer)
         tags = {**run_tags(planned, setting.group_id), TRIAL_STATE_TAG: "RUNNING"}
         try:
-            summary = run_training(planned.recipe, setting.output_dir, setting.tracking_uri, pruning, setting.parent_run_id, tags)
+            summary = run_training(
+                planned.recipe, setting.output_dir, setting.tracking_uri, pruning, setting.parent_run_id, tags
+            )
         except TrialStopped as stop:
             result.runs.append(pruned_run(client, planned, pruning.run_dir, stop.step, time.perf_counter() - begin))
             result.pruned_at = offset + stop.step
             return result
-        except Exception as exc:  # a failing run fails its trial, not the search
-            result.runs.append(TrialRun(planned.display_name, planned.group, planned.seed, "failed", error=describe_failure(exc)))
+        except Exception as exc:  # noqa: BLE001 - a failing run fails its trial, not the search
+            result.runs.append(
+                TrialRun(planned.display_name, planned.group, planned.seed, "failed", error=describe_failure(exc))
+            )
             result.error = describe_failure(exc)
             return result
         client.update_run(summary["run_id"], name=planned.display_name)
         value = run_value(summary["run_dir"], planned, setting)
         seconds = time.perf_counter() - begin
-        result.runs.append(TrialRun(planned.display_name, planned.group, planned.seed, "trained", summary["run_id"], summary["run_dir"], None, seconds, value))
+        result.runs.append(
+            TrialRun(
+                planned.display_name,
+                planned.group,
+                planned.seed,
+                "trained",
+                summary["run_id"],
+                summary["run_dir"],
+                None,
+                seconds,
+                value,
+            )
+        )
     for run in result.runs:
         if run.run_id:
             client.set_tag(run.run_id, TRIAL_STATE_TAG, "COMPLETE")
@@ -393,7 +454,9 @@ def run_value(run_dir: str, planned: PlannedRun, setting: TrialSetting) -> float
     return run_metrics(record_from_run_dir(run_dir, planned.group), setting.threshold)[setting.metric]
 
 
-def reused_run(client: Any, run: Any, planned: PlannedRun, trial: "optuna.Trial", offset: int, setting: TrialSetting) -> TrialRun:
+def reused_run(
+    client: Any, run: Any, planned: PlannedRun, trial: optuna.Trial, offset: int, setting: TrialSetting
+) -> TrialRun:
     """A run that finished before (same recipe): its evals are reported as if it had just trained."""
     from sspo_cli.research.records import record_from_mlflow
 
@@ -402,7 +465,9 @@ def reused_run(client: Any, run: Any, planned: PlannedRun, trial: "optuna.Trial"
         if step > 0:
             trial.report(accuracy, offset + step)
     value = run_metrics(record, setting.threshold)[setting.metric]
-    return TrialRun(planned.display_name, planned.group, planned.seed, "reused", run.info.run_id, record.run_dir, value=value)
+    return TrialRun(
+        planned.display_name, planned.group, planned.seed, "reused", run.info.run_id, record.run_dir, value=value
+    )
 
 
 def pruned_run(client: Any, planned: PlannedRun, run_dir: Path | None, step: int, seconds: float) -> TrialRun:
@@ -414,23 +479,46 @@ def pruned_run(client: Any, planned: PlannedRun, run_dir: Path | None, step: int
         client.set_tag(run_id, TRIAL_STATE_TAG, "PRUNED")
         client.set_tag(run_id, "sspo.pruned_at_step", str(step))
         client.update_run(run_id, name=planned.display_name)
-    return TrialRun(planned.display_name, planned.group, planned.seed, "pruned", run_id, str(run_dir) if run_dir else None, f"pruned at step {step}", seconds)
+    return TrialRun(
+        planned.display_name,
+        planned.group,
+        planned.seed,
+        "pruned",
+        run_id,
+        str(run_dir) if run_dir else None,
+        f"pruned at step {step}",
+        seconds,
+    )
 
 
-def train_trial_in_worker(study_name: str, output_dir: str, pruner: str, first_eval_step: int, trial_id: int, recipes: list[dict[str, Any]], planned: list[dict[str, Any]], setting: TrialSetting) -> TrialResult:
+def train_trial_in_worker(
+    study_name: str,
+    output_dir: str,
+    pruner: str,
+    first_eval_step: int,
+    trial_id: int,
+    recipes: list[dict[str, Any]],
+    planned: list[dict[str, Any]],
+    setting: TrialSetting,
+) -> TrialResult:
     """In a worker process: the trial, rebuilt from the study's SQLite, trains there; errors come back as text."""
     import optuna
     import optuna.trial
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.load_study(study_name=study_name, storage=study_storage(Path(output_dir)), pruner=make_pruner(pruner, first_eval_step))
+    study = optuna.load_study(
+        study_name=study_name, storage=study_storage(Path(output_dir)), pruner=make_pruner(pruner, first_eval_step)
+    )
     trial = optuna.trial.Trial(study, trial_id)
-    runs = [PlannedRun(p["group"], p["seed"], Recipe.model_validate(r), p["display_name"], p["tags"]) for p, r in zip(planned, recipes)]
+    runs = [
+        PlannedRun(p["group"], p["seed"], Recipe.model_validate(r), p["display_name"], p["tags"])
+        for p, r in zip(planned, recipes)
+    ]
     try:
         return train_trial(trial, runs, setting, None)
     except KeyboardInterrupt as exc:  # stopped on a forwarded SIGINT, after a checkpoint
         return TrialResult(error=f"interrupted ({describe_failure(exc)})", interrupted=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the text crosses the process boundary, the exception may not
         return TrialResult(error=describe_failure(exc))
 
 
@@ -454,7 +542,7 @@ class SearchContext:
 def make_objective(ctx: SearchContext):
     import optuna
 
-    def objective(trial: "optuna.Trial") -> float:
+    def objective(trial: optuna.Trial) -> float:
         try:
             return trial_value(ctx, trial)
         except (TrialFailed, optuna.TrialPruned):
@@ -466,7 +554,7 @@ def make_objective(ctx: SearchContext):
     return objective
 
 
-def trial_value(ctx: SearchContext, trial: "optuna.Trial") -> float:
+def trial_value(ctx: SearchContext, trial: optuna.Trial) -> float:
     """Train the trial's runs; its value, or TrialPruned, TrialFailed, KeyboardInterrupt."""
     import optuna
 
@@ -477,7 +565,9 @@ def trial_value(ctx: SearchContext, trial: "optuna.Trial") -> float:
         ctx.observer.on_run_start(planned)
     result = run_trial(ctx, trial, runs)
     for run, planned in zip(result.runs, runs):
-        ctx.observer.on_run_end(Outcome(planned, run.state, run.run_id, run.run_dir, run.error, run.seconds, run.display_name))
+        ctx.observer.on_run_end(
+            Outcome(planned, run.state, run.run_id, run.run_dir, run.error, run.seconds, run.display_name)
+        )
     trial.set_user_attr("runs", [asdict(run) for run in result.runs])
     if result.interrupted:
         raise KeyboardInterrupt
@@ -493,15 +583,24 @@ def trial_value(ctx: SearchContext, trial: "optuna.Trial") -> float:
     return value
 
 
-def run_trial(ctx: SearchContext, trial: "optuna.Trial", runs: list[PlannedRun]) -> TrialResult:
+def run_trial(ctx: SearchContext, trial: optuna.Trial, runs: list[PlannedRun]) -> TrialResult:
     if ctx.pool is None:
         return train_trial(trial, runs, ctx.setting, ctx.observer.training_observer())
     planned = [{"group": p.group, "seed": p.seed, "display_name": p.display_name, "tags": p.tags} for p in runs]
     recipes = [p.recipe.resolved() for p in runs]
-    args = (ctx.study_name, str(ctx.output_dir), ctx.plan.pruner, ctx.plan.base.eval.every, trial._trial_id, recipes, planned, ctx.setting)
+    args = (
+        ctx.study_name,
+        str(ctx.output_dir),
+        ctx.plan.pruner,
+        ctx.plan.base.eval.every,
+        trial._trial_id,
+        recipes,
+        planned,
+        ctx.setting,
+    )
     try:
         return ctx.pool.submit(train_trial_in_worker, *args).result()
-    except Exception as exc:  # the worker died (killed, out of memory): only this trial fails
+    except Exception as exc:  # noqa: BLE001 - the worker died (killed, out of memory): only this trial fails
         return TrialResult(error=describe_failure(exc))
 
 
@@ -522,7 +621,12 @@ def worker_pool(jobs: int) -> Iterator[Any]:
 
     from sspo_cli.research.execute import init_worker, interrupt_workers, threads_per_job
 
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker, initargs=(threads_per_job(jobs),))
+    pool = ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=init_worker,
+        initargs=(threads_per_job(jobs),),
+    )
 
     def forward(signum: int, frame: Any) -> None:
         interrupt_workers(pool)
@@ -585,7 +689,9 @@ def run_search(
     with timer.phase("planning"):
         if jobs < 1:
             raise ResearchError("--jobs", f"must be at least 1, got {jobs}")
-        plan = plan_search(recipe_path, overrides, grid_options, space_options, strategy, trials, seeds, metric, pruner, threshold)
+        plan = plan_search(
+            recipe_path, overrides, grid_options, space_options, strategy, trials, seeds, metric, pruner, threshold
+        )
         ensure_writable(output_dir)
         tracking_uri = tracking_uri or default_tracking_uri(output_dir)
         out_dir = report_dir or output_dir / plan.study_name
@@ -599,10 +705,35 @@ def run_search(
             requeued = recover_interrupted_trials(study)
             remaining = max(0, plan.trials - finished_count(study))
         with timer.phase("group run"):
-            params = {"recipe": str(recipe_path), "space": json.dumps({k: p.describe() for k, p in plan.space.items()}), "search": plan.strategy, "pruner": plan.pruner, "metric": plan.metric, "seeds": plan.seeds, "overrides": " ".join(overrides), "study": plan.study_name}
-            tracker = open_group_run(tracking_uri, plan.base.tracking.experiment, "search", plan.search_id, plan.study_name, params, output_dir / "mlartifacts")
+            params = {
+                "recipe": str(recipe_path),
+                "space": json.dumps({k: p.describe() for k, p in plan.space.items()}),
+                "search": plan.strategy,
+                "pruner": plan.pruner,
+                "metric": plan.metric,
+                "seeds": plan.seeds,
+                "overrides": " ".join(overrides),
+                "study": plan.study_name,
+            }
+            tracker = open_group_run(
+                tracking_uri,
+                plan.base.tracking.experiment,
+                "search",
+                plan.search_id,
+                plan.study_name,
+                params,
+                output_dir / "mlartifacts",
+            )
         try:
-            setting = TrialSetting(str(output_dir), tracking_uri, tracker.run_id, plan.search_id, plan.metric, plan.threshold, plan.base.train.steps)
+            setting = TrialSetting(
+                str(output_dir),
+                tracking_uri,
+                tracker.run_id,
+                plan.search_id,
+                plan.metric,
+                plan.threshold,
+                plan.base.train.steps,
+            )
             observer.on_plan(remaining * plan.seeds, 0, remaining * plan.seeds, jobs)
             if remaining:
                 quiet_library_progress_bars()
@@ -611,7 +742,9 @@ def run_search(
                         prewarm(plan.runs_for({}, 0)[:1], output_dir)
                     ctx = SearchContext(plan, setting, plan.study_name, output_dir, observer, pool)
                     study.optimize(make_objective(ctx), n_trials=remaining, n_jobs=jobs, catch=(TrialFailed,))
-            return finish_search(plan, study, before, requeued, title, out_dir, tracker, timer, tracking_uri, output_dir)
+            return finish_search(
+                plan, study, before, requeued, title, out_dir, tracker, timer, tracking_uri, output_dir
+            )
         except KeyboardInterrupt:
             tracker.finish("KILLED")
             raise
@@ -623,7 +756,8 @@ def run_search(
 def search_title(plan: SearchPlan) -> str:
     space = ", ".join(f"{key} {param.describe()}" for key, param in plan.space.items())
     seeds = f"{plan.seeds} seed{'s' if plan.seeds > 1 else ''} per trial"
-    return f"{plan.strategy} search {plan.base.name}: {space}; {plan.trials} trials, {seeds}, {plan.metric}, pruner {plan.pruner}"
+    settings = f"{plan.trials} trials, {seeds}, {plan.metric}, pruner {plan.pruner}"
+    return f"{plan.strategy} search {plan.base.name}: {space}; {settings}"
 
 
 @contextlib.contextmanager
@@ -636,12 +770,14 @@ def study_lock(out_dir: Path) -> Iterator[None]:
         with RunLock(out_dir):
             yield
     except CheckpointError:
-        raise ResearchError("--search", f"the search in {out_dir} is running in another process; stop it first or wait") from None
+        raise ResearchError(
+            "--search", f"the search in {out_dir} is running in another process; stop it first or wait"
+        ) from None
 
 
 def finish_search(
     plan: SearchPlan,
-    study: "optuna.Study",
+    study: optuna.Study,
     before: set[int],
     requeued: int,
     title: str,
@@ -664,14 +800,31 @@ def finish_search(
     storage = f"sqlite:///{(output_dir / STUDY_FILE).resolve()}"
     with timer.phase("plotting"):
         figures, figure_notes = search_figures(study, out_dir)
-    result = SearchResult(plan, plan.search_id, title, out_dir, trials, best, failed_now, {}, {}, tracker.run_id, tracking_uri, storage, notes + figure_notes)
+    result = SearchResult(
+        plan,
+        plan.search_id,
+        title,
+        out_dir,
+        trials,
+        best,
+        failed_now,
+        {},
+        {},
+        tracker.run_id,
+        tracking_uri,
+        storage,
+        notes + figure_notes,
+    )
     with timer.phase("writing outputs"):
         result.files = write_search_files(result, figures, timer.report())
     with timer.phase("logging artifacts"):
         for path in result.files.values():
             tracker.log_artifact(path)
     result.timing = timer.report()
-    counts = {state.name.lower(): sum(t.state == state for t in trials) for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    counts = {
+        state.name.lower(): sum(t.state == state for t in trials)
+        for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    }
     metrics = {f"search/{name}_trials": float(count) for name, count in counts.items()}
     if best is not None:
         metrics["search/best_value"] = float(best.value)

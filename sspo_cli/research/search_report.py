@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from sspo_cli.research.formatting import MISSING, format_duration, format_value
 from sspo_cli.research.metrics import metric_spec
@@ -23,11 +24,11 @@ if TYPE_CHECKING:
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "FAIL": 2, "RUNNING": 3, "WAITING": 4}
 
 
-def ranked_trials(result: "SearchResult") -> list["FrozenTrial"]:
+def ranked_trials(result: SearchResult) -> list[FrozenTrial]:
     """Finished trials best first, then pruned ones by their last reported accuracy, then the rest."""
     sign = 1 if result.plan.direction == "minimize" else -1
 
-    def key(trial: "FrozenTrial") -> tuple[int, float, int]:
+    def key(trial: FrozenTrial) -> tuple[int, float, int]:
         value = trial.value if trial.value is not None else last_report(trial)[1]
         value = value if value is not None and math.isfinite(value) else math.inf * -sign
         return STATE_ORDER.get(trial.state.name, 5), sign * value, trial.number
@@ -35,20 +36,20 @@ def ranked_trials(result: "SearchResult") -> list["FrozenTrial"]:
     return sorted(result.trials, key=key)
 
 
-def last_report(trial: "FrozenTrial") -> tuple[int | None, float | None]:
+def last_report(trial: FrozenTrial) -> tuple[int | None, float | None]:
     if not trial.intermediate_values:
         return None, None
     step = max(trial.intermediate_values)
     return step, trial.intermediate_values[step]
 
 
-def duration_seconds(trial: "FrozenTrial") -> float:
+def duration_seconds(trial: FrozenTrial) -> float:
     if trial.datetime_start is None or trial.datetime_complete is None:
         return math.nan
     return (trial.datetime_complete - trial.datetime_start).total_seconds()
 
 
-def trial_outcome(trial: "FrozenTrial", kind: str) -> str:
+def trial_outcome(trial: FrozenTrial, kind: str) -> str:
     """The value of a finished trial, where a pruned one stopped, why a failed one failed."""
     if trial.state.name == "COMPLETE":
         return format_value(kind, trial.value)
@@ -58,7 +59,7 @@ def trial_outcome(trial: "FrozenTrial", kind: str) -> str:
     return trial.user_attrs.get("error") or trial.state.name.lower()
 
 
-def trials_table(result: "SearchResult") -> TextTable:
+def trials_table(result: SearchResult) -> TextTable:
     plan = result.plan
     names = short_keys(list(plan.space))
     spec = metric_spec(plan.metric)
@@ -67,9 +68,18 @@ def trials_table(result: "SearchResult") -> TextTable:
         params = (format_param(trial.params.get(key)) for key in plan.space)
         outcome = trial_outcome(trial, spec.kind)
         best = "*" if result.best is not None and trial.number == result.best.number else ""
-        rows.append((f"{trial.number}{best}", trial.state.name.lower(), *params, outcome, format_duration(duration_seconds(trial))))
+        rows.append(
+            (
+                f"{trial.number}{best}",
+                trial.state.name.lower(),
+                *params,
+                outcome,
+                format_duration(duration_seconds(trial)),
+            )
+        )
     caption = (
-        f"{plan.metric} ({spec.better} is better), mean over {plan.seeds} seed(s) per trial; * best; pruner {plan.pruner} "
+        f"{plan.metric} ({spec.better} is better), mean over {plan.seeds} seed(s) per trial; * best; "
+        f"pruner {plan.pruner} "
         f"on the held-out accuracy at each eval"
     )
     headers = ("trial", "state", *(names[key] for key in plan.space), spec.label, "time")
@@ -85,7 +95,7 @@ def format_param(value: Any) -> str:
 # --------------------------------------------------------------------------- figures
 
 
-def search_figures(study: "optuna.Study", out_dir: Path) -> tuple[dict[str, Path], list[str]]:
+def search_figures(study: optuna.Study, out_dir: Path) -> tuple[dict[str, Path], list[str]]:
     """Optuna's optimisation history, parameter importances and intermediate values (matplotlib versions)."""
     import optuna.visualization.matplotlib as optuna_plots
 
@@ -103,7 +113,7 @@ def search_figures(study: "optuna.Study", out_dir: Path) -> tuple[dict[str, Path
     return written, notes
 
 
-def save_optuna_figure(plot: Callable[[Any], Any], study: "optuna.Study", path: Path) -> Path:
+def save_optuna_figure(plot: Callable[[Any], Any], study: optuna.Study, path: Path) -> Path:
     import warnings
 
     from sspo_cli.research.plots import agg_pyplot
@@ -123,7 +133,7 @@ def save_optuna_figure(plot: Callable[[Any], Any], study: "optuna.Study", path: 
 # --------------------------------------------------------------------------- files
 
 
-def trial_record(trial: "FrozenTrial") -> dict[str, Any]:
+def trial_record(trial: FrozenTrial) -> dict[str, Any]:
     return {
         "number": trial.number,
         "state": trial.state.name,
@@ -138,7 +148,7 @@ def trial_record(trial: "FrozenTrial") -> dict[str, Any]:
     }
 
 
-def write_trials_csv(path: Path, result: "SearchResult") -> Path:
+def write_trials_csv(path: Path, result: SearchResult) -> Path:
     keys = list(result.plan.space)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -148,11 +158,20 @@ def write_trials_csv(path: Path, result: "SearchResult") -> Path:
             step = last_report(trial)[0] if trial.state.name == "PRUNED" else None
             run_ids = " ".join(r.get("run_id") or "" for r in record["runs"]).strip()
             values = [record["value"], step, round(record["seconds"], 1) if math.isfinite(record["seconds"]) else None]
-            writer.writerow([trial.number, trial.state.name, *(trial.params.get(k) for k in keys), *("" if v is None else v for v in values), run_ids, record["error"] or ""])
+            writer.writerow(
+                [
+                    trial.number,
+                    trial.state.name,
+                    *(trial.params.get(k) for k in keys),
+                    *("" if v is None else v for v in values),
+                    run_ids,
+                    record["error"] or "",
+                ]
+            )
     return path
 
 
-def search_document(result: "SearchResult", timing: dict[str, Any]) -> dict[str, Any]:
+def search_document(result: SearchResult, timing: dict[str, Any]) -> dict[str, Any]:
     plan = result.plan
     best = result.best
     return clean(
@@ -179,13 +198,14 @@ def search_document(result: "SearchResult", timing: dict[str, Any]) -> dict[str,
     )
 
 
-def write_search_report(path: Path, result: "SearchResult", figures: dict[str, Path], timing: dict[str, Any]) -> Path:
+def write_search_report(path: Path, result: SearchResult, figures: dict[str, Path], timing: dict[str, Any]) -> Path:
     table = trials_table(result)
     best = result.best
     lines = [f"# {result.title}", ""]
     if best is not None:
         params = ", ".join(f"`{k}` = {format_param(v)}" for k, v in best.params.items())
-        lines += [f"Best: trial {best.number}, {result.plan.metric} {format_value(metric_spec(result.plan.metric).kind, best.value)} with {params}.", ""]
+        shown = format_value(metric_spec(result.plan.metric).kind, best.value)
+        lines += [f"Best: trial {best.number}, {result.plan.metric} {shown} with {params}.", ""]
     lines += ["| " + " | ".join(table.headers) + " |", "|" + "---|" * len(table.headers)]
     lines += ["| " + " | ".join(row) + " |" for row in table.rows]
     lines += ["", table.caption + ".", ""]
@@ -196,19 +216,25 @@ def write_search_report(path: Path, result: "SearchResult", figures: dict[str, P
         "",
         "## Where",
         "",
-        f"Optuna study `{result.plan.study_name}` in `{result.storage}` (run the same command again to continue or "
-        f"extend it with a larger `--trials`; `optuna-dashboard {result.storage}` shows it live). MLflow store "
-        f"`{result.tracking_uri}`, parent run `{result.parent_run_id}`: every run of every trial is nested under it.",
+        (
+            f"Optuna study `{result.plan.study_name}` in `{result.storage}` (run the same command again to continue "
+            f"or extend it with a larger `--trials`; `optuna-dashboard {result.storage}` shows it live). MLflow store "
+            f"`{result.tracking_uri}`, parent run `{result.parent_run_id}`: every run of every trial is nested "
+            "under it."
+        ),
         "",
-        f"This invocation took {format_duration(timing['total_seconds'])}: training {format_duration(timing['training_seconds'])}, "
-        f"workflow overhead {timing['overhead_seconds']:.1f}s ({timing['overhead_fraction']:.1%}).",
+        (
+            f"This invocation took {format_duration(timing['total_seconds'])}: training "
+            f"{format_duration(timing['training_seconds'])}, workflow overhead {timing['overhead_seconds']:.1f}s "
+            f"({timing['overhead_fraction']:.1%})."
+        ),
         "",
     ]
     path.write_text("\n".join(lines))
     return path
 
 
-def write_search_files(result: "SearchResult", figures: dict[str, Path], timing: dict[str, Any]) -> dict[str, Path]:
+def write_search_files(result: SearchResult, figures: dict[str, Path], timing: dict[str, Any]) -> dict[str, Path]:
     out = result.out_dir
     files = {"csv": write_trials_csv(out / "trials.csv", result)}
     files["json"] = write_json(out / "search.json", search_document(result, timing))

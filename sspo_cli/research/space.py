@@ -9,8 +9,9 @@ validated at each end of each range and at each choice before anything trains.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -38,7 +39,7 @@ class SpaceParam(BaseModel):
     choices: list[Any] | None = Field(None, description="The values to choose from (instead of a range)")
 
     @model_validator(mode="after")
-    def _check(self) -> "SpaceParam":
+    def _check(self) -> SpaceParam:
         problem = self.choice_problem() if self.choices is not None else self.range_problem()
         if problem:
             raise ValueError(problem)
@@ -78,7 +79,7 @@ class SpaceParam(BaseModel):
         """The values the recipe is validated at: each choice, or both ends of the range."""
         return list(self.choices) if self.choices is not None else [self.low, self.high]
 
-    def suggest(self, trial: "Trial", key: str) -> Any:
+    def suggest(self, trial: Trial, key: str) -> Any:
         """This parameter's value in an Optuna trial (sampled, or the trial's own if it has one)."""
         if self.choices is not None:
             return trial.suggest_categorical(key, self.choices)
@@ -103,7 +104,7 @@ def space_param(data: dict[str, Any], key: str, where: str) -> SpaceParam:
 
 
 def pydantic_problem(err: Any) -> str:
-    """`location: message (got value)` for a Pydantic error; our own checks' messages lose Pydantic's 'Value error, '."""
+    """`location: message (got value)` for a Pydantic error; our own checks lose Pydantic's 'Value error, '."""
     location = ".".join(str(p) for p in err["loc"])
     message = str(err["msg"]).removeprefix("Value error, ")
     got = err.get("input")
@@ -133,7 +134,10 @@ def parse_number(text: str, key: str) -> Number:
 
 
 def merge_space(
-    from_file: dict[str, SpaceParam], file_grid: Sequence["GridAxis"], cli_grid: Sequence["GridAxis"], cli_space: Sequence[tuple[str, SpaceParam]]
+    from_file: dict[str, SpaceParam],
+    file_grid: Sequence[GridAxis],
+    cli_grid: Sequence[GridAxis],
+    cli_space: Sequence[tuple[str, SpaceParam]],
 ) -> dict[str, SpaceParam]:
     """The file's space and grid (grid values as choices), then --grid and --space: a later source replaces
     an earlier one's entry for the same key."""
@@ -154,7 +158,12 @@ def validated_space(
     """
     checked = {}
     for key, param in space.items():
-        recipes = [recipe_for_point(base_data, {key: v}, overrides, base_seed, f"{recipe_path} (search space {key}={json.dumps(v)})") for v in param.corners()]
+        recipes = [
+            recipe_for_point(
+                base_data, {key: v}, overrides, base_seed, f"{recipe_path} (search space {key}={json.dumps(v)})"
+            )
+            for v in param.corners()
+        ]
         resolved = [value_at(recipe.resolved(), key) for recipe in recipes]
         if param.integer and any(isinstance(v, float) for v in resolved):
             param = param.model_copy(update={"low": float(param.low), "high": float(param.high)})
@@ -162,7 +171,9 @@ def validated_space(
     return checked
 
 
-def recipe_for_point(base_data: dict[str, Any], point: dict[str, Any], overrides: Sequence[str], seed: int, source: str) -> "Recipe":
+def recipe_for_point(
+    base_data: dict[str, Any], point: dict[str, Any], overrides: Sequence[str], seed: int, source: str
+) -> Recipe:
     """The base recipe with the point's values (dotted keys), the --set overrides and the seed, validated."""
     data = json.loads(json.dumps(base_data))
     for key, value in point.items():

@@ -22,14 +22,24 @@ class TextTable:
 
 def aggregates_table(inference: Inference) -> TextTable:
     rows = [
-        (g.name, str(g.runs), str(g.failed), str(g.collapsed), *(format_interval("percent", i) for i in (g.iqm, g.mean, g.t)))
+        (
+            g.name,
+            str(g.runs),
+            str(g.failed),
+            str(g.collapsed),
+            *(format_interval("percent", i) for i in (g.iqm, g.mean, g.t)),
+        )
         for g in inference.groups
     ]
     confidence = f"{inference.confidence:.0%}"
-    caption = f"IQM (25% trimmed mean) and mean: {confidence} stratified bootstrap CI over runs; mean (t): Student-t CI; failed runs score 0%"
+    caption = (
+        f"IQM (25% trimmed mean) and mean: {confidence} stratified bootstrap CI over runs; "
+        "mean (t): Student-t CI; failed runs score 0%"
+    )
     explanation = (
-        f"IQM: the 25% trimmed mean over every run; IQM and mean: {interval_name(BOOTSTRAP_METHOD, inference.confidence)}, "
-        f"strata: tasks; mean (t): {interval_name(T_METHOD, inference.confidence)}. Rules: {FAILED_RULE}; {COLLAPSE_RULE}."
+        f"IQM: the 25% trimmed mean over every run; IQM and mean: "
+        f"{interval_name(BOOTSTRAP_METHOD, inference.confidence)}, strata: tasks; "
+        f"mean (t): {interval_name(T_METHOD, inference.confidence)}. Rules: {FAILED_RULE}; {COLLAPSE_RULE}."
     )
     headers = ("method", "runs", "failed", "collapsed", "IQM", "mean", "mean (t)")
     return TextTable("final held-out accuracy over runs", headers, rows, caption, explanation)
@@ -37,8 +47,13 @@ def aggregates_table(inference: Inference) -> TextTable:
 
 def improvement_table(inference: Inference) -> TextTable:
     names = [g.name for g in inference.groups]
-    rows = [(x, *("" if x == y else format_interval("float", inference.improvement[(x, y)]) for y in names)) for x in names]
-    caption = f"P(a run of the row method beats one of the column method) = Mann-Whitney U / (n m); {inference.confidence:.0%} bootstrap CI"
+    rows = [
+        (x, *("" if x == y else format_interval("float", inference.improvement[(x, y)]) for y in names)) for x in names
+    ]
+    caption = (
+        "P(a run of the row method beats one of the column method) = Mann-Whitney U / (n m); "
+        f"{inference.confidence:.0%} bootstrap CI"
+    )
     explanation = (
         "P(row > column): the probability that a run of the row method ends with a higher final accuracy than a run "
         f"of the column method (Mann-Whitney U / (n m), ties count one half, averaged over tasks); "
@@ -48,7 +63,16 @@ def improvement_table(inference: Inference) -> TextTable:
 
 
 def paired_table(inference: Inference) -> TextTable:
-    headers = ("first", "second", "difference", "detectable", "problems", "seeds paired", "unpaired t-intervals", "verdict")
+    headers = (
+        "first",
+        "second",
+        "difference",
+        "detectable",
+        "problems",
+        "seeds paired",
+        "unpaired t-intervals",
+        "verdict",
+    )
     level = f"{1 - inference.confidence:.0%}"
     caption = (
         f"first - second, {inference.confidence:.0%} paired bootstrap CI over problems and seeds; "
@@ -56,7 +80,8 @@ def paired_table(inference: Inference) -> TextTable:
     )
     explanation = (
         "difference: first minus second in final accuracy, from a percentile bootstrap "
-        f"({BOOTSTRAP_RESAMPLES:,} resamples) that resamples the held-out problems (the same ones for both methods: the "
+        f"({BOOTSTRAP_RESAMPLES:,} resamples) that resamples the held-out problems (the same ones for both methods: "
+        "the "
         "pairing) and the seeds (seed s of both together when both ran the same seeds: they share the warm start and "
         f"the random stream). detectable: the smallest true difference this design (these seeds and problems) finds "
         f"with {POWER:.0%} power in a two-sided test at the {level} level, (z_{(1 + inference.confidence) / 2:g} + "

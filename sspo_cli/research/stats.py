@@ -10,9 +10,11 @@ numpy and scipy are imported inside the functions so that importing this module 
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
@@ -102,7 +104,7 @@ def t_interval(values: Sequence[float | None], confidence: float = CONFIDENCE) -
 
 def bootstrap_interval(
     samples: Sequence[Sequence[float]],
-    statistic: Callable[..., "np.ndarray"],
+    statistic: Callable[..., np.ndarray],
     confidence: float = CONFIDENCE,
     batch: int | None = None,
 ) -> Interval:
@@ -133,17 +135,19 @@ def bootstrap_interval(
         rng=np.random.default_rng(BOOTSTRAP_SEED),
     )
     interval = result.confidence_interval
-    return Interval(estimate, float(interval.low), float(interval.high), n, BOOTSTRAP_METHOD, float(result.standard_error))
+    return Interval(
+        estimate, float(interval.low), float(interval.high), n, BOOTSTRAP_METHOD, float(result.standard_error)
+    )
 
 
-def stratified_mean(*strata: "np.ndarray", axis: int = -1) -> "np.ndarray":
+def stratified_mean(*strata: np.ndarray, axis: int = -1) -> np.ndarray:
     """The mean over strata of each stratum's mean (rliable's aggregate mean)."""
     import numpy as np
 
     return np.mean([np.mean(s, axis=axis) for s in strata], axis=0)
 
 
-def interquartile_mean(*strata: "np.ndarray", axis: int = -1) -> "np.ndarray":
+def interquartile_mean(*strata: np.ndarray, axis: int = -1) -> np.ndarray:
     """The 25%-trimmed mean of every run of every stratum together (rliable's IQM)."""
     import numpy as np
     from scipy import stats
@@ -166,21 +170,26 @@ def _non_empty(strata: Sequence[Sequence[float]]) -> list[list[float]]:
 # --------------------------------------------------------------------------- probability of improvement
 
 
-def improvement_probability_statistic(strata_count: int) -> Callable[..., "np.ndarray"]:
+def improvement_probability_statistic(strata_count: int) -> Callable[..., np.ndarray]:
     """P(X > Y) for samples (x_1..x_k, y_1..y_k), k = strata_count: per stratum the Mann-Whitney U of x
     over y divided by n m (ties count one half), averaged over the strata."""
     import numpy as np
     from scipy import stats
 
-    def statistic(*samples: "np.ndarray", axis: int = -1) -> "np.ndarray":
+    def statistic(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
         xs, ys = samples[:strata_count], samples[strata_count:]
-        per_stratum = [stats.mannwhitneyu(x, y, axis=axis, method="asymptotic").statistic / (x.shape[axis] * y.shape[axis]) for x, y in zip(xs, ys)]
+        per_stratum = [
+            stats.mannwhitneyu(x, y, axis=axis, method="asymptotic").statistic / (x.shape[axis] * y.shape[axis])
+            for x, y in zip(xs, ys)
+        ]
         return np.mean(per_stratum, axis=0)
 
     return statistic
 
 
-def improvement_interval(x_strata: Sequence[Sequence[float]], y_strata: Sequence[Sequence[float]], confidence: float = CONFIDENCE) -> Interval:
+def improvement_interval(
+    x_strata: Sequence[Sequence[float]], y_strata: Sequence[Sequence[float]], confidence: float = CONFIDENCE
+) -> Interval:
     """P(X > Y), X and Y scored on the same strata (pairs of empty strata are left out)."""
     pairs = [(finite(x), finite(y)) for x, y in zip(x_strata, y_strata) if finite(x) and finite(y)]
     if not pairs:
@@ -192,7 +201,9 @@ def improvement_interval(x_strata: Sequence[Sequence[float]], y_strata: Sequence
 # --------------------------------------------------------------------------- paired differences
 
 
-def paired_difference_interval(a: "np.ndarray", b: "np.ndarray", paired_seeds: bool, confidence: float = CONFIDENCE) -> Interval:
+def paired_difference_interval(
+    a: np.ndarray, b: np.ndarray, paired_seeds: bool, confidence: float = CONFIDENCE
+) -> Interval:
     """mean(a) - mean(b) for per-problem scores a[seed, problem] and b[seed, problem] on the same problems.
 
     The bootstrap resamples problems, the same ones for both (that is the pairing), and seeds: one
@@ -211,8 +222,10 @@ def paired_difference_interval(a: "np.ndarray", b: "np.ndarray", paired_seeds: b
     resampled = [name for name, size in levels.items() if size >= 2]
     rows_a, rows_b = ("seeds", "seeds") if paired_seeds else ("seeds_a", "seeds_b")
 
-    def statistic(*indices: "np.ndarray", axis: int = -1) -> "np.ndarray":
-        chosen = {name: np.arange(size) for name, size in levels.items()} | dict(zip(resampled, (i.astype(int) for i in indices)))
+    def statistic(*indices: np.ndarray, axis: int = -1) -> np.ndarray:
+        chosen = {name: np.arange(size) for name, size in levels.items()} | dict(
+            zip(resampled, (i.astype(int) for i in indices))
+        )
         columns = chosen["problems"][..., None, :]
         mean_a = a[chosen[rows_a][..., :, None], columns].mean(axis=(-2, -1))
         mean_b = b[chosen[rows_b][..., :, None], columns].mean(axis=(-2, -1))
@@ -221,8 +234,12 @@ def paired_difference_interval(a: "np.ndarray", b: "np.ndarray", paired_seeds: b
     if not resampled:
         return point_only(float(statistic()), a.size + b.size, BOOTSTRAP_METHOD)
     cells = max(a.shape[0], b.shape[0]) * a.shape[1]
-    interval = bootstrap_interval([np.arange(levels[name]) for name in resampled], statistic, confidence, batch=max(1, CELLS_PER_BATCH // cells))
-    return Interval(interval.estimate, interval.low, interval.high, a.size + b.size, BOOTSTRAP_METHOD, interval.standard_error)
+    interval = bootstrap_interval(
+        [np.arange(levels[name]) for name in resampled], statistic, confidence, batch=max(1, CELLS_PER_BATCH // cells)
+    )
+    return Interval(
+        interval.estimate, interval.low, interval.high, a.size + b.size, BOOTSTRAP_METHOD, interval.standard_error
+    )
 
 
 def minimum_detectable_difference(standard_error: float, confidence: float = CONFIDENCE, power: float = POWER) -> float:
@@ -282,7 +299,7 @@ def curve_mean(steps: Sequence[float], values: Sequence[float]) -> float:
         return math.nan
     if len(points) == 1 or points[-1][0] == points[0][0]:
         return mean([v for _, v in points])
-    area = sum((s1 - s0) * (v0 + v1) / 2 for (s0, v0), (s1, v1) in zip(points, points[1:]))
+    area = sum((s1 - s0) * (v0 + v1) / 2 for (s0, v0), (s1, v1) in itertools.pairwise(points))
     return area / (points[-1][0] - points[0][0])
 
 

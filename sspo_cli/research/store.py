@@ -57,18 +57,23 @@ def finished_runs_by_fingerprint(client: "MlflowClient", experiment_names: Itera
     return found
 
 
-def training_runs_of_experiment(client: "MlflowClient", name: str, status: str = "FINISHED") -> list["Run"]:
+def training_runs_of_experiment(client: MlflowClient, name: str, status: str = "FINISHED") -> list[Run]:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         raise ResearchError("--experiment", f"no MLflow experiment named {name!r}")
-    runs = search_all(client, [experiment.experiment_id], f"tags.`{FINGERPRINT_TAG}` LIKE '%' and attributes.status = '{status}'")
+    query = f"tags.`{FINGERPRINT_TAG}` LIKE '%' and attributes.status = '{status}'"
+    runs = search_all(client, [experiment.experiment_id], query)
     return list(reversed(runs))  # oldest first: the order they were trained in
 
 
-def failed_runs_of_experiment(client: "MlflowClient", name: str) -> list["Run"]:
+def failed_runs_of_experiment(client: MlflowClient, name: str) -> list[Run]:
     """FAILED training runs whose recipe never finished in a later try (those count as failures)."""
     finished = {run.data.tags[FINGERPRINT_TAG] for run in training_runs_of_experiment(client, name)}
-    failed = [run for run in training_runs_of_experiment(client, name, "FAILED") if run.data.tags[FINGERPRINT_TAG] not in finished]
+    failed = [
+        run
+        for run in training_runs_of_experiment(client, name, "FAILED")
+        if run.data.tags[FINGERPRINT_TAG] not in finished
+    ]
     return list({run.data.tags[FINGERPRINT_TAG]: run for run in failed}.values())  # one per recipe
 
 

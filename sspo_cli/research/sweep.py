@@ -8,7 +8,8 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -42,10 +43,16 @@ class SweepSection(BaseModel):
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted.key -> list of values")
     seeds: int = Field(1, ge=1, description="Seeds per grid point (per trial of a search)")
     metric: str = Field(DEFAULT_METRIC, description="Metric of the leaderboard and heatmap (the objective of a search)")
-    space: dict[str, SpaceParam] = Field(default_factory=dict, description="dotted.key -> {low, high, log, step} or {choices}")
-    search: Literal["tpe", "random", "grid"] | None = Field(None, description="Search with Optuna instead of sweeping the grid")
+    space: dict[str, SpaceParam] = Field(
+        default_factory=dict, description="dotted.key -> {low, high, log, step} or {choices}"
+    )
+    search: Literal["tpe", "random", "grid"] | None = Field(
+        None, description="Search with Optuna instead of sweeping the grid"
+    )
     trials: int | None = Field(None, ge=1, description="Trials of a search (default: the grid's size, else 20)")
-    pruner: Literal["median", "halving", "none"] | None = Field(None, description="Pruning of a search (default: median)")
+    pruner: Literal["median", "halving", "none"] | None = Field(
+        None, description="Pruning of a search (default: median)"
+    )
 
 
 @dataclass
@@ -203,7 +210,9 @@ def run_sweep(
             out_dir.mkdir(parents=True, exist_ok=True)
             chosen = Threshold(threshold, "--threshold") if threshold is not None else auto_threshold(records)
             summaries = summarize(records, chosen.value, plan.labels, method=interval)
-        return _finish_sweep(plan, group_id, title, records, outcomes, summaries, chosen, out_dir, tracker, timer, tracking_uri, interval)
+        return _finish_sweep(
+            plan, group_id, title, records, outcomes, summaries, chosen, out_dir, tracker, timer, tracking_uri, interval
+        )
     except KeyboardInterrupt:
         tracker.finish("KILLED")
         raise
@@ -257,7 +266,19 @@ def _finish_sweep(
         }
         document = comparison_document("sweep", group_id, title, ranked, records, outcomes, threshold, extra, interval)
         files["json"] = write_json(out_dir / "sweep.json", document)
-        files["report"] = write_report(out_dir / "report.md", title, ranked, records, outcomes, threshold, figures, "point", mlflow_note, timer.report(), interval)
+        files["report"] = write_report(
+            out_dir / "report.md",
+            title,
+            ranked,
+            records,
+            outcomes,
+            threshold,
+            figures,
+            "point",
+            mlflow_note,
+            timer.report(),
+            interval,
+        )
         if figures:
             files["figure"] = figures[0]
     with timer.phase("logging artifacts"):
@@ -267,10 +288,27 @@ def _finish_sweep(
     tracker.log_metrics({f"workflow/{key}": value for key, value in timing.items() if isinstance(value, float)}, step=0)
     tracker.finish("FINISHED" if all(o.ok for o in outcomes) else "FAILED")
     extra_out = {"ranked": ranked, "metric": plan.metric, "failures": failures_by_point(outcomes)}
-    return ComparisonResult("sweep", group_id, title, out_dir, summaries, records, outcomes, threshold, files, timing, tracker.run_id, tracking_uri, extra_out, interval)
+    return ComparisonResult(
+        "sweep",
+        group_id,
+        title,
+        out_dir,
+        summaries,
+        records,
+        outcomes,
+        threshold,
+        files,
+        timing,
+        tracker.run_id,
+        tracking_uri,
+        extra_out,
+        interval,
+    )
 
 
-def sweep_heatmap(plan: SweepPlan, summaries: Sequence[GroupSummary], path: Path, title: str, interval: str = T_METHOD) -> Path:
+def sweep_heatmap(
+    plan: SweepPlan, summaries: Sequence[GroupSummary], path: Path, title: str, interval: str = T_METHOD
+) -> Path:
     from sspo_cli.research.formatting import format_spread, format_value, interval_caption
     from sspo_cli.research.plots import heatmap_figure
 
@@ -291,7 +329,17 @@ def sweep_heatmap(plan: SweepPlan, summaries: Sequence[GroupSummary], path: Path
                 row_text.append(f"{format_value(spec.kind, value)}\n{format_spread(spec.kind, interval)}")
         values.append(row)
         texts.append(row_text)
-    return heatmap_figure(values, x_axis.key, [_show(v) for v in x_axis.values], y_axis.key, [_show(v) for v in y_axis.values], spec.label, path, f"{title}\n{spec.label}: {interval_caption(interval)}", texts)
+    return heatmap_figure(
+        values,
+        x_axis.key,
+        [_show(v) for v in x_axis.values],
+        y_axis.key,
+        [_show(v) for v in y_axis.values],
+        spec.label,
+        path,
+        f"{title}\n{spec.label}: {interval_caption(interval)}",
+        texts,
+    )
 
 
 __all__ = ["METRIC_KEYS", "GridAxis", "SweepSection", "plan_sweep", "run_sweep"]

@@ -14,7 +14,13 @@ from sspo_cli.research.statistics_text import TextTable
 from sspo_cli.research.stats import T_METHOD
 
 
-def comparison_table(summaries: Sequence[GroupSummary], threshold: Threshold, title: str, group_header: str = "method", method: str = T_METHOD) -> Table:
+def comparison_table(
+    summaries: Sequence[GroupSummary],
+    threshold: Threshold,
+    title: str,
+    group_header: str = "method",
+    method: str = T_METHOD,
+) -> Table:
     """One row per group, every metric as its mean and interval; the best mean per column in bold green."""
     best = best_groups(summaries)
     caption = (
@@ -43,7 +49,9 @@ def print_table(console: Console, table: Table) -> None:
         Console(width=max(console.width, 240), file=console.file, no_color=console.no_color).print(table)
 
 
-def leaderboard_table(ranked: Sequence[GroupSummary], metric: str, title: str, failures: dict[str, int], method: str = T_METHOD) -> Table:
+def leaderboard_table(
+    ranked: Sequence[GroupSummary], metric: str, title: str, failures: dict[str, int], method: str = T_METHOD
+) -> Table:
     """Sweep points best first by `metric`, with the other headline metrics alongside."""
     chosen = metric_spec(metric)
     shown = [chosen] + [spec for spec in METRICS if spec.key in ("final_accuracy", "best_accuracy", "reward_auc", "seq_var", "saturated_frac") and spec.key != metric]

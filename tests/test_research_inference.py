@@ -13,7 +13,7 @@ from scipy import stats
 
 from sspo_cli.research.inference import infer
 from sspo_cli.research.metrics import Curves, RunRecord, Threshold, failed_record, summarize
-from sspo_cli.research.outputs import comparison_document, write_pairs_csv, write_report
+from sspo_cli.research.outputs import Findings, comparison_document, write_pairs_csv, write_report
 from sspo_cli.research.plots import statistics_figure
 from sspo_cli.research.problems import ProblemScores, read_problem_scores, write_problem_scores
 from sspo_cli.research.statistics_text import statistics_tables
@@ -138,7 +138,8 @@ def test_statistics_reach_the_tables_json_csv_report_and_figure(tmp_path: Path) 
     assert paired.rows[0][-1] == "base better" and paired.rows[0][6] == "overlap"
     threshold = Threshold(0.6, "--threshold")
     summaries = summarize(records, threshold.value)
-    document = comparison_document("comparison", "id", "t", summaries, records, [], threshold, inference=inference)
+    findings = Findings("t", summaries, records, [], threshold, inference=inference)
+    document = comparison_document("comparison", "id", findings)
     statistics = json.loads(json.dumps(document))["statistics"]
     assert statistics["paired"][0]["verdict"] == "base better"
     assert statistics["paired"][0]["difference"] == pytest.approx(inference.paired[0].difference.estimate)
@@ -151,19 +152,7 @@ def test_statistics_reach_the_tables_json_csv_report_and_figure(tmp_path: Path) 
     figure = statistics_figure(inference, tmp_path / "statistics.png", "constructed")
     assert figure.stat().st_size > 10_000
     timing = {"total_seconds": 1.0, "training_seconds": 0.0, "overhead_seconds": 1.0, "overhead_fraction": 1.0}
-    report = write_report(
-        tmp_path / "report.md",
-        "t",
-        summaries,
-        records,
-        [],
-        threshold,
-        [figure],
-        "method",
-        "",
-        timing,
-        inference=inference,
-    )
+    report = write_report(tmp_path / "report.md", findings, [figure], "method", "", timing)
     text = report.read_text()
     assert (
         "### paired differences in final accuracy" in text

@@ -25,7 +25,7 @@ from sspo_cli.research.metrics import (
     run_metrics,
     summarize,
 )
-from sspo_cli.research.outputs import comparison_document, markdown_table, write_csv, write_json
+from sspo_cli.research.outputs import Findings, comparison_document, markdown_table, write_csv, write_json
 from sspo_cli.research.stats import Interval, t_interval
 from sspo_cli.research.tables import comparison_table, leaderboard_table
 
@@ -127,7 +127,10 @@ def test_csv_json_and_table_carry_the_same_numbers(tmp_path: Path) -> None:
     threshold = Threshold(0.6, "--threshold")
     summaries = summarize(RUNS, threshold.value)
     write_csv(tmp_path / "compare.csv", summaries, "method")
-    write_json(tmp_path / "compare.json", comparison_document("comparison", "abc", "t", summaries, RUNS, [], threshold))
+    write_json(
+        tmp_path / "compare.json",
+        comparison_document("comparison", "abc", Findings("t", summaries, RUNS, [], threshold)),
+    )
     table_text = render(comparison_table(summaries, threshold, "t"))
     rows = list(csv.DictReader((tmp_path / "compare.csv").open()))
     document = json.loads((tmp_path / "compare.json").read_text())

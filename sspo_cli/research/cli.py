@@ -24,6 +24,10 @@ IntervalOpt = Annotated[
         help="Intervals of the main table: t (Student-t over seeds) or bootstrap (stratified bootstrap over runs).",
     ),
 ]
+SearchOpt = Annotated[str | None, typer.Option("--search", help="An Optuna search, not the grid: tpe, random or grid.")]
+TrialsOpt = Annotated[int | None, typer.Option("--trials", help="Trials (default: sweep.trials, grid size, else 20).")]
+SpaceOpt = Annotated[list[str] | None, typer.Option("--space", help="A searched range: key=low:high[:log].")]
+PrunerOpt = Annotated[str | None, typer.Option("--pruner", help="Pruning on the eval accuracy: median, halving, none.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.")]
 
 EXIT_BAD_INPUT = 2
@@ -234,48 +238,14 @@ def _render_where(result) -> None:
 
 
 def sweep_command(
-    recipe: Annotated[
-        Path,
-        typer.Argument(
-            help="Recipe YAML file (may hold a `sweep:` section: grid, space, search, trials, seeds, metric).",
-            show_default=False,
-        ),
-    ],
-    grid: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--grid",
-            "-g",
-            help="dotted.key=v1,v2,... (repeatable; the cartesian product is swept; with --search: choices).",
-        ),
-    ] = None,
-    search: Annotated[
-        str | None,
-        typer.Option("--search", help="Search with Optuna instead of sweeping every grid point: tpe, random or grid."),
-    ] = None,
-    trials: Annotated[
-        int | None,
-        typer.Option(
-            "--trials", help="Trials of a search, in all (default: the sweep section's, the grid's size, else 20)."
-        ),
-    ] = None,
-    space: Annotated[
-        list[str] | None,
-        typer.Option("--space", help="A searched range: dotted.key=low:high or dotted.key=low:high:log (repeatable)."),
-    ] = None,
-    pruner: Annotated[
-        str | None,
-        typer.Option(
-            "--pruner", help="Pruning of a search on the eval accuracy: median, halving or none (default: median)."
-        ),
-    ] = None,
-    seeds: Annotated[
-        int | None, typer.Option(help="Seeds per grid point or trial (default: the sweep section's, else 1).")
-    ] = None,
-    metric: Annotated[
-        str | None,
-        typer.Option(help="Leaderboard and heatmap metric, or the objective of a search (default: final_accuracy)."),
-    ] = None,
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file (may hold a `sweep:` section with grid, seeds, metric).", show_default=False)],
+    grid: Annotated[Optional[list[str]], typer.Option("--grid", "-g", help="dotted.key=v1,v2,... (repeatable; the cartesian product is swept).")] = None,
+    search: SearchOpt = None,
+    trials: TrialsOpt = None,
+    space: SpaceOpt = None,
+    pruner: PrunerOpt = None,
+    seeds: Annotated[Optional[int], typer.Option(help="Seeds per grid point (default: the sweep section's, else 1).")] = None,
+    metric: Annotated[Optional[str], typer.Option(help="Leaderboard and heatmap metric (default: final_accuracy).")] = None,
     set_: SetOpt = None,
     jobs: JobsOpt = 1,
     threshold: ThresholdOpt = None,
@@ -325,26 +295,11 @@ def sweep_command(
             )
             _render_footer(result)
             return
-        from sspo_cli.research.search import run_search
+        from sspo_cli.research.search import SearchOptions, run_search
 
         with RichWorkflowProgress(console, quiet) as progress:
-            result = run_search(
-                recipe,
-                set_ or [],
-                grid or [],
-                space or [],
-                search,
-                trials,
-                seeds,
-                metric,
-                pruner,
-                output_dir,
-                tracking_uri,
-                jobs,
-                threshold,
-                report_dir,
-                progress,
-            )
+            options = SearchOptions(search, trials, space or (), grid or (), seeds, metric, pruner, threshold)
+            result = run_search(recipe, set_ or [], options, output_dir, tracking_uri, jobs, report_dir, progress)
         _render_search(result)
 
     _guarded(debug, action)

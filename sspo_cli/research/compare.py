@@ -13,7 +13,15 @@ from sspo_cli.research.execute import ExecutionContext, Outcome, PlannedRun, Wor
 from sspo_cli.research.inference import Inference
 from sspo_cli.research.metrics import GroupSummary, RunRecord, Threshold, auto_threshold, failed_record, summarize
 from sspo_cli.research.recipe_files import deep_merge, read_recipe_file, read_variants
-from sspo_cli.research.store import MEMBERSHIP_TAG, METHOD_TAG, add_membership, membership_filter, open_group_run
+from sspo_cli.research.store import (
+    MEMBERSHIP_TAG,
+    METHOD_TAG,
+    add_membership,
+    close_group_run,
+    ending_group_run_on_error,
+    membership_filter,
+    open_group_run,
+)
 from sspo_cli.research.stats import INTERVAL_METHODS, T_METHOD
 from sspo_cli.research.timing import PhaseTimer
 
@@ -196,7 +204,7 @@ def _run_and_finish(
     """Train (or reuse) the plan under the group run, then finish; the group run ends KILLED/FAILED if this does not."""
     from sspo_cli.research.records import records_of_outcomes
 
-    try:
+    with ending_group_run_on_error(tracker):
         ctx = ExecutionContext(
             analysis.output_dir,
             analysis.tracking_uri,
@@ -210,12 +218,6 @@ def _run_and_finish(
         with timer.phase("loading records"):
             records = records_of_outcomes(tracker.client, outcomes)
         return finish_comparison(kind, group_id, title, records, outcomes, order, analysis, tracker, timer)
-    except KeyboardInterrupt:
-        tracker.finish("KILLED")
-        raise
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
 
 
 def finish_comparison(
@@ -230,7 +232,14 @@ def finish_comparison(
     timer: PhaseTimer,
 ) -> ComparisonResult:
     """Table numbers, statistics, figures, compare.csv/json, pairs.csv and report.md; all logged on the parent run."""
-    from sspo_cli.research.outputs import comparison_document, write_csv, write_json, write_pairs_csv, write_report
+    from sspo_cli.research.outputs import (
+        Findings,
+        comparison_document,
+        write_csv,
+        write_json,
+        write_pairs_csv,
+        write_report,
+    )
     from sspo_cli.research.plots import comparison_figure, statistics_figure
 
     out_dir, tracking_uri = analysis.out_dir, analysis.tracking_uri
@@ -265,47 +274,26 @@ def finish_comparison(
             },
             "timing": timer.report(),
         }
-        document = comparison_document(
-            kind, group_id, title, summaries, records, outcomes, threshold, extra, analysis.interval, inference
-        )
-        files["json"] = write_json(out_dir / "compare.json", document)
-        files["report"] = write_report(
-            out_dir / "report.md",
-            title,
-            summaries,
-            records,
-            outcomes,
-            threshold,
-            figures,
-            "method",
-            mlflow_note,
-            timer.report(),
-            analysis.interval,
-            inference,
-        )
+        findings = Findings(title, summaries, records, outcomes, threshold, analysis.interval, inference)
+        files["json"] = write_json(out_dir / "compare.json", comparison_document(kind, group_id, findings, extra))
+        files["report"] = write_report(out_dir / "report.md", findings, figures, "method", mlflow_note, timer.report())
         files.update({figure.stem: figure for figure in figures})
-    with timer.phase("logging artifacts"):
-        for path in files.values():
-            tracker.log_artifact(path)
-    timing = timer.report()
-    tracker.log_metrics({f"workflow/{key}": value for key, value in timing.items() if isinstance(value, float)}, step=0)
-    tracker.finish("FINISHED" if all(o.ok for o in outcomes) else "FAILED")
+    timing = close_group_run(tracker, files, timer, all(o.ok for o in outcomes))
     return ComparisonResult(
-        kind,
-        group_id,
-        title,
-        out_dir,
-        summaries,
-        records,
-        outcomes,
-        threshold,
-        files,
-        timing,
-        tracker.run_id,
-        tracking_uri,
-        {},
-        analysis.interval,
-        inference,
+        kind=kind,
+        group_id=group_id,
+        title=title,
+        out_dir=out_dir,
+        summaries=summaries,
+        records=records,
+        outcomes=outcomes,
+        threshold=threshold,
+        files=files,
+        timing=timing,
+        parent_run_id=tracker.run_id,
+        tracking_uri=tracking_uri,
+        interval=analysis.interval,
+        inference=inference,
     )
 
 
@@ -387,11 +375,8 @@ def compare_existing(
         threshold,
         interval,
     )
-    try:
+    with ending_group_run_on_error(tracker):
         return finish_comparison("comparison", group_id, title, records, [], order, analysis, tracker, timer)
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
 
 
 def group_label(run: Any, tag: str | None) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -76,19 +77,27 @@ def _csv_number(value: float) -> str:
     return repr(float(value)) if math.isfinite(value) else ""
 
 
+@dataclass(frozen=True)
+class Findings:
+    """What a comparison or a sweep found, as its files report it."""
+
+    title: str
+    summaries: Sequence[GroupSummary]
+    records: Sequence[RunRecord]
+    outcomes: Sequence[Outcome]
+    threshold: Threshold
+    method: str = T_METHOD  # of the main table's intervals
+    inference: Inference | None = None
+
+
 def comparison_document(
-    kind: str,
-    group_id: str,
-    title: str,
-    summaries: Sequence[GroupSummary],
-    records: Sequence[RunRecord],
-    outcomes: Sequence[Outcome],
-    threshold: Threshold,
-    extra: dict[str, Any] | None = None,
-    method: str = T_METHOD,
-    inference: Inference | None = None,
+    kind: str, group_id: str, findings: Findings, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Everything behind the table: per-group intervals, per-run values, failures, how it was computed."""
+    title, summaries, records, outcomes, threshold = (
+        findings.title, findings.summaries, findings.records, findings.outcomes, findings.threshold
+    )
+    method, inference = findings.method, findings.inference
     best = best_groups(summaries)
     return clean(
         {
@@ -239,20 +248,13 @@ def run_source(record: RunRecord) -> str:
 
 
 def write_report(
-    path: Path,
-    title: str,
-    summaries: Sequence[GroupSummary],
-    records: Sequence[RunRecord],
-    outcomes: Sequence[Outcome],
-    threshold: Threshold,
-    figures: Sequence[Path],
-    group_header: str,
-    mlflow_note: str,
-    timing: dict[str, Any],
-    method: str = T_METHOD,
-    inference: Inference | None = None,
+    path: Path, findings: Findings, figures: Sequence[Path], group_header: str, mlflow_note: str, timing: dict[str, Any]
 ) -> Path:
     """A shareable page: the table, the figures, the runs behind it and how the numbers were made."""
+    title, summaries, records, outcomes, threshold = (
+        findings.title, findings.summaries, findings.records, findings.outcomes, findings.threshold
+    )
+    method, inference = findings.method, findings.inference
     parts = [
         f"# {title}",
         "",

@@ -33,7 +33,7 @@ from sspo_cli.research.space import (
     recipe_for_point,
     validated_space,
 )
-from sspo_cli.research.store import POINT_TAG
+from sspo_cli.research.store import POINT_TAG, close_group_run, ending_group_run_on_error
 from sspo_cli.research.timing import TRAINING, PhaseTimer
 from sspo_cli.trainer import TrainingObserver
 
@@ -104,28 +104,31 @@ def trial_label(number: int, params: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- planning
 
 
-def plan_search(
-    recipe_path: Path,
-    overrides: Sequence[str],
-    grid_options: Sequence[str],
-    space_options: Sequence[str],
-    strategy: str | None,
-    trials: int | None,
-    seeds: int | None,
-    metric: str | None,
-    pruner: str | None,
-    threshold: float | None = None,
-) -> SearchPlan:
+@dataclass(frozen=True)
+class SearchOptions:
+    """What the command line sets on top of the recipe's sweep section (None or empty: the section's value)."""
+
+    strategy: str | None = None
+    trials: int | None = None
+    space: Sequence[str] = ()  # --space key=low:high[:log]
+    grid: Sequence[str] = ()  # --grid key=v1,v2: choices
+    seeds: int | None = None
+    metric: str | None = None
+    pruner: str | None = None
+    threshold: float | None = None
+
+
+def plan_search(recipe_path: Path, overrides: Sequence[str], options: SearchOptions) -> SearchPlan:
     """The study's settings from the recipe's sweep section and the options (options win), all checked."""
-    from sspo_cli.research.sweep import _axis, parse_grid_option, read_sweep_section
+    from sspo_cli.research.sweep import grid_axis, parse_grid_option, read_sweep_section
 
     base_data, section_data = read_recipe_file(recipe_path)
     section = read_sweep_section(section_data, str(recipe_path))
-    strategy = choose("--search", strategy or section.search, SEARCH_STRATEGIES)
-    pruner = choose("--pruner", pruner or section.pruner or DEFAULT_PRUNER, PRUNERS)
-    file_grid = [_axis(key, values, "sweep.grid") for key, values in section.grid.items()]
-    cli_space = [parse_space_option(text) for text in space_options]
-    space = merge_space(section.space, file_grid, [parse_grid_option(text) for text in grid_options], cli_space)
+    strategy = choose("--search", options.strategy or section.search, SEARCH_STRATEGIES)
+    pruner = choose("--pruner", options.pruner or section.pruner or DEFAULT_PRUNER, PRUNERS)
+    file_grid = [grid_axis(key, values, "sweep.grid") for key, values in section.grid.items()]
+    cli_space = [parse_space_option(text) for text in options.space]
+    space = merge_space(section.space, file_grid, [parse_grid_option(text) for text in options.grid], cli_space)
     if not space:
         raise ResearchError(
             "--space", "no search space: give --space key=low:high, --grid key=v1,v2 or a `sweep: {space: ...}` section"
@@ -138,14 +141,15 @@ def plan_search(
                 f"grid search needs values, not ranges ({', '.join(ranges)}): "
                 "give them with --grid, or use tpe or random",
             )
-    metric = metric or section.metric
-    check_metric(metric, pruner, threshold)
-    seeds = seeds if seeds is not None else section.seeds
+    metric = options.metric or section.metric
+    check_metric(metric, pruner, options.threshold)
+    seeds = options.seeds if options.seeds is not None else section.seeds
     if seeds < 1:
         raise ResearchError("--seeds", f"must be at least 1, got {seeds}")
     base = recipe_from_data(base_data, overrides, recipe_path)
     space = validated_space(space, base_data, overrides, base.seed, recipe_path)
-    trials = trials or section.trials or (grid_size(space) if strategy == "grid" else DEFAULT_TRIALS)
+    default_trials = section.trials or (grid_size(space) if strategy == "grid" else DEFAULT_TRIALS)
+    trials = options.trials if options.trials is not None else default_trials
     if trials < 1:
         raise ResearchError("--trials", f"must be at least 1, got {trials}")
     return SearchPlan(
@@ -159,7 +163,7 @@ def plan_search(
         trials,
         seeds,
         metric,
-        math.nan if threshold is None else threshold,
+        math.nan if options.threshold is None else options.threshold,
     )
 
 
@@ -663,17 +667,10 @@ class SearchResult:
 def run_search(
     recipe_path: Path,
     overrides: Sequence[str],
-    grid_options: Sequence[str],
-    space_options: Sequence[str],
-    strategy: str | None,
-    trials: int | None,
-    seeds: int | None,
-    metric: str | None,
-    pruner: str | None,
+    options: SearchOptions,
     output_dir: Path,
     tracking_uri: str | None = None,
     jobs: int = 1,
-    threshold: float | None = None,
     report_dir: Path | None = None,
     observer: WorkflowObserver | None = None,
 ) -> SearchResult:
@@ -689,9 +686,7 @@ def run_search(
     with timer.phase("planning"):
         if jobs < 1:
             raise ResearchError("--jobs", f"must be at least 1, got {jobs}")
-        plan = plan_search(
-            recipe_path, overrides, grid_options, space_options, strategy, trials, seeds, metric, pruner, threshold
-        )
+        plan = plan_search(recipe_path, overrides, options)
         ensure_writable(output_dir)
         tracking_uri = tracking_uri or default_tracking_uri(output_dir)
         out_dir = report_dir or output_dir / plan.study_name
@@ -724,7 +719,7 @@ def run_search(
                 params,
                 output_dir / "mlartifacts",
             )
-        try:
+        with ending_group_run_on_error(tracker):
             setting = TrialSetting(
                 str(output_dir),
                 tracking_uri,
@@ -745,12 +740,6 @@ def run_search(
             return finish_search(
                 plan, study, before, requeued, title, out_dir, tracker, timer, tracking_uri, output_dir
             )
-        except KeyboardInterrupt:
-            tracker.finish("KILLED")
-            raise
-        except BaseException:
-            tracker.finish("FAILED")
-            raise
 
 
 def search_title(plan: SearchPlan) -> str:
@@ -817,18 +806,9 @@ def finish_search(
     )
     with timer.phase("writing outputs"):
         result.files = write_search_files(result, figures, timer.report())
-    with timer.phase("logging artifacts"):
-        for path in result.files.values():
-            tracker.log_artifact(path)
-    result.timing = timer.report()
-    counts = {
-        state.name.lower(): sum(t.state == state for t in trials)
-        for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    }
-    metrics = {f"search/{name}_trials": float(count) for name, count in counts.items()}
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    metrics = {f"search/{s.name.lower()}_trials": float(sum(t.state == s for t in trials)) for s in states}
     if best is not None:
         metrics["search/best_value"] = float(best.value)
-    metrics.update({f"workflow/{key}": value for key, value in result.timing.items() if isinstance(value, float)})
-    tracker.log_metrics(metrics, step=0)
-    tracker.finish("FAILED" if failed_now else "FINISHED")
+    result.timing = close_group_run(tracker, result.files, timer, not failed_now, metrics)
     return result

@@ -6,6 +6,8 @@ has no `IN` for tags, and one query per planned run would cost a round trip each
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
@@ -15,6 +17,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
+    from sspo_cli.research.timing import PhaseTimer
     from sspo_cli.tracking import Tracker
 
 FINGERPRINT_TAG = "sspo.fingerprint"
@@ -113,6 +116,33 @@ def open_group_run(
         if existing:
             return Tracker.resume(tracking_uri, existing[0].info.run_id)
     return Tracker.start(tracking_uri, experiment, run_name, params, {KIND_TAG: kind, GROUP_ID_TAG: group_id}, artifact_root)
+
+
+@contextmanager
+def ending_group_run_on_error(tracker: Tracker) -> Iterator[None]:
+    """The group run ends KILLED when the work inside is interrupted, FAILED when it raises."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        tracker.finish("KILLED")
+        raise
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+
+
+def close_group_run(
+    tracker: Tracker, files: Mapping[str, Path], timer: PhaseTimer, ok: bool, metrics: Mapping[str, float] | None = None
+) -> dict[str, Any]:
+    """Log the outputs and the workflow's timing (and `metrics`) on the group run and end it; the timing."""
+    with timer.phase("logging artifacts"):
+        for path in files.values():
+            tracker.log_artifact(path)
+    timing = timer.report()
+    workflow = {f"workflow/{key}": value for key, value in timing.items() if isinstance(value, float)}
+    tracker.log_metrics({**(metrics or {}), **workflow}, step=0)
+    tracker.finish("FINISHED" if ok else "FAILED")
+    return timing
 
 
 def add_membership(client: "MlflowClient", run_id: str, current: str | None, group_id: str) -> None:

@@ -20,7 +20,13 @@ from sspo_cli.research.execute import ExecutionContext, Outcome, PlannedRun, Wor
 from sspo_cli.research.metrics import METRIC_KEYS, GroupSummary, RunRecord, Threshold, auto_threshold, metric_spec, rank, summarize
 from sspo_cli.research.recipe_files import SWEEP_SECTION, read_recipe_file
 from sspo_cli.research.space import SpaceParam, pydantic_problem, recipe_for_point
-from sspo_cli.research.store import POINT_TAG, membership_filter, open_group_run
+from sspo_cli.research.store import (
+    POINT_TAG,
+    close_group_run,
+    ending_group_run_on_error,
+    membership_filter,
+    open_group_run,
+)
 from sspo_cli.research.stats import T_METHOD
 from sspo_cli.research.timing import PhaseTimer
 
@@ -84,10 +90,10 @@ def parse_grid_option(text: str) -> GridAxis:
             values = [yaml.safe_load(part) for part in raw.split(",")]
     except yaml.YAMLError as exc:
         raise ResearchError("--grid", f"{key}: values {raw!r} are not valid YAML ({str(exc).splitlines()[0]})") from None
-    return _axis(key, values, "--grid")
+    return grid_axis(key, values, "--grid")
 
 
-def _axis(key: str, values: Any, where: str) -> GridAxis:
+def grid_axis(key: str, values: Any, where: str) -> GridAxis:
     if not isinstance(values, list) or not values:
         raise ResearchError(where, f"{key}: needs a non-empty list of values")
     if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
@@ -143,7 +149,7 @@ def plan_sweep(recipe_path: Path, overrides: Sequence[str], grid_options: Sequen
     """Every (grid point, seed) run, each recipe validated before anything trains."""
     base_data, section_data = read_recipe_file(recipe_path)
     section = read_sweep_section(section_data, str(recipe_path))
-    file_axes = [_axis(key, values, f"{SWEEP_SECTION}.grid") for key, values in section.grid.items()]
+    file_axes = [grid_axis(key, values, f"{SWEEP_SECTION}.grid") for key, values in section.grid.items()]
     axes = merge_axes(file_axes, [parse_grid_option(text) for text in grid_options])
     if not axes:
         raise ResearchError("--grid", f"no grid: give --grid key=v1,v2 or a `{SWEEP_SECTION}: {{grid: ...}}` section in the recipe")
@@ -201,7 +207,7 @@ def run_sweep(
     with timer.phase("group run"):
         params = {"recipe": str(recipe_path), "grid": json.dumps({a.key: list(a.values) for a in plan.axes}), "seeds": plan.seeds, "metric": plan.metric, "overrides": " ".join(overrides)}
         tracker = open_group_run(tracking_uri, plan.base.tracking.experiment, "sweep", group_id, f"sweep-{plan.base.name}-{group_id[:6]}", params, output_dir / "mlartifacts")
-    try:
+    with ending_group_run_on_error(tracker):
         ctx = ExecutionContext(output_dir, tracking_uri, group_id, tracker.run_id, jobs, observer or WorkflowObserver(), timer)
         outcomes = execute(plan.runs, ctx)
         with timer.phase("loading records"):
@@ -213,12 +219,6 @@ def run_sweep(
         return _finish_sweep(
             plan, group_id, title, records, outcomes, summaries, chosen, out_dir, tracker, timer, tracking_uri, interval
         )
-    except KeyboardInterrupt:
-        tracker.finish("KILLED")
-        raise
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
 
 
 def failures_by_point(outcomes: Sequence[Outcome]) -> dict[str, int]:
@@ -244,7 +244,7 @@ def _finish_sweep(
     interval: str = T_METHOD,
 ) -> ComparisonResult:
     """Leaderboard (CSV, JSON, report.md), the heatmap for a 2-D grid; all logged on the sweep's parent run."""
-    from sspo_cli.research.outputs import comparison_document, write_csv, write_json, write_report
+    from sspo_cli.research.outputs import Findings, comparison_document, write_csv, write_json, write_report
 
     ranked = rank(summaries, plan.metric)
     figures = []
@@ -264,29 +264,12 @@ def _finish_sweep(
             "mlflow": {"tracking_uri": tracking_uri, "parent_run_id": tracker.run_id, "runs_filter": membership_filter(group_id)},
             "timing": timer.report(),
         }
-        document = comparison_document("sweep", group_id, title, ranked, records, outcomes, threshold, extra, interval)
-        files["json"] = write_json(out_dir / "sweep.json", document)
-        files["report"] = write_report(
-            out_dir / "report.md",
-            title,
-            ranked,
-            records,
-            outcomes,
-            threshold,
-            figures,
-            "point",
-            mlflow_note,
-            timer.report(),
-            interval,
-        )
+        findings = Findings(title, ranked, records, outcomes, threshold, interval)
+        files["json"] = write_json(out_dir / "sweep.json", comparison_document("sweep", group_id, findings, extra))
+        files["report"] = write_report(out_dir / "report.md", findings, figures, "point", mlflow_note, timer.report())
         if figures:
             files["figure"] = figures[0]
-    with timer.phase("logging artifacts"):
-        for path in files.values():
-            tracker.log_artifact(path)
-    timing = timer.report()
-    tracker.log_metrics({f"workflow/{key}": value for key, value in timing.items() if isinstance(value, float)}, step=0)
-    tracker.finish("FINISHED" if all(o.ok for o in outcomes) else "FAILED")
+    timing = close_group_run(tracker, files, timer, all(o.ok for o in outcomes))
     extra_out = {"ranked": ranked, "metric": plan.metric, "failures": failures_by_point(outcomes)}
     return ComparisonResult(
         "sweep",

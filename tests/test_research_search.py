@@ -334,6 +334,8 @@ def test_bad_search_value_and_search_options_without_a_search(tmp_path: Path) ->
         "sweep", str(recipe), "--grid", "train.lr=0.1,0.01", "--space", "train.lr=1e-3:1e-1", "-o", str(out)
     )
     assert_clean_failure(alone, ["--space: belongs to a search"])
+    interval = run_sspo("sweep", str(recipe), "--grid", "train.lr=0.1,0.01", "--interval", "wald", "-o", str(out))
+    assert_clean_failure(interval, ["--interval: unknown interval 'wald'", "t, bootstrap"])
     assert not out.exists()
 
 

@@ -290,7 +290,7 @@ def _finish_sweep(
 
 
 def sweep_heatmap(
-    plan: SweepPlan, summaries: Sequence[GroupSummary], path: Path, title: str, interval: str = T_METHOD
+    plan: SweepPlan, summaries: Sequence[GroupSummary], path: Path, title: str, method: str = T_METHOD
 ) -> Path:
     from sspo_cli.research.formatting import format_spread, format_value, interval_caption
     from sspo_cli.research.plots import heatmap_figure
@@ -320,7 +320,7 @@ def sweep_heatmap(
         [_show(v) for v in y_axis.values],
         spec.label,
         path,
-        f"{title}\n{spec.label}: {interval_caption(interval)}",
+        f"{title}\n{spec.label}: {interval_caption(method)}",
         texts,
     )
 

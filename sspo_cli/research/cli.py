@@ -174,20 +174,8 @@ def compare_command(
             if len(positional) != 1:
                 raise ResearchError("RECIPE", "give one recipe file (or --experiment NAME, or --runs ID ...)")
             with RichWorkflowProgress(console, quiet) as progress:
-                result = run_comparison(
-                    Path(positional[0]),
-                    set_ or [],
-                    methods,
-                    seeds,
-                    variants,
-                    output_dir,
-                    tracking_uri,
-                    jobs,
-                    threshold,
-                    report_dir,
-                    progress,
-                    interval,
-                )
+                workflow = (output_dir, tracking_uri, jobs, threshold, report_dir, progress, interval)
+                result = run_comparison(Path(positional[0]), set_ or [], methods, seeds, variants, *workflow)
         _render_comparison(result)
 
     _guarded(debug, action)
@@ -269,20 +257,8 @@ def sweep_command(
 
             check_grid_only(space, trials, pruner)
             with RichWorkflowProgress(console, quiet) as progress:
-                result = run_sweep(
-                    recipe,
-                    set_ or [],
-                    grid or [],
-                    seeds,
-                    metric,
-                    output_dir,
-                    tracking_uri,
-                    jobs,
-                    threshold,
-                    report_dir,
-                    progress,
-                    interval,
-                )
+                workflow = (output_dir, tracking_uri, jobs, threshold, report_dir, progress, interval)
+                result = run_sweep(recipe, set_ or [], grid or [], seeds, metric, *workflow)
             print_table(
                 console,
                 leaderboard_table(

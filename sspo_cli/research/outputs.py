@@ -260,9 +260,11 @@ def write_report(
         "",
         markdown_table(summaries, group_header),
         "",
-        f"Each cell: {interval_caption(method)}; the best mean per column in bold. "
-        f"`[k/n]`: only k of the n seeds have a value (e.g. never reached the threshold). "
-        f"Threshold accuracy: {threshold.value:.1%} ({threshold.how}).",
+        (
+            f"Each cell: {interval_caption(method)}; the best mean per column in bold. "
+            f"`[k/n]`: only k of the n seeds have a value (e.g. never reached the threshold). "
+            f"Threshold accuracy: {threshold.value:.1%} ({threshold.how})."
+        ),
         "",
         "| metric | definition |",
         "|---|---|",

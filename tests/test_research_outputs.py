@@ -12,8 +12,21 @@ import pytest
 from rich.console import Console
 
 from sspo_cli.research.formatting import format_interval, format_value
-from sspo_cli.research.metrics import METRICS, Curves, RunRecord, Threshold, auto_threshold, best_groups, cell, rank, run_metrics, summarize
-from sspo_cli.research.outputs import comparison_document, markdown_table, write_csv, write_json
+from sspo_cli.research.metrics import (
+    METRICS,
+    Curves,
+    RunRecord,
+    Threshold,
+    auto_threshold,
+    best_groups,
+    cell,
+    failed_record,
+    is_collapsed,
+    rank,
+    run_metrics,
+    summarize,
+)
+from sspo_cli.research.outputs import Findings, comparison_document, markdown_table, write_csv, write_json
 from sspo_cli.research.stats import Interval, t_interval
 from sspo_cli.research.tables import comparison_table, leaderboard_table
 
@@ -63,7 +76,7 @@ def test_summaries_are_t_intervals_over_seeds() -> None:
     assert sspo.metrics["wall_seconds"].half_width == pytest.approx(12.706204736174694 * math.sqrt(0.5) / math.sqrt(2))
     # steps to threshold 0.6: grpo only seed 1 reaches it (at step 4), sspo both at step 2
     grpo, sspo = summarize(RUNS, threshold=0.6)
-    assert grpo.metrics["steps_to_threshold"].n == 1 and grpo.metrics["steps_to_threshold"].mean == 4
+    assert grpo.metrics["steps_to_threshold"].n == 1 and grpo.metrics["steps_to_threshold"].estimate == 4
     assert "[1/3]" in cell(grpo, next(s for s in METRICS if s.key == "steps_to_threshold"))
 
 
@@ -100,8 +113,9 @@ def test_formatting() -> None:
     assert format_value("sci", 0.000123456) == "0.000123"
     assert format_value("seconds", 12.345) == "12.3s"
     assert format_value("float", math.nan) == "—"
-    assert format_interval("percent", Interval(0.5, 0.031, 3)) == "50.0% ± 3.1%"
-    assert format_interval("float", Interval(0.5, math.nan, 1)) == "0.500 (n=1)"
+    assert format_interval("percent", Interval(0.5, 0.469, 0.531, 3)) == "50.0% ± 3.1%"
+    assert format_interval("float", Interval(0.5, math.nan, math.nan, 1)) == "0.500 (n=1)"
+    assert format_interval("percent", Interval(0.5, 0.42, 0.55, 3, "bootstrap")) == "50.0% [42.0%, 55.0%]"
 
 
 def render(table) -> str:
@@ -114,7 +128,10 @@ def test_csv_json_and_table_carry_the_same_numbers(tmp_path: Path) -> None:
     threshold = Threshold(0.6, "--threshold")
     summaries = summarize(RUNS, threshold.value)
     write_csv(tmp_path / "compare.csv", summaries, "method")
-    write_json(tmp_path / "compare.json", comparison_document("comparison", "abc", "t", summaries, RUNS, [], threshold))
+    write_json(
+        tmp_path / "compare.json",
+        comparison_document("comparison", "abc", Findings("t", summaries, RUNS, [], threshold)),
+    )
     table_text = render(comparison_table(summaries, threshold, "t"))
     rows = list(csv.DictReader((tmp_path / "compare.csv").open()))
     document = json.loads((tmp_path / "compare.json").read_text())
@@ -128,7 +145,7 @@ def test_csv_json_and_table_carry_the_same_numbers(tmp_path: Path) -> None:
             if interval.n == 0:
                 assert row[f"{spec.key}_mean"] == "" and in_json["mean"] is None
                 continue
-            assert float(row[f"{spec.key}_mean"]) == in_json["mean"] == interval.mean
+            assert float(row[f"{spec.key}_mean"]) == in_json["mean"] == interval.estimate
             # the table shows exactly these numbers (formatted), rebuilt here from the CSV alone
             mean_csv = float(row[f"{spec.key}_mean"])
             if interval.n >= 2:
@@ -140,7 +157,7 @@ def test_csv_json_and_table_carry_the_same_numbers(tmp_path: Path) -> None:
             assert expected in table_line, (spec.key, expected, table_line)
     # per-run values in the JSON are the inputs of the intervals
     grpo_final = [r["metrics"]["final_accuracy"] for r in document["runs"] if r["group"] == "grpo"]
-    assert t_interval(grpo_final).mean == pytest.approx(document["groups"][0]["metrics"]["final_accuracy"]["mean"])
+    assert t_interval(grpo_final).estimate == pytest.approx(document["groups"][0]["metrics"]["final_accuracy"]["mean"])
     assert document["interval"].startswith("95% CI, Student-t")
     assert "**" in markdown_table(summaries, "method")  # best cells in bold in report.md
 
@@ -151,3 +168,46 @@ def test_leaderboard_table_lists_failures() -> None:
     grpo_line = next(line for line in text.splitlines() if " grpo " in line)
     assert " 2 " in grpo_line
     assert text.index(" sspo ") < text.index(" grpo ")
+
+
+def test_failed_runs_stay_in_the_statistics_by_the_stated_rule() -> None:
+    failed = failed_record("sspo", 2, "addition", "TooManySkips: ...")
+    values = run_metrics(failed, threshold=0.5)
+    assert values["final_accuracy"] == 0.0 and values["best_accuracy"] == 0.0
+    assert math.isnan(values["reward_auc"]) and math.isnan(values["seq_var"])
+    _, sspo = summarize([*RUNS, failed], threshold=0.5)
+    assert (sspo.failed, len(sspo.run_ids)) == (1, 3)
+    # the failed run is a third seed at 0%: mean (0.70 + 0.65 + 0) / 3, a t-interval over 3 values
+    assert sspo.metrics["final_accuracy"] == t_interval([0.70, 0.65, 0.0])
+    assert sspo.metrics["reward_auc"].n == 2 and "[2/3]" in cell(
+        sspo, next(s for s in METRICS if s.key == "reward_auc")
+    )
+
+
+def test_collapse_rule_flags_without_dropping() -> None:
+    collapsed = make_run("grpo", 3, [0.40, 0.30, 0.15], [0.1, 0.1, 0.0, 0.0], [0.01] * 4, 9.0)
+    kept = make_run("grpo", 4, [0.40, 0.30, 0.25], [0.1, 0.1, 0.0, 0.0], [0.01] * 4, 9.0)
+    assert is_collapsed(collapsed) and not is_collapsed(kept)  # 0.15 < 0.5 * 0.40 <= 0.25
+    assert not any(is_collapsed(r) for r in RUNS)
+    grpo, _ = summarize([*RUNS, collapsed], threshold=0.5)
+    assert grpo.collapsed == 1 and grpo.metrics["final_accuracy"] == t_interval([0.55, 0.60, 0.50, 0.15])
+
+
+def test_bootstrap_summaries_are_scipys_stratified_bootstrap_of_the_mean() -> None:
+    import numpy as np
+    from scipy import stats
+
+    grpo, _ = summarize(RUNS, threshold=0.5, method="bootstrap")
+    interval = grpo.metrics["final_accuracy"]
+    expected = stats.bootstrap(
+        ([0.55, 0.60, 0.50],),
+        np.mean,
+        n_resamples=10_000,
+        method="percentile",
+        rng=np.random.default_rng(0),
+        vectorized=True,
+    ).confidence_interval
+    assert interval.estimate == pytest.approx(0.55)
+    assert (interval.low, interval.high) == pytest.approx((expected.low, expected.high))
+    assert interval.method == "bootstrap"
+    assert "[" in cell(grpo, METRICS[0]) and "±" not in cell(grpo, METRICS[0])

@@ -126,9 +126,34 @@ def test_compare_csv_and_json_match_the_printed_table(compared: dict) -> None:
     assert "![compare](compare.png)" in report and "Student-t" in report
 
 
+def test_compare_keeps_each_runs_per_problem_results_and_pairs_the_methods(compared: dict) -> None:
+    document = compared["document"]
+    for run in document["runs"]:
+        rows = [json.loads(line) for line in (Path(run["run_dir"]) / "eval_problems.jsonl").read_text().splitlines()]
+        summary = json.loads((Path(run["run_dir"]) / "summary.json").read_text())
+        assert len(rows) == 32 and len({r["prompt"] for r in rows}) == 32
+        assert (
+            sum(r["correct"] for r in rows) / 32 == summary["eval_after"]["accuracy"]
+        )  # the trainer's final eval, per problem
+    statistics = document["statistics"]
+    assert [(g["name"], g["runs"], g["failed"]) for g in statistics["groups"]] == [("grpo", 2, 0), ("sspo", 2, 0)]
+    (pair,) = statistics["paired"]
+    assert (pair["first"], pair["second"], pair["problems"], pair["seeds_paired"]) == ("grpo", "sspo", 32, True)
+    assert not statistics["notes"]
+    logged = {a.path for a in client_for(compared["out"]).list_artifacts(document["mlflow"]["parent_run_id"])}
+    assert {"statistics.png", "pairs.csv"} <= logged
+    for title in (
+        "final held-out accuracy over runs",
+        "probability of improvement",
+        "paired differences in final accuracy",
+    ):
+        assert title in compared["first"].stdout
+
+
 def test_second_compare_trains_nothing(compared: dict) -> None:
     client = client_for(compared["out"])
     before = sorted(r.info.run_id for r in training_runs(client))
+    problem_files = {p: p.stat().st_mtime_ns for p in compared["out"].glob("tiny-*/eval_problems.jsonl")}
     again = cli(*compared["args"])
     assert again.returncode == 0, again.stdout + again.stderr
     document = json.loads((compared["out"] / "report" / "compare.json").read_text())
@@ -139,6 +164,7 @@ def test_second_compare_trains_nothing(compared: dict) -> None:
     assert "4 reused" in again.stdout and "0 to train" in again.stdout
     run_dirs = [p for p in compared["out"].iterdir() if p.name.startswith("tiny-")]
     assert len(run_dirs) == 4
+    assert {p: p.stat().st_mtime_ns for p in problem_files} == problem_files  # read back, not evaluated again
 
 
 def test_compare_existing_runs_by_id_and_by_experiment(compared: dict) -> None:
@@ -154,7 +180,7 @@ def test_compare_existing_runs_by_id_and_by_experiment(compared: dict) -> None:
     assert [s.name for s in result.summaries] == ["grpo", "sspo"]
     # the numbers do not depend on where the runs were read from
     trained = {g["name"]: g["metrics"]["final_entropy"]["mean"] for g in compared["document"]["groups"]}
-    assert {s.name: s.metrics["final_entropy"].mean for s in result.summaries} == pytest.approx(trained)
+    assert {s.name: s.metrics["final_entropy"].estimate for s in result.summaries} == pytest.approx(trained)
 
 
 def test_bad_input_exits_2_naming_the_option(compared: dict) -> None:

@@ -19,6 +19,17 @@ JobsOpt = Annotated[int, typer.Option("--jobs", "-j", help="Runs trained in para
 ThresholdOpt = Annotated[Optional[float], typer.Option("--threshold", help="Accuracy for 'steps to threshold' (default: halfway from the start to the best final mean).")]
 ReportDirOpt = Annotated[Optional[Path], typer.Option("--report-dir", help="Folder for the table files, figure and report.md (default: under --output-dir).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")]
+IntervalOpt = Annotated[
+    str,
+    typer.Option(
+        "--interval",
+        help="Intervals of the main table: t (Student-t over seeds) or bootstrap (stratified bootstrap over runs).",
+    ),
+]
+SearchOpt = Annotated[str | None, typer.Option("--search", help="An Optuna search, not the grid: tpe, random or grid.")]
+TrialsOpt = Annotated[int | None, typer.Option("--trials", help="Trials (default: sweep.trials, grid size, else 20).")]
+SpaceOpt = Annotated[list[str] | None, typer.Option("--space", help="A searched range: key=low:high[:log].")]
+PrunerOpt = Annotated[str | None, typer.Option("--pruner", help="Pruning on the eval accuracy: median, halving, none.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.")]
 
 INTERRUPTED_HINT = "re-run the same command to continue (finished runs are reused; interrupted and missing ones are trained)"
@@ -103,13 +114,15 @@ def compare_command(
     group_by: Annotated[Optional[str], typer.Option(help="Tag that groups existing runs (default: sspo.method, else sspo.objective).")] = None,
     jobs: JobsOpt = 1,
     threshold: ThresholdOpt = None,
+    interval: IntervalOpt = "t",
     output_dir: OutputOpt = Path("runs"),
     tracking_uri: TrackingOpt = None,
     report_dir: ReportDirOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Compare methods over seeds: a table with 95% CIs, learning curves, CSV/JSON and report.md.
+    """Compare methods over seeds: a table with 95% CIs, IQM and probability of improvement with bootstrap CIs,
+    paired differences over the held-out problems, learning curves, CSV/JSON and report.md.
 
     Runs whose resolved recipe matches a FINISHED run are reused, not trained again.
     """
@@ -126,12 +139,15 @@ def compare_command(
                 raise ResearchError("--experiment", "give either --experiment NAME or --runs ID ..., not both")
             if runs and not positional:
                 raise ResearchError("--runs", "name at least one run id")
-            result = compare_existing(experiment, positional, output_dir, tracking_uri, threshold, report_dir, group_by)
+            result = compare_existing(
+                experiment, positional, output_dir, tracking_uri, threshold, report_dir, group_by, interval
+            )
         else:
             if len(positional) != 1:
                 raise ResearchError("RECIPE", "give one recipe file (or --experiment NAME, or --runs ID ...)")
             with RichWorkflowProgress(console, quiet) as progress:
-                result = run_comparison(Path(positional[0]), set_ or [], methods, seeds, variants, output_dir, tracking_uri, jobs, threshold, report_dir, progress)
+                workflow = (output_dir, tracking_uri, jobs, threshold, report_dir, progress, interval)
+                result = run_comparison(Path(positional[0]), set_ or [], methods, seeds, variants, *workflow)
         _render_comparison(result)
 
     guarded(debug, action, interrupted_hint=INTERRUPTED_HINT)
@@ -139,9 +155,15 @@ def compare_command(
 
 def _render_comparison(result) -> None:
     from sspo_cli.report import console
-    from sspo_cli.research.tables import comparison_table, print_table
+    from sspo_cli.research.statistics_text import statistics_tables
+    from sspo_cli.research.tables import comparison_table, print_table, text_table
 
-    print_table(console, comparison_table(result.summaries, result.threshold, result.title))
+    print_table(console, comparison_table(result.summaries, result.threshold, result.title, method=result.interval))
+    if result.inference is not None:
+        for table in statistics_tables(result.inference):
+            print_table(console, text_table(table))
+        for note in result.inference.notes:
+            console.print(f"[yellow]note[/yellow] {note}", highlight=False, soft_wrap=True)
     _render_footer(result)
 
 
@@ -149,10 +171,20 @@ def _render_footer(result) -> None:
     from rich.markup import escape
 
     from sspo_cli.report import console
-    from sspo_cli.research.store import membership_filter
 
     for outcome in result.failed:
         console.print(f"[red]{outcome.state}[/red] {outcome.planned.display_name}: {escape(outcome.error or '')}", highlight=False, soft_wrap=True)
+    _render_where(result)
+    if result.failed:
+        console.print("[yellow]re-run the same command to retry the failed runs; finished ones are reused[/yellow]")
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _render_where(result) -> None:
+    """Where the outputs and the MLflow runs are, and where the time went."""
+    from sspo_cli.report import console
+    from sspo_cli.research.store import membership_filter
+
     console.print(f"outputs: {result.out_dir}  ({', '.join(p.name for p in result.files.values())})", soft_wrap=True)
     console.print(f"MLflow parent run {result.parent_run_id}; runs side by side: {membership_filter(result.group_id)}", highlight=False, soft_wrap=True)
     timing = result.timing
@@ -160,9 +192,6 @@ def _render_footer(result) -> None:
         f"[dim]time {timing['total_seconds']:.1f}s: training {timing['training_seconds']:.1f}s, "
         f"workflow overhead {timing['overhead_seconds']:.2f}s ({timing['overhead_fraction']:.1%})[/dim]"
     )
-    if result.failed:
-        console.print("[yellow]re-run the same command to retry the failed runs; finished ones are reused[/yellow]")
-        raise typer.Exit(EXIT_FAILED)
 
 
 # --------------------------------------------------------------------------- sweep
@@ -171,28 +200,99 @@ def _render_footer(result) -> None:
 def sweep_command(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file (may hold a `sweep:` section with grid, seeds, metric).", show_default=False)],
     grid: Annotated[Optional[list[str]], typer.Option("--grid", "-g", help="dotted.key=v1,v2,... (repeatable; the cartesian product is swept).")] = None,
+    search: SearchOpt = None,
+    trials: TrialsOpt = None,
+    space: SpaceOpt = None,
+    pruner: PrunerOpt = None,
     seeds: Annotated[Optional[int], typer.Option(help="Seeds per grid point (default: the sweep section's, else 1).")] = None,
     metric: Annotated[Optional[str], typer.Option(help="Leaderboard and heatmap metric (default: final_accuracy).")] = None,
     set_: SetOpt = None,
     jobs: JobsOpt = 1,
     threshold: ThresholdOpt = None,
+    interval: IntervalOpt = "t",
     output_dir: OutputOpt = Path("runs"),
     tracking_uri: TrackingOpt = None,
     report_dir: ReportDirOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Sweep a grid of recipe values over seeds; resumable (finished points are skipped), with a leaderboard and heatmap."""
+    """Sweep a grid of recipe values over seeds (finished points are skipped), with a leaderboard and heatmap; or,
+    with --search, an Optuna study (TPE, random or grid) pruned on the eval accuracy, resumable from its SQLite."""
 
     def action() -> None:
         from sspo_cli.report import console
         from sspo_cli.research.progress import RichWorkflowProgress
-        from sspo_cli.research.sweep import run_sweep
-        from sspo_cli.research.tables import leaderboard_table, print_table
+
+        if search is None and not section_searches(recipe):
+            from sspo_cli.research.sweep import run_sweep
+            from sspo_cli.research.tables import leaderboard_table, print_table
+
+            check_grid_only(space, trials, pruner)
+            with RichWorkflowProgress(console, quiet) as progress:
+                workflow = (output_dir, tracking_uri, jobs, threshold, report_dir, progress, interval)
+                result = run_sweep(recipe, set_ or [], grid or [], seeds, metric, *workflow)
+            print_table(
+                console,
+                leaderboard_table(
+                    result.extra["ranked"],
+                    result.extra["metric"],
+                    result.title,
+                    result.extra["failures"],
+                    result.interval,
+                ),
+            )
+            _render_footer(result)
+            return
+        from sspo_cli.research.search import SearchOptions, run_search
 
         with RichWorkflowProgress(console, quiet) as progress:
-            result = run_sweep(recipe, set_ or [], grid or [], seeds, metric, output_dir, tracking_uri, jobs, threshold, report_dir, progress)
-        print_table(console, leaderboard_table(result.extra["ranked"], result.extra["metric"], result.title, result.extra["failures"]))
-        _render_footer(result)
+            options = SearchOptions(search, trials, space or (), grid or (), seeds, metric, pruner, threshold)
+            result = run_search(recipe, set_ or [], options, output_dir, tracking_uri, jobs, report_dir, progress)
+        _render_search(result)
 
     guarded(debug, action, interrupted_hint=INTERRUPTED_HINT)
+
+
+def section_searches(recipe: Path) -> bool:
+    """Whether the recipe's sweep section asks for a search (unreadable files are left for the sweep to report)."""
+    from sspo_cli.recipe import RecipeError
+    from sspo_cli.research.recipe_files import read_recipe_file
+
+    try:
+        _, section = read_recipe_file(recipe)
+    except RecipeError:
+        return False
+    return isinstance(section, dict) and section.get("search") is not None
+
+
+def check_grid_only(space: list[str] | None, trials: int | None, pruner: str | None) -> None:
+    from sspo_cli.research import ResearchError
+
+    for option, value in (("--space", space), ("--trials", trials), ("--pruner", pruner)):
+        if value:
+            raise ResearchError(option, "belongs to a search: add --search tpe, random or grid")
+
+
+def _render_search(result) -> None:
+    from rich.markup import escape
+
+    from sspo_cli.report import console
+    from sspo_cli.research.search_report import trials_table
+    from sspo_cli.research.tables import print_table, text_table
+
+    print_table(console, text_table(trials_table(result)))
+    for note in result.notes:
+        console.print(f"[yellow]note[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
+    for trial in result.failed_now:
+        console.print(
+            f"[red]failed[/red] trial {trial.number}: {escape(trial.user_attrs.get('error') or 'failed')}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(f"Optuna study {result.plan.study_name} in {result.storage}", highlight=False, soft_wrap=True)
+    _render_where(result)
+    if result.failed_now:
+        console.print(
+            "[yellow]re-run the same command to retry the failed trials; finished ones stay in the study[/yellow]"
+        )
+        raise typer.Exit(EXIT_FAILED)

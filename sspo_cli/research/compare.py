@@ -10,9 +10,19 @@ from typing import TYPE_CHECKING, Any, Sequence
 from sspo_cli.recipe import Recipe, recipe_from_dict, stable_hash
 from sspo_cli.research import ResearchError
 from sspo_cli.research.execute import ExecutionContext, Outcome, PlannedRun, WorkflowObserver, execute
-from sspo_cli.research.metrics import GroupSummary, RunRecord, Threshold, auto_threshold, summarize
+from sspo_cli.research.inference import Inference
+from sspo_cli.research.metrics import GroupSummary, RunRecord, Threshold, auto_threshold, failed_record, summarize
 from sspo_cli.research.recipe_files import deep_merge, read_recipe_file, read_variants
-from sspo_cli.research.store import MEMBERSHIP_TAG, METHOD_TAG, add_membership, membership_filter, open_group_run
+from sspo_cli.research.store import (
+    MEMBERSHIP_TAG,
+    METHOD_TAG,
+    add_membership,
+    close_group_run,
+    membership_filter,
+    open_group_run,
+)
+from sspo_cli.research.stats import INTERVAL_METHODS, T_METHOD
+from sspo_cli.tracking import failure_marked
 from sspo_cli.research.timing import PhaseTimer
 
 if TYPE_CHECKING:
@@ -26,6 +36,23 @@ VARIANTS_FILE = "variants.yaml"
 class Method:
     name: str
     patch: dict[str, Any]  # recipe sections merged over the base recipe
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """How the numbers of a comparison are made, and where they go."""
+
+    out_dir: Path  # the report folder
+    output_dir: Path  # the runs folder (per-problem results of runs without a folder are cached there)
+    tracking_uri: str
+    threshold: float | None = None
+    interval: str = T_METHOD  # of the main table: "t" or "bootstrap"
+
+
+def check_interval(method: str) -> str:
+    if method not in INTERVAL_METHODS:
+        raise ResearchError("--interval", f"unknown interval {method!r} (choose from {', '.join(INTERVAL_METHODS)})")
+    return method
 
 
 @dataclass
@@ -43,6 +70,8 @@ class ComparisonResult:
     parent_run_id: str
     tracking_uri: str
     extra: dict[str, Any] = field(default_factory=dict)
+    interval: str = T_METHOD
+    inference: Inference | None = None
 
     @property
     def failed(self) -> list[Outcome]:
@@ -135,14 +164,16 @@ def run_comparison(
     threshold: float | None = None,
     report_dir: Path | None = None,
     observer: WorkflowObserver | None = None,
+    interval: str = T_METHOD,
 ) -> ComparisonResult:
-    from sspo_cli.run.folder import ensure_writable
     from sspo_cli.tracking import default_tracking_uri
+    from sspo_cli.run.folder import ensure_writable
 
     timer = PhaseTimer()
     with timer.phase("planning"):
         if jobs < 1:
             raise ResearchError("--jobs", f"must be at least 1, got {jobs}")
+        check_interval(interval)
         variants_path = variants_path or default_variants_file(recipe_path)
         plan, base = plan_comparison(recipe_path, overrides, methods_spec, seeds, variants_path)
         group_id = group_id_of("comparison", plan)
@@ -154,7 +185,8 @@ def run_comparison(
     with timer.phase("group run"):
         params = {"recipe": str(recipe_path), "methods": ",".join(methods), "seeds": seeds, "overrides": " ".join(overrides), "variants": str(variants_path or "")}
         tracker = open_group_run(tracking_uri, base.tracking.experiment, "comparison", group_id, f"compare-{base.name}-{group_id[:6]}", params, output_dir / "mlartifacts")
-    return _run_and_finish(plan, methods, "comparison", group_id, title, out_dir, tracker, timer, output_dir, tracking_uri, jobs, threshold, observer)
+    analysis = Analysis(out_dir, output_dir, tracking_uri, threshold, interval)
+    return _run_and_finish(plan, methods, "comparison", group_id, title, tracker, timer, analysis, jobs, observer)
 
 
 def _run_and_finish(
@@ -163,25 +195,29 @@ def _run_and_finish(
     kind: str,
     group_id: str,
     title: str,
-    out_dir: Path,
     tracker: "Tracker",
     timer: PhaseTimer,
-    output_dir: Path,
-    tracking_uri: str,
+    analysis: Analysis,
     jobs: int,
-    threshold: float | None,
     observer: WorkflowObserver | None,
 ) -> ComparisonResult:
     """Train (or reuse) the plan under the group run, then finish; the group run ends KILLED/FAILED if this does not."""
     from sspo_cli.research.records import records_of_outcomes
-    from sspo_cli.tracking import failure_marked
 
     with failure_marked(tracker):
-        ctx = ExecutionContext(output_dir, tracking_uri, group_id, tracker.run_id, jobs, observer or WorkflowObserver(), timer)
+        ctx = ExecutionContext(
+            analysis.output_dir,
+            analysis.tracking_uri,
+            group_id,
+            tracker.run_id,
+            jobs,
+            observer or WorkflowObserver(),
+            timer,
+        )
         outcomes = execute(plan, ctx)
         with timer.phase("loading records"):
             records = records_of_outcomes(tracker.client, outcomes)
-        return finish_comparison(kind, group_id, title, records, outcomes, order, threshold, out_dir, tracker, timer, tracking_uri)
+        return finish_comparison(kind, group_id, title, records, outcomes, order, analysis, tracker, timer)
 
 
 def finish_comparison(
@@ -191,42 +227,91 @@ def finish_comparison(
     records: list[RunRecord],
     outcomes: list[Outcome],
     order: Sequence[str],
-    threshold_value: float | None,
-    out_dir: Path,
+    analysis: Analysis,
     tracker: "Tracker",
     timer: PhaseTimer,
-    tracking_uri: str,
 ) -> ComparisonResult:
-    """Table numbers, figure, compare.csv/json and report.md; all logged on the parent run."""
-    from sspo_cli.research.outputs import comparison_document, write_csv, write_json, write_report
-    from sspo_cli.research.plots import comparison_figure
+    """Table numbers, statistics, figures, compare.csv/json, pairs.csv and report.md; all logged on the parent run."""
+    from sspo_cli.research.outputs import (
+        Findings,
+        comparison_document,
+        write_csv,
+        write_json,
+        write_pairs_csv,
+        write_report,
+    )
+    from sspo_cli.research.plots import comparison_figure, statistics_figure
 
+    out_dir, tracking_uri = analysis.out_dir, analysis.tracking_uri
     with timer.phase("analysis"):
         out_dir.mkdir(parents=True, exist_ok=True)
-        threshold = Threshold(threshold_value, "--threshold") if threshold_value is not None else auto_threshold(records)
-        summaries = summarize(records, threshold.value, order)
+        threshold = (
+            Threshold(analysis.threshold, "--threshold") if analysis.threshold is not None else auto_threshold(records)
+        )
+        summaries = summarize(records, threshold.value, order, method=analysis.interval)
+    inference = comparison_inference(records, order, analysis, timer)
     figures = []
-    if records:
+    if any(not r.failed for r in records):
         with timer.phase("plotting"):
             figures.append(comparison_figure(records, order, out_dir / "compare.png", title))
+            if inference is not None and inference.paired:
+                figures.append(
+                    statistics_figure(inference, out_dir / "statistics.png", f"{title}: final held-out accuracy")
+                )
     mlflow_note = (
         f"MLflow store `{tracking_uri}`, parent run `{tracker.run_id}`; the runs side by side: "
         f"search ``{membership_filter(group_id)}`` in the MLflow UI."
     )
     with timer.phase("writing outputs"):
         files = {"csv": write_csv(out_dir / "compare.csv", summaries, "method")}
-        document = comparison_document(kind, group_id, title, summaries, records, outcomes, threshold, {"mlflow": {"tracking_uri": tracking_uri, "parent_run_id": tracker.run_id, "runs_filter": membership_filter(group_id)}, "timing": timer.report()})
-        files["json"] = write_json(out_dir / "compare.json", document)
-        files["report"] = write_report(out_dir / "report.md", title, summaries, records, outcomes, threshold, figures, "method", mlflow_note, timer.report())
-        if figures:
-            files["figure"] = figures[0]
-    with timer.phase("logging artifacts"):
-        for path in files.values():
-            tracker.log_artifact(path)
-    timing = timer.report()
-    tracker.log_metrics({f"workflow/{key}": value for key, value in timing.items() if isinstance(value, float)}, step=0)
-    tracker.finish("FINISHED" if all(o.ok for o in outcomes) else "FAILED")
-    return ComparisonResult(kind, group_id, title, out_dir, summaries, records, outcomes, threshold, files, timing, tracker.run_id, tracking_uri)
+        if inference is not None and inference.paired:
+            files["pairs"] = write_pairs_csv(out_dir / "pairs.csv", inference)
+        extra = {
+            "mlflow": {
+                "tracking_uri": tracking_uri,
+                "parent_run_id": tracker.run_id,
+                "runs_filter": membership_filter(group_id),
+            },
+            "timing": timer.report(),
+        }
+        findings = Findings(title, summaries, records, outcomes, threshold, analysis.interval, inference)
+        files["json"] = write_json(out_dir / "compare.json", comparison_document(kind, group_id, findings, extra))
+        files["report"] = write_report(out_dir / "report.md", findings, figures, "method", mlflow_note, timer.report())
+        files.update({figure.stem: figure for figure in figures})
+    timing = close_group_run(tracker, files, timer, all(o.ok for o in outcomes))
+    return ComparisonResult(
+        kind=kind,
+        group_id=group_id,
+        title=title,
+        out_dir=out_dir,
+        summaries=summaries,
+        records=records,
+        outcomes=outcomes,
+        threshold=threshold,
+        files=files,
+        timing=timing,
+        parent_run_id=tracker.run_id,
+        tracking_uri=tracking_uri,
+        interval=analysis.interval,
+        inference=inference,
+    )
+
+
+def comparison_inference(
+    records: Sequence[RunRecord], order: Sequence[str], analysis: Analysis, timer: PhaseTimer
+) -> Inference | None:
+    """The statistics of the final accuracy; with two methods or more, per-problem results for the paired comparison."""
+    from sspo_cli.research.inference import infer
+    from sspo_cli.research.problems import load_problem_scores
+
+    if not records:
+        return None
+    problems, notes = {}, []
+    if len({r.group for r in records}) >= 2:
+        with timer.phase("per-problem eval"):
+            problems, notes = load_problem_scores(records, analysis.output_dir, analysis.tracking_uri)
+    with timer.phase("statistics"):
+        return infer(records, order, problems, notes)
 
 
 # --------------------------------------------------------------------------- existing runs
@@ -240,15 +325,21 @@ def compare_existing(
     threshold: float | None = None,
     report_dir: Path | None = None,
     group_by: str | None = None,
+    interval: str = T_METHOD,
 ) -> ComparisonResult:
-    """Compare finished runs as they are, grouped by the `sspo.method` tag (or `--group-by TAG`)."""
-    from sspo_cli.research.records import record_from_mlflow
-    from sspo_cli.research.store import runs_by_id, training_runs_of_experiment
-    from sspo_cli.tracking import default_tracking_uri, failure_marked, open_client
+    """Compare finished runs as they are, grouped by the `sspo.method` tag (or `--group-by TAG`).
+
+    With --experiment, its FAILED training runs that were never retried successfully count too
+    (metrics.FAILED_RULE); KILLED runs were interrupted or pruned, not failed, and are left out.
+    """
+    from sspo_cli.research.records import record_from_mlflow, task_label
+    from sspo_cli.research.store import failed_runs_of_experiment, runs_by_id, training_runs_of_experiment
+    from sspo_cli.tracking import default_tracking_uri, open_client
 
     timer = PhaseTimer()
     if bool(experiment) == bool(run_ids):
         raise ResearchError("--experiment", "give either RECIPE, --experiment NAME or --runs ID ...")
+    check_interval(interval)
     tracking_uri = tracking_uri or default_tracking_uri(output_dir)
     with timer.phase("mlflow queries"):
         client = open_client(tracking_uri)
@@ -256,8 +347,19 @@ def compare_existing(
         if not runs:
             raise ResearchError("--experiment", f"experiment {experiment!r} has no FINISHED sspo training runs")
         experiment_name = experiment or client.get_experiment(runs[0].info.experiment_id).name
+        failed_runs = failed_runs_of_experiment(client, experiment) if experiment else []
     with timer.phase("loading records"):
         records = [record_from_mlflow(client, run, group_label(run, group_by), reused=True) for run in runs]
+        records += [
+            failed_record(
+                group_label(run, group_by),
+                int(run.data.tags.get("sspo.seed", 0)),
+                task_label(run.data.params),
+                "FAILED in MLflow",
+                run.info.run_id,
+            )
+            for run in failed_runs
+        ]
     order = list(dict.fromkeys(r.group for r in records))
     group_id = stable_hash({"kind": "comparison-of-runs", "runs": sorted(r.run_id for r in records)})[:12]
     title = f"{experiment_name}: {', '.join(order)} ({len(records)} runs)"
@@ -266,9 +368,15 @@ def compare_existing(
         tracker = open_group_run(tracking_uri, experiment_name, "comparison", group_id, f"compare-runs-{group_id[:6]}", params, output_dir / "mlartifacts")
         for run in runs:
             add_membership(client, run.info.run_id, run.data.tags.get(MEMBERSHIP_TAG), group_id)
-    out_dir = report_dir or output_dir / f"compare-{experiment_name}-{group_id}"
+    analysis = Analysis(
+        report_dir or output_dir / f"compare-{experiment_name}-{group_id}",
+        output_dir,
+        tracking_uri,
+        threshold,
+        interval,
+    )
     with failure_marked(tracker):
-        return finish_comparison("comparison", group_id, title, records, [], order, threshold, out_dir, tracker, timer, tracking_uri)
+        return finish_comparison("comparison", group_id, title, records, [], order, analysis, tracker, timer)
 
 
 def group_label(run: Any, tag: str | None) -> str:

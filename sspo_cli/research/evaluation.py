@@ -61,7 +61,8 @@ class EvalReport:
     mean_reward: float
     mean_length: float
     pass_at: dict[int, float] = field(default_factory=dict)
-    correct_per_prompt: list[int] | None = None  # with --samples: how many of the n samples were correct
+    correct_per_prompt: list[int] | None = None  # how many of the `samples` completions of each prompt were correct
+    prompts: list[str] | None = None  # the evaluated prompts, in the order of correct_per_prompt
     run_id: str | None = None
     eval_run_id: str | None = None
     file: str | None = None
@@ -172,7 +173,6 @@ def evaluate_target(target_text: str, target: EvalTarget, recipe: Recipe, option
     import torch
 
     from sspo_cli.models import load_pretrained, resolve_device, set_offline_defaults
-    from sspo_cli.rollout import evaluate
     from sspo_cli.tasks import build_task
 
     set_offline_defaults()
@@ -191,26 +191,33 @@ def evaluate_target(target_text: str, target: EvalTarget, recipe: Recipe, option
     max_new = options.max_new_tokens or recipe.eval.max_new_tokens or recipe.rollout.max_new_tokens
     batch_size = options.batch_size or recipe.eval.batch_size
     common = dict(target=target_text, checkpoint=str(target.checkpoint), task=task.name, split=options.split, size=len(examples), run_id=target.run_id)
+    temperature = (
+        options.temperature
+        if options.temperature is not None
+        else (recipe.rollout.temperature if options.samples > 1 else None)
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
-        if options.samples == 1:
-            result = evaluate(model, tokenizer, task, examples, max_new, batch_size, options.temperature)
-            decoding = "greedy" if options.temperature is None else f"sampled, temperature {options.temperature}"
-            pass_at = {1: result.accuracy} if options.temperature is not None else {}
-            return EvalReport(**common, decoding=decoding, samples=1, accuracy=result.accuracy, mean_reward=result.mean_reward, mean_length=result.mean_length, pass_at=pass_at)
-        temperature = options.temperature or recipe.rollout.temperature
         correct, rewards, lengths = sample_many(model, tokenizer, task, examples, options.samples, max_new, batch_size, temperature)
-    ks = options.ks or default_ks(options.samples)
-    pass_at = {k: mean_pass_at_k(correct, options.samples, k) for k in ks}
+    accuracy = mean_pass_at_k(correct, options.samples, 1)
+    pass_at = (
+        {}
+        if temperature is None
+        else {k: mean_pass_at_k(correct, options.samples, k) for k in options.ks or default_ks(options.samples)}
+    )
+    decoding = "greedy" if temperature is None else f"sampled, temperature {temperature}"
+    if options.samples > 1:
+        decoding += f", {options.samples} samples per prompt"
     return EvalReport(
         **common,
-        decoding=f"sampled, temperature {temperature}, {options.samples} samples per prompt",
+        decoding=decoding,
         samples=options.samples,
-        accuracy=pass_at.get(1, mean_pass_at_k(correct, options.samples, 1)),
+        accuracy=accuracy,
         mean_reward=mean(rewards),
         mean_length=mean(lengths),
         pass_at=pass_at,
         correct_per_prompt=correct,
+        prompts=[example.prompt for example in examples],
     )
 
 
@@ -236,9 +243,10 @@ def sample_many(
     samples: int,
     max_new_tokens: int,
     batch_size: int,
-    temperature: float,
+    temperature: float | None,
 ) -> tuple[list[int], list[float], list[float]]:
-    """`samples` completions per example: (correct count per example, every reward, every length)."""
+    """`samples` completions per example (greedy when `temperature` is None): (correct count per example,
+    every reward, every length). Batches as the trainer's eval does, so greedy results match it."""
     from sspo_cli.rollout import generate, score
 
     was_training = model.training

@@ -22,7 +22,7 @@ from sspo_cli.research.timing import TRAINING, PhaseTimer
 if TYPE_CHECKING:
     from sspo_cli.run.state import TrainingObserver
 
-State = Literal["reused", "trained", "failed", "cancelled"]
+State = Literal["reused", "trained", "failed", "cancelled", "pruned"]
 
 
 @dataclass
@@ -199,7 +199,12 @@ def run_in_processes(plan: Sequence[PlannedRun], ctx: ExecutionContext, outcomes
     threads = threads_per_job(ctx.jobs)
     pending = list(plan)
     running: dict[Any, tuple[PlannedRun, float]] = {}
-    pool = ProcessPoolExecutor(max_workers=ctx.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(threads,))
+    pool = ProcessPoolExecutor(
+        max_workers=ctx.jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=init_worker,
+        initargs=(threads,),
+    )
     try:
         while pending or running:
             while pending and len(running) < ctx.jobs:
@@ -214,17 +219,17 @@ def run_in_processes(plan: Sequence[PlannedRun], ctx: ExecutionContext, outcomes
                 outcomes[planned.fingerprint] = outcome
                 ctx.observer.on_run_end(outcome)
     except BaseException:
-        _interrupt_workers(pool)
+        interrupt_workers(pool)
         try:
             pool.shutdown(wait=True, cancel_futures=True)
         except KeyboardInterrupt:  # asked twice: do not wait for the checkpoints
-            _interrupt_workers(pool)
+            interrupt_workers(pool)
             pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
 
 
-def _interrupt_workers(pool: Any) -> None:
+def interrupt_workers(pool: Any) -> None:
     import signal
 
     for process in list(getattr(pool, "_processes", {}).values()):
@@ -244,7 +249,7 @@ def _outcome_of(future: Any, planned: PlannedRun, seconds: float) -> Outcome:
     return Outcome(planned, "trained", result["run_id"], result["run_dir"], seconds=seconds)
 
 
-def _worker_init(threads: int) -> None:
+def init_worker(threads: int) -> None:
     import signal
 
     # Own process group: the terminal's Ctrl-C goes to the parent, which forwards it (see run_in_processes).

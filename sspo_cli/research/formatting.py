@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from sspo_cli.research.stats import Interval
+from sspo_cli.research.stats import T_METHOD, Interval, interval_name
 
 MISSING = "—"
 
@@ -23,12 +23,26 @@ def format_value(kind: str, value: float | None) -> str:
     return f"{value:.3f}"
 
 
+def format_spread(kind: str, interval: Interval) -> str:
+    """`± half-width` for a symmetric (Student-t) interval, `[low, high]` for a bootstrap one, `(n=k)` for none."""
+    if not interval.defined:
+        return f"(n={interval.n})"
+    if interval.method == T_METHOD:
+        return f"± {format_value(kind, interval.half_width)}"
+    return f"[{format_value(kind, interval.low)}, {format_value(kind, interval.high)}]"
+
+
+def interval_caption(method: str) -> str:
+    """What a table cell shows, for captions: `mean ± half-width of the 95% CI, Student-t ...`."""
+    shape = "mean ± half-width" if method == T_METHOD else "mean [low, high]"
+    return f"{shape} of the {interval_name(method)}"
+
+
 def format_interval(kind: str, interval: Interval, runs: int | None = None) -> str:
-    """`mean ± half-width`; `(n=1)` when there is no interval; `[reached/runs]` when some runs gave no value."""
+    """The estimate and its spread (see format_spread); `[reached/runs]` when some runs gave no value."""
     if interval.n == 0:
         return MISSING
-    text = format_value(kind, interval.mean)
-    text += f" ± {format_value(kind, interval.half_width)}" if interval.n >= 2 else " (n=1)"
+    text = f"{format_value(kind, interval.estimate)} {format_spread(kind, interval)}"
     if runs is not None and interval.n < runs:
         text += f" [{interval.n}/{runs}]"
     return text

@@ -10,7 +10,18 @@ from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 from sspo_cli.research.formatting import format_interval, format_value
-from sspo_cli.research.stats import Interval, curve_mean, finite, first_step_reaching, mean, t_interval, tail_mean
+from sspo_cli.research.stats import (
+    CONFIDENCE,
+    T_METHOD,
+    Interval,
+    curve_mean,
+    finite,
+    first_step_reaching,
+    mean,
+    mean_bootstrap_interval,
+    t_interval,
+    tail_mean,
+)
 
 Better = Literal["higher", "lower"] | None
 Kind = Literal["percent", "float", "sci", "steps", "seconds"]
@@ -23,19 +34,62 @@ class MetricSpec:
     better: Better  # None: no "best" (e.g. entropy: neither end is good by itself)
     kind: Kind
     description: str
+    failed_score: float | None = None  # what a run that failed scores (None: it has no value)
 
 
 METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("final_accuracy", "final acc", "higher", "percent", "greedy held-out accuracy at the last step"),
-    MetricSpec("best_accuracy", "best acc", "higher", "percent", "best greedy held-out accuracy over the run's evals"),
-    MetricSpec("reward_auc", "reward AUC", "higher", "float", "area under the train/reward curve divided by the step span (mean reward over training)"),
-    MetricSpec("steps_to_threshold", "steps to thr", "lower", "steps", "first eval step whose accuracy reaches the threshold (seeds that never reach it are left out)"),
-    MetricSpec("seq_var", "weight/seq_var", "lower", "sci", "mean over steps of weight/seq_var (variance of the sequence importance weight)"),
+    MetricSpec(
+        "final_accuracy",
+        "final acc",
+        "higher",
+        "percent",
+        "greedy held-out accuracy at the last step",
+        failed_score=0.0,
+    ),
+    MetricSpec(
+        "best_accuracy",
+        "best acc",
+        "higher",
+        "percent",
+        "best greedy held-out accuracy over the run's evals",
+        failed_score=0.0,
+    ),
+    MetricSpec(
+        "reward_auc",
+        "reward AUC",
+        "higher",
+        "float",
+        "area under the train/reward curve divided by the step span (mean reward over training)",
+    ),
+    MetricSpec(
+        "steps_to_threshold",
+        "steps to thr",
+        "lower",
+        "steps",
+        "first eval step whose accuracy reaches the threshold (seeds that never reach it are left out)",
+    ),
+    MetricSpec(
+        "seq_var",
+        "weight/seq_var",
+        "lower",
+        "sci",
+        "mean over steps of weight/seq_var (variance of the sequence importance weight)",
+    ),
     MetricSpec("saturated_frac", "saturated", "lower", "percent", "mean over steps of grad_weight/saturated_frac"),
     MetricSpec("final_entropy", "final entropy", None, "float", "mean train/entropy over the last 10% of steps"),
     MetricSpec("wall_seconds", "wall time", "lower", "seconds", "RL wall time of the run (warm start excluded)"),
 )
 METRIC_KEYS = tuple(spec.key for spec in METRICS)
+
+COLLAPSE_FRACTION = 0.5
+FAILED_RULE = (
+    "a run that failed (no final eval) stays in the statistics with 0% held-out accuracy (final and best) "
+    "and no other metric"
+)
+COLLAPSE_RULE = (
+    f"collapsed: finished, but its final held-out accuracy is below {COLLAPSE_FRACTION:.0%} of its own starting "
+    "accuracy (kept with its measured scores)"
+)
 
 
 def metric_spec(key: str) -> MetricSpec:
@@ -70,10 +124,38 @@ class RunRecord:
     run_name: str = ""
     run_dir: str | None = None
     reused: bool = False
+    task: str = ""  # the stratum of the stratified bootstrap
+    failed: bool = False  # trained but did not finish: scored by FAILED_RULE
+    error: str | None = None
+
+
+def failed_record(group: str, seed: int, task: str, error: str | None, run_id: str = "") -> RunRecord:
+    """A run that failed, as the statistics count it (see FAILED_RULE)."""
+    return RunRecord(
+        run_id,
+        group,
+        seed,
+        math.nan,
+        Curves(),
+        run_name=f"{group} seed {seed} (failed)",
+        task=task,
+        failed=True,
+        error=error,
+    )
+
+
+def is_collapsed(record: RunRecord) -> bool:
+    """COLLAPSE_RULE: a finished run whose final accuracy fell below half of its starting accuracy."""
+    accuracy = record.curves.eval_accuracy
+    if record.failed or len(accuracy) < 2 or not all(math.isfinite(v) for v in (accuracy[0], accuracy[-1])):
+        return False
+    return accuracy[-1] < COLLAPSE_FRACTION * accuracy[0]
 
 
 def run_metrics(record: RunRecord, threshold: float) -> dict[str, float]:
     """Every metric of METRICS for one run; NaN where a run has no value (e.g. threshold never reached)."""
+    if record.failed:
+        return {spec.key: math.nan if spec.failed_score is None else spec.failed_score for spec in METRICS}
     c = record.curves
     return {
         "final_accuracy": c.eval_accuracy[-1] if c.eval_accuracy else math.nan,
@@ -117,21 +199,55 @@ class GroupSummary:
     seeds: list[int]
     metrics: dict[str, Interval]
     per_run: list[dict[str, float]]
+    failed: int = 0
+    collapsed: int = 0
 
 
-def summarize(records: Sequence[RunRecord], threshold: float, order: Sequence[str] | None = None, confidence: float = 0.95) -> list[GroupSummary]:
-    """One summary per group, in `order` (default: first appearance), each metric as a t-interval over seeds."""
-    by_group: dict[str, list[RunRecord]] = {}
-    for name in order or []:
-        by_group[name] = []
+def group_records(records: Sequence[RunRecord], order: Sequence[str] | None = None) -> dict[str, list[RunRecord]]:
+    """Records by group, groups in `order` first (even without records), then in order of appearance."""
+    by_group: dict[str, list[RunRecord]] = {name: [] for name in order or []}
     for record in records:
         by_group.setdefault(record.group, []).append(record)
+    return by_group
+
+
+def summarize(
+    records: Sequence[RunRecord],
+    threshold: float,
+    order: Sequence[str] | None = None,
+    confidence: float = CONFIDENCE,
+    method: str = T_METHOD,
+) -> list[GroupSummary]:
+    """One summary per group, in `order` (default: first appearance), each metric as an interval over
+    its runs: Student-t over seeds, or the mean with a stratified bootstrap (strata: tasks)."""
     out = []
-    for name, members in by_group.items():
+    for name, members in group_records(records, order).items():
         per_run = [run_metrics(r, threshold) for r in members]
-        intervals = {key: t_interval([m[key] for m in per_run], confidence) for key in METRIC_KEYS}
-        out.append(GroupSummary(name, [r.run_id for r in members], [r.seed for r in members], intervals, per_run))
+        intervals = {
+            key: metric_interval(members, [m[key] for m in per_run], confidence, method) for key in METRIC_KEYS
+        }
+        failed = sum(r.failed for r in members)
+        collapsed = sum(is_collapsed(r) for r in members)
+        out.append(
+            GroupSummary(
+                name, [r.run_id for r in members], [r.seed for r in members], intervals, per_run, failed, collapsed
+            )
+        )
     return out
+
+
+def metric_interval(members: Sequence[RunRecord], values: Sequence[float], confidence: float, method: str) -> Interval:
+    if method == T_METHOD:
+        return t_interval(values, confidence)
+    return mean_bootstrap_interval(strata_of(members, values), confidence)
+
+
+def strata_of(members: Sequence[RunRecord], values: Sequence[float]) -> list[list[float]]:
+    """The values split by the runs' task, in order of appearance."""
+    strata: dict[str, list[float]] = {}
+    for record, value in zip(members, values):
+        strata.setdefault(record.task, []).append(value)
+    return list(strata.values())
 
 
 def cell(summary: GroupSummary, spec: MetricSpec) -> str:
@@ -149,7 +265,9 @@ def best_groups(summaries: Sequence[GroupSummary]) -> dict[str, set[str]]:
     for spec in METRICS:
         if spec.better is None:
             continue
-        scored = [(s.metrics[spec.key].mean, s.name) for s in summaries if math.isfinite(s.metrics[spec.key].mean)]
+        scored = [
+            (s.metrics[spec.key].estimate, s.name) for s in summaries if math.isfinite(s.metrics[spec.key].estimate)
+        ]
         if len(scored) < 2:
             continue
         pick = max if spec.better == "higher" else min
@@ -167,7 +285,7 @@ def rank(summaries: Sequence[GroupSummary], key: str) -> list[GroupSummary]:
     sign = -1 if spec.better != "lower" else 1
 
     def sort_key(summary: GroupSummary) -> tuple[int, float]:
-        value = summary.metrics[key].mean
+        value = summary.metrics[key].estimate
         return (0, sign * value) if math.isfinite(value) else (1, 0.0)
 
     return sorted(summaries, key=sort_key)

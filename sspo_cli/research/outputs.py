@@ -5,13 +5,27 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from sspo_cli.research.execute import Outcome
-from sspo_cli.research.formatting import format_duration
-from sspo_cli.research.metrics import METRICS, GroupSummary, RunRecord, Threshold, best_groups, cell, run_metrics
-from sspo_cli.research.stats import INTERVAL_NAME, Interval
+from sspo_cli.research.formatting import format_duration, interval_caption
+from sspo_cli.research.inference import Inference
+from sspo_cli.research.metrics import (
+    COLLAPSE_RULE,
+    FAILED_RULE,
+    METRICS,
+    GroupSummary,
+    RunRecord,
+    Threshold,
+    best_groups,
+    cell,
+    is_collapsed,
+    run_metrics,
+)
+from sspo_cli.research.statistics_text import statistics_tables
+from sspo_cli.research.stats import BOOTSTRAP_METHOD, T_METHOD, Interval, interval_name
 
 
 def clean(value: Any) -> Any:
@@ -25,8 +39,15 @@ def clean(value: Any) -> Any:
     return value
 
 
-def interval_fields(interval: Interval) -> dict[str, float]:
-    return {"mean": interval.mean, "ci_low": interval.low, "ci_high": interval.high, "half_width": interval.half_width, "n": interval.n}
+def interval_fields(interval: Interval, estimate_key: str = "mean") -> dict[str, Any]:
+    return {
+        estimate_key: interval.estimate,
+        "ci_low": interval.low,
+        "ci_high": interval.high,
+        "half_width": interval.half_width,
+        "n": interval.n,
+        "method": interval.method,
+    }
 
 
 def write_csv(path: Path, summaries: Sequence[GroupSummary], group_header: str, extra_columns: dict[str, dict[str, Any]] | None = None) -> Path:
@@ -43,7 +64,12 @@ def write_csv(path: Path, summaries: Sequence[GroupSummary], group_header: str, 
             row: list[Any] = [summary.name, *(extra_columns.get(summary.name, {}).get(k, "") for k in extra_names), len(summary.run_ids)]
             for spec in METRICS:
                 interval = summary.metrics[spec.key]
-                row += [_csv_number(interval.mean), _csv_number(interval.low), _csv_number(interval.high), interval.n]
+                row += [
+                    _csv_number(interval.estimate),
+                    _csv_number(interval.low),
+                    _csv_number(interval.high),
+                    interval.n,
+                ]
             writer.writerow(row)
     return path
 
@@ -52,25 +78,36 @@ def _csv_number(value: float) -> str:
     return repr(float(value)) if math.isfinite(value) else ""
 
 
+@dataclass(frozen=True)
+class Findings:
+    """What a comparison or a sweep found, as its files report it."""
+
+    title: str
+    summaries: Sequence[GroupSummary]
+    records: Sequence[RunRecord]
+    outcomes: Sequence[Outcome]
+    threshold: Threshold
+    method: str = T_METHOD  # of the main table's intervals
+    inference: Inference | None = None
+
+
 def comparison_document(
-    kind: str,
-    group_id: str,
-    title: str,
-    summaries: Sequence[GroupSummary],
-    records: Sequence[RunRecord],
-    outcomes: Sequence[Outcome],
-    threshold: Threshold,
-    extra: dict[str, Any] | None = None,
+    kind: str, group_id: str, findings: Findings, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Everything behind the table: per-group intervals, per-run values, failures, how it was computed."""
+    title, summaries, records, outcomes, threshold = (
+        findings.title, findings.summaries, findings.records, findings.outcomes, findings.threshold
+    )
+    method, inference = findings.method, findings.inference
     best = best_groups(summaries)
     return clean(
         {
             "kind": kind,
             "id": group_id,
             "title": title,
-            "interval": INTERVAL_NAME,
+            "interval": interval_name(method),
             "confidence": 0.95,
+            "rules": {"failed": FAILED_RULE, "collapsed": COLLAPSE_RULE},
             "threshold": {"value": threshold.value, "how": threshold.how},
             "metrics": [{"key": s.key, "label": s.label, "better": s.better, "description": s.description} for s in METRICS],
             "groups": [
@@ -80,6 +117,8 @@ def comparison_document(
                     "run_ids": s.run_ids,
                     "metrics": {key: interval_fields(interval) for key, interval in s.metrics.items()},
                     "best": sorted(key for key, names in best.items() if s.name in names),
+                    "failed": s.failed,
+                    "collapsed": s.collapsed,
                 }
                 for s in summaries
             ],
@@ -91,19 +130,101 @@ def comparison_document(
                     "run_name": r.run_name,
                     "run_dir": r.run_dir,
                     "reused": r.reused,
+                    "failed": r.failed,
+                    "collapsed": is_collapsed(r),
                     "metrics": run_metrics(r, threshold.value),
                 }
                 for r in records
             ],
             "failed": [{"group": o.planned.group, "seed": o.planned.seed, "state": o.state, "error": o.error} for o in outcomes if not o.ok],
+            **({"statistics": inference_document(inference)} if inference is not None else {}),
             **(extra or {}),
         }
     )
 
 
+def inference_document(inference: Inference) -> dict[str, Any]:
+    return {
+        "metric": inference.metric,
+        "interval": interval_name(BOOTSTRAP_METHOD, inference.confidence),
+        "groups": [
+            {
+                "name": g.name,
+                "runs": g.runs,
+                "failed": g.failed,
+                "collapsed": g.collapsed,
+                "iqm": interval_fields(g.iqm, "estimate"),
+                "mean": interval_fields(g.mean, "estimate"),
+                "t": interval_fields(g.t, "estimate"),
+            }
+            for g in inference.groups
+        ],
+        "probability_of_improvement": [
+            {"x": x, "y": y, **interval_fields(p, "probability")} for (x, y), p in inference.improvement.items()
+        ],
+        "paired": [pair_fields(pair) for pair in inference.paired],
+        "detectable_median": inference.detectable_median,
+        "notes": inference.notes,
+    }
+
+
+def pair_fields(pair: Any) -> dict[str, Any]:
+    difference = interval_fields(pair.difference, "difference") if pair.difference is not None else {"difference": None}
+    return {
+        "first": pair.first,
+        "second": pair.second,
+        **difference,
+        "detectable": pair.detectable,
+        "problems": pair.problems,
+        "seeds_paired": pair.seeds_paired,
+        "unpaired_t_overlap": pair.unpaired_overlap,
+        "verdict": pair.verdict,
+    }
+
+
+PAIR_COLUMNS = (
+    "first",
+    "second",
+    "difference",
+    "ci_low",
+    "ci_high",
+    "detectable",
+    "problems",
+    "seeds_paired",
+    "unpaired_t_overlap",
+    "verdict",
+)
+
+
+def write_pairs_csv(path: Path, inference: Inference) -> Path:
+    """One row per pair of methods: the paired accuracy difference, its interval, what the design detects."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(PAIR_COLUMNS)
+        for pair in inference.paired:
+            fields = pair_fields(pair)
+            writer.writerow([_csv_cell(fields.get(column)) for column in PAIR_COLUMNS])
+    return path
+
+
+def _csv_cell(value: Any) -> Any:
+    return _csv_number(value) if isinstance(value, float) else "" if value is None else value
+
+
 def write_json(path: Path, document: dict[str, Any]) -> Path:
     path.write_text(json.dumps(clean(document), indent=2))
     return path
+
+
+def inference_markdown(inference: Inference) -> list[str]:
+    """The statistics of the headline metric as report.md shows them: its tables, each with its caption."""
+    lines = ["## Final accuracy: robust aggregates, probability of improvement, paired differences", ""]
+    for table in statistics_tables(inference):
+        lines += [f"### {table.title}", "", "| " + " | ".join(table.headers) + " |", "|" + "---|" * len(table.headers)]
+        lines += ["| " + " | ".join(row) + " |" for row in table.rows]
+        lines += ["", table.explanation or table.caption, ""]
+    lines += [f"- {note}" for note in inference.notes]
+    return lines + ([""] if inference.notes else [])
 
 
 def markdown_table(summaries: Sequence[GroupSummary], group_header: str) -> str:
@@ -121,37 +242,41 @@ def markdown_table(summaries: Sequence[GroupSummary], group_header: str) -> str:
     return "\n".join(lines)
 
 
+def run_source(record: RunRecord) -> str:
+    if record.failed:
+        return "failed"
+    return ("reused" if record.reused else "trained") + (", collapsed" if is_collapsed(record) else "")
+
+
 def write_report(
-    path: Path,
-    title: str,
-    summaries: Sequence[GroupSummary],
-    records: Sequence[RunRecord],
-    outcomes: Sequence[Outcome],
-    threshold: Threshold,
-    figures: Sequence[Path],
-    group_header: str,
-    mlflow_note: str,
-    timing: dict[str, Any],
+    path: Path, findings: Findings, figures: Sequence[Path], group_header: str, mlflow_note: str, timing: dict[str, Any]
 ) -> Path:
-    """A shareable page: the table, the figure, the runs behind it and how the numbers were made."""
+    """A shareable page: the table, the figures, the runs behind it and how the numbers were made."""
+    title, summaries, records, outcomes, threshold = (
+        findings.title, findings.summaries, findings.records, findings.outcomes, findings.threshold
+    )
+    method, inference = findings.method, findings.inference
     parts = [
         f"# {title}",
         "",
         markdown_table(summaries, group_header),
         "",
-        f"Each cell: mean ± half-width of the {INTERVAL_NAME}; the best mean per column in bold. "
-        f"`[k/n]`: only k of the n seeds have a value (e.g. never reached the threshold). "
-        f"Threshold accuracy: {threshold.value:.1%} ({threshold.how}).",
+        (
+            f"Each cell: {interval_caption(method)}; the best mean per column in bold. "
+            f"`[k/n]`: only k of the n seeds have a value (e.g. never reached the threshold). "
+            f"Threshold accuracy: {threshold.value:.1%} ({threshold.how})."
+        ),
         "",
         "| metric | definition |",
         "|---|---|",
         *(f"| {spec.label} | {spec.description} |" for spec in METRICS),
         "",
+        *(inference_markdown(inference) if inference is not None else []),
     ]
     for figure in figures:
         parts += [f"![{figure.stem}]({figure.name})", ""]
     parts += ["## Runs", "", f"| {group_header} | seed | run | run id | source |", "|---|---|---|---|---|"]
-    parts += [f"| {r.group} | {r.seed} | {r.run_name} | `{r.run_id}` | {'reused' if r.reused else 'trained'} |" for r in records]
+    parts += [f"| {r.group} | {r.seed} | {r.run_name} | `{r.run_id}` | {run_source(r)} |" for r in records]
     failed = [o for o in outcomes if not o.ok]
     if failed:
         parts += ["", "## Failed runs", ""]

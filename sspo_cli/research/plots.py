@@ -1,16 +1,21 @@
-"""Figures (matplotlib, Agg: no display needed): learning curves and weight variance, sweep heatmaps."""
+"""Figures (matplotlib, Agg: no display needed): learning curves and weight variance, the statistics of a
+comparison, sweep heatmaps."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from sspo_cli.research.metrics import Curves, RunRecord
-from sspo_cli.research.stats import INTERVAL_NAME, t_interval
+from sspo_cli.research.stats import INTERVAL_NAME, Interval, t_interval
+
+if TYPE_CHECKING:
+    from sspo_cli.research.inference import Inference, PairedComparison
 
 
-def _pyplot():
+def agg_pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -50,8 +55,8 @@ def band(
         interval = t_interval(by_step[step])
         if interval.n == 0:
             continue
-        half = interval.half_width if math.isfinite(interval.half_width) else 0.0
-        centre, low, high = interval.mean, interval.mean - half, interval.mean + half
+        centre = interval.estimate
+        low, high = (interval.low, interval.high) if interval.defined else (centre, centre)
         if log_space:
             centre, low, high = 10**centre, 10**low, 10**high
         steps.append(step)
@@ -63,7 +68,7 @@ def band(
 
 def comparison_figure(records: Sequence[RunRecord], order: Sequence[str], path: Path, title: str) -> Path:
     """2x2: eval accuracy, train reward (smoothed), weight/seq_var (log scale), saturated fraction."""
-    plt = _pyplot()
+    plt = agg_pyplot()
     longest = max((len(r.curves.steps) for r in records), default=1)
     window = max(1, longest // 20)
     smooth = f"{window}-step moving avg" if window > 1 else "per step"
@@ -78,7 +83,7 @@ def comparison_figure(records: Sequence[RunRecord], order: Sequence[str], path: 
     for axis, (label, steps_of, values_of, log_scale) in zip(axes.flat, panels):
         plotted = []
         for index, group in enumerate(order):
-            members = [r for r in records if r.group == group]
+            members = [r for r in records if r.group == group and not r.failed]
             steps, means, lows, highs = band(members, steps_of, values_of, log_space=log_scale)
             if not steps:
                 continue
@@ -113,27 +118,121 @@ def heatmap_figure(
 ) -> Path:
     """values[row][col] with rows = y values and columns = x values, each cell labelled with
     cell_text[row][col]; missing cells (NaN) left grey."""
-    plt = _pyplot()
-    import numpy as np
-
-    grid = np.array(values, dtype=float)
+    plt = agg_pyplot()
     import textwrap
 
     fig, axis = plt.subplots(figsize=(max(7.0, 1.4 * len(x_labels) + 3), 1.0 * len(y_labels) + 2.5), constrained_layout=True)
-    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
-    image = axis.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto", origin="lower")
-    axis.set_xticks(range(len(x_labels)), labels=list(x_labels))
-    axis.set_yticks(range(len(y_labels)), labels=list(y_labels))
+    image = draw_heatmap(axis, values, x_labels, y_labels, cell_text, origin="lower")
     axis.set_xlabel(x_key)
     axis.set_ylabel(y_key)
-    finite = grid[np.isfinite(grid)]
-    middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
-    for row in range(grid.shape[0]):
-        for col in range(grid.shape[1]):
-            value = grid[row, col]
-            axis.text(col, row, cell_text[row][col], ha="center", va="center", fontsize=9, color="black" if not math.isfinite(value) or value > middle else "white")
     fig.colorbar(image, ax=axis, label=metric_label)
     axis.set_title("\n".join(line for part in title.split("\n") for line in textwrap.wrap(part, 70)), fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def draw_heatmap(
+    axis,
+    values: Sequence[Sequence[float]],
+    x_labels: Sequence[str],
+    y_labels: Sequence[str],
+    cell_text: Sequence[Sequence[str]],
+    origin: str = "upper",
+    value_range: tuple[float, float] | None = None,
+):
+    """values[row][col] as colours (viridis, NaN grey) with each cell's text on it; returns the image."""
+    import numpy as np
+
+    plt = agg_pyplot()
+    grid = np.array(values, dtype=float)
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
+    low, high = value_range or (None, None)
+    image = axis.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto", origin=origin, vmin=low, vmax=high)
+    axis.set_xticks(range(len(x_labels)), labels=list(x_labels))
+    axis.set_yticks(range(len(y_labels)), labels=list(y_labels))
+    finite = grid[np.isfinite(grid)]
+    middle = (low + high) / 2 if value_range else (finite.min() + finite.max()) / 2 if finite.size else 0.0
+    for row in range(grid.shape[0]):
+        for col in range(grid.shape[1]):
+            value = grid[row, col]
+            colour = "black" if not math.isfinite(value) or value > middle else "white"
+            axis.text(col, row, cell_text[row][col], ha="center", va="center", fontsize=8, color=colour)
+    return image
+
+
+def statistics_figure(inference: Inference, path: Path, title: str) -> Path:
+    """Three panels: IQM and mean per method with bootstrap intervals, P(row > column), paired differences."""
+    plt = agg_pyplot()
+    names = [g.name for g in inference.groups]
+    pairs = inference.paired
+    height = max(4.0, 0.45 * max(len(names), len(pairs)) + 2.5)
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(17, height), constrained_layout=True)
+    _aggregate_panel(left, inference)
+    probability = [[math.nan if x == y else inference.improvement[(x, y)].estimate for y in names] for x in names]
+    texts = [["" if x == y else _probability_text(inference.improvement[(x, y)]) for y in names] for x in names]
+    image = draw_heatmap(middle, probability, names, names, texts, value_range=(0.0, 1.0))
+    middle.set_xlabel("column method")
+    middle.set_ylabel("row method")
+    middle.set_title("P(row > column) over runs, 95% bootstrap CI", fontsize=10)
+    fig.colorbar(image, ax=middle, shrink=0.8)
+    _paired_panel(right, pairs)
+    fig.suptitle(title, fontsize=11)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _probability_text(interval: Interval) -> str:
+    if not interval.defined:
+        return f"{interval.estimate:.2f}"
+    return f"{interval.estimate:.2f}\n[{interval.low:.2f}, {interval.high:.2f}]"
+
+
+def _aggregate_panel(axis, inference: Inference) -> None:
+    for row, group in enumerate(inference.groups):
+        for offset, (label, interval, colour) in enumerate(
+            (("IQM", group.iqm, "tab:blue"), ("mean", group.mean, "tab:orange"))
+        ):
+            y = row + 0.15 * (1 - 2 * offset)
+            _interval_bar(axis, y, interval, colour, label if row == 0 else None, scale=100)
+    axis.set_yticks(range(len(inference.groups)), labels=[g.name for g in inference.groups])
+    axis.invert_yaxis()
+    axis.set_xlabel("final held-out accuracy (%)")
+    axis.set_title("IQM and mean over runs, 95% stratified bootstrap CI", fontsize=10)
+    axis.grid(alpha=0.3, axis="x")
+    axis.legend(fontsize=8)
+
+
+def _paired_panel(axis, pairs: Sequence[PairedComparison]) -> None:
+    for row, pair in enumerate(pairs):
+        if pair.difference is None:
+            continue
+        if math.isfinite(pair.detectable):
+            axis.plot(
+                [-100 * pair.detectable, 100 * pair.detectable],
+                [row, row],
+                color="lightgrey",
+                linewidth=7,
+                solid_capstyle="butt",
+            )
+        colour = "tab:green" if pair.difference.excludes(0.0) else "tab:grey"
+        _interval_bar(axis, row, pair.difference, colour, None, scale=100)
+    axis.axvline(0.0, color="black", linewidth=0.8)
+    axis.set_yticks(range(len(pairs)), labels=[f"{p.first} - {p.second}" for p in pairs])
+    axis.invert_yaxis()
+    axis.set_xlabel("difference in final accuracy (points)")
+    axis.set_title(
+        "paired bootstrap over problems and seeds, 95% CI\n(grey band: +- smallest detectable difference)", fontsize=10
+    )
+    axis.grid(alpha=0.3, axis="x")
+
+
+def _interval_bar(axis, y: float, interval: Interval, colour: str, label: str | None, scale: float = 1.0) -> None:
+    """A point at the estimate with a horizontal bar over the interval (no bar where there is none)."""
+    centre = scale * interval.estimate
+    if interval.defined:
+        errors = [[centre - scale * interval.low], [scale * interval.high - centre]]
+        axis.errorbar([centre], [y], xerr=errors, fmt="o", color=colour, capsize=3, label=label, markersize=5)
+    else:
+        axis.plot([centre], [y], "o", color=colour, label=label, markersize=5)

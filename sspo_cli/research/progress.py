@@ -59,10 +59,16 @@ class RichWorkflowProgress(WorkflowObserver):
         elif outcome.state == "failed":
             self.failed += 1
             self.console.print(f"[red]failed[/red] {outcome.planned.display_name}: {escape(outcome.error or '')}", highlight=False, soft_wrap=True)
-        if outcome.state in ("trained", "failed"):
+        if outcome.state in ("trained", "failed", "pruned"):
             self.durations.append(outcome.seconds)
         if outcome.state == "trained":
             self.console.print(f"[green]done[/green] {outcome.planned.display_name} ({format_duration(outcome.seconds)})", highlight=False)
+        elif outcome.state == "pruned":
+            self.console.print(
+                f"[yellow]pruned[/yellow] {outcome.planned.display_name}: {escape(outcome.error or '')} "
+                f"({format_duration(outcome.seconds)})",
+                highlight=False,
+            )
         self._refresh()
 
     def _refresh(self) -> None:

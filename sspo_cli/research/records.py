@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from sspo_cli.research import ResearchError
-from sspo_cli.research.metrics import Curves, RunRecord
+from sspo_cli.research.metrics import Curves, RunRecord, failed_record
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
+    from sspo_cli.recipe import Recipe
     from sspo_cli.research.execute import Outcome
 
 CURVE_KEYS = {
@@ -22,6 +23,22 @@ CURVE_KEYS = {
     "saturated_frac": "grad_weight/saturated_frac",
     "entropy": "train/entropy",
 }
+TASK_DETAIL_KEYS = ("task.dataset", "task.path")
+
+
+def task_label(params: Any) -> str:
+    """The stratum of a run: its task's name, and the reasoning-gym dataset or data file it reads.
+
+    `params` are the run's flattened recipe keys (its MLflow params, or a flattened recipe).
+    """
+    details = [str(params[key]) for key in TASK_DETAIL_KEYS if params.get(key) not in (None, "", "null")]
+    return ":".join([str(params.get("task.name", "")), *details])
+
+
+def recipe_task_label(recipe: Recipe) -> str:
+    from sspo_cli.tracking import flatten
+
+    return task_label(flatten({"task": recipe.task.model_dump(mode="json")}))
 
 
 def has_run_files(run_dir: str | Path | None) -> bool:
@@ -62,6 +79,7 @@ def record_from_mlflow(client: "MlflowClient", run: "Run", group: str, reused: b
     if has_run_files(run_dir):
         record = record_from_run_dir(run_dir, group, reused)
         record.run_id = run.info.run_id
+        record.task = task_label(run.data.params)
         return record
     run_id = run.info.run_id
     evals = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "eval/accuracy"))
@@ -89,6 +107,7 @@ def record_from_mlflow(client: "MlflowClient", run: "Run", group: str, reused: b
         run_name=run.info.run_name or run_id,
         run_dir=run_dir,
         reused=reused,
+        task=task_label(run.data.params),
     )
 
 
@@ -111,9 +130,14 @@ def _number(value: Any) -> float:
 
 
 def records_of_outcomes(client: "MlflowClient", outcomes: "Sequence[Outcome]") -> list[RunRecord]:
-    """The successful outcomes' runs, read from their folders (or MLflow where a folder is gone)."""
+    """The successful outcomes' runs, read from their folders (or MLflow where a folder is gone), and the
+    failed ones as failed records: they stay in the statistics (metrics.FAILED_RULE)."""
     records = []
     for outcome in outcomes:
+        task = recipe_task_label(outcome.planned.recipe)
+        if outcome.state == "failed":
+            records.append(failed_record(outcome.planned.group, outcome.planned.seed, task, outcome.error))
+            continue
         if not outcome.ok:
             continue
         reused = outcome.state == "reused"
@@ -123,5 +147,6 @@ def records_of_outcomes(client: "MlflowClient", outcomes: "Sequence[Outcome]") -
             record = record_from_mlflow(client, client.get_run(outcome.run_id), outcome.planned.group, reused)
         record.seed = outcome.planned.seed
         record.run_name = outcome.run_name or record.run_name
+        record.task = task
         records.append(record)
     return records

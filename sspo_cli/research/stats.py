@@ -1,32 +1,77 @@
-"""Pure statistics for comparisons: Student-t intervals over seeds, pass@k, curve summaries.
+"""Statistics of comparisons, from scipy: Student-t and stratified bootstrap intervals, the interquartile
+mean, the probability of improvement, a paired bootstrap over problems and seeds; pass@k; curve summaries.
 
-No I/O and no third-party imports, so every number here can be checked by hand.
+The estimators follow rliable (Agarwal et al. 2021, "Deep RL at the edge of the statistical precipice"):
+IQM = scipy.stats.trim_mean(scores, 0.25) over every run; the stratified bootstrap resamples runs within
+each stratum (task); P(X > Y) = Mann-Whitney U / (n m), averaged over strata. Every resampling is
+scipy.stats.bootstrap's (percentile method, a fixed seed, so a report is reproducible). No I/O here;
+numpy and scipy are imported inside the functions so that importing this module stays instant.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING
 
-INTERVAL_NAME = "95% CI, Student-t over seeds (n-1 df)"
+if TYPE_CHECKING:
+    import numpy as np
+
+CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+IQM_TRIM = 0.25  # cut from each end: the interquartile mean
+POWER = 0.8  # of the minimum detectable difference
+CELLS_PER_BATCH = 2_000_000  # resampled (seed, problem) cells held in memory at once
+
+T_METHOD = "t"
+BOOTSTRAP_METHOD = "bootstrap"
+INTERVAL_METHODS = (T_METHOD, BOOTSTRAP_METHOD)
+
+
+def interval_name(method: str = T_METHOD, confidence: float = CONFIDENCE) -> str:
+    """How an interval was computed, in words, for captions and reports."""
+    descriptions = {
+        T_METHOD: "Student-t over seeds (n-1 df)",
+        BOOTSTRAP_METHOD: f"stratified percentile bootstrap over runs ({BOOTSTRAP_RESAMPLES:,} resamples)",
+    }
+    return f"{confidence:.0%} CI, {descriptions[method]}"
+
+
+INTERVAL_NAME = interval_name(T_METHOD)
 
 
 @dataclass(frozen=True)
 class Interval:
-    """Mean of `n` values with a two-sided confidence interval; `half_width` is NaN when n < 2."""
+    """A point estimate over `n` values with a two-sided confidence interval [low, high].
 
-    mean: float
-    half_width: float
+    The bounds are NaN where no interval exists (fewer than two values). `method` says how the
+    interval was made: "t" intervals are symmetric, bootstrap intervals need not be.
+    """
+
+    estimate: float
+    low: float
+    high: float
     n: int
+    method: str = T_METHOD
+    standard_error: float = math.nan
 
     @property
-    def low(self) -> float:
-        return self.mean - self.half_width
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
 
     @property
-    def high(self) -> float:
-        return self.mean + self.half_width
+    def defined(self) -> bool:
+        return math.isfinite(self.low) and math.isfinite(self.high)
+
+    def excludes(self, value: float) -> bool:
+        return self.defined and not self.low <= value <= self.high
+
+
+def point_only(estimate: float, n: int, method: str = T_METHOD) -> Interval:
+    return Interval(estimate, math.nan, math.nan, n, method)
 
 
 def finite(values: Sequence[float | None]) -> list[float]:
@@ -37,85 +82,174 @@ def mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-def sample_std(values: Sequence[float]) -> float:
-    """Standard deviation with Bessel's correction (n - 1); NaN for fewer than two values."""
-    if len(values) < 2:
-        return math.nan
-    centre = mean(values)
-    return math.sqrt(sum((v - centre) ** 2 for v in values) / (len(values) - 1))
-
-
-def t_interval(values: Sequence[float | None], confidence: float = 0.95) -> Interval:
-    """mean +- t_{(1+confidence)/2, n-1} * s / sqrt(n) over the finite values."""
-    kept = finite(values)
-    n = len(kept)
-    if n < 2:
-        return Interval(mean(kept), math.nan, n)
-    critical = student_t_quantile((1 + confidence) / 2, n - 1)
-    return Interval(mean(kept), critical * sample_std(kept) / math.sqrt(n), n)
-
-
 # --------------------------------------------------------------------------- Student t
 
 
-def student_t_cdf(t: float, df: float) -> float:
-    """P(T <= t) for Student's t with `df` degrees of freedom, via the regularized incomplete beta."""
-    if df <= 0:
-        raise ValueError("df must be positive")
-    tail = 0.5 * regularized_incomplete_beta(df / 2, 0.5, df / (df + t * t))
-    return 1 - tail if t > 0 else tail
+def t_interval(values: Sequence[float | None], confidence: float = CONFIDENCE) -> Interval:
+    """mean +- t_{(1+confidence)/2, n-1} * s / sqrt(n) over the finite values (scipy.stats.t and sem)."""
+    from scipy import stats
+
+    kept = finite(values)
+    n = len(kept)
+    if n < 2:
+        return point_only(mean(kept), n)
+    centre = mean(kept)
+    standard_error = float(stats.sem(kept))
+    half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * standard_error
+    return Interval(centre, centre - half, centre + half, n, T_METHOD, standard_error)
 
 
-def student_t_quantile(p: float, df: float) -> float:
-    """The t with P(T <= t) = p, by bisection on the CDF (monotone; 200 halvings reach float precision)."""
-    if not 0 < p < 1:
-        raise ValueError("p must be in (0, 1)")
-    if p < 0.5:
-        return -student_t_quantile(1 - p, df)
-    low, high = 0.0, 1.0
-    while student_t_cdf(high, df) < p:
-        high *= 2
-    for _ in range(200):
-        middle = (low + high) / 2
-        if student_t_cdf(middle, df) < p:
-            low = middle
-        else:
-            high = middle
-        if high - low <= 1e-13 * max(1.0, high):
-            break
-    return (low + high) / 2
+# --------------------------------------------------------------------------- bootstrap
 
 
-def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
-    """I_x(a, b) with the continued fraction of Numerical Recipes (betacf), using the symmetry for speed."""
-    if x <= 0:
-        return 0.0
-    if x >= 1:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1) / (a + b + 2):
-        return math.exp(log_front) * _beta_continued_fraction(a, b, x) / a
-    return 1 - math.exp(log_front) * _beta_continued_fraction(b, a, 1 - x) / b
+def bootstrap_interval(
+    samples: Sequence[Sequence[float]],
+    statistic: Callable[..., np.ndarray],
+    confidence: float = CONFIDENCE,
+    batch: int | None = None,
+) -> Interval:
+    """`statistic(*samples, axis=-1)` with a percentile interval from scipy.stats.bootstrap.
+
+    Each sample is resampled on its own (that is what stratifies: one sample per stratum); the
+    statistic must accept batches of resamples along its leading axes. Samples with fewer than two
+    values cannot be resampled: then only the estimate is returned.
+    """
+    import numpy as np
+    from scipy import stats
+
+    arrays = [np.asarray(sample, dtype=float) for sample in samples]
+    n = sum(len(a) for a in arrays)
+    if not arrays:
+        return point_only(math.nan, 0, BOOTSTRAP_METHOD)
+    estimate = float(statistic(*arrays, axis=-1))
+    if any(len(a) < 2 for a in arrays):
+        return point_only(estimate, n, BOOTSTRAP_METHOD)
+    result = stats.bootstrap(
+        arrays,
+        statistic,
+        n_resamples=BOOTSTRAP_RESAMPLES,
+        batch=batch,
+        vectorized=True,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(BOOTSTRAP_SEED),
+    )
+    interval = result.confidence_interval
+    return Interval(
+        estimate, float(interval.low), float(interval.high), n, BOOTSTRAP_METHOD, float(result.standard_error)
+    )
 
 
-def _beta_continued_fraction(a: float, b: float, x: float) -> float:
-    tiny = 1e-300
-    c, d = 1.0, 1 - (a + b) * x / (a + 1)
-    d = 1 / (d if abs(d) > tiny else tiny)
-    result = d
-    for m in range(1, 500):
-        for numerator in (
-            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
-        ):
-            d = 1 + numerator * d
-            d = 1 / (d if abs(d) > tiny else tiny)
-            c = 1 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            result *= c * d
-        if abs(c * d - 1) < 1e-15:
-            break
-    return result
+def stratified_mean(*strata: np.ndarray, axis: int = -1) -> np.ndarray:
+    """The mean over strata of each stratum's mean (rliable's aggregate mean)."""
+    import numpy as np
+
+    return np.mean([np.mean(s, axis=axis) for s in strata], axis=0)
+
+
+def interquartile_mean(*strata: np.ndarray, axis: int = -1) -> np.ndarray:
+    """The 25%-trimmed mean of every run of every stratum together (rliable's IQM)."""
+    import numpy as np
+    from scipy import stats
+
+    return stats.trim_mean(np.concatenate(strata, axis=axis), IQM_TRIM, axis=axis)
+
+
+def mean_bootstrap_interval(strata: Sequence[Sequence[float]], confidence: float = CONFIDENCE) -> Interval:
+    return bootstrap_interval(_non_empty(strata), stratified_mean, confidence)
+
+
+def iqm_bootstrap_interval(strata: Sequence[Sequence[float]], confidence: float = CONFIDENCE) -> Interval:
+    return bootstrap_interval(_non_empty(strata), interquartile_mean, confidence)
+
+
+def _non_empty(strata: Sequence[Sequence[float]]) -> list[list[float]]:
+    return [finite(s) for s in strata if finite(s)]
+
+
+# --------------------------------------------------------------------------- probability of improvement
+
+
+def improvement_probability_statistic(strata_count: int) -> Callable[..., np.ndarray]:
+    """P(X > Y) for samples (x_1..x_k, y_1..y_k), k = strata_count: per stratum the Mann-Whitney U of x
+    over y divided by n m (ties count one half), averaged over the strata."""
+    import numpy as np
+    from scipy import stats
+
+    def statistic(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
+        xs, ys = samples[:strata_count], samples[strata_count:]
+        per_stratum = [
+            stats.mannwhitneyu(x, y, axis=axis, method="asymptotic").statistic / (x.shape[axis] * y.shape[axis])
+            for x, y in zip(xs, ys)
+        ]
+        return np.mean(per_stratum, axis=0)
+
+    return statistic
+
+
+def improvement_interval(
+    x_strata: Sequence[Sequence[float]], y_strata: Sequence[Sequence[float]], confidence: float = CONFIDENCE
+) -> Interval:
+    """P(X > Y), X and Y scored on the same strata (pairs of empty strata are left out)."""
+    pairs = [(finite(x), finite(y)) for x, y in zip(x_strata, y_strata) if finite(x) and finite(y)]
+    if not pairs:
+        return point_only(math.nan, 0, BOOTSTRAP_METHOD)
+    samples = [x for x, _ in pairs] + [y for _, y in pairs]
+    return bootstrap_interval(samples, improvement_probability_statistic(len(pairs)), confidence)
+
+
+# --------------------------------------------------------------------------- paired differences
+
+
+def paired_difference_interval(
+    a: np.ndarray, b: np.ndarray, paired_seeds: bool, confidence: float = CONFIDENCE
+) -> Interval:
+    """mean(a) - mean(b) for per-problem scores a[seed, problem] and b[seed, problem] on the same problems.
+
+    The bootstrap resamples problems, the same ones for both (that is the pairing), and seeds: one
+    draw of seed indices for both when `paired_seeds` (seed s of a and of b share their random
+    stream), else a draw per method. A level with a single member is not resampled.
+    """
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"need [seed, problem] matrices over the same problems, got shapes {a.shape} and {b.shape}")
+    if paired_seeds and a.shape[0] != b.shape[0]:
+        raise ValueError("paired seeds need as many seeds on both sides")
+    levels = {"problems": a.shape[1]}
+    levels.update({"seeds": a.shape[0]} if paired_seeds else {"seeds_a": a.shape[0], "seeds_b": b.shape[0]})
+    resampled = [name for name, size in levels.items() if size >= 2]
+    rows_a, rows_b = ("seeds", "seeds") if paired_seeds else ("seeds_a", "seeds_b")
+
+    def statistic(*indices: np.ndarray, axis: int = -1) -> np.ndarray:
+        chosen = {name: np.arange(size) for name, size in levels.items()} | dict(
+            zip(resampled, (i.astype(int) for i in indices))
+        )
+        columns = chosen["problems"][..., None, :]
+        mean_a = a[chosen[rows_a][..., :, None], columns].mean(axis=(-2, -1))
+        mean_b = b[chosen[rows_b][..., :, None], columns].mean(axis=(-2, -1))
+        return mean_a - mean_b
+
+    if not resampled:
+        return point_only(float(statistic()), a.size + b.size, BOOTSTRAP_METHOD)
+    cells = max(a.shape[0], b.shape[0]) * a.shape[1]
+    interval = bootstrap_interval(
+        [np.arange(levels[name]) for name in resampled], statistic, confidence, batch=max(1, CELLS_PER_BATCH // cells)
+    )
+    return Interval(
+        interval.estimate, interval.low, interval.high, a.size + b.size, BOOTSTRAP_METHOD, interval.standard_error
+    )
+
+
+def minimum_detectable_difference(standard_error: float, confidence: float = CONFIDENCE, power: float = POWER) -> float:
+    """The smallest true difference a two-sided test at 1 - confidence finds with probability `power`:
+    (z_{(1+confidence)/2} + z_{power}) * standard error (normal approximation); NaN without a spread."""
+    from scipy import stats
+
+    if not math.isfinite(standard_error) or standard_error <= 0:
+        return math.nan
+    return float((stats.norm.ppf((1 + confidence) / 2) + stats.norm.ppf(power)) * standard_error)
 
 
 # --------------------------------------------------------------------------- pass@k
@@ -165,7 +299,7 @@ def curve_mean(steps: Sequence[float], values: Sequence[float]) -> float:
         return math.nan
     if len(points) == 1 or points[-1][0] == points[0][0]:
         return mean([v for _, v in points])
-    area = sum((s1 - s0) * (v0 + v1) / 2 for (s0, v0), (s1, v1) in zip(points, points[1:]))
+    area = sum((s1 - s0) * (v0 + v1) / 2 for (s0, v0), (s1, v1) in itertools.pairwise(points))
     return area / (points[-1][0] - points[0][0])
 
 

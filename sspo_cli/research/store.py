@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
+    from sspo_cli.research.timing import PhaseTimer
     from sspo_cli.tracking import Tracker
 
 FINGERPRINT_TAG = "sspo.fingerprint"
@@ -57,12 +58,24 @@ def finished_runs_by_fingerprint(client: "MlflowClient", experiment_names: Itera
     return found
 
 
-def training_runs_of_experiment(client: "MlflowClient", name: str) -> list["Run"]:
+def training_runs_of_experiment(client: MlflowClient, name: str, status: str = "FINISHED") -> list[Run]:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         raise ResearchError("--experiment", f"no MLflow experiment named {name!r}")
-    runs = search_all(client, [experiment.experiment_id], f"tags.`{FINGERPRINT_TAG}` LIKE '%' and attributes.status = 'FINISHED'")
+    query = f"tags.`{FINGERPRINT_TAG}` LIKE '%' and attributes.status = '{status}'"
+    runs = search_all(client, [experiment.experiment_id], query)
     return list(reversed(runs))  # oldest first: the order they were trained in
+
+
+def failed_runs_of_experiment(client: MlflowClient, name: str) -> list[Run]:
+    """FAILED training runs whose recipe never finished in a later try (those count as failures)."""
+    finished = {run.data.tags[FINGERPRINT_TAG] for run in training_runs_of_experiment(client, name)}
+    failed = [
+        run
+        for run in training_runs_of_experiment(client, name, "FAILED")
+        if run.data.tags[FINGERPRINT_TAG] not in finished
+    ]
+    return list({run.data.tags[FINGERPRINT_TAG]: run for run in failed}.values())  # one per recipe
 
 
 def runs_by_id(client: "MlflowClient", run_ids: Iterable[str]) -> list["Run"]:
@@ -101,6 +114,20 @@ def open_group_run(
         if existing:
             return Tracker.resume(tracking_uri, existing[0].info.run_id)
     return Tracker.start(tracking_uri, experiment, run_name, params, {KIND_TAG: kind, GROUP_ID_TAG: group_id}, artifact_root)
+
+
+def close_group_run(
+    tracker: Tracker, files: Mapping[str, Path], timer: PhaseTimer, ok: bool, metrics: Mapping[str, float] | None = None
+) -> dict[str, Any]:
+    """Log the outputs and the workflow's timing (and `metrics`) on the group run and end it; the timing."""
+    with timer.phase("logging artifacts"):
+        for path in files.values():
+            tracker.log_artifact(path)
+    timing = timer.report()
+    workflow = {f"workflow/{key}": value for key, value in timing.items() if isinstance(value, float)}
+    tracker.log_metrics({**(metrics or {}), **workflow}, step=0)
+    tracker.finish("FINISHED" if ok else "FAILED")
+    return timing
 
 
 def add_membership(client: "MlflowClient", run_id: str, current: str | None, group_id: str) -> None:

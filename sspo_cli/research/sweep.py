@@ -1,5 +1,5 @@
 """`sspo sweep`: a grid of recipe overrides x seeds, each point a nested MLflow run; resumable;
-a leaderboard with t-intervals over seeds and, for a 2-D grid, a heatmap."""
+a leaderboard with intervals over seeds and, for a 2-D grid, a heatmap. (`--search`: see search.py.)"""
 
 from __future__ import annotations
 
@@ -8,17 +8,26 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sspo_cli.recipe import Recipe, RecipeError, apply_override, recipe_from_dict
+from sspo_cli.recipe import Recipe, RecipeError, recipe_from_dict
 from sspo_cli.research import ResearchError
 from sspo_cli.research.compare import ComparisonResult, group_id_of
 from sspo_cli.research.execute import ExecutionContext, Outcome, PlannedRun, WorkflowObserver, execute
 from sspo_cli.research.metrics import METRIC_KEYS, GroupSummary, RunRecord, Threshold, auto_threshold, metric_spec, rank, summarize
 from sspo_cli.research.recipe_files import SWEEP_SECTION, read_recipe_file
-from sspo_cli.research.store import POINT_TAG, membership_filter, open_group_run
+from sspo_cli.research.space import SpaceParam, pydantic_problem, recipe_for_point
+from sspo_cli.research.store import (
+    POINT_TAG,
+    close_group_run,
+    membership_filter,
+    open_group_run,
+)
+from sspo_cli.research.stats import T_METHOD
+from sspo_cli.tracking import failure_marked
 from sspo_cli.research.timing import PhaseTimer
 
 if TYPE_CHECKING:
@@ -38,8 +47,18 @@ class SweepSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted.key -> list of values")
-    seeds: int = Field(1, ge=1, description="Seeds per grid point")
-    metric: str = Field(DEFAULT_METRIC, description="Metric of the leaderboard and heatmap")
+    seeds: int = Field(1, ge=1, description="Seeds per grid point (per trial of a search)")
+    metric: str = Field(DEFAULT_METRIC, description="Metric of the leaderboard and heatmap (the objective of a search)")
+    space: dict[str, SpaceParam] = Field(
+        default_factory=dict, description="dotted.key -> {low, high, log, step} or {choices}"
+    )
+    search: Literal["tpe", "random", "grid"] | None = Field(
+        None, description="Search with Optuna instead of sweeping the grid"
+    )
+    trials: int | None = Field(None, ge=1, description="Trials of a search (default: the grid's size, else 20)")
+    pruner: Literal["median", "halving", "none"] | None = Field(
+        None, description="Pruning of a search (default: median)"
+    )
 
 
 @dataclass
@@ -71,10 +90,10 @@ def parse_grid_option(text: str) -> GridAxis:
             values = [yaml.safe_load(part) for part in raw.split(",")]
     except yaml.YAMLError as exc:
         raise ResearchError("--grid", f"{key}: values {raw!r} are not valid YAML ({str(exc).splitlines()[0]})") from None
-    return _axis(key, values, "--grid")
+    return grid_axis(key, values, "--grid")
 
 
-def _axis(key: str, values: Any, where: str) -> GridAxis:
+def grid_axis(key: str, values: Any, where: str) -> GridAxis:
     if not isinstance(values, list) or not values:
         raise ResearchError(where, f"{key}: needs a non-empty list of values")
     if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
@@ -88,7 +107,7 @@ def read_sweep_section(section: dict[str, Any] | None, source: str) -> SweepSect
     try:
         return SweepSection.model_validate(section)
     except ValidationError as exc:
-        problems = [f"{SWEEP_SECTION}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+        problems = [f"{SWEEP_SECTION}.{pydantic_problem(err)}" for err in exc.errors()]
         raise RecipeError(source, problems) from None
 
 
@@ -130,7 +149,7 @@ def plan_sweep(recipe_path: Path, overrides: Sequence[str], grid_options: Sequen
     """Every (grid point, seed) run, each recipe validated before anything trains."""
     base_data, section_data = read_recipe_file(recipe_path)
     section = read_sweep_section(section_data, str(recipe_path))
-    file_axes = [_axis(key, values, f"{SWEEP_SECTION}.grid") for key, values in section.grid.items()]
+    file_axes = [grid_axis(key, values, f"{SWEEP_SECTION}.grid") for key, values in section.grid.items()]
     axes = merge_axes(file_axes, [parse_grid_option(text) for text in grid_options])
     if not axes:
         raise ResearchError("--grid", f"no grid: give --grid key=v1,v2 or a `{SWEEP_SECTION}: {{grid: ...}}` section in the recipe")
@@ -145,11 +164,8 @@ def plan_sweep(recipe_path: Path, overrides: Sequence[str], grid_options: Sequen
     labels = [point_label(p, names) for p in points]
     runs = []
     for point, label in zip(points, labels):
-        point_data = json.loads(json.dumps(base_data))
-        for key, value in point.items():
-            apply_override(point_data, f"{key}={json.dumps(value)}", f"{recipe_path} (grid)")
         for seed in range(base.seed, base.seed + seeds):
-            recipe = recipe_from_dict(point_data, [*overrides, f"seed={seed}"], f"{recipe_path} (grid point {label})")
+            recipe = recipe_for_point(base_data, point, overrides, seed, f"{recipe_path} (grid point {label})")
             runs.append(PlannedRun(label, seed, recipe, f"{recipe.name}-{label.replace(' ', '-')}-s{seed}", {POINT_TAG: label}))
     return SweepPlan(runs, base, axes, points, labels, seeds, metric)
 
@@ -169,15 +185,18 @@ def run_sweep(
     threshold: float | None = None,
     report_dir: Path | None = None,
     observer: WorkflowObserver | None = None,
+    interval: str = T_METHOD,
 ) -> ComparisonResult:
+    from sspo_cli.research.compare import check_interval
     from sspo_cli.research.records import records_of_outcomes
+    from sspo_cli.tracking import default_tracking_uri
     from sspo_cli.run.folder import ensure_writable
-    from sspo_cli.tracking import default_tracking_uri, failure_status
 
     timer = PhaseTimer()
     with timer.phase("planning"):
         if jobs < 1:
             raise ResearchError("--jobs", f"must be at least 1, got {jobs}")
+        check_interval(interval)
         plan = plan_sweep(recipe_path, overrides, grid_options, seeds, metric)
         group_id = group_id_of("sweep", plan.runs)
         axes_text = " x ".join(f"{a.key} ({len(a.values)})" for a in plan.axes)
@@ -188,7 +207,7 @@ def run_sweep(
     with timer.phase("group run"):
         params = {"recipe": str(recipe_path), "grid": json.dumps({a.key: list(a.values) for a in plan.axes}), "seeds": plan.seeds, "metric": plan.metric, "overrides": " ".join(overrides)}
         tracker = open_group_run(tracking_uri, plan.base.tracking.experiment, "sweep", group_id, f"sweep-{plan.base.name}-{group_id[:6]}", params, output_dir / "mlartifacts")
-    try:
+    with failure_marked(tracker):
         ctx = ExecutionContext(output_dir, tracking_uri, group_id, tracker.run_id, jobs, observer or WorkflowObserver(), timer)
         outcomes = execute(plan.runs, ctx)
         with timer.phase("loading records"):
@@ -196,11 +215,10 @@ def run_sweep(
         with timer.phase("analysis"):
             out_dir.mkdir(parents=True, exist_ok=True)
             chosen = Threshold(threshold, "--threshold") if threshold is not None else auto_threshold(records)
-            summaries = summarize(records, chosen.value, plan.labels)
-        return _finish_sweep(plan, group_id, title, records, outcomes, summaries, chosen, out_dir, tracker, timer, tracking_uri)
-    except BaseException as exc:
-        tracker.finish_quietly(failure_status(exc))
-        raise
+            summaries = summarize(records, chosen.value, plan.labels, method=interval)
+        return _finish_sweep(
+            plan, group_id, title, records, outcomes, summaries, chosen, out_dir, tracker, timer, tracking_uri, interval
+        )
 
 
 def failures_by_point(outcomes: Sequence[Outcome]) -> dict[str, int]:
@@ -223,15 +241,16 @@ def _finish_sweep(
     tracker: "Tracker",
     timer: PhaseTimer,
     tracking_uri: str,
+    interval: str = T_METHOD,
 ) -> ComparisonResult:
     """Leaderboard (CSV, JSON, report.md), the heatmap for a 2-D grid; all logged on the sweep's parent run."""
-    from sspo_cli.research.outputs import comparison_document, write_csv, write_json, write_report
+    from sspo_cli.research.outputs import Findings, comparison_document, write_csv, write_json, write_report
 
     ranked = rank(summaries, plan.metric)
     figures = []
     if len(plan.axes) == 2 and records:
         with timer.phase("plotting"):
-            figures.append(sweep_heatmap(plan, summaries, out_dir / "heatmap.png", title))
+            figures.append(sweep_heatmap(plan, summaries, out_dir / "heatmap.png", title, interval))
     names = short_keys([a.key for a in plan.axes])
     point_columns = {label: {names[k]: _show(v) for k, v in point.items()} for label, point in zip(plan.labels, plan.points)}
     mlflow_note = f"MLflow store `{tracking_uri}`, parent run `{tracker.run_id}` (every point is a nested run); search ``{membership_filter(group_id)}`` in the MLflow UI."
@@ -245,22 +264,35 @@ def _finish_sweep(
             "mlflow": {"tracking_uri": tracking_uri, "parent_run_id": tracker.run_id, "runs_filter": membership_filter(group_id)},
             "timing": timer.report(),
         }
-        files["json"] = write_json(out_dir / "sweep.json", comparison_document("sweep", group_id, title, ranked, records, outcomes, threshold, extra))
-        files["report"] = write_report(out_dir / "report.md", title, ranked, records, outcomes, threshold, figures, "point", mlflow_note, timer.report())
+        findings = Findings(title, ranked, records, outcomes, threshold, interval)
+        files["json"] = write_json(out_dir / "sweep.json", comparison_document("sweep", group_id, findings, extra))
+        files["report"] = write_report(out_dir / "report.md", findings, figures, "point", mlflow_note, timer.report())
         if figures:
             files["figure"] = figures[0]
-    with timer.phase("logging artifacts"):
-        for path in files.values():
-            tracker.log_artifact(path)
-    timing = timer.report()
-    tracker.log_metrics({f"workflow/{key}": value for key, value in timing.items() if isinstance(value, float)}, step=0)
-    tracker.finish("FINISHED" if all(o.ok for o in outcomes) else "FAILED")
+    timing = close_group_run(tracker, files, timer, all(o.ok for o in outcomes))
     extra_out = {"ranked": ranked, "metric": plan.metric, "failures": failures_by_point(outcomes)}
-    return ComparisonResult("sweep", group_id, title, out_dir, summaries, records, outcomes, threshold, files, timing, tracker.run_id, tracking_uri, extra_out)
+    return ComparisonResult(
+        "sweep",
+        group_id,
+        title,
+        out_dir,
+        summaries,
+        records,
+        outcomes,
+        threshold,
+        files,
+        timing,
+        tracker.run_id,
+        tracking_uri,
+        extra_out,
+        interval,
+    )
 
 
-def sweep_heatmap(plan: SweepPlan, summaries: Sequence[GroupSummary], path: Path, title: str) -> Path:
-    from sspo_cli.research.formatting import format_value
+def sweep_heatmap(
+    plan: SweepPlan, summaries: Sequence[GroupSummary], path: Path, title: str, method: str = T_METHOD
+) -> Path:
+    from sspo_cli.research.formatting import format_spread, format_value, interval_caption
     from sspo_cli.research.plots import heatmap_figure
 
     spec = metric_spec(plan.metric)
@@ -272,16 +304,25 @@ def sweep_heatmap(plan: SweepPlan, summaries: Sequence[GroupSummary], path: Path
         for x_value in x_axis.values:
             label = plan.labels[plan.points.index({x_axis.key: x_value, y_axis.key: y_value})]
             interval = by_label[label].metrics[plan.metric] if label in by_label else None
-            value = interval.mean if interval is not None else math.nan
+            value = interval.estimate if interval is not None else math.nan
             row.append(value)
             if interval is None or interval.n == 0:
                 row_text.append("missing")
             else:
-                spread = f"\n± {format_value(spec.kind, interval.half_width)}" if interval.n >= 2 else "\n(n=1)"
-                row_text.append(format_value(spec.kind, value) + spread)
+                row_text.append(f"{format_value(spec.kind, value)}\n{format_spread(spec.kind, interval)}")
         values.append(row)
         texts.append(row_text)
-    return heatmap_figure(values, x_axis.key, [_show(v) for v in x_axis.values], y_axis.key, [_show(v) for v in y_axis.values], spec.label, path, f"{title}\n{spec.label}: mean over seeds ± 95% CI half-width", texts)
+    return heatmap_figure(
+        values,
+        x_axis.key,
+        [_show(v) for v in x_axis.values],
+        y_axis.key,
+        [_show(v) for v in y_axis.values],
+        spec.label,
+        path,
+        f"{title}\n{spec.label}: {interval_caption(method)}",
+        texts,
+    )
 
 
 __all__ = ["METRIC_KEYS", "GridAxis", "SweepSection", "plan_sweep", "run_sweep"]

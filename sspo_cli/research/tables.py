@@ -1,4 +1,4 @@
-"""Rich tables for the terminal: comparison, sweep leaderboard, eval results."""
+"""Rich tables for the terminal: comparison, its statistics, sweep leaderboard, eval results."""
 
 from __future__ import annotations
 
@@ -8,16 +8,23 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sspo_cli.research.formatting import format_value
+from sspo_cli.research.formatting import format_value, interval_caption
 from sspo_cli.research.metrics import METRICS, GroupSummary, Threshold, best_groups, cell, metric_spec
-from sspo_cli.research.stats import INTERVAL_NAME
+from sspo_cli.research.statistics_text import TextTable
+from sspo_cli.research.stats import T_METHOD
 
 
-def comparison_table(summaries: Sequence[GroupSummary], threshold: Threshold, title: str, group_header: str = "method") -> Table:
-    """One row per group, every metric as mean ± 95% CI half-width; the best mean per column in bold green."""
+def comparison_table(
+    summaries: Sequence[GroupSummary],
+    threshold: Threshold,
+    title: str,
+    group_header: str = "method",
+    method: str = T_METHOD,
+) -> Table:
+    """One row per group, every metric as its mean and interval; the best mean per column in bold green."""
     best = best_groups(summaries)
     caption = (
-        f"mean ± half-width of the {INTERVAL_NAME}; best mean per column in bold green. "
+        f"{interval_caption(method)}; best mean per column in bold green. "
         f"Threshold accuracy {threshold.value:.1%} ({threshold.how}); [k/n]: only k of the n seeds have a value."
     )
     table = Table(title=escape(title), caption=escape(caption))
@@ -42,11 +49,13 @@ def print_table(console: Console, table: Table) -> None:
         Console(width=max(console.width, 240), file=console.file, no_color=console.no_color).print(table)
 
 
-def leaderboard_table(ranked: Sequence[GroupSummary], metric: str, title: str, failures: dict[str, int]) -> Table:
+def leaderboard_table(
+    ranked: Sequence[GroupSummary], metric: str, title: str, failures: dict[str, int], method: str = T_METHOD
+) -> Table:
     """Sweep points best first by `metric`, with the other headline metrics alongside."""
     chosen = metric_spec(metric)
     shown = [chosen] + [spec for spec in METRICS if spec.key in ("final_accuracy", "best_accuracy", "reward_auc", "seq_var", "saturated_frac") and spec.key != metric]
-    caption = f"ranked by {chosen.label} ({chosen.better or 'no direction'} is better); mean ± half-width of the {INTERVAL_NAME}"
+    caption = f"ranked by {chosen.label} ({chosen.better or 'no direction'} is better); {interval_caption(method)}"
     table = Table(title=escape(title), caption=escape(caption))
     table.add_column("#", justify="right")
     table.add_column("point", style="bold", no_wrap=True)
@@ -69,3 +78,16 @@ def eval_table(result: dict[str, Any]) -> Table:
     for key, value, kind in result["rows"]:
         table.add_row(key, format_value(kind, value))
     return table
+
+
+# --------------------------------------------------------------------------- statistics of a comparison
+
+
+def text_table(table: TextTable) -> Table:
+    """A TextTable (statistics_text) for the terminal."""
+    rendered = Table(title=escape(table.title), caption=escape(table.caption))
+    for index, header in enumerate(table.headers):
+        rendered.add_column(escape(header), justify="left" if index < table.left_columns else "right", no_wrap=True)
+    for row in table.rows:
+        rendered.add_row(*(escape(cell_text) for cell_text in row))
+    return rendered

@@ -1,0 +1,193 @@
+"""What a comparison can conclude about its headline metric (final held-out accuracy).
+
+Per method: the interquartile mean and the mean with stratified bootstrap intervals, next to the
+Student-t interval; for each ordered pair the probability of improvement; for each pair the paired
+bootstrap of the accuracy difference over the shared held-out problems and seeds, with the smallest
+difference the design could detect. Failed runs count (metrics.FAILED_RULE: every problem wrong),
+collapsed runs count with their own scores. Pure: records and per-problem scores in, numbers out.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sspo_cli.research.metrics import RunRecord, group_records, is_collapsed, run_metrics, strata_of
+from sspo_cli.research.stats import (
+    CONFIDENCE,
+    POWER,
+    Interval,
+    improvement_interval,
+    iqm_bootstrap_interval,
+    mean_bootstrap_interval,
+    minimum_detectable_difference,
+    paired_difference_interval,
+    t_interval,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from sspo_cli.research.problems import ProblemScores
+
+HEADLINE_METRIC = "final_accuracy"
+
+
+@dataclass(frozen=True)
+class GroupStatistics:
+    name: str
+    runs: int
+    failed: int
+    collapsed: int
+    iqm: Interval
+    mean: Interval
+    t: Interval
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """`first` minus `second` in accuracy over the problems both were evaluated on."""
+
+    first: str
+    second: str
+    difference: Interval | None  # None: no paired comparison possible (see `note`)
+    detectable: float  # the minimum detectable difference of this design
+    seeds_paired: bool
+    problems: int
+    unpaired_overlap: bool  # the two methods' Student-t intervals over seeds overlap
+    note: str = ""
+
+    @property
+    def verdict(self) -> str:
+        if self.difference is None:
+            return f"not paired: {self.note}"
+        if not self.difference.excludes(0.0):
+            return "not distinguishable"
+        return f"{self.first if self.difference.estimate > 0 else self.second} better"
+
+
+@dataclass(frozen=True)
+class Inference:
+    metric: str
+    confidence: float
+    groups: list[GroupStatistics]
+    improvement: dict[tuple[str, str], Interval]  # (x, y) -> P(x > y)
+    paired: list[PairedComparison]
+    notes: list[str]
+
+    @property
+    def detectable_median(self) -> float:
+        """The typical smallest detectable difference over the pairs (NaN if no pair has one)."""
+        import statistics
+
+        values = [p.detectable for p in self.paired if math.isfinite(p.detectable)]
+        return statistics.median(values) if values else math.nan
+
+
+def infer(
+    records: Sequence[RunRecord],
+    order: Sequence[str],
+    problems: Mapping[str, ProblemScores],
+    notes: Sequence[str] = (),
+    confidence: float = CONFIDENCE,
+) -> Inference:
+    by_group = {name: members for name, members in group_records(records, order).items() if members}
+    scores = {name: [run_metrics(r, math.nan)[HEADLINE_METRIC] for r in members] for name, members in by_group.items()}
+    groups = [group_statistics(name, members, scores[name], confidence) for name, members in by_group.items()]
+    strata = {name: strata_of(members, scores[name]) for name, members in by_group.items()}
+    improvement = {
+        (x, y): improvement_interval(strata[x], strata[y], confidence) for x, y in itertools.permutations(by_group, 2)
+    }
+    t_of = {g.name: g.t for g in groups}
+    paired = [
+        paired_comparison(x, by_group[x], y, by_group[y], problems, intervals_overlap(t_of[x], t_of[y]), confidence)
+        for x, y in itertools.combinations(by_group, 2)
+    ]
+    return Inference(HEADLINE_METRIC, confidence, groups, improvement, paired, list(notes))
+
+
+def group_statistics(
+    name: str, members: Sequence[RunRecord], scores: Sequence[float], confidence: float
+) -> GroupStatistics:
+    strata = strata_of(members, scores)
+    return GroupStatistics(
+        name,
+        runs=len(members),
+        failed=sum(r.failed for r in members),
+        collapsed=sum(is_collapsed(r) for r in members),
+        iqm=iqm_bootstrap_interval(strata, confidence),
+        mean=mean_bootstrap_interval(strata, confidence),
+        t=t_interval(scores, confidence),
+    )
+
+
+def intervals_overlap(a: Interval, b: Interval) -> bool:
+    """Undefined intervals (one seed) are taken to overlap: they cannot tell anything apart."""
+    if not (a.defined and b.defined):
+        return True
+    return a.low <= b.high and b.low <= a.high
+
+
+# --------------------------------------------------------------------------- paired
+
+
+def paired_comparison(
+    first: str,
+    first_runs: Sequence[RunRecord],
+    second: str,
+    second_runs: Sequence[RunRecord],
+    problems: Mapping[str, ProblemScores],
+    unpaired_overlap: bool,
+    confidence: float,
+) -> PairedComparison:
+    missing = [r.run_name for r in [*first_runs, *second_runs] if not r.failed and r.run_id not in problems]
+    shared = shared_prompts([problems[r.run_id] for r in [*first_runs, *second_runs] if r.run_id in problems])
+    seeds_paired = seeds_match(first_runs, second_runs)
+    reason = (
+        f"no per-problem results for {', '.join(missing)}"
+        if missing
+        else "fewer than 2 problems in common"
+        if len(shared) < 2
+        else ""
+    )
+    if reason:
+        return PairedComparison(first, second, None, math.nan, seeds_paired, len(shared), unpaired_overlap, reason)
+    first_matrix = problem_matrix(first_runs, problems, shared)
+    second_matrix = problem_matrix(second_runs, problems, shared)
+    difference = paired_difference_interval(first_matrix, second_matrix, seeds_paired, confidence)
+    detectable = minimum_detectable_difference(difference.standard_error, confidence, POWER)
+    return PairedComparison(first, second, difference, detectable, seeds_paired, len(shared), unpaired_overlap)
+
+
+def shared_prompts(scores: Sequence[ProblemScores]) -> list[str]:
+    """The prompts every run was evaluated on, in the first run's order."""
+    if not scores:
+        return []
+    common = set(scores[0].prompts).intersection(*(s.prompts for s in scores[1:]))
+    return [p for p in scores[0].prompts if p in common]
+
+
+def seeds_match(first_runs: Sequence[RunRecord], second_runs: Sequence[RunRecord]) -> bool:
+    """Seed s of one method and seed s of the other share their warm start and random stream (every
+    random choice of a step derives from the seed), so they are paired when both have the same seeds."""
+    first, second = sorted(r.seed for r in first_runs), sorted(r.seed for r in second_runs)
+    return first == second and len(set(first)) == len(first)
+
+
+def problem_matrix(
+    runs: Sequence[RunRecord], problems: Mapping[str, ProblemScores], prompts: Sequence[str]
+) -> np.ndarray:
+    """[run (by seed), problem] correctness; a failed run answers nothing correctly (FAILED_RULE)."""
+    import numpy as np
+
+    rows = []
+    for record in sorted(runs, key=lambda r: r.seed):
+        if record.failed:
+            rows.append(np.zeros(len(prompts)))
+            continue
+        by_prompt = dict(zip(problems[record.run_id].prompts, problems[record.run_id].correct))
+        rows.append(np.array([by_prompt[p] for p in prompts]))
+    return np.vstack(rows)

@@ -1,0 +1,102 @@
+"""Which held-out problems each run solves at its end: what the paired comparison resamples.
+
+Training logs only the eval accuracy. Here the research layer evaluates each run's final checkpoint
+once more on the eval split, greedily and in the trainer's batches (so with the trainer's answers:
+the accuracies are checked to agree), and keeps the result next to the run as `eval_problems.jsonl`,
+one line per problem. Later comparisons read that file instead of evaluating again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sspo_cli.research.metrics import RunRecord
+
+PROBLEMS_FILE = "eval_problems.jsonl"
+
+
+@dataclass(frozen=True)
+class ProblemScores:
+    """1.0 for each problem (by prompt) the run answered correctly, 0.0 for the others."""
+
+    prompts: tuple[str, ...]
+    correct: tuple[float, ...]
+
+    @property
+    def accuracy(self) -> float:
+        return sum(self.correct) / len(self.correct) if self.correct else math.nan
+
+
+def read_problem_scores(path: Path) -> ProblemScores | None:
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return ProblemScores(tuple(str(r["prompt"]) for r in rows), tuple(float(r["correct"]) for r in rows))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_problem_scores(path: Path, scores: ProblemScores) -> None:
+    from sspo_cli.run_folder import write_text_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = (
+        json.dumps({"prompt": prompt, "correct": int(correct)}) + "\n"
+        for prompt, correct in zip(scores.prompts, scores.correct)
+    )
+    write_text_atomic(path, "".join(lines))
+
+
+def problems_file(record: RunRecord, output_dir: Path) -> Path:
+    """In the run folder when the run has one here, else in the eval cache of the output dir."""
+    if record.run_dir and (Path(record.run_dir) / "checkpoints" / "final").is_dir():
+        return Path(record.run_dir) / PROBLEMS_FILE
+    return output_dir / ".cache" / "eval" / record.run_id / PROBLEMS_FILE
+
+
+def evaluate_problems(record: RunRecord, output_dir: Path, tracking_uri: str | None) -> ProblemScores:
+    """The final checkpoint's greedy answers on the eval split (the checkpoint is downloaded from MLflow if
+    its folder is not on this machine)."""
+    from sspo_cli.research.evaluation import EvalOptions, eval_recipe, evaluate_target, resolve_target
+
+    where = record.run_dir if record.run_dir and Path(record.run_dir).is_dir() else record.run_id
+    target = resolve_target(where, tracking_uri, output_dir)
+    report = evaluate_target(where, target, eval_recipe(target, None, None, []), EvalOptions(split="eval"))
+    return ProblemScores(tuple(report.prompts or ()), tuple(float(c) for c in report.correct_per_prompt or ()))
+
+
+def load_problem_scores(
+    records: Sequence[RunRecord], output_dir: Path, tracking_uri: str | None
+) -> tuple[dict[str, ProblemScores], list[str]]:
+    """Per-problem results of each finished run, by run id, and a note for each run without them.
+
+    A run that cannot be evaluated again (its checkpoint is gone) is left out of the paired
+    comparison, with a note; it is never a reason to fail the whole comparison.
+    """
+    from sspo_cli.research.execute import describe_failure
+
+    found: dict[str, ProblemScores] = {}
+    notes: list[str] = []
+    for record in records:
+        if record.failed or record.run_id in found:
+            continue
+        path = problems_file(record, output_dir)
+        scores = read_problem_scores(path)
+        if scores is None:
+            try:
+                scores = evaluate_problems(record, output_dir, tracking_uri)
+            except Exception as exc:  # noqa: BLE001 - any reason the checkpoint cannot be evaluated: note it, carry on
+                notes.append(f"{record.run_name}: no per-problem results ({describe_failure(exc)})")
+                continue
+            write_problem_scores(path, scores)
+        logged = record.curves.eval_accuracy[-1] if record.curves.eval_accuracy else math.nan
+        if math.isfinite(logged) and abs(scores.accuracy - logged) > 1e-9:
+            notes.append(
+                f"{record.run_name}: the per-problem re-evaluation gives {scores.accuracy:.2%}, "
+                f"the run logged {logged:.2%}"
+            )
+        found[record.run_id] = scores
+    return found, notes

@@ -1,0 +1,110 @@
+"""The statistics of a comparison as tables of text: one source for the terminal and for report.md."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sspo_cli.research.formatting import MISSING, format_interval, format_value
+from sspo_cli.research.inference import Inference, PairedComparison
+from sspo_cli.research.metrics import COLLAPSE_RULE, FAILED_RULE
+from sspo_cli.research.stats import BOOTSTRAP_METHOD, BOOTSTRAP_RESAMPLES, POWER, T_METHOD, interval_name
+
+
+@dataclass(frozen=True)
+class TextTable:
+    title: str
+    headers: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    caption: str  # one line, under the table in the terminal and in report.md
+    explanation: str = ""  # how the numbers are made, in full: report.md only
+    left_columns: int = 1  # the first columns hold names (left-aligned), the rest numbers
+
+
+def aggregates_table(inference: Inference) -> TextTable:
+    rows = [
+        (
+            g.name,
+            str(g.runs),
+            str(g.failed),
+            str(g.collapsed),
+            *(format_interval("percent", i) for i in (g.iqm, g.mean, g.t)),
+        )
+        for g in inference.groups
+    ]
+    confidence = f"{inference.confidence:.0%}"
+    caption = (
+        f"IQM (25% trimmed mean) and mean: {confidence} stratified bootstrap CI over runs; "
+        "mean (t): Student-t CI; failed runs score 0%"
+    )
+    explanation = (
+        f"IQM: the 25% trimmed mean over every run; IQM and mean: "
+        f"{interval_name(BOOTSTRAP_METHOD, inference.confidence)}, strata: tasks; "
+        f"mean (t): {interval_name(T_METHOD, inference.confidence)}. Rules: {FAILED_RULE}; {COLLAPSE_RULE}."
+    )
+    headers = ("method", "runs", "failed", "collapsed", "IQM", "mean", "mean (t)")
+    return TextTable("final held-out accuracy over runs", headers, rows, caption, explanation)
+
+
+def improvement_table(inference: Inference) -> TextTable:
+    names = [g.name for g in inference.groups]
+    rows = [
+        (x, *("" if x == y else format_interval("float", inference.improvement[(x, y)]) for y in names)) for x in names
+    ]
+    caption = (
+        "P(a run of the row method beats one of the column method) = Mann-Whitney U / (n m); "
+        f"{inference.confidence:.0%} bootstrap CI"
+    )
+    explanation = (
+        "P(row > column): the probability that a run of the row method ends with a higher final accuracy than a run "
+        f"of the column method (Mann-Whitney U / (n m), ties count one half, averaged over tasks); "
+        f"{interval_name(BOOTSTRAP_METHOD, inference.confidence)}."
+    )
+    return TextTable("probability of improvement", ("P(row > column)", *names), rows, caption, explanation)
+
+
+def paired_table(inference: Inference) -> TextTable:
+    headers = (
+        "first",
+        "second",
+        "difference",
+        "detectable",
+        "problems",
+        "seeds paired",
+        "unpaired t-intervals",
+        "verdict",
+    )
+    level = f"{1 - inference.confidence:.0%}"
+    caption = (
+        f"first - second, {inference.confidence:.0%} paired bootstrap CI over problems and seeds; "
+        f"detectable: the smallest true difference found with {POWER:.0%} power at the {level} level"
+    )
+    explanation = (
+        "difference: first minus second in final accuracy, from a percentile bootstrap "
+        f"({BOOTSTRAP_RESAMPLES:,} resamples) that resamples the held-out problems (the same ones for both methods: "
+        "the "
+        "pairing) and the seeds (seed s of both together when both ran the same seeds: they share the warm start and "
+        f"the random stream). detectable: the smallest true difference this design (these seeds and problems) finds "
+        f"with {POWER:.0%} power in a two-sided test at the {level} level, (z_{(1 + inference.confidence) / 2:g} + "
+        f"z_{POWER:g}) x the bootstrap standard error. not distinguishable: the interval holds 0. unpaired "
+        "t-intervals: whether the two methods' Student-t intervals over seeds overlap."
+    )
+    rows = [paired_row(p) for p in inference.paired]
+    return TextTable("paired differences in final accuracy", headers, rows, caption, explanation, left_columns=2)
+
+
+def paired_row(pair: PairedComparison) -> tuple[str, ...]:
+    difference = format_interval("percent", pair.difference) if pair.difference is not None else MISSING
+    return (
+        pair.first,
+        pair.second,
+        difference,
+        format_value("percent", pair.detectable),
+        str(pair.problems),
+        "yes" if pair.seeds_paired else "no",
+        "overlap" if pair.unpaired_overlap else "apart",
+        pair.verdict,
+    )
+
+
+def statistics_tables(inference: Inference) -> list[TextTable]:
+    return [aggregates_table(inference), improvement_table(inference), paired_table(inference)]

@@ -1,0 +1,161 @@
+"""What a comparison concludes about final accuracy, on constructed runs and per-problem results (no training):
+robust aggregates, the probability-of-improvement matrix, paired differences, failed and collapsed runs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from sspo_cli.research.inference import infer
+from sspo_cli.research.metrics import Curves, RunRecord, Threshold, failed_record, summarize
+from sspo_cli.research.outputs import Findings, comparison_document, write_pairs_csv, write_report
+from sspo_cli.research.plots import statistics_figure
+from sspo_cli.research.problems import ProblemScores, read_problem_scores, write_problem_scores
+from sspo_cli.research.statistics_text import statistics_tables
+from sspo_cli.research.stats import t_interval
+
+PROMPTS = tuple(f"{a}+{a}=" for a in range(200))
+START = 0.45
+
+
+def run(group: str, seed: int, correct: np.ndarray) -> tuple[RunRecord, ProblemScores]:
+    """A finished run whose final eval is `correct` (one 0/1 per problem of PROMPTS)."""
+    accuracy = float(correct.mean())
+    curves = Curves(eval_steps=[0, 10], eval_accuracy=[START, accuracy], steps=[1, 10], reward=[0.1, 0.2])
+    record = RunRecord(f"{group}-{seed}", group, seed, 1.0, curves, run_name=f"{group}-s{seed}", task="addition")
+    return record, ProblemScores(PROMPTS, tuple(float(c) for c in correct))
+
+
+def constructed(drop: float = 0.05) -> tuple[list[RunRecord], dict[str, ProblemScores]]:
+    """'base' solves a seed-dependent share (60/70/80%: a large seed variance); 'worse' solves the same
+    problems on the same seed except about `drop` of them."""
+    rng = np.random.default_rng(7)
+    records, problems = [], {}
+    for seed, share in enumerate((0.6, 0.7, 0.8)):
+        base = (rng.random(len(PROMPTS)) < share).astype(float)
+        worse = base * (rng.random(len(PROMPTS)) >= drop)
+        for group, correct in (("base", base), ("worse", worse)):
+            record, scores = run(group, seed, correct)
+            records.append(record)
+            problems[record.run_id] = scores
+    return records, problems
+
+
+def test_paired_comparison_separates_methods_whose_unpaired_intervals_overlap() -> None:
+    records, problems = constructed()
+    inference = infer(records, ["base", "worse"], problems)
+    base, worse = inference.groups
+    assert base.t.low < worse.t.high  # Student-t intervals over the 3 seeds overlap ...
+    (pair,) = inference.paired
+    assert pair.unpaired_overlap and pair.seeds_paired and pair.problems == 200
+    assert pair.difference.low > 0  # ... the paired bootstrap does not
+    assert pair.verdict == "base better"
+    truth = np.mean([problems[r.run_id].accuracy for r in records if r.group == "base"]) - np.mean(
+        [problems[r.run_id].accuracy for r in records if r.group == "worse"]
+    )
+    assert pair.difference.estimate == pytest.approx(truth)
+    # the power hint: (z_0.975 + z_0.8) bootstrap standard errors
+    assert pair.detectable == pytest.approx(2.801585 * pair.difference.standard_error, rel=1e-6)
+
+
+def test_aggregates_and_improvement_matrix_are_the_estimators_on_the_runs() -> None:
+    records, problems = constructed()
+    inference = infer(records, ["base", "worse"], problems)
+    base = inference.groups[0]
+    finals = [r.curves.eval_accuracy[-1] for r in records if r.group == "base"]
+    assert base.iqm.estimate == pytest.approx(stats.trim_mean(finals, 0.25))
+    assert base.mean.estimate == pytest.approx(np.mean(finals))
+    assert base.t == t_interval(finals)
+    worse_finals = [r.curves.eval_accuracy[-1] for r in records if r.group == "worse"]
+    expected = stats.mannwhitneyu(finals, worse_finals).statistic / 9
+    assert inference.improvement[("base", "worse")].estimate == pytest.approx(expected)
+    assert inference.improvement[("base", "worse")].estimate + inference.improvement[
+        ("worse", "base")
+    ].estimate == pytest.approx(1)
+
+
+def test_failed_runs_count_as_every_problem_wrong() -> None:
+    records, problems = constructed()
+    records = [r for r in records if not (r.group == "worse" and r.seed == 2)]
+    records.append(failed_record("worse", 2, "addition", "TooManySkips: 5 skipped updates in a row"))
+    inference = infer(records, ["base", "worse"], problems)
+    worse = inference.groups[1]
+    assert (worse.runs, worse.failed) == (3, 1)
+    finals = [r.curves.eval_accuracy[-1] for r in records if r.group == "worse" and not r.failed]
+    assert worse.mean.estimate == pytest.approx(np.mean([*finals, 0.0]))
+    (pair,) = inference.paired
+    assert pair.seeds_paired  # the failed seed keeps its place in the pairing, with zeros
+    assert pair.difference.estimate > 0.2
+
+
+def test_collapsed_runs_are_counted_and_kept() -> None:
+    records, problems = constructed()
+    collapsed, scores = run("worse", 3, np.zeros(len(PROMPTS)))  # 0% after starting at 45%
+    inference = infer([*records, collapsed], ["base", "worse"], {**problems, collapsed.run_id: scores})
+    assert inference.groups[1].collapsed == 1 and inference.groups[1].runs == 4
+    assert not inference.paired[0].seeds_paired  # seeds 0-3 against 0-2: seeds drawn per method
+
+
+def test_pairs_without_per_problem_results_say_why() -> None:
+    records, problems = constructed()
+    missing = records[0].run_id
+    inference = infer(records, ["base", "worse"], {k: v for k, v in problems.items() if k != missing})
+    (pair,) = inference.paired
+    assert pair.difference is None and math.isnan(pair.detectable)
+    assert pair.verdict == f"not paired: no per-problem results for {records[0].run_name}"
+
+
+def test_only_shared_problems_are_paired() -> None:
+    records, problems = constructed()
+    shorter = {
+        k: ProblemScores(v.prompts[:150], v.correct[:150]) if k.startswith("worse") else v for k, v in problems.items()
+    }
+    assert infer(records, ["base", "worse"], shorter).paired[0].problems == 150
+
+
+def test_problem_scores_file_round_trip(tmp_path: Path) -> None:
+    scores = ProblemScores(("1+1=", "2+2="), (1.0, 0.0))
+    write_problem_scores(tmp_path / "eval_problems.jsonl", scores)
+    assert read_problem_scores(tmp_path / "eval_problems.jsonl") == scores
+    assert scores.accuracy == 0.5
+    (tmp_path / "broken.jsonl").write_text("{not json")
+    assert read_problem_scores(tmp_path / "broken.jsonl") is None
+
+
+def test_statistics_reach_the_tables_json_csv_report_and_figure(tmp_path: Path) -> None:
+    records, problems = constructed()
+    inference = infer(records, ["base", "worse"], problems)
+    aggregates, improvement, paired = statistics_tables(inference)
+    assert [row[0] for row in aggregates.rows] == ["base", "worse"]
+    assert improvement.rows[0][1] == "" and improvement.rows[0][2].startswith(
+        f"{inference.improvement[('base', 'worse')].estimate:.3f}"
+    )
+    assert paired.rows[0][-1] == "base better" and paired.rows[0][6] == "overlap"
+    threshold = Threshold(0.6, "--threshold")
+    summaries = summarize(records, threshold.value)
+    findings = Findings("t", summaries, records, [], threshold, inference=inference)
+    document = comparison_document("comparison", "id", findings)
+    statistics = json.loads(json.dumps(document))["statistics"]
+    assert statistics["paired"][0]["verdict"] == "base better"
+    assert statistics["paired"][0]["difference"] == pytest.approx(inference.paired[0].difference.estimate)
+    assert {(p["x"], p["y"]) for p in statistics["probability_of_improvement"]} == {
+        ("base", "worse"),
+        ("worse", "base"),
+    }
+    rows = (write_pairs_csv(tmp_path / "pairs.csv", inference)).read_text().splitlines()
+    assert rows[0].startswith("first,second,difference,ci_low,ci_high") and rows[1].startswith("base,worse,")
+    figure = statistics_figure(inference, tmp_path / "statistics.png", "constructed")
+    assert figure.stat().st_size > 10_000
+    timing = {"total_seconds": 1.0, "training_seconds": 0.0, "overhead_seconds": 1.0, "overhead_fraction": 1.0}
+    report = write_report(tmp_path / "report.md", findings, [figure], "method", "", timing)
+    text = report.read_text()
+    assert (
+        "### paired differences in final accuracy" in text
+        and "| base | worse |" in text
+        and "![statistics](statistics.png)" in text
+    )

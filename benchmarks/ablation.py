@@ -35,19 +35,32 @@ def run_json(command: list[str]) -> dict:
     lines = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout.strip().splitlines()
     result = json.loads(lines[-1])
     details = next((json.loads(line[len("details ") :]) for line in lines if line.startswith("details ")), {})
-    return {**result, "load_1min": details.get("load_1min", os.getloadavg()[0]), "others_cpu_share": details.get("others_cpu_share")}
+    return {
+        **result,
+        "load_1min": details.get("load_1min", os.getloadavg()[0]),
+        "others_cpu_share": details.get("others_cpu_share"),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--objective", nargs="+", default=["grpo"], help="One or more objectives; each variant runs with each.")
+    parser.add_argument(
+        "--objective", nargs="+", default=["grpo"], help="One or more objectives; each variant runs with each."
+    )
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--trl-python", default=None, help="Python of a scratch environment with TRL (leave out to skip TRL).")
+    parser.add_argument(
+        "--trl-python", default=None, help="Python of a scratch environment with TRL (leave out to skip TRL)."
+    )
     parser.add_argument("--only", nargs="*", default=None, help="Run only these variant names (substring match).")
     parser.add_argument("--log", default=str(HERE / "results" / "ablation.jsonl"))
     parser.add_argument("--summarize", action="store_true", help="Only print the table of every run in --log.")
-    parser.add_argument("--max-others", type=float, default=0.15, help="Leave out runs during which other processes kept more than this share of the cores busy.")
+    parser.add_argument(
+        "--max-others",
+        type=float,
+        default=0.15,
+        help="Leave out runs during which other processes kept more than this share of the cores busy.",
+    )
     args = parser.parse_args(argv)
     if args.summarize:
         summarize(Path(args.log), args.max_others)
@@ -55,7 +68,15 @@ def main(argv: list[str] | None = None) -> None:
 
     variants = {name: extra for name, extra in VARIANTS.items() if not args.only or any(o in name for o in args.only)}
     commands = {
-        f"{name} [{objective}]": [sys.executable, str(HERE / "rl_step.py"), "--objective", objective, "--steps", str(args.steps), *extra]
+        f"{name} [{objective}]": [
+            sys.executable,
+            str(HERE / "rl_step.py"),
+            "--objective",
+            objective,
+            "--steps",
+            str(args.steps),
+            *extra,
+        ]
         for name, extra in variants.items()
         for objective in args.objective
     }
@@ -70,19 +91,32 @@ def main(argv: list[str] | None = None) -> None:
             results[name].append(result)
             with log.open("a") as out:
                 out.write(json.dumps({"variant": name.split(" [")[0], "round": round_index, **result}) + "\n")
-            print(f"round {round_index} {name:34s} {result['step_s_median'] * 1000:7.1f} ms  load {result['load_1min']:.2f}  others {result['others_cpu_share']:.2f}", file=sys.stderr)
+            print(
+                f"round {round_index} {name:34s} {result['step_s_median'] * 1000:7.1f} ms  load {result['load_1min']:.2f}  others {result['others_cpu_share']:.2f}",
+                file=sys.stderr,
+            )
 
     print_table(results, args.max_others)
 
 
 def print_table(results: dict[str, list[dict]], max_others: float = 1.0) -> None:
     """Medians over runs; runs during which other processes kept more than `max_others` of the cores busy are left out."""
-    dropped = {name: sum(1 for r in rows if (r.get("others_cpu_share") or 0.0) > max_others) for name, rows in results.items()}
-    results = {name: [r for r in rows if (r.get("others_cpu_share") or 0.0) <= max_others] for name, rows in results.items()}
+    dropped = {
+        name: sum(1 for r in rows if (r.get("others_cpu_share") or 0.0) > max_others) for name, rows in results.items()
+    }
+    results = {
+        name: [r for r in rows if (r.get("others_cpu_share") or 0.0) <= max_others] for name, rows in results.items()
+    }
     results = {name: rows for name, rows in results.items() if rows}
-    trl = statistics.median(r["step_s_median"] for r in results["TRL GRPOTrainer"]) if results.get("TRL GRPOTrainer") else None
+    trl = (
+        statistics.median(r["step_s_median"] for r in results["TRL GRPOTrainer"])
+        if results.get("TRL GRPOTrainer")
+        else None
+    )
     width = max(len(name) for name in results) + 1
-    print(f"{'variant':{width}s} {'runs':>4s} {'step ms':>8s} {'compl/s':>8s} {'tok/s':>6s} {'RSS MB':>7s} {'gen':>5s} {'obj':>6s} {'vs TRL':>7s}")
+    print(
+        f"{'variant':{width}s} {'runs':>4s} {'step ms':>8s} {'compl/s':>8s} {'tok/s':>6s} {'RSS MB':>7s} {'gen':>5s} {'obj':>6s} {'vs TRL':>7s}"
+    )
     for name, rows in results.items():
         step = statistics.median(r["step_s_median"] for r in rows)
         print(
@@ -92,12 +126,19 @@ def print_table(results: dict[str, list[dict]], max_others: float = 1.0) -> None
             f"{'' if trl is None else f'{trl / step:6.2f}x':>7s}"
         )
     loads = [r["load_1min"] for rows in results.values() for r in rows]
-    print(f"load average (1 min) at the end of each run: min {min(loads):.2f}, median {statistics.median(loads):.2f}, max {max(loads):.2f}")
+    print(
+        f"load average (1 min) at the end of each run: min {min(loads):.2f}, median {statistics.median(loads):.2f}, max {max(loads):.2f}"
+    )
     others = [r["others_cpu_share"] for rows in results.values() for r in rows if r.get("others_cpu_share") is not None]
     if others:
-        print(f"cores kept busy by other processes during the timed steps: median {statistics.median(others):.2f}, max {max(others):.2f}")
+        print(
+            f"cores kept busy by other processes during the timed steps: median {statistics.median(others):.2f}, max {max(others):.2f}"
+        )
     if any(dropped.values()):
-        print(f"left out (others above {max_others:.2f} of the cores): " + ", ".join(f"{name}: {count}" for name, count in dropped.items() if count))
+        print(
+            f"left out (others above {max_others:.2f} of the cores): "
+            + ", ".join(f"{name}: {count}" for name, count in dropped.items() if count)
+        )
 
 
 def summarize(log: Path, max_others: float) -> None:
@@ -111,6 +152,7 @@ def summarize(log: Path, max_others: float) -> None:
 
 def row_name(row: dict) -> str:
     return row["variant"] if "TRL" in row["variant"] else f"{row['variant']} [{row['objective']}]"
+
 
 if __name__ == "__main__":
     main()

@@ -49,7 +49,16 @@ def measure(variant: str, mode: str, vocab: int, rows: int, temperature: float, 
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=vocab, hidden_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, intermediate_size=128, max_position_embeddings=64, tie_word_embeddings=True)
+    config = Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
     input_ids = torch.randint(0, vocab, (rows, PROMPT_LEN + COMPLETION_LEN))
     attention_mask = torch.ones_like(input_ids)
@@ -58,7 +67,9 @@ def measure(variant: str, mode: str, vocab: int, rows: int, temperature: float, 
 
     def logprobs():
         if variant == "naive":
-            return naive_logprobs(completion_logits(model, input_ids, attention_mask, COMPLETION_LEN), tokens, temperature)
+            return naive_logprobs(
+                completion_logits(model, input_ids, attention_mask, COMPLETION_LEN), tokens, temperature
+            )
         return completion_logprobs(model, input_ids, attention_mask, COMPLETION_LEN, temperature, chunk_mb=chunk_mb)[0]
 
     if mode == "behaviour":
@@ -69,7 +80,14 @@ def measure(variant: str, mode: str, vocab: int, rows: int, temperature: float, 
         logp.sum().backward()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     logits_mb = rows * COMPLETION_LEN * vocab * 4 / 2**20
-    return {"variant": variant, "mode": mode, "peak_rss_mb": peak, "peak_above_start_mb": peak - before, "full_logits_fp32_mb": logits_mb, "checksum": float(logp.detach().sum())}
+    return {
+        "variant": variant,
+        "mode": mode,
+        "peak_rss_mb": peak,
+        "peak_above_start_mb": peak - before,
+        "full_logits_fp32_mb": logits_mb,
+        "checksum": float(logp.detach().sum()),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,7 +105,21 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for mode in ("behaviour", "update"):
         for variant in ("naive", "chunked"):
-            command = [sys.executable, __file__, "--one", variant, mode, "--vocab", str(args.vocab), "--rows", str(args.rows), "--temperature", str(args.temperature), "--chunk-mb", str(args.chunk_mb)]
+            command = [
+                sys.executable,
+                __file__,
+                "--one",
+                variant,
+                mode,
+                "--vocab",
+                str(args.vocab),
+                "--rows",
+                str(args.rows),
+                "--temperature",
+                str(args.temperature),
+                "--chunk-mb",
+                str(args.chunk_mb),
+            ]
             line = subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             results.append(json.loads(line))
             print(line)
@@ -97,8 +129,16 @@ def main(argv: list[str] | None = None) -> None:
         "rows": args.rows,
         "completion_tokens": COMPLETION_LEN,
         "full_logits_fp32_mb": results[0]["full_logits_fp32_mb"],
-        **{f"{mode}_{variant}_peak_above_start_mb": round(by[(variant, mode)]["peak_above_start_mb"], 1) for mode in ("behaviour", "update") for variant in ("naive", "chunked")},
-        "same_logprobs": all(abs(by[("naive", m)]["checksum"] - by[("chunked", m)]["checksum"]) < 1e-2 * abs(by[("naive", m)]["checksum"]) for m in ("behaviour", "update")),
+        **{
+            f"{mode}_{variant}_peak_above_start_mb": round(by[(variant, mode)]["peak_above_start_mb"], 1)
+            for mode in ("behaviour", "update")
+            for variant in ("naive", "chunked")
+        },
+        "same_logprobs": all(
+            abs(by[("naive", m)]["checksum"] - by[("chunked", m)]["checksum"])
+            < 1e-2 * abs(by[("naive", m)]["checksum"])
+            for m in ("behaviour", "update")
+        ),
     }
     print(json.dumps(summary))
 

@@ -47,10 +47,25 @@ def workload_recipe(objective: str, switches: dict[str, Any], threads: int) -> R
             "seed": 0,
             "model": {
                 "device": "cpu",
-                "tiny": {"architecture": "qwen2", "hidden_size": 128, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 512, "max_positions": 64},
+                "tiny": {
+                    "architecture": "qwen2",
+                    "hidden_size": 128,
+                    "num_layers": 4,
+                    "num_heads": 4,
+                    "num_kv_heads": 2,
+                    "intermediate_size": 512,
+                    "max_positions": 64,
+                },
             },
             "task": {"name": "addition", "min_operand": 10, "max_operand": 99},
-            "rollout": {"prompts_per_step": 16, "group_size": 8, "max_new_tokens": 8, "temperature": 1.0, "updates_per_rollout": 2, "minibatch_size": 128},
+            "rollout": {
+                "prompts_per_step": 16,
+                "group_size": 8,
+                "max_new_tokens": 8,
+                "temperature": 1.0,
+                "updates_per_rollout": 2,
+                "minibatch_size": 128,
+            },
             "objective": {"name": objective, "beta": 0.0},
             "train": {"lr": 1e-4, "threads": threads, "warm_start": {"enabled": False}},
             "performance": switches,
@@ -66,9 +81,9 @@ def run(recipe: Recipe, warmup: int, steps: int) -> dict[str, Any]:
     from sspo_cli.algorithm import rl_step
     from sspo_cli.models import load_policy
     from sspo_cli.objectives import build_objective
-    from sspo_cli.tasks import build_task
     from sspo_cli.run.schedule import lr_multiplier
     from sspo_cli.run.state import Policy, TrainState
+    from sspo_cli.tasks import build_task
 
     torch.set_num_threads(recipe.train.threads or torch.get_num_threads())
     task = build_task(recipe.task)
@@ -122,13 +137,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=30, help="Timed steps.")
     parser.add_argument("--warmup", type=int, default=3, help="Untimed steps first.")
     parser.add_argument("--threads", type=int, default=2, help="torch threads.")
-    parser.add_argument("--baseline", action="store_true", help="Every speed switch off (the code before issue 6); explicit switch flags still apply.")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="Every speed switch off (the code before issue 6); explicit switch flags still apply.",
+    )
     parser.add_argument("--label", default=None, help="Free text copied into the JSON line.")
     switches = parser.add_argument_group("speed switches (recipe section `performance`)")
     for name, field in PerformanceConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
         if field.annotation is bool:
-            switches.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=field.description)
+            switches.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=field.description
+            )
         else:
             switches.add_argument(flag, dest=name, default=None, type=yaml.safe_load, help=field.description)
     return parser.parse_args(argv)
@@ -155,7 +176,9 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     args = parse_args(argv)
     switches = dict(BASELINE_SWITCHES) if args.baseline else {}
-    switches |= {name: getattr(args, name) for name in PerformanceConfig.model_fields if getattr(args, name) is not None}
+    switches |= {
+        name: getattr(args, name) for name in PerformanceConfig.model_fields if getattr(args, name) is not None
+    }
     recipe = workload_recipe(args.objective, switches, args.threads)
     result = run(recipe, args.warmup, args.steps)
     details = {key.lstrip("_"): result.pop(key) for key in [k for k in result if k.startswith("_")]}

@@ -38,8 +38,12 @@ def char_tokenizer():
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     core.decoder = decoders.Fuse()
-    core.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+    core.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
     tokenizer.padding_side = "left"
     return tokenizer
 
@@ -49,9 +53,17 @@ def tiny_model(tokenizer):
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=512, max_position_embeddings=64, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=512,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
@@ -162,8 +174,12 @@ def main(argv: list[str] | None = None) -> None:
             dataloader_num_workers=0,
         )
         trainer = GRPOTrainer(
-            model=model, reward_funcs=exact_sum, args=config, train_dataset=addition_dataset(rl_steps * PROMPTS * 2),
-            processing_class=tokenizer, callbacks=[StepClock()],
+            model=model,
+            reward_funcs=exact_sum,
+            args=config,
+            train_dataset=addition_dataset(rl_steps * PROMPTS * 2),
+            processing_class=tokenizer,
+            callbacks=[StepClock()],
         )
         # The loss and its metrics, apart from the policy forward inside it.
         forward_s: list[float] = []
@@ -197,7 +213,13 @@ def main(argv: list[str] | None = None) -> None:
     }
     assert len(forward_s) == rl_steps * (UPDATES + 1), "TRL's forward pattern changed: fix _loss_forwards"
     others = others_cpu_share(cpu_marks[0], cpu_marks[-1], total)
-    details = {"first_step_s": ends[1] - ends[0], "others_cpu_share": others, "load_1min": os.getloadavg()[0], "trl": __import__("trl").__version__, "python": sys.version.split()[0]}
+    details = {
+        "first_step_s": ends[1] - ends[0],
+        "others_cpu_share": others,
+        "load_1min": os.getloadavg()[0],
+        "trl": __import__("trl").__version__,
+        "python": sys.version.split()[0],
+    }
     print("details " + json.dumps(details))
     print(json.dumps(result))
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from sspo_cli.recipe import Recipe, RolloutConfig, stable_hash
 from sspo_cli.run.metrics import merge_rows
@@ -24,7 +25,9 @@ if TYPE_CHECKING:
     from sspo_cli.tasks import Example, Task
 
 
-def rl_step(recipe: Recipe, policy: "Policy", task: "Task", objective, optimizer, scheduler, state: "TrainState") -> dict[str, float]:
+def rl_step(
+    recipe: Recipe, policy: Policy, task: Task, objective, optimizer, scheduler, state: TrainState
+) -> dict[str, float]:
     """One rollout and its `updates_per_rollout` optimiser updates."""
     import torch
 
@@ -41,7 +44,15 @@ def rl_step(recipe: Recipe, policy: "Policy", task: "Task", objective, optimizer
     prompts = prompts_for_step(task.train, recipe.seed, state.step, cfg.prompts_per_step)
     examples = [e for e in prompts for _ in range(cfg.group_size)]
     policy.model.eval()
-    rollout = generate(model, policy.tokenizer, [e.prompt for e in examples], cfg.max_new_tokens, cfg.temperature, perf, with_logprobs=perf.sampling_logprobs)
+    rollout = generate(
+        model,
+        policy.tokenizer,
+        [e.prompt for e in examples],
+        cfg.max_new_tokens,
+        cfg.temperature,
+        perf,
+        with_logprobs=perf.sampling_logprobs,
+    )
     sampled = time.perf_counter()
 
     # 2. Rewards and group-relative advantages.
@@ -58,7 +69,13 @@ def rl_step(recipe: Recipe, policy: "Policy", task: "Task", objective, optimizer
     if policy.reference is not None:
         with torch.inference_mode():
             ref_logp, _ = completion_logprobs(
-                policy.reference, rollout.input_ids, rollout.attention_mask, rollout.completion_len, cfg.temperature, shared_prompts, perf.logprob_chunk_mb
+                policy.reference,
+                rollout.input_ids,
+                rollout.attention_mask,
+                rollout.completion_len,
+                cfg.temperature,
+                shared_prompts,
+                perf.logprob_chunk_mb,
             )
 
     # 4. Optimiser updates on mini-batches; the first is on-policy, later ones are not.
@@ -69,13 +86,22 @@ def rl_step(recipe: Recipe, policy: "Policy", task: "Task", objective, optimizer
         rows = rows.to(device)
         with autocast(device, perf.autocast_bf16):
             logp, _ = completion_logprobs(
-                model, rollout.input_ids[rows], rollout.attention_mask[rows], rollout.completion_len, cfg.temperature,
-                None if shared_prompts is None else shared_prompts[rows], perf.logprob_chunk_mb,
+                model,
+                rollout.input_ids[rows],
+                rollout.attention_mask[rows],
+                rollout.completion_len,
+                cfg.temperature,
+                None if shared_prompts is None else shared_prompts[rows],
+                perf.logprob_chunk_mb,
             )
         t0 = time.perf_counter()
-        out = objective(logp, old_logp[rows], advantages[rows], mask[rows], ref_logp=None if ref_logp is None else ref_logp[rows])
+        out = objective(
+            logp, old_logp[rows], advantages[rows], mask[rows], ref_logp=None if ref_logp is None else ref_logp[rows]
+        )
         objective_seconds += time.perf_counter() - t0
-        update_metrics.append({**out.metrics, **apply_update(out.loss, policy.model, optimizer, scheduler, recipe, state)})
+        update_metrics.append(
+            {**out.metrics, **apply_update(out.loss, policy.model, optimizer, scheduler, recipe, state)}
+        )
     policy.model.eval()
 
     elapsed = time.perf_counter() - started
@@ -95,7 +121,9 @@ def rl_step(recipe: Recipe, policy: "Policy", task: "Task", objective, optimizer
     }
 
 
-def behaviour_logprobs(model, rollout: "Rollout", temperature: float, shared_prompts: "torch.Tensor | None", chunk_mb: float) -> tuple["torch.Tensor", "torch.Tensor"]:
+def behaviour_logprobs(
+    model, rollout: Rollout, temperature: float, shared_prompts: torch.Tensor | None, chunk_mb: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of the sampled tokens and per-token entropy under the sampling policy. [N, Tc] each
 
     Taken from the sampling pass when it recorded them (the same numbers up to float rounding),
@@ -109,13 +137,20 @@ def behaviour_logprobs(model, rollout: "Rollout", temperature: float, shared_pro
         return rollout.logprobs, rollout.entropy
     with torch.inference_mode():
         logp, entropy = completion_logprobs(
-            model, rollout.input_ids, rollout.attention_mask, rollout.completion_len, temperature, shared_prompts, chunk_mb, with_entropy=True
+            model,
+            rollout.input_ids,
+            rollout.attention_mask,
+            rollout.completion_len,
+            temperature,
+            shared_prompts,
+            chunk_mb,
+            with_entropy=True,
         )
     assert entropy is not None
     return logp, entropy
 
 
-def autocast(device: "torch.device", setting: "bool | str"):
+def autocast(device: torch.device, setting: bool | str):
     """bfloat16 autocast of the model in the updates; the log-probs and the loss stay float32.
 
     'auto' turns it on where bfloat16 matrix products run natively: CUDA with bf16 support, CPUs
@@ -127,7 +162,7 @@ def autocast(device: "torch.device", setting: "bool | str"):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def native_bf16(device: "torch.device") -> bool:
+def native_bf16(device: torch.device) -> bool:
     import torch
 
     if device.type == "cuda":
@@ -146,7 +181,9 @@ def prepared_model(model, compile_model: bool):
     return model
 
 
-def apply_update(loss: "torch.Tensor", model, optimizer, scheduler, recipe: Recipe, state: "TrainState") -> dict[str, float]:
+def apply_update(
+    loss: torch.Tensor, model, optimizer, scheduler, recipe: Recipe, state: TrainState
+) -> dict[str, float]:
     """Backward, clip, step; a non-finite loss or gradient leaves weights and optimiser untouched."""
     import torch
 
@@ -174,7 +211,7 @@ def step_seed(seed: int, step: int) -> int:
     return int(stable_hash([seed, step]), 16) % (2**63)
 
 
-def prompts_for_step(train: list["Example"], seed: int, step: int, count: int) -> list["Example"]:
+def prompts_for_step(train: list[Example], seed: int, step: int, count: int) -> list[Example]:
     """Epoch-wise shuffled order, a pure function of (seed, step): no data-loader state to save."""
     import torch
 
@@ -189,7 +226,7 @@ def prompts_for_step(train: list["Example"], seed: int, step: int, count: int) -
     return picked
 
 
-def minibatches(n: int, cfg: RolloutConfig, seed: int, step: int) -> Iterator["torch.Tensor"]:
+def minibatches(n: int, cfg: RolloutConfig, seed: int, step: int) -> Iterator[torch.Tensor]:
     """`updates_per_rollout` row sets of `minibatch_size`, cycling through reshuffled epochs."""
     import torch
 
@@ -202,4 +239,3 @@ def minibatches(n: int, cfg: RolloutConfig, seed: int, step: int) -> Iterator["t
             order, offset = torch.randperm(n, generator=generator), 0
         yield order[offset : offset + size]
         offset += size
-

@@ -47,7 +47,7 @@ class LoadedCheckpoint:
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
     rng: dict[str, Any]
-    weights: dict[str, "torch.Tensor"]
+    weights: dict[str, torch.Tensor]
 
     @property
     def step(self) -> int:
@@ -58,7 +58,15 @@ def train_state_of(loaded: LoadedCheckpoint) -> TrainState:
     """The checkpoint's trainer_state.json as a TrainState; CheckpointError if it holds anything else."""
     data, source = loaded.state, loaded.folder
     unknown = sorted(set(data) - {f.name for f in fields(TrainState)})
-    checks = {"step": int, "skipped_updates": int, "consecutive_skips": int, "history": list, "evals": list, "elapsed_seconds": (int, float), "resumed_from": list}
+    checks = {
+        "step": int,
+        "skipped_updates": int,
+        "consecutive_skips": int,
+        "history": list,
+        "evals": list,
+        "elapsed_seconds": (int, float),
+        "resumed_from": list,
+    }
     wrong = [name for name, kind in checks.items() if name in data and not isinstance(data[name], kind)]
     if unknown or wrong:
         problem = f"unknown keys {unknown}" if unknown else f"wrong types for {wrong}"
@@ -69,7 +77,9 @@ def train_state_of(loaded: LoadedCheckpoint) -> TrainState:
 # --------------------------------------------------------------------------- writing
 
 
-def save_checkpoint(root: Path, policy: Policy, optimizer, scheduler, state: TrainState, keep: int, final: bool = False) -> Path:
+def save_checkpoint(
+    root: Path, policy: Policy, optimizer, scheduler, state: TrainState, keep: int, final: bool = False
+) -> Path:
     """Write `root/step-NNNNNN` atomically (and `root/final` when `final`); keep the last `keep` steps."""
     import torch
 
@@ -150,7 +160,9 @@ def list_checkpoints(root: Path) -> list[Path]:
     """Complete step checkpoints, oldest first (temporary and half-deleted folders are never listed)."""
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX) and (p / STATE_FILE).is_file())
+    return sorted(
+        p for p in root.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX) and (p / STATE_FILE).is_file()
+    )
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -184,14 +196,15 @@ def load_training_state(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         tensors = torch.load(folder / OPTIMIZER_FILE, weights_only=True, map_location="cpu")
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError, TypeError, AttributeError) as exc:
         raise CheckpointError(
-            "--resume", f"{folder / OPTIMIZER_FILE} was refused (only plain tensors are loaded, never code): {_first_line(exc)}"
+            "--resume",
+            f"{folder / OPTIMIZER_FILE} was refused (only plain tensors are loaded, never code): {_first_line(exc)}",
         ) from None
     if not isinstance(tensors, dict):
         raise CheckpointError("--resume", f"{folder / OPTIMIZER_FILE} does not hold optimizer and scheduler states")
     return state, tensors
 
 
-def load_weights(folder: Path) -> dict[str, "torch.Tensor"]:
+def load_weights(folder: Path) -> dict[str, torch.Tensor]:
     """All safetensors shards of a checkpoint as one name -> tensor mapping (safetensors cannot hold code)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -208,7 +221,7 @@ def load_weights(folder: Path) -> dict[str, "torch.Tensor"]:
     return weights
 
 
-def apply_weights(model, weights: dict[str, "torch.Tensor"], source: Path) -> None:
+def apply_weights(model, weights: dict[str, torch.Tensor], source: Path) -> None:
     """Copy checkpoint weights into `model`; every parameter must be covered (tied ones count once)."""
     import torch
 
@@ -216,7 +229,9 @@ def apply_weights(model, weights: dict[str, "torch.Tensor"], source: Path) -> No
         with torch.no_grad():
             result = model.load_state_dict(weights, strict=False)
     except RuntimeError as exc:
-        raise CheckpointError("--resume", f"weights in {source} do not fit the recipe's model: {_first_line(exc)}") from None
+        raise CheckpointError(
+            "--resume", f"weights in {source} do not fit the recipe's model: {_first_line(exc)}"
+        ) from None
     current = model.state_dict()
     loaded = {current[name].data_ptr() for name in weights if name in current}
     missing = [name for name in result.missing_keys if current[name].data_ptr() not in loaded]

@@ -19,12 +19,27 @@ app = typer.Typer(
 )
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a recipe key: dotted.key=value (repeatable).")]
-OutputOpt = Annotated[Path, typer.Option("--output-dir", "-o", help="Where run folders, the warm-start cache and the default MLflow store go.")]
-TrackingOpt = Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<output-dir>/mlflow.db).")]
+SetOpt = Annotated[
+    Optional[list[str]], typer.Option("--set", "-s", help="Override a recipe key: dotted.key=value (repeatable).")
+]
+OutputOpt = Annotated[
+    Path,
+    typer.Option("--output-dir", "-o", help="Where run folders, the warm-start cache and the default MLflow store go."),
+]
+TrackingOpt = Annotated[
+    Optional[str],
+    typer.Option("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<output-dir>/mlflow.db)."),
+]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.")]
 
-ResumeOpt = Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run from its last checkpoint: give the run folder (it holds recipe.yaml and run.json). Takes no RECIPE, --set or --output-dir.", show_default=False)]
+ResumeOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--resume",
+        help="Continue an interrupted run from its last checkpoint: give the run folder (it holds recipe.yaml and run.json). Takes no RECIPE, --set or --output-dir.",
+        show_default=False,
+    ),
+]
 
 
 class UsageProblem(InputError):
@@ -48,9 +63,19 @@ def validate(recipe: RecipeArg, set_: SetOpt = None, debug: DebugOpt = False) ->
 
 @app.command()
 def train(
-    recipe: Annotated[Optional[Path], typer.Argument(help="Recipe YAML file (not with --resume).", show_default=False)] = None,
+    recipe: Annotated[
+        Optional[Path], typer.Argument(help="Recipe YAML file (not with --resume).", show_default=False)
+    ] = None,
     set_: SetOpt = None,
-    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Where run folders, the warm-start cache and the default MLflow store go (default: runs).", show_default=False)] = None,
+    output_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output-dir",
+            "-o",
+            help="Where run folders, the warm-start cache and the default MLflow store go (default: runs).",
+            show_default=False,
+        ),
+    ] = None,
     tracking_uri: TrackingOpt = None,
     resume: ResumeOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")] = False,
@@ -77,7 +102,9 @@ def train(
             from sspo_cli.train import run_training
 
             with RichProgress(quiet=quiet) as progress:
-                summary = run_training(resolved, output_dir=output_dir or Path("runs"), tracking_uri=tracking_uri, observer=progress)
+                summary = run_training(
+                    resolved, output_dir=output_dir or Path("runs"), tracking_uri=tracking_uri, observer=progress
+                )
         if summary.get("main_process", True):  # under `accelerate launch` only the main process reports
             print_summary(summary)
 
@@ -85,16 +112,23 @@ def train(
     guarded(debug, action, recipe_file)
 
 
-def check_train_options(recipe: Path | None, overrides: list[str] | None, output_dir: Path | None, resume: Path | None) -> None:
+def check_train_options(
+    recipe: Path | None, overrides: list[str] | None, output_dir: Path | None, resume: Path | None
+) -> None:
     """`--resume` trains the run folder's own recipe, unchanged: that is what makes the result exact."""
     if resume is None:
         if recipe is None:
             raise UsageProblem("RECIPE", "give a recipe file to train, or --resume RUN_DIR to continue a run")
         return
     if recipe is not None:
-        raise UsageProblem("--resume", f"takes no RECIPE ({recipe}): a resumed run always trains {resume / 'recipe.yaml'}")
+        raise UsageProblem(
+            "--resume", f"takes no RECIPE ({recipe}): a resumed run always trains {resume / 'recipe.yaml'}"
+        )
     if overrides:
-        raise UsageProblem("--resume", "takes no --set: a resumed run trains its recipe unchanged (to change options, start a new run with --set model.path=RUN_DIR/checkpoints/step-N)")
+        raise UsageProblem(
+            "--resume",
+            "takes no --set: a resumed run trains its recipe unchanged (to change options, start a new run with --set model.path=RUN_DIR/checkpoints/step-N)",
+        )
     if output_dir is not None:
         raise UsageProblem("--resume", "takes no --output-dir: the run stays in its own folder")
 

@@ -12,8 +12,9 @@ typer; Rich, the recipe and the run layer load when a command fails.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -31,7 +32,9 @@ EXIT_BAD_INPUT = 2
 __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_INTERRUPTED", "guarded"]
 
 
-def guarded(debug: bool, action: Callable[[], None], recipe_file: Path | None = None, interrupted_hint: str | None = None) -> None:
+def guarded(
+    debug: bool, action: Callable[[], None], recipe_file: Path | None = None, interrupted_hint: str | None = None
+) -> None:
     """Run a command's action; turn its known ways of failing into a message and an exit code.
 
     `recipe_file` goes in front of errors whose key is a recipe key. `interrupted_hint`, when given,
@@ -66,7 +69,7 @@ def guarded(debug: bool, action: Callable[[], None], recipe_file: Path | None = 
         raise typer.Exit(EXIT_FAILED) from None
 
 
-def describe_bad_input(exc: "InputError", recipe_file: Path | None) -> str:
+def describe_bad_input(exc: InputError, recipe_file: Path | None) -> str:
     """The error's own text; a recipe error renders its list, and a recipe key gets the file in front."""
     from sspo_cli.recipe import RecipeError, names_recipe_key
 
@@ -77,7 +80,7 @@ def describe_bad_input(exc: "InputError", recipe_file: Path | None) -> str:
     return str(exc)
 
 
-def _err() -> "Console":
+def _err() -> Console:
     from sspo_cli.report import err_console
 
     return err_console
@@ -85,15 +88,27 @@ def _err() -> "Console":
 
 def _report_stop(stop) -> None:
     err = _err()
-    err.print(f"[yellow]stopped[/yellow] ({stop.signal_name}) after step {stop.step}; checkpoint: {stop.checkpoint}", highlight=False, soft_wrap=True)
+    err.print(
+        f"[yellow]stopped[/yellow] ({stop.signal_name}) after step {stop.step}; checkpoint: {stop.checkpoint}",
+        highlight=False,
+        soft_wrap=True,
+    )
     err.print(f"resume with:  sspo train --resume {shlex.quote(str(stop.run_dir))}", highlight=False, soft_wrap=True)
 
 
-def _report_too_many_skips(exc: "TooManySkips") -> None:
+def _report_too_many_skips(exc: TooManySkips) -> None:
     err = _err()
-    err.print(f"[red]stopped:[/red] {exc}" + (f" at step {exc.step}" if exc.step is not None else ""), highlight=False, soft_wrap=True)
+    err.print(
+        f"[red]stopped:[/red] {exc}" + (f" at step {exc.step}" if exc.step is not None else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
     if exc.checkpoint is not None:
-        err.print(f"the last good state (weights and optimizer before the skipped updates) is saved in {exc.checkpoint}", highlight=False, soft_wrap=True)
+        err.print(
+            f"the last good state (weights and optimizer before the skipped updates) is saved in {exc.checkpoint}",
+            highlight=False,
+            soft_wrap=True,
+        )
         err.print(
             f"resume with:  sspo train --resume {shlex.quote(str(exc.run_dir))}\n"
             "or start a new run from those weights with a smaller train.lr:  "

@@ -29,7 +29,9 @@ class Strict(BaseModel):
 
 
 class TinyModelConfig(Strict):
-    architecture: Literal["qwen2", "llama"] = Field("qwen2", description="transformers architecture of the tiny decoder.")
+    architecture: Literal["qwen2", "llama"] = Field(
+        "qwen2", description="transformers architecture of the tiny decoder."
+    )
     hidden_size: int = Field(128, ge=8, le=8192, description="Width of the residual stream.")
     num_layers: int = Field(4, ge=1, le=128, description="Number of decoder layers.")
     num_heads: int = Field(4, ge=1, le=256, description="Attention heads.")
@@ -38,7 +40,7 @@ class TinyModelConfig(Strict):
     max_positions: int = Field(64, ge=8, le=1_000_000, description="Maximum sequence length.")
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> "TinyModelConfig":
+    def _heads_divide(self) -> TinyModelConfig:
         if self.hidden_size % self.num_heads:
             raise ValueError("hidden_size must be divisible by num_heads")
         if self.num_heads % self.num_kv_heads:
@@ -48,25 +50,40 @@ class TinyModelConfig(Strict):
 
 class ModelConfig(Strict):
     path: str | None = Field(None, description="Local Hugging Face causal-LM folder. Leave empty for the tiny model.")
-    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Tiny decoder built from a config (used when `path` is empty), with a character tokenizer.")
+    tiny: TinyModelConfig = Field(
+        default_factory=TinyModelConfig,
+        description="Tiny decoder built from a config (used when `path` is empty), with a character tokenizer.",
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
     device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
-    trust_remote_code: bool = Field(False, description="Allow a model folder to run its own Python code. Off unless you trust the folder.")
+    trust_remote_code: bool = Field(
+        False, description="Allow a model folder to run its own Python code. Off unless you trust the folder."
+    )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field("sdpa", description="Attention kernel.")
 
 
 class WarmStartConfig(Strict):
     """Supervised fine-tuning on the task's gold answers before RL (cached by content hash)."""
 
-    enabled: bool = Field(True, description="Run a supervised warm start before RL (a tiny random model earns no reward).")
+    enabled: bool = Field(
+        True, description="Run a supervised warm start before RL (a tiny random model earns no reward)."
+    )
     max_steps: int = Field(1000, ge=1, description="Upper bound on supervised steps.")
     batch_size: int = Field(64, ge=1, description="Examples per supervised step.")
     lr: float = Field(3e-3, gt=0, le=1, description="AdamW learning rate.")
     warmup_steps: int = Field(50, ge=0, description="Linear learning-rate warm-up steps.")
     eval_every: int = Field(25, ge=1, description="Check dev accuracy every this many steps.")
-    target_dev_accuracy: float | None = Field(0.4, ge=0, le=1, description="Stop as soon as greedy dev accuracy reaches this (None: run max_steps).")
-    seed: int = Field(0, description="Seed of the warm start; not the recipe seed, so every seed of a comparison starts from identical weights.")
-    on_miss: Literal["warn", "stop"] = Field("warn", description="When max_steps end below target_dev_accuracy: 'warn' (say so, record it, go on to RL) or 'stop' (exit 2 before RL starts, saying what to change). Does not change the weights, so not part of the cache key.")
+    target_dev_accuracy: float | None = Field(
+        0.4, ge=0, le=1, description="Stop as soon as greedy dev accuracy reaches this (None: run max_steps)."
+    )
+    seed: int = Field(
+        0,
+        description="Seed of the warm start; not the recipe seed, so every seed of a comparison starts from identical weights.",
+    )
+    on_miss: Literal["warn", "stop"] = Field(
+        "warn",
+        description="When max_steps end below target_dev_accuracy: 'warn' (say so, record it, go on to RL) or 'stop' (exit 2 before RL starts, saying what to change). Does not change the weights, so not part of the cache key.",
+    )
 
     def cache_fields(self) -> dict[str, Any]:
         """The options that decide the warm-started weights (what happens after a miss does not)."""
@@ -90,7 +107,7 @@ class AdditionTask(TaskBase):
     max_operand: int = Field(99, ge=1, le=10**9, description="Largest operand.")
 
     @model_validator(mode="after")
-    def _range(self) -> "AdditionTask":
+    def _range(self) -> AdditionTask:
         pairs = (self.max_operand - self.min_operand + 1) ** 2
         if self.max_operand < self.min_operand:
             raise ValueError("max_operand must be >= min_operand")
@@ -115,7 +132,9 @@ class FileTask(TaskBase):
     path: str = Field(..., min_length=1, description="Path to a .jsonl/.json, .csv or .parquet file.")
     prompt_column: str = Field("prompt", description="Column holding the prompt text.")
     answer_column: str = Field("answer", description="Column holding the gold answer.")
-    match: Literal["exact", "numeric"] = Field("exact", description="Reward 1 on exact string match, or on numeric equality.")
+    match: Literal["exact", "numeric"] = Field(
+        "exact", description="Reward 1 on exact string match, or on numeric equality."
+    )
 
 
 TaskConfig = Annotated[Union[AdditionTask, ReasoningGymTask, FileTask], Field(discriminator="name")]
@@ -128,17 +147,25 @@ class RolloutConfig(Strict):
     prompts_per_step: int = Field(16, ge=1, description="Prompts sampled per RL step.")
     group_size: int = Field(8, ge=2, description="Completions per prompt (the group of the group-relative advantage).")
     max_new_tokens: int = Field(4, ge=1, description="Longest completion, in tokens.")
-    temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature; log-probs use the same temperature.")
+    temperature: float = Field(
+        1.0, gt=0, le=10, description="Sampling temperature; log-probs use the same temperature."
+    )
     updates_per_rollout: int = Field(4, ge=1, description="Optimiser updates per rollout; later ones are off-policy.")
-    minibatch_size: int | None = Field(None, ge=1, description="Completions per update (default: rollout size / updates_per_rollout, so each completion is used once).")
-    advantage_scale: Literal["group", "batch", "none"] = Field("group", description="Divide advantages by the group std, the batch std, or nothing (Dr. GRPO).")
+    minibatch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Completions per update (default: rollout size / updates_per_rollout, so each completion is used once).",
+    )
+    advantage_scale: Literal["group", "batch", "none"] = Field(
+        "group", description="Divide advantages by the group std, the batch std, or nothing (Dr. GRPO)."
+    )
 
     @property
     def rollout_size(self) -> int:
         return self.prompts_per_step * self.group_size
 
     @model_validator(mode="after")
-    def _minibatch_fits(self) -> "RolloutConfig":
+    def _minibatch_fits(self) -> RolloutConfig:
         if self.minibatch_size is not None and self.minibatch_size > self.rollout_size:
             raise ValueError(f"minibatch_size {self.minibatch_size} exceeds the rollout size {self.rollout_size}")
         return self
@@ -147,19 +174,27 @@ class RolloutConfig(Strict):
 class TrainConfig(Strict):
     steps: int = Field(200, ge=0, description="RL steps (rollouts).")
     lr: float = Field(1e-4, gt=0, le=1, description="AdamW learning rate.")
-    lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="Learning-rate decay after warm-up.")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="Learning-rate decay after warm-up."
+    )
     lr_warmup_steps: int = Field(0, ge=0, description="Linear warm-up, in optimiser updates.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this (None: no clipping).")
     checkpoint_every: int = Field(50, ge=1, description="Write a checkpoint every this many steps (and at the end).")
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep.")
-    max_skipped: int = Field(5, ge=1, description="Stop after this many consecutive updates skipped for a non-finite loss or gradient.")
+    max_skipped: int = Field(
+        5, ge=1, description="Stop after this many consecutive updates skipped for a non-finite loss or gradient."
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice).")
     warm_start: WarmStartConfig = Field(default_factory=WarmStartConfig)
 
 
 class EvalConfig(Strict):
-    every: int = Field(50, ge=1, description="Evaluate on the held-out split every this many RL steps (and before the first and after the last).")
+    every: int = Field(
+        50,
+        ge=1,
+        description="Evaluate on the held-out split every this many RL steps (and before the first and after the last).",
+    )
     batch_size: int = Field(256, ge=1, description="Prompts per eval generation batch.")
     max_new_tokens: int | None = Field(None, ge=1, description="Default: rollout.max_new_tokens.")
 
@@ -173,13 +208,34 @@ class TrackingConfig(Strict):
 class PerformanceConfig(Strict):
     """Speed switches. Each one keeps the maths the same; turn one off to debug or to compare."""
 
-    sampler: Literal["kv_cache", "hf_generate"] = Field("kv_cache", description="'kv_cache': the project's sampling loop (needed by share_prompt_prefix and sampling_logprobs); 'hf_generate': transformers' model.generate.")
-    sampling_logprobs: bool = Field(True, description="Take the behaviour log-probs and entropy from the sampling pass instead of a second no-grad forward (equal within float tolerance). Needs sampler 'kv_cache'.")
-    share_prompt_prefix: bool = Field(True, description="Run each group's shared prompt once (in sampling and in the updates) and reuse its keys/values for the group's completions.")
-    trim_padding: bool = Field(True, description="Stop sampling when every completion has ended and drop completion columns that are padding in every row.")
-    autocast_bf16: Union[Literal["auto"], bool] = Field("auto", description="bfloat16 autocast of the model in the optimiser updates (sampling, the log-softmax and the loss stay float32): true, false, or 'auto' = on where bf16 is native (CUDA with bf16, CPUs with AVX-512-BF16 or AMX), off elsewhere.")
-    compile: bool = Field(False, description="torch.compile the model (pays only in long runs: compiling takes tens of seconds).")
-    logprob_chunk_mb: float = Field(64.0, gt=0, description="Most MiB of float32 logits held at once when turning them into log-probs: the batch's full-vocabulary log-softmax is never built (for a 150k vocabulary it is gigabytes).")
+    sampler: Literal["kv_cache", "hf_generate"] = Field(
+        "kv_cache",
+        description="'kv_cache': the project's sampling loop (needed by share_prompt_prefix and sampling_logprobs); 'hf_generate': transformers' model.generate.",
+    )
+    sampling_logprobs: bool = Field(
+        True,
+        description="Take the behaviour log-probs and entropy from the sampling pass instead of a second no-grad forward (equal within float tolerance). Needs sampler 'kv_cache'.",
+    )
+    share_prompt_prefix: bool = Field(
+        True,
+        description="Run each group's shared prompt once (in sampling and in the updates) and reuse its keys/values for the group's completions.",
+    )
+    trim_padding: bool = Field(
+        True,
+        description="Stop sampling when every completion has ended and drop completion columns that are padding in every row.",
+    )
+    autocast_bf16: Union[Literal["auto"], bool] = Field(
+        "auto",
+        description="bfloat16 autocast of the model in the optimiser updates (sampling, the log-softmax and the loss stay float32): true, false, or 'auto' = on where bf16 is native (CUDA with bf16, CPUs with AVX-512-BF16 or AMX), off elsewhere.",
+    )
+    compile: bool = Field(
+        False, description="torch.compile the model (pays only in long runs: compiling takes tens of seconds)."
+    )
+    logprob_chunk_mb: float = Field(
+        64.0,
+        gt=0,
+        description="Most MiB of float32 logits held at once when turning them into log-probs: the batch's full-vocabulary log-softmax is never built (for a 150k vocabulary it is gigabytes).",
+    )
 
 
 ObjectiveConfig = objective_config_union()  # every objective registered in sspo_cli.objectives
@@ -188,7 +244,10 @@ ObjectiveConfig = objective_config_union()  # every objective registered in sspo
 class Recipe(Strict):
     name: str = Field("recipe", min_length=1, description="Recipe name; used in run names.")
     seed: int = Field(0, description="Seed of the RL run (sampling, data order, init of the tiny model).")
-    engine: Literal["native", "trl"] = Field("native", description="Training engine: our single-process loop, or Hugging Face TRL's GRPOTrainer (multi-GPU via accelerate; `pip install -e '.[trl]'`).")
+    engine: Literal["native", "trl"] = Field(
+        "native",
+        description="Training engine: our single-process loop, or Hugging Face TRL's GRPOTrainer (multi-GPU via accelerate; `pip install -e '.[trl]'`).",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=AdditionTask)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
@@ -196,8 +255,13 @@ class Recipe(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    performance: PerformanceConfig = Field(default_factory=PerformanceConfig, description="Speed switches (each can be turned off to debug).")
-    trl: TrlOptions = Field(default_factory=TrlOptions, description="Options of engine: trl only (vLLM, micro-batching, gradient checkpointing).")
+    performance: PerformanceConfig = Field(
+        default_factory=PerformanceConfig, description="Speed switches (each can be turned off to debug)."
+    )
+    trl: TrlOptions = Field(
+        default_factory=TrlOptions,
+        description="Options of engine: trl only (vLLM, micro-batching, gradient checkpointing).",
+    )
 
     def resolved(self) -> dict[str, Any]:
         """Every option with defaults filled in, as plain YAML-able data (`name` first in each section)."""

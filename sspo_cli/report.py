@@ -36,7 +36,7 @@ class RichProgress(TrainingObserver):
         self.warm_id: Any = None
         self.last_eval = ""
 
-    def __enter__(self) -> "RichProgress":
+    def __enter__(self) -> RichProgress:
         self.progress.start()
         return self
 
@@ -67,12 +67,16 @@ class RichProgress(TrainingObserver):
         self.last_eval = f"eval acc {metrics['eval/accuracy']:.1%}"
         if self.task_id is not None:
             self.progress.update(self.task_id, info=self.last_eval)
-        self.progress.console.print(f"  eval @ step {step}: accuracy {metrics['eval/accuracy']:.1%}, mean reward {metrics['eval/mean_reward']:.3f}")
+        self.progress.console.print(
+            f"  eval @ step {step}: accuracy {metrics['eval/accuracy']:.1%}, mean reward {metrics['eval/mean_reward']:.3f}"
+        )
 
 
 def print_summary(summary: dict[str, Any]) -> None:
     before, after = summary["eval_before"], summary["eval_after"]
-    table = Table(title=f"{summary['run_name']}  ({summary['objective']}, seed {summary['seed']}, {summary['steps']} steps, {summary['wall_seconds']:.0f} s)")
+    table = Table(
+        title=f"{summary['run_name']}  ({summary['objective']}, seed {summary['seed']}, {summary['steps']} steps, {summary['wall_seconds']:.0f} s)"
+    )
     table.add_column("held-out eval")
     table.add_column("before RL", justify="right")
     table.add_column("after RL", justify="right")
@@ -81,7 +85,12 @@ def print_summary(summary: dict[str, Any]) -> None:
         delta = after[key] - before[key]
         colour = "green" if delta > 0 else "red" if delta < 0 else ""
         sign = "+" if delta >= 0 else ""
-        table.add_row(key, fmt.format(before[key]), fmt.format(after[key]), f"[{colour}]{sign}{fmt.format(delta)}[/]" if colour else f"{sign}{fmt.format(delta)}")
+        table.add_row(
+            key,
+            fmt.format(before[key]),
+            fmt.format(after[key]),
+            f"[{colour}]{sign}{fmt.format(delta)}[/]" if colour else f"{sign}{fmt.format(delta)}",
+        )
     console.print(table)
 
     diagnostics = summary.get("diagnostics") or {}
@@ -95,7 +104,17 @@ def print_summary(summary: dict[str, Any]) -> None:
         console.print(diag)
     if summary.get("warm_start"):
         ws = summary["warm_start"]
-        target = "" if ws.get("target") is None else f", target {ws['target']:.1%}" + ("" if ws["reached_target"] else " [yellow]MISSED[/yellow]")
-        console.print(f"warm start: {ws['steps']} steps, dev accuracy {ws['dev_accuracy']:.1%}{target}{' (from cache)' if ws['cached'] else ''}")
-    console.print(f"MLflow run [bold]{summary['run_id']}[/bold] in experiment '{summary['experiment']}' at {summary['tracking_uri']}")
-    console.print(f"run folder: {summary['run_dir']}  (open the UI: mlflow ui --backend-store-uri {summary['tracking_uri']})")
+        target = (
+            ""
+            if ws.get("target") is None
+            else f", target {ws['target']:.1%}" + ("" if ws["reached_target"] else " [yellow]MISSED[/yellow]")
+        )
+        console.print(
+            f"warm start: {ws['steps']} steps, dev accuracy {ws['dev_accuracy']:.1%}{target}{' (from cache)' if ws['cached'] else ''}"
+        )
+    console.print(
+        f"MLflow run [bold]{summary['run_id']}[/bold] in experiment '{summary['experiment']}' at {summary['tracking_uri']}"
+    )
+    console.print(
+        f"run folder: {summary['run_dir']}  (open the UI: mlflow ui --backend-store-uri {summary['tracking_uri']})"
+    )

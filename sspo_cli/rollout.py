@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from sspo_cli.recipe import PerformanceConfig
-
     from sspo_cli.tasks import Example, Task
 
 
@@ -18,28 +18,28 @@ if TYPE_CHECKING:
 class Rollout:
     """Prompts (left-padded) followed by completions (right-padded), one row per completion."""
 
-    input_ids: "torch.Tensor"  # [N, P + Tc]
-    attention_mask: "torch.Tensor"  # [N, P + Tc]
-    completion_mask: "torch.Tensor"  # [N, Tc], 1 for completion tokens up to and including <eos>
+    input_ids: torch.Tensor  # [N, P + Tc]
+    attention_mask: torch.Tensor  # [N, P + Tc]
+    completion_mask: torch.Tensor  # [N, Tc], 1 for completion tokens up to and including <eos>
     completions: list[str]  # decoded text before <eos>
     # Rows with equal prompt_index share their prompt (the group of a group-relative advantage). [N]
-    prompt_index: "torch.Tensor | None" = None
+    prompt_index: torch.Tensor | None = None
     # From the sampling pass, at the sampling temperature; only where asked for. [N, Tc] float32
-    logprobs: "torch.Tensor | None" = None
-    entropy: "torch.Tensor | None" = None
+    logprobs: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
 
     @property
     def completion_len(self) -> int:
         return self.completion_mask.shape[1]
 
     @property
-    def completion_ids(self) -> "torch.Tensor":
+    def completion_ids(self) -> torch.Tensor:
         return self.input_ids[:, -self.completion_len :]
 
-    def select(self, rows: "torch.Tensor") -> "Rollout":
+    def select(self, rows: torch.Tensor) -> Rollout:
         index = rows.tolist()
 
-        def pick(t: "torch.Tensor | None") -> "torch.Tensor | None":
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t[rows]
 
         return Rollout(
@@ -54,12 +54,12 @@ class Rollout:
 
 
 def generate(
-    model: "PreTrainedModel",
-    tokenizer: "PreTrainedTokenizerBase",
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     max_new_tokens: int,
     temperature: float | None,
-    performance: "PerformanceConfig | None" = None,
+    performance: PerformanceConfig | None = None,
     with_logprobs: bool = False,
 ) -> Rollout:
     """Sample at `temperature` from exactly the model's distribution (no top-k/top-p); None = greedy.
@@ -87,8 +87,16 @@ def generate(
         enc = tokenizer(shared, return_tensors="pt", padding=True).to(device)
         rows = prompt_index if perf.share_prompt_prefix else torch.arange(len(prompts), device=device)
         sample = sample_completions(
-            model, enc["input_ids"], enc["attention_mask"], rows, max_new_tokens, temperature,
-            tokenizer.eos_token_id, tokenizer.pad_token_id, with_logprobs=with_logprobs, stop_early=perf.trim_padding,
+            model,
+            enc["input_ids"],
+            enc["attention_mask"],
+            rows,
+            max_new_tokens,
+            temperature,
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+            with_logprobs=with_logprobs,
+            stop_early=perf.trim_padding,
         )
         prompt_ids, prompt_mask = enc["input_ids"][rows], enc["attention_mask"][rows]
         completion, logprobs, entropy = sample.completion_ids, sample.logprobs, sample.entropy
@@ -111,7 +119,14 @@ def generate(
     )
 
 
-def hf_generate(model, tokenizer, prompt_ids: "torch.Tensor", prompt_mask: "torch.Tensor", max_new_tokens: int, temperature: float | None) -> "torch.Tensor":
+def hf_generate(
+    model,
+    tokenizer,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float | None,
+) -> torch.Tensor:
     """transformers' `model.generate`; returns the completion columns only. [N, <= max_new_tokens]"""
     import torch
     from transformers import GenerationConfig
@@ -131,7 +146,7 @@ def hf_generate(model, tokenizer, prompt_ids: "torch.Tensor", prompt_mask: "torc
     return sequences[:, prompt_ids.shape[1] :].clone()
 
 
-def distinct_prompts(prompts: Sequence[str]) -> tuple[list[str], "torch.Tensor"]:
+def distinct_prompts(prompts: Sequence[str]) -> tuple[list[str], torch.Tensor]:
     """The distinct prompts in first-seen order, and for each input prompt its index among them."""
     import torch
 
@@ -140,19 +155,21 @@ def distinct_prompts(prompts: Sequence[str]) -> tuple[list[str], "torch.Tensor"]
     return list(first_seen), torch.tensor(index, dtype=torch.long)
 
 
-def longest_completion(completion_mask: "torch.Tensor") -> int:
+def longest_completion(completion_mask: torch.Tensor) -> int:
     """Columns up to the longest completion (its <eos> included); at least one."""
     return max(int(completion_mask.sum(1).max()), 1) if completion_mask.numel() else 1
 
 
-def mask_through_first_eos(completion: "torch.Tensor", eos_id: int) -> "torch.Tensor":
+def mask_through_first_eos(completion: torch.Tensor, eos_id: int) -> torch.Tensor:
     """1 for every token up to and including the first <eos> of each row (all of them if none)."""
     is_eos = (completion == eos_id).long()
     eos_before = is_eos.cumsum(dim=1) - is_eos  # how many <eos> strictly before this position
     return (eos_before == 0).long()
 
 
-def decode_completions(tokenizer: "PreTrainedTokenizerBase", completion: "torch.Tensor", mask: "torch.Tensor", eos_id: int) -> list[str]:
+def decode_completions(
+    tokenizer: PreTrainedTokenizerBase, completion: torch.Tensor, mask: torch.Tensor, eos_id: int
+) -> list[str]:
     texts = []
     for row, row_mask in zip(completion.tolist(), mask.tolist()):
         tokens = [t for t, m in zip(row, row_mask) if m and t != eos_id]
@@ -160,7 +177,7 @@ def decode_completions(tokenizer: "PreTrainedTokenizerBase", completion: "torch.
     return texts
 
 
-def score(task: "Task", examples: Sequence["Example"], completions: Sequence[str]) -> list[float]:
+def score(task: Task, examples: Sequence[Example], completions: Sequence[str]) -> list[float]:
     return [task.reward(text, example) for text, example in zip(completions, examples)]
 
 
@@ -172,18 +189,22 @@ class EvalResult:
     size: int
 
     def as_metrics(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}/accuracy": self.accuracy, f"{prefix}/mean_reward": self.mean_reward, f"{prefix}/mean_length": self.mean_length}
+        return {
+            f"{prefix}/accuracy": self.accuracy,
+            f"{prefix}/mean_reward": self.mean_reward,
+            f"{prefix}/mean_length": self.mean_length,
+        }
 
 
 def evaluate(
-    model: "PreTrainedModel",
-    tokenizer: "PreTrainedTokenizerBase",
-    task: "Task",
-    examples: Sequence["Example"],
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    examples: Sequence[Example],
     max_new_tokens: int,
     batch_size: int,
     temperature: float | None = None,
-    performance: "PerformanceConfig | None" = None,
+    performance: PerformanceConfig | None = None,
 ) -> EvalResult:
     """Greedy (default) or sampled decoding of every example, scored by the task."""
     rewards: list[float] = []

@@ -24,16 +24,16 @@ if TYPE_CHECKING:
 
 @dataclass
 class Sample:
-    completion_ids: "torch.Tensor"  # [N, T]: pad after the first <eos>
-    logprobs: "torch.Tensor | None"  # [N, T] float32: log softmax(logits / T)[token]
-    entropy: "torch.Tensor | None"  # [N, T] float32: entropy of softmax(logits / T)
+    completion_ids: torch.Tensor  # [N, T]: pad after the first <eos>
+    logprobs: torch.Tensor | None  # [N, T] float32: log softmax(logits / T)[token]
+    entropy: torch.Tensor | None  # [N, T] float32: entropy of softmax(logits / T)
 
 
 def sample_completions(
-    model: "PreTrainedModel",
-    prompt_ids: "torch.Tensor",
-    prompt_mask: "torch.Tensor",
-    prompt_index: "torch.Tensor",
+    model: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    prompt_index: torch.Tensor,
     max_new_tokens: int,
     temperature: float | None,
     eos_id: int,
@@ -93,7 +93,9 @@ def sample_completions(
     )
 
 
-def draw(logits: "torch.Tensor", temperature: float | None, with_logprobs: bool) -> tuple["torch.Tensor", "torch.Tensor | None", "torch.Tensor | None"]:
+def draw(
+    logits: torch.Tensor, temperature: float | None, with_logprobs: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One token per row from softmax(logits / T) (argmax if T is None), and its log-prob and the entropy."""
     import torch
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable
+from typing import Any
 
 EXIT_INTERRUPTED = 130
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -44,7 +45,7 @@ class StopRequest:
     def requested(self) -> bool:
         return self.signal_name is not None
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():  # signal.signal works only there
             for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -65,13 +66,15 @@ class StopRequest:
             os._exit(EXIT_INTERRUPTED)
         self.signal_name = name
         if self._notify is not None:
-            self._notify(f"{name}: stopping after the current step and writing a checkpoint (send it again to quit at once)")
+            self._notify(
+                f"{name}: stopping after the current step and writing a checkpoint (send it again to quit at once)"
+            )
 
 
 class TermAsKeyboardInterrupt:
     """Outside the training loop, SIGTERM behaves like Ctrl-C (KeyboardInterrupt), not a silent kill."""
 
-    def __enter__(self) -> "TermAsKeyboardInterrupt":
+    def __enter__(self) -> TermAsKeyboardInterrupt:
         self._previous = None
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)

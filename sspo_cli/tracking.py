@@ -6,9 +6,10 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from sspo_cli.errors import InputError
 
@@ -38,7 +39,7 @@ def _quiet_mlflow_logs() -> None:
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
-def open_client(uri: str) -> "MlflowClient":
+def open_client(uri: str) -> MlflowClient:
     """Open (and, for sqlite, create) the store, failing fast with a clear message if that is not possible."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     _quiet_mlflow_logs()
@@ -91,7 +92,9 @@ def check_sqlite_writable(database: Path) -> None:
         if not database.is_file():
             raise TrackingError(key, f"sqlite store {str(database)!r} is not a file")
         try:
-            connection = sqlite3.connect(f"{database.resolve().as_uri()}?mode=rw", uri=True, timeout=5.0, isolation_level=None)
+            connection = sqlite3.connect(
+                f"{database.resolve().as_uri()}?mode=rw", uri=True, timeout=5.0, isolation_level=None
+            )
             try:
                 connection.execute("PRAGMA schema_version").fetchone()  # fails on a file that is not a database
                 # A write in a transaction that is rolled back: fails if the file is read-only or locked
@@ -113,7 +116,9 @@ def check_sqlite_writable(database: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise TrackingError(key, f"folder {str(folder)!r} of the sqlite store cannot be written: {exc.strerror or exc}") from None
+        raise TrackingError(
+            key, f"folder {str(folder)!r} of the sqlite store cannot be written: {exc.strerror or exc}"
+        ) from None
 
 
 class _fail_fast_http:
@@ -132,7 +137,7 @@ class _fail_fast_http:
                 os.environ.pop(name, None)
 
 
-def check_store_writable(client: "MlflowClient", uri: str, experiment: str, artifact_root: Path | None) -> str:
+def check_store_writable(client: MlflowClient, uri: str, experiment: str, artifact_root: Path | None) -> str:
     """The experiment's id, creating it if needed: for a server, that is the write check before any run exists."""
     try:
         return get_or_create_experiment(client, experiment, artifact_root if is_local_store(uri) else None)
@@ -140,7 +145,7 @@ def check_store_writable(client: "MlflowClient", uri: str, experiment: str, arti
         raise TrackingError("--tracking-uri", f"cannot write to MLflow store {uri!r}: {_reason(exc)}") from None
 
 
-def get_or_create_experiment(client: "MlflowClient", name: str, artifact_root: Path | None) -> str:
+def get_or_create_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
@@ -151,7 +156,7 @@ def get_or_create_experiment(client: "MlflowClient", name: str, artifact_root: P
 class Tracker:
     """A single MLflow run: params once, metrics batched per step, artifacts, final status."""
 
-    def __init__(self, client: "MlflowClient", run_id: str):
+    def __init__(self, client: MlflowClient, run_id: str):
         self.client = client
         self.run_id = run_id
         self._logged_through: dict[str, int] = {}
@@ -166,7 +171,7 @@ class Tracker:
         tags: Mapping[str, str],
         artifact_root: Path | None,
         parent_run_id: str | None = None,
-    ) -> "Tracker":
+    ) -> Tracker:
         client = open_client(uri)
         experiment_id = get_or_create_experiment(client, experiment, artifact_root if is_local_store(uri) else None)
         all_tags = dict(tags)
@@ -175,20 +180,25 @@ class Tracker:
         try:
             run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
         except Exception as exc:
-            raise TrackingError("--tracking-uri", f"cannot create a run in MLflow store {uri!r}: {_reason(exc)}") from None
+            raise TrackingError(
+                "--tracking-uri", f"cannot create a run in MLflow store {uri!r}: {_reason(exc)}"
+            ) from None
         tracker = cls(client, run.info.run_id)
         tracker.log_params(params)
         return tracker
 
     @classmethod
-    def resume(cls, uri: str, run_id: str, skip_logged_steps: bool = False) -> "Tracker":
+    def resume(cls, uri: str, run_id: str, skip_logged_steps: bool = False) -> Tracker:
         """Reopen a run and mark it RUNNING. With `skip_logged_steps`, a metric is not logged again
         for a step it already has (a resumed training re-runs the steps after its checkpoint)."""
         client = open_client(uri)
         run = find_run(client, uri, run_id)
         tracker = cls(client, run_id)
         if skip_logged_steps:
-            tracker._logged_through = {key: max((m.step for m in client.get_metric_history(run_id, key)), default=-1) for key in run.data.metrics}
+            tracker._logged_through = {
+                key: max((m.step for m in client.get_metric_history(run_id, key)), default=-1)
+                for key in run.data.metrics
+            }
         client.update_run(run_id, status="RUNNING")
         return tracker
 
@@ -253,12 +263,14 @@ def failure_marked(tracker: Tracker | None) -> Iterator[None]:
         raise
 
 
-def find_run(client: "MlflowClient", uri: str, run_id: str):
+def find_run(client: MlflowClient, uri: str, run_id: str):
     """The run, or a TrackingError naming run.json's run id and the store."""
     try:
         run = client.get_run(run_id)
     except Exception as exc:
-        raise TrackingError("--resume", f"MLflow run {run_id!r} (from run.json) is not in {uri!r}: {_reason(exc)}") from None
+        raise TrackingError(
+            "--resume", f"MLflow run {run_id!r} (from run.json) is not in {uri!r}: {_reason(exc)}"
+        ) from None
     if run.info.lifecycle_stage == "deleted":
         raise TrackingError("--resume", f"MLflow run {run_id!r} (from run.json) was deleted from {uri!r}")
     return run

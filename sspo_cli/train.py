@@ -9,8 +9,9 @@ Engines load on first use: importing this module imports no torch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 if TYPE_CHECKING:
     from sspo_cli.recipe import Recipe
@@ -64,7 +65,9 @@ def run_training(recipe: Recipe, **options: Unpack[TrainOptions]) -> dict[str, A
     return ENGINES[recipe.engine](recipe, **options)
 
 
-def resume_training(run_dir: str | Path, tracking_uri: str | None = None, observer: TrainingObserver | None = None) -> dict[str, Any]:
+def resume_training(
+    run_dir: str | Path, tracking_uri: str | None = None, observer: TrainingObserver | None = None
+) -> dict[str, Any]:
     """Continue an interrupted run from its last complete checkpoint, in the same MLflow run, on its own recipe."""
     from sspo_cli.checkpoint import CheckpointError
     from sspo_cli.recipe import load_recipe

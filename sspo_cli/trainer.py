@@ -43,12 +43,12 @@ class Prepared:
     """A recipe's task, policy and objective, and a checked output dir and MLflow store."""
 
     recipe: Recipe
-    task: "Task"
+    task: Task
     policy: Policy
     objective: Any
     output_dir: Path
     tracking_uri: str
-    warm_result: "WarmStartResult | None"
+    warm_result: WarmStartResult | None
 
 
 # --------------------------------------------------------------------------- set-up
@@ -71,17 +71,32 @@ def run_training_native(
 
     run_dir = new_run_dir(prepared.output_dir, recipe.tracking.run_name or default_run_name(recipe))
     with RunLock(run_dir):
-        tracker = open_run(recipe, run_dir, prepared.output_dir, prepared.tracking_uri, parent_run_id, extra_tags, prepared.warm_result)
+        tracker = open_run(
+            recipe, run_dir, prepared.output_dir, prepared.tracking_uri, parent_run_id, extra_tags, prepared.warm_result
+        )
         return execute(prepared, run_dir, tracker, TrainState(), optimizer, scheduler, observer, first_session=True)
 
 
-def resume_training_native(run_dir: Path, info: "RunInfo", recipe: Recipe, tracking_uri: str | None = None, observer: TrainingObserver | None = None) -> dict[str, Any]:
+def resume_training_native(
+    run_dir: Path,
+    info: RunInfo,
+    recipe: Recipe,
+    tracking_uri: str | None = None,
+    observer: TrainingObserver | None = None,
+) -> dict[str, Any]:
     """Continue an interrupted run from its last complete checkpoint, in the same MLflow run.
 
     The recipe is the run folder's own recipe.yaml, so the run ends exactly as it would have
     without the interruption. Without any checkpoint yet, the run starts again from step 0.
     """
-    from sspo_cli.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, recover_interrupted_writes, restore_rng, train_state_of
+    from sspo_cli.checkpoint import (
+        CheckpointError,
+        latest_checkpoint,
+        load_checkpoint,
+        recover_interrupted_writes,
+        restore_rng,
+        train_state_of,
+    )
     from sspo_cli.run.folder import CHECKPOINTS, HISTORY_FILE, RunLock, write_text_atomic
     from sspo_cli.tracking import Tracker
 
@@ -92,7 +107,10 @@ def resume_training_native(run_dir: Path, info: "RunInfo", recipe: Recipe, track
         loaded = load_checkpoint(folder) if folder is not None else None
         state = train_state_of(loaded) if loaded is not None else TrainState()
         if state.step > recipe.train.steps:
-            raise CheckpointError("--resume", f"checkpoint {folder} is at step {state.step}, past the recipe's train.steps {recipe.train.steps}")
+            raise CheckpointError(
+                "--resume",
+                f"checkpoint {folder} is at step {state.step}, past the recipe's train.steps {recipe.train.steps}",
+            )
         tracking_uri = tracking_uri or info.tracking_uri
         prepared = prepare(recipe, run_dir.parent, tracking_uri, observer, run_id=info.run_id)
         optimizer, scheduler = make_optimizer(recipe, prepared.policy.model)
@@ -103,12 +121,20 @@ def resume_training_native(run_dir: Path, info: "RunInfo", recipe: Recipe, track
         state.resumed_from.append(state.step)
         tracker.set_tags({"sspo.resumed_from": " ".join(str(step) for step in state.resumed_from)})
         # Steps after the checkpoint are trained again; their old lines go.
-        write_text_atomic(run_dir / HISTORY_FILE, "".join(json.dumps({"step": i + 1, **row}) + "\n" for i, row in enumerate(state.history)))
-        observer.on_phase(f"resuming {run_dir.name} from step {state.step}" + (f" ({folder.name})" if folder else " (no checkpoint yet: from the start)"))
+        write_text_atomic(
+            run_dir / HISTORY_FILE,
+            "".join(json.dumps({"step": i + 1, **row}) + "\n" for i, row in enumerate(state.history)),
+        )
+        observer.on_phase(
+            f"resuming {run_dir.name} from step {state.step}"
+            + (f" ({folder.name})" if folder else " (no checkpoint yet: from the start)")
+        )
         return execute(prepared, run_dir, tracker, state, optimizer, scheduler, observer, first_session=loaded is None)
 
 
-def prepare(recipe: Recipe, output_dir: Path, tracking_uri: str | None, observer: TrainingObserver, run_id: str | None = None) -> Prepared:
+def prepare(
+    recipe: Recipe, output_dir: Path, tracking_uri: str | None, observer: TrainingObserver, run_id: str | None = None
+) -> Prepared:
     """Load and check everything a run needs; bad input raises here, having written nothing.
 
     Cheap checks of the output dir and tracking store come first, so a wrong path fails in
@@ -152,19 +178,21 @@ def prepare(recipe: Recipe, output_dir: Path, tracking_uri: str | None, observer
     warm_result = None
     if warm.enabled:
         observer.on_phase("warm start")
-        warm_result = cached_warm_start(recipe, model, tokenizer, task, output_dir / ".cache" / "warm_start", observer.on_warm_start)
+        warm_result = cached_warm_start(
+            recipe, model, tokenizer, task, output_dir / ".cache" / "warm_start", observer.on_warm_start
+        )
         check_target(warm_result, warm, observer.on_warning)
     policy = Policy(model, tokenizer, reference=frozen_copy(model) if recipe.objective.beta > 0 else None)
     return Prepared(recipe, task, policy, objective, output_dir, tracking_uri, warm_result)
 
 
-def frozen_copy(model: "PreTrainedModel") -> "PreTrainedModel":
+def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
     reference = copy.deepcopy(model).eval()
     reference.requires_grad_(False)
     return reference
 
 
-def make_optimizer(recipe: Recipe, model: "PreTrainedModel") -> tuple["torch.optim.Optimizer", Any]:
+def make_optimizer(recipe: Recipe, model: PreTrainedModel) -> tuple[torch.optim.Optimizer, Any]:
     import torch
 
     from sspo_cli.run.schedule import lr_multiplier
@@ -174,7 +202,7 @@ def make_optimizer(recipe: Recipe, model: "PreTrainedModel") -> tuple["torch.opt
     return optimizer, scheduler
 
 
-def restore_from_checkpoint(loaded: "LoadedCheckpoint", policy: Policy, optimizer, scheduler) -> None:
+def restore_from_checkpoint(loaded: LoadedCheckpoint, policy: Policy, optimizer, scheduler) -> None:
     """Weights, optimiser and scheduler as they were when the checkpoint was written."""
     from sspo_cli.checkpoint import OPTIMIZER_FILE, CheckpointError, apply_weights
 
@@ -183,18 +211,31 @@ def restore_from_checkpoint(loaded: "LoadedCheckpoint", policy: Policy, optimize
         optimizer.load_state_dict(loaded.optimizer)
         scheduler.load_state_dict(loaded.scheduler)
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
-        raise CheckpointError("--resume", f"{loaded.folder / OPTIMIZER_FILE} does not fit the recipe's model: {exc}") from None
+        raise CheckpointError(
+            "--resume", f"{loaded.folder / OPTIMIZER_FILE} does not fit the recipe's model: {exc}"
+        ) from None
 
 
 # --------------------------------------------------------------------------- running and finishing
 
 
-def execute(prepared: Prepared, run_dir: Path, tracker: "Tracker", state: TrainState, optimizer, scheduler, observer: TrainingObserver, first_session: bool) -> dict[str, Any]:
+def execute(
+    prepared: Prepared,
+    run_dir: Path,
+    tracker: Tracker,
+    state: TrainState,
+    optimizer,
+    scheduler,
+    observer: TrainingObserver,
+    first_session: bool,
+) -> dict[str, Any]:
     """Run the loop under a stop request, then write the summary; the MLflow status says how it ended."""
     from sspo_cli.signals import StopRequest
     from sspo_cli.tracking import failure_marked
 
-    records = RunRecords(prepared.recipe, run_dir, tracker, prepared.tracking_uri, observer, state, prepared.warm_result)
+    records = RunRecords(
+        prepared.recipe, run_dir, tracker, prepared.tracking_uri, observer, state, prepared.warm_result
+    )
     with failure_marked(tracker):
         records.begin(first_session)
         with StopRequest(notify=observer.on_warning) as stop:
@@ -205,7 +246,7 @@ def execute(prepared: Prepared, run_dir: Path, tracker: "Tracker", state: TrainS
 # --------------------------------------------------------------------------- the loop
 
 
-def rl_loop(prepared: Prepared, records: RunRecords, optimizer, scheduler, stop: "StopRequest | None" = None) -> None:
+def rl_loop(prepared: Prepared, records: RunRecords, optimizer, scheduler, stop: StopRequest | None = None) -> None:
     """Steps from `state.step` to `train.steps`: record, evaluate and checkpoint on schedule.
 
     A stop request is honoured between steps: checkpoint, then RunInterrupted. Too many
@@ -217,7 +258,13 @@ def rl_loop(prepared: Prepared, records: RunRecords, optimizer, scheduler, stop:
     from sspo_cli.run.state import TooManySkips
     from sspo_cli.signals import RunInterrupted
 
-    recipe, policy, task, state, run_dir = prepared.recipe, prepared.policy, prepared.task, records.state, records.run_dir
+    recipe, policy, task, state, run_dir = (
+        prepared.recipe,
+        prepared.policy,
+        prepared.task,
+        records.state,
+        records.run_dir,
+    )
     checkpoints = run_dir / CHECKPOINTS
     session_started, elapsed_before = time.perf_counter(), state.elapsed_seconds
     last_saved = state.step if state.step > 0 else None  # a run starts at step 0 or at its checkpoint's step
@@ -225,7 +272,9 @@ def rl_loop(prepared: Prepared, records: RunRecords, optimizer, scheduler, stop:
     def save(final: bool = False) -> Path:
         nonlocal last_saved
         state.elapsed_seconds = elapsed_before + time.perf_counter() - session_started
-        path = save_checkpoint(checkpoints, policy, optimizer, scheduler, state, recipe.train.keep_checkpoints, final=final)
+        path = save_checkpoint(
+            checkpoints, policy, optimizer, scheduler, state, recipe.train.keep_checkpoints, final=final
+        )
         last_saved = state.step
         return path
 

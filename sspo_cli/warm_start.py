@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sspo_cli.errors import InputError
 from sspo_cli.recipe import Recipe, stable_hash
@@ -40,7 +41,13 @@ class WarmStartResult:
         return self.target is None or self.dev_accuracy >= self.target
 
     def as_summary(self) -> dict[str, Any]:
-        return {"steps": self.steps, "dev_accuracy": self.dev_accuracy, "cached": self.cached, "target": self.target, "reached_target": self.reached_target}
+        return {
+            "steps": self.steps,
+            "dev_accuracy": self.dev_accuracy,
+            "cached": self.cached,
+            "target": self.target,
+            "reached_target": self.reached_target,
+        }
 
 
 class WarmStartMissed(InputError):
@@ -56,7 +63,7 @@ def missed_target_message(result: WarmStartResult, max_steps: int) -> str:
     )
 
 
-def check_target(result: WarmStartResult, cfg: "WarmStartConfig", warn: Callable[[str], None]) -> None:
+def check_target(result: WarmStartResult, cfg: WarmStartConfig, warn: Callable[[str], None]) -> None:
     """Say when the warm start missed its target: a warning (`on_miss: warn`) or WarmStartMissed (`stop`)."""
     if result.reached_target:
         return
@@ -66,7 +73,7 @@ def check_target(result: WarmStartResult, cfg: "WarmStartConfig", warn: Callable
     warn(message + "; going on to RL (train.warm_start.on_miss: warn)")
 
 
-def warm_start_key(recipe: Recipe, task: "Task") -> str:
+def warm_start_key(recipe: Recipe, task: Task) -> str:
     """Model, task data, warm-start options and eval length decide the weights; the RL seed does not."""
     return stable_hash(
         {
@@ -82,9 +89,9 @@ def warm_start_key(recipe: Recipe, task: "Task") -> str:
 
 def cached_warm_start(
     recipe: Recipe,
-    model: "PreTrainedModel",
-    tokenizer: "PreTrainedTokenizerBase",
-    task: "Task",
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
     cache_root: Path,
     on_progress: Callable[[int, int, float | None], None] | None = None,
 ) -> WarmStartResult:
@@ -106,7 +113,9 @@ def cached_warm_start(
     staging.mkdir(parents=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(_untie(state), str(staging / "model.safetensors"))
-    (staging / "warm_start.json").write_text(json.dumps({"steps": steps, "dev_accuracy": dev_accuracy, "key": folder.name}))
+    (staging / "warm_start.json").write_text(
+        json.dumps({"steps": steps, "dev_accuracy": dev_accuracy, "key": folder.name})
+    )
     try:
         os.replace(staging, folder)
     except OSError:  # another process cached the same key first: theirs is identical
@@ -114,7 +123,7 @@ def cached_warm_start(
     return WarmStartResult(steps, dev_accuracy, cached=False, folder=folder, target=target)
 
 
-def _untie(state: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
+def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """safetensors refuses shared storage (tied embeddings): store independent copies."""
     seen: set[int] = set()
     out = {}
@@ -126,9 +135,9 @@ def _untie(state: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
 
 
 def supervised_warm_start(
-    model: "PreTrainedModel",
-    tokenizer: "PreTrainedTokenizerBase",
-    task: "Task",
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
     recipe: Recipe,
     on_progress: Callable[[int, int, float | None], None] | None = None,
 ) -> tuple[int, float]:
@@ -153,7 +162,12 @@ def supervised_warm_start(
             rows = torch.randint(len(task.train), (cfg.batch_size,), generator=generator).tolist()
             input_ids, attention_mask, loss_mask = supervised_batch(tokenizer, [task.train[i] for i in rows])
             input_ids, attention_mask, loss_mask = input_ids.to(device), attention_mask.to(device), loss_mask.to(device)
-            logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask), use_cache=False).logits
+            logits = model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids_for(attention_mask),
+                use_cache=False,
+            ).logits
             token_loss = torch.nn.functional.cross_entropy(
                 logits[:, :-1].float().reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1), reduction="none"
             )
@@ -165,7 +179,9 @@ def supervised_warm_start(
             scheduler.step()
             checked = step % cfg.eval_every == 0 or step == cfg.max_steps
             if checked:
-                dev_accuracy = evaluate(model, tokenizer, task, dev, recipe.rollout.max_new_tokens, recipe.eval.batch_size).accuracy
+                dev_accuracy = evaluate(
+                    model, tokenizer, task, dev, recipe.rollout.max_new_tokens, recipe.eval.batch_size
+                ).accuracy
             if on_progress:
                 on_progress(step, cfg.max_steps, dev_accuracy if checked else None)
             if checked and cfg.target_dev_accuracy is not None and dev_accuracy >= cfg.target_dev_accuracy:
@@ -174,7 +190,9 @@ def supervised_warm_start(
     return step, dev_accuracy
 
 
-def supervised_batch(tokenizer: "PreTrainedTokenizerBase", examples: Sequence["Example"]) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+def supervised_batch(
+    tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-padded `prompt + answer + <eos>` rows and a mask that is 1 on the answer and <eos>."""
     import torch
 

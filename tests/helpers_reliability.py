@@ -11,8 +11,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 BAD_INPUTS = Path(__file__).resolve().parent / "bad_inputs"
@@ -42,7 +43,9 @@ def run_sspo(*args: str, cwd: Path | None = None, timeout: float = TIMEOUT_S) ->
 
 
 def start_sspo(*args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(sspo_args(*args), cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        sspo_args(*args), cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def write_choice_task(path: Path, rows: int = 240) -> Path:
@@ -85,7 +88,9 @@ def mlflow_store(tmp_path_factory: Any, folder: Path) -> Path:
 def run_dirs(output_dir: Path) -> list[Path]:
     if not output_dir.is_dir():
         return []
-    return sorted(p for p in output_dir.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "mlartifacts")
+    return sorted(
+        p for p in output_dir.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "mlartifacts"
+    )
 
 
 def only_run_dir(output_dir: Path) -> Path:
@@ -117,7 +122,9 @@ def run_status(database: Path, run_id: str) -> str:
 def metric_steps(database: Path, run_id: str, key: str) -> list[int]:
     connection = sqlite3.connect(database)
     try:
-        rows = connection.execute("select step from metrics where run_uuid=? and key=? order by step", (run_id, key)).fetchall()
+        rows = connection.execute(
+            "select step from metrics where run_uuid=? and key=? order by step", (run_id, key)
+        ).fetchall()
         return [row[0] for row in rows]
     finally:
         connection.close()
@@ -128,7 +135,9 @@ def history_steps(run_dir: Path) -> int:
     return len(path.read_text().splitlines()) if path.is_file() else 0
 
 
-def wait_for(condition: Callable[[], bool], process: subprocess.Popen[str], timeout: float = TIMEOUT_S, poll: float = 0.02) -> None:
+def wait_for(
+    condition: Callable[[], bool], process: subprocess.Popen[str], timeout: float = TIMEOUT_S, poll: float = 0.02
+) -> None:
     """Poll until `condition`, failing early (with the process's output) if it exits first."""
     deadline = time.monotonic() + timeout
     while not condition():
@@ -141,7 +150,9 @@ def wait_for(condition: Callable[[], bool], process: subprocess.Popen[str], time
         time.sleep(poll)
 
 
-def interrupt(process: subprocess.Popen[str], sig: signal.Signals = signal.SIGINT, timeout: float = TIMEOUT_S) -> tuple[int, str, str]:
+def interrupt(
+    process: subprocess.Popen[str], sig: signal.Signals = signal.SIGINT, timeout: float = TIMEOUT_S
+) -> tuple[int, str, str]:
     os.kill(process.pid, sig)
     out, err = process.communicate(timeout=timeout)
     return process.returncode, out, err

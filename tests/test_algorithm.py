@@ -13,9 +13,9 @@ from sspo_cli.algorithm import rl_step  # noqa: E402
 from sspo_cli.models import load_policy  # noqa: E402
 from sspo_cli.objectives import build_objective  # noqa: E402
 from sspo_cli.recipe import recipe_from_dict  # noqa: E402
-from sspo_cli.tasks import build_task  # noqa: E402
 from sspo_cli.run.schedule import lr_multiplier  # noqa: E402
 from sspo_cli.run.state import Policy, TrainState  # noqa: E402
+from sspo_cli.tasks import build_task  # noqa: E402
 
 TIMING_KEYS = {"train/tokens_per_s", "train/step_seconds", "train/sample_seconds", "train/objective_seconds"}
 
@@ -45,7 +45,9 @@ def step_from(recipe, run, step: int) -> tuple[dict[str, float], dict[str, torch
     state = copy.deepcopy(state)
     state.step = step
     metrics = rl_step(recipe, policy, task, objective, optimizer_copy, scheduler_copy, state)
-    return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}, {k: v.clone() for k, v in policy.model.state_dict().items()}
+    return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}, {
+        k: v.clone() for k, v in policy.model.state_dict().items()
+    }
 
 
 def same(a: float, b: float) -> bool:
@@ -88,7 +90,9 @@ def test_speed_switches_do_not_change_the_step(tiny_overrides, switches):
 
 
 def test_baseline_sampler_still_trains(tiny_overrides):
-    recipe = tiny_recipe(tiny_overrides, sampler="hf_generate", sampling_logprobs=False, share_prompt_prefix=False, trim_padding=False)
+    recipe = tiny_recipe(
+        tiny_overrides, sampler="hf_generate", sampling_logprobs=False, share_prompt_prefix=False, trim_padding=False
+    )
     metrics, _ = step_from(recipe, fresh_run(recipe), 1)
     assert math.isfinite(metrics["train/loss"]) and metrics["train/response_length"] > 0
 

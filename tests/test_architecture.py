@@ -95,7 +95,13 @@ def test_function_level_and_type_checking_imports_count(tmp_path: Path) -> None:
         "def f():\n    from sspo_cli.run import state\n    import sspo_cli.models.kv_cache\n"
     )
     found = imported_modules(source, "sspo_cli.x", set(package_modules()))
-    assert found == {"sspo_cli.recipe", "sspo_cli.run", "sspo_cli.run.state", "sspo_cli.models", "sspo_cli.models.kv_cache"}
+    assert found == {
+        "sspo_cli.recipe",
+        "sspo_cli.run",
+        "sspo_cli.run.state",
+        "sspo_cli.models",
+        "sspo_cli.models.kv_cache",
+    }
 
 
 def imports_of(prefixes: tuple[str, ...]) -> dict[str, set[str]]:
@@ -117,7 +123,11 @@ def test_each_engine_stands_on_the_run_layer_not_on_the_other_engine() -> None:
 
 
 def test_only_train_chooses_the_engine() -> None:
-    importers = {name for name, targets in import_graph().items() if {"sspo_cli.trainer", "sspo_cli.engines.trl_engine"} & targets}
+    importers = {
+        name
+        for name, targets in import_graph().items()
+        if {"sspo_cli.trainer", "sspo_cli.engines.trl_engine"} & targets
+    }
     assert importers == {"sspo_cli.train"}
 
 

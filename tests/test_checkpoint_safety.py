@@ -30,7 +30,14 @@ def tiny_policy():
     from sspo_cli.run.state import Policy
 
     tokenizer = build_char_tokenizer("0123456789+=")
-    return Policy(build_tiny_model(TinyModelConfig(hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=32), tokenizer, 0), tokenizer)
+    return Policy(
+        build_tiny_model(
+            TinyModelConfig(hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=32),
+            tokenizer,
+            0,
+        ),
+        tokenizer,
+    )
 
 
 def make_optimizer(policy):
@@ -48,7 +55,16 @@ def fake_run_folder(root: Path, policy, step: int) -> Path:
     run_dir = root / "someone-elses-run"
     run_dir.mkdir(parents=True)
     shutil.copy(BAD_INPUTS / "base.yaml", run_dir / "recipe.yaml")
-    (run_dir / "run.json").write_text(json.dumps({"run_id": RUN_ID, "tracking_uri": f"sqlite:///{root}/mlflow.db", "experiment": "sspo", "run_name": run_dir.name}))
+    (run_dir / "run.json").write_text(
+        json.dumps(
+            {
+                "run_id": RUN_ID,
+                "tracking_uri": f"sqlite:///{root}/mlflow.db",
+                "experiment": "sspo",
+                "run_name": run_dir.name,
+            }
+        )
+    )
     optimizer, scheduler = make_optimizer(policy)
     save_checkpoint(run_dir / "checkpoints", policy, optimizer, scheduler, TrainState(step=step), keep=2)
     return run_dir
@@ -114,11 +130,21 @@ def test_checkpoints_round_trip_and_keep_the_last_n(tmp_path: Path, tiny_policy)
     root = tmp_path / "checkpoints"
     optimizer, scheduler = make_optimizer(tiny_policy)
     for step in (1, 2, 3):
-        save_checkpoint(root, tiny_policy, optimizer, scheduler, TrainState(step=step, history=[{"step": step, "x": 0.5}]), keep=2, final=step == 3)
+        save_checkpoint(
+            root,
+            tiny_policy,
+            optimizer,
+            scheduler,
+            TrainState(step=step, history=[{"step": step, "x": 0.5}]),
+            keep=2,
+            final=step == 3,
+        )
     assert [p.name for p in list_checkpoints(root)] == ["step-000002", "step-000003"]
     assert sorted(p.name for p in root.iterdir()) == ["final", "step-000002", "step-000003"]
     # `final` shares the last step's files instead of copying them.
-    assert (root / "final" / "model.safetensors").stat().st_ino == (root / "step-000003" / "model.safetensors").stat().st_ino
+    assert (root / "final" / "model.safetensors").stat().st_ino == (
+        root / "step-000003" / "model.safetensors"
+    ).stat().st_ino
 
     loaded = load_checkpoint(root / "step-000003")
     assert loaded.step == 3 and loaded.state["history"] == [{"step": 3, "x": 0.5}]

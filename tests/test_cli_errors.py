@@ -12,9 +12,9 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from helpers_reliability import BAD_INPUTS, count_runs, mlflow_store, run_sspo
@@ -35,7 +35,12 @@ RECIPE_CASES = {
 INPUT_CASES = {
     "missing_data_file.yaml": ["missing_data_file.yaml", "task.path", "no_such_data.jsonl", "not found"],
     "empty_data_file.yaml": ["empty_data_file.yaml", "task.path", "empty.jsonl", "empty"],
-    "data_without_columns.yaml": ["data_without_columns.yaml", "task.prompt_column", "question_only.jsonl", "'question'"],
+    "data_without_columns.yaml": [
+        "data_without_columns.yaml",
+        "task.prompt_column",
+        "question_only.jsonl",
+        "'question'",
+    ],
     "missing_model_path.yaml": ["missing_model_path.yaml", "model.path", "no_such_model_folder", "does not exist"],
 }
 
@@ -88,7 +93,9 @@ def save_encoder(folder: Path, kind: str) -> Path:
     from transformers import BertConfig, BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
 
     if kind == "bert":
-        model = BertForMaskedLM(BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
+        model = BertForMaskedLM(
+            BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+        )
     else:
         model = DistilBertForMaskedLM(DistilBertConfig(vocab_size=40, dim=16, n_layers=1, n_heads=2, hidden_dim=32))
     model.save_pretrained(folder)
@@ -168,7 +175,10 @@ def read_only(path: Path) -> Iterator[None]:
         finally:
             path.chmod(mode)
         return
-    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+    if (
+        shutil.which("chattr") is None
+        or subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0
+    ):
         pytest.skip("cannot make a path read-only for root here (no chattr +i)")
     try:
         yield

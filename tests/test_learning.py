@@ -20,13 +20,23 @@ MIN_GAIN = 0.15
 @pytest.mark.slow
 @pytest.mark.parametrize("warm_seed", [0, 2])
 def test_quickstart_gains_15_points_of_held_out_accuracy(tmp_path: Path, warm_seed: int) -> None:
-    command = sspo_command("train", str(REPO / "recipes" / "quickstart.yaml"), "--set", f"train.warm_start.seed={warm_seed}", "-o", str(tmp_path), "--quiet")
+    command = sspo_command(
+        "train",
+        str(REPO / "recipes" / "quickstart.yaml"),
+        "--set",
+        f"train.warm_start.seed={warm_seed}",
+        "-o",
+        str(tmp_path),
+        "--quiet",
+    )
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     (summary_file,) = tmp_path.glob("quickstart-sspo-s0-*/summary.json")
     summary = json.loads(summary_file.read_text())
     before, after = summary["eval_before"]["accuracy"], summary["eval_after"]["accuracy"]
-    print(f"warm start {summary['warm_start']}, eval accuracy {before:.3f} -> {after:.3f} in {summary['wall_seconds']:.0f} s")
+    print(
+        f"warm start {summary['warm_start']}, eval accuracy {before:.3f} -> {after:.3f} in {summary['wall_seconds']:.0f} s"
+    )
     assert summary["warm_start"]["cached"] is False
     assert summary["warm_start"]["reached_target"] is True, "the warm start missed its dev-accuracy target"
     assert after >= before + MIN_GAIN

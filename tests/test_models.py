@@ -6,7 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from sspo_cli.models import ModelError, build_char_tokenizer, build_tiny_model, load_pretrained, load_policy, save_policy
+from sspo_cli.models import (
+    ModelError,
+    build_char_tokenizer,
+    build_tiny_model,
+    load_policy,
+    load_pretrained,
+    save_policy,
+)
 from sspo_cli.recipe import ModelConfig, TinyModelConfig
 
 ALPHABET = "0123456789+-=* "
@@ -87,7 +94,9 @@ def test_encoder_model_folder_is_not_a_causal_lm(tmp_path: Path) -> None:
 def test_bert_encoder_folder_is_refused_although_its_config_maps_to_an_lm_head(tmp_path: Path) -> None:
     from transformers import BertConfig, BertModel
 
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=50)).save_pretrained(tmp_path)
+    BertModel(
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=50)
+    ).save_pretrained(tmp_path)
     with pytest.raises(ModelError, match="BertModel, not a causal language model"):
         load_pretrained(ModelConfig(path=str(tmp_path)))
 

@@ -12,15 +12,19 @@ import torch
 from sspo_cli.objectives import build_objective, objective_names
 
 # Every objective with its defaults, then variants of their options.
-ALL_CONFIGS = [{"name": name} for name in objective_names()] + [
-    {"name": "grpo", "agg": "token_mean"},
-    {"name": "grpo", "eps_low": 0.1, "eps_high": 0.28},
-    {"name": "sapo", "tau_pos": 3.0, "tau_neg": 0.3},
-] + [
-    {"name": "sspo", "gate": gate, **taus}
-    for gate in ("sigmoid", "arctan", "erf", "softsign")
-    for taus in ({}, {"tau_pos": 2.5, "tau_neg": 0.4})
-]
+ALL_CONFIGS = (
+    [{"name": name} for name in objective_names()]
+    + [
+        {"name": "grpo", "agg": "token_mean"},
+        {"name": "grpo", "eps_low": 0.1, "eps_high": 0.28},
+        {"name": "sapo", "tau_pos": 3.0, "tau_neg": 0.3},
+    ]
+    + [
+        {"name": "sspo", "gate": gate, **taus}
+        for gate in ("sigmoid", "arctan", "erf", "softsign")
+        for taus in ({}, {"tau_pos": 2.5, "tau_neg": 0.4})
+    ]
+)
 SOFT_CONFIGS = [c for c in ALL_CONFIGS if c["name"] in ("sapo", "sspo")]
 
 

@@ -64,7 +64,11 @@ def test_loss_and_gradient_are_finite_and_only_on_counted_tokens(config, batch, 
     saturated = out.metrics["grad_weight/saturated_frac"]
     assert math.isnan(saturated) or 0.0 <= saturated <= 1.0
     if mask.any():
-        assert out.metrics["ratio/token_min"] <= out.metrics["ratio/token_mean"] <= out.metrics["ratio/token_max"] * (1 + 1e-6)
+        assert (
+            out.metrics["ratio/token_min"]
+            <= out.metrics["ratio/token_mean"]
+            <= out.metrics["ratio/token_max"] * (1 + 1e-6)
+        )
         assert out.metrics["kl/k3"] >= -1e-6
 
 

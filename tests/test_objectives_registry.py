@@ -25,12 +25,18 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)]), "OM
 def sspo_with_toy(*args: str) -> subprocess.CompletedProcess[str]:
     """`sspo ARGS` in a new interpreter that has registered the toy objective."""
     code = "import toy_objective; from sspo_cli.cli import main; main()"
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_a_registered_objective_is_a_method_of_compare(tmp_path: Path) -> None:
     out = tmp_path / "runs"
-    sets = [a for o in [*TINY_OVERRIDES, "train.steps=2", "task.eval_size=8", "tracking.experiment=toy"] for a in ("--set", o)]
+    sets = [
+        a
+        for o in [*TINY_OVERRIDES, "train.steps=2", "task.eval_size=8", "tracking.experiment=toy"]
+        for a in ("--set", o)
+    ]
     options = ["--methods", "toy,grpo", "--seeds", "1", "-o", str(out), "--report-dir", str(out / "report"), "-q"]
     result = sspo_with_toy("compare", "recipes/quickstart.yaml", *options, *sets)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -50,12 +56,21 @@ def test_a_registered_objective_is_in_the_recipe_and_the_default_methods(tmp_pat
     assert validated.returncode == 0, validated.stderr
     assert "name: toy" in validated.stdout
     code = "import toy_objective\nfrom sspo_cli.research.compare import parse_methods\nprint(*(m.name for m in parse_methods(None, {})))"
-    listed = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    listed = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120
+    )
     assert listed.stdout.split() == [*objective_names(), "toy"], listed.stderr
 
 
 def test_without_it_the_name_is_unknown() -> None:
-    result = subprocess.run([sys.executable, "-m", "sspo_cli.cli", "validate", "recipes/quickstart.yaml", "--set", "objective.name=toy"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "sspo_cli.cli", "validate", "recipes/quickstart.yaml", "--set", "objective.name=toy"],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "objective.name" in result.stderr and "'toy'" in result.stderr
 
 

@@ -188,18 +188,24 @@ def test_mismatched_shapes_raise_value_error(shapes: dict, match: str) -> None:
 
 def test_beta_without_reference_raises_value_error() -> None:
     with pytest.raises(ValueError, match="ref_logp"):
-        build_objective({"name": "sapo", "beta": 0.1})(torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1), torch.ones(1, 2))
+        build_objective({"name": "sapo", "beta": 0.1})(
+            torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1), torch.ones(1, 2)
+        )
 
 
 def test_integer_log_probs_raise_value_error() -> None:
     with pytest.raises(ValueError, match="logp"):
-        build_objective({"name": "sapo"})(torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 2), torch.ones(1), torch.ones(1, 2))
+        build_objective({"name": "sapo"})(
+            torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 2), torch.ones(1), torch.ones(1, 2)
+        )
 
 
 def test_log_ratio_clamp_bounds_the_ratio() -> None:
     logp = torch.tensor([[0.0, -100.0]], dtype=torch.float64)
     old_logp = torch.tensor([[-100.0, 0.0]], dtype=torch.float64)
-    out = build_objective({"name": "gspo", "log_ratio_clamp": 5.0})(logp, old_logp, torch.ones(1, dtype=torch.float64), torch.ones(1, 2))
+    out = build_objective({"name": "gspo", "log_ratio_clamp": 5.0})(
+        logp, old_logp, torch.ones(1, dtype=torch.float64), torch.ones(1, 2)
+    )
     assert out.metrics["ratio/token_max"] == pytest.approx(math.exp(5.0))
     assert out.metrics["ratio/token_min"] == pytest.approx(math.exp(-5.0))
     assert out.metrics["ratio/log_abs_mean"] == pytest.approx(5.0)

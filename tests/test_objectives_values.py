@@ -85,9 +85,7 @@ def test_worked_example_kl_penalty_is_k3() -> None:
     logp, old_logp, advantages, mask = worked_example()
     ref_logp = logp.detach() + torch.tensor([[0.3, -0.2], [0.1, 50.0], [1.0, 1.0]], dtype=torch.float64)
     plain = build_objective({"name": "gmpo"})(logp, old_logp, advantages, mask).loss
-    with_kl = build_objective({"name": "gmpo", "beta": 0.25})(
-        logp, old_logp, advantages, mask, ref_logp=ref_logp
-    ).loss
+    with_kl = build_objective({"name": "gmpo", "beta": 0.25})(logp, old_logp, advantages, mask, ref_logp=ref_logp).loss
 
     def k3(x: float) -> float:
         return math.exp(x) - x - 1.0

@@ -8,11 +8,32 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ISSUE_KEYS = ["objective", "steps", "step_s_median", "step_s_min", "step_s_max", "completions_per_s", "tokens_per_s", "peak_rss_mb", "generate_frac", "objective_frac"]
+ISSUE_KEYS = [
+    "objective",
+    "steps",
+    "step_s_median",
+    "step_s_min",
+    "step_s_max",
+    "completions_per_s",
+    "tokens_per_s",
+    "peak_rss_mb",
+    "generate_frac",
+    "objective_frac",
+]
 
 
 def run_benchmark(*args: str) -> list[str]:
-    command = [sys.executable, str(REPO / "benchmarks" / "rl_step.py"), "--steps", "2", "--warmup", "0", "--threads", "1", *args]
+    command = [
+        sys.executable,
+        str(REPO / "benchmarks" / "rl_step.py"),
+        "--steps",
+        "2",
+        "--warmup",
+        "0",
+        "--threads",
+        "1",
+        *args,
+    ]
     return subprocess.run(command, check=True, capture_output=True, text=True, timeout=300).stdout.strip().splitlines()
 
 
@@ -29,4 +50,11 @@ def test_last_line_has_exactly_the_issue_keys():
 def test_switch_flags_reach_the_recipe():
     lines = run_benchmark("--baseline", "--sampler", "kv_cache", "--autocast-bf16", "auto")
     switches = json.loads(lines[-2].removeprefix("details "))["switches"]
-    assert switches == {**switches, "sampler": "kv_cache", "sampling_logprobs": False, "share_prompt_prefix": False, "trim_padding": False, "autocast_bf16": "auto"}
+    assert switches == {
+        **switches,
+        "sampler": "kv_cache",
+        "sampling_logprobs": False,
+        "share_prompt_prefix": False,
+        "trim_padding": False,
+        "autocast_bf16": "auto",
+    }

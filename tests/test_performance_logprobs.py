@@ -16,7 +16,16 @@ VOCAB, ROWS, PROMPT, COMPLETION = 3000, 12, 5, 6
 
 @pytest.fixture(scope="module")
 def model():
-    config = Qwen2Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=True)
+    config = Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
 
@@ -62,7 +71,9 @@ def test_chunked_logprobs_match_the_full_log_softmax(model, batch, monkeypatch, 
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
 
     with torch.inference_mode():
-        logp, entropy = completion_logprobs(model, input_ids, attention_mask, COMPLETION, temperature, chunk_mb=chunk_mb, with_entropy=True)
+        logp, entropy = completion_logprobs(
+            model, input_ids, attention_mask, COMPLETION, temperature, chunk_mb=chunk_mb, with_entropy=True
+        )
     torch.testing.assert_close(logp, expected_logp.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(entropy, expected_entropy.detach(), rtol=1e-5, atol=1e-5)
 
@@ -73,4 +84,17 @@ def test_the_tiny_models_are_separable():
 
     tokenizer = build_char_tokenizer("0123456789+=")
     for architecture in ("qwen2", "llama"):
-        assert logprobs.has_separable_head(build_tiny_model(TinyModelConfig(architecture=architecture, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=32), tokenizer, 0))
+        assert logprobs.has_separable_head(
+            build_tiny_model(
+                TinyModelConfig(
+                    architecture=architecture,
+                    hidden_size=16,
+                    num_layers=1,
+                    num_heads=2,
+                    num_kv_heads=1,
+                    intermediate_size=32,
+                ),
+                tokenizer,
+                0,
+            )
+        )

@@ -17,7 +17,9 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("path", [p for p in RECIPES if not p.name.startswith(("variants", "sweep"))], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", [p for p in RECIPES if not p.name.startswith(("variants", "sweep"))], ids=lambda p: p.name
+)
 def test_shipped_recipes_validate(path: Path) -> None:
     recipe = load_recipe(path)
     assert recipe.train.steps >= 0
@@ -42,7 +44,13 @@ def test_resolved_round_trips_through_yaml(tmp_path: Path) -> None:
 def test_overrides_parse_yaml_scalars_and_switch_union_members(tmp_path: Path) -> None:
     recipe = load_recipe(
         write(tmp_path, "objective: {name: sspo, tau_pos: 2.0}\n"),
-        ["objective.name=gmpo", "objective.eps_low=0.3", "rollout.group_size=4", "train.grad_clip=null", "tracking.tags.team=rl"],
+        [
+            "objective.name=gmpo",
+            "objective.eps_low=0.3",
+            "rollout.group_size=4",
+            "train.grad_clip=null",
+            "tracking.tags.team=rl",
+        ],
     )
     assert recipe.objective.name == "gmpo" and recipe.objective.eps_low == 0.3
     assert recipe.rollout.group_size == 4 and isinstance(recipe.rollout.group_size, int)
@@ -75,7 +83,9 @@ def test_fingerprint_changes_with_any_option() -> None:
         ("- just\n- a list\n", [], ["top level must be a mapping"]),
     ],
 )
-def test_bad_recipes_name_the_file_and_key(tmp_path: Path, text: str, overrides: list[str], expected: list[str]) -> None:
+def test_bad_recipes_name_the_file_and_key(
+    tmp_path: Path, text: str, overrides: list[str], expected: list[str]
+) -> None:
     path = write(tmp_path, text)
     with pytest.raises(RecipeError) as info:
         load_recipe(path, overrides)

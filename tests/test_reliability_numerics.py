@@ -41,12 +41,24 @@ def assert_weights_equal(folder: Path, expected: dict) -> None:
     assert saved and all(torch.equal(saved[k], expected[k]) for k in saved)
 
 
-def test_non_finite_updates_are_skipped_counted_and_warned_about(tmp_path: Path, data_file: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_non_finite_updates_are_skipped_counted_and_warned_about(
+    tmp_path: Path, data_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     import torch
 
     recipe = write_recipe(tmp_path / "recipe.yaml", data_file, steps=2, checkpoint_every=10, extra=EXPLODING + "\n")
     store = mlflow_store(tmp_path_factory, tmp_path / "store")
-    result = run_sspo("train", str(recipe), "--set", "train.max_skipped=100", "-o", str(tmp_path / "out"), "--tracking-uri", f"sqlite:///{store}", "-q")
+    result = run_sspo(
+        "train",
+        str(recipe),
+        "--set",
+        "train.max_skipped=100",
+        "-o",
+        str(tmp_path / "out"),
+        "--tracking-uri",
+        f"sqlite:///{store}",
+        "-q",
+    )
     assert result.returncode == 0, result.stderr
     assert "warning: step 1: skipped 4 update(s) with a non-finite loss or gradient (4 in all" in result.stderr
     assert "warning: step 2: skipped 4 update(s)" in result.stderr
@@ -61,14 +73,29 @@ def test_non_finite_updates_are_skipped_counted_and_warned_about(tmp_path: Path,
     assert torch.load(final / "optimizer.pt", weights_only=True)["optimizer"]["state"] == {}
 
 
-def test_too_many_skips_stop_with_a_resumable_checkpoint_of_the_last_good_state(tmp_path: Path, data_file: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_too_many_skips_stop_with_a_resumable_checkpoint_of_the_last_good_state(
+    tmp_path: Path, data_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     recipe = write_recipe(tmp_path / "recipe.yaml", data_file, steps=5, checkpoint_every=10, extra=EXPLODING + "\n")
     out = tmp_path / "out"
     store = mlflow_store(tmp_path_factory, tmp_path / "store")
-    result = run_sspo("train", str(recipe), "--set", "train.max_skipped=3", "-o", str(out), "--tracking-uri", f"sqlite:///{store}", "-q")
+    result = run_sspo(
+        "train",
+        str(recipe),
+        "--set",
+        "train.max_skipped=3",
+        "-o",
+        str(out),
+        "--tracking-uri",
+        f"sqlite:///{store}",
+        "-q",
+    )
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stdout + result.stderr
-    assert "stopped: 3 consecutive updates had a non-finite loss or gradient (train.max_skipped) at step 1" in result.stderr
+    assert (
+        "stopped: 3 consecutive updates had a non-finite loss or gradient (train.max_skipped) at step 1"
+        in result.stderr
+    )
     run_dir = only_run_dir(out)
     assert f"sspo train --resume {run_dir}" in result.stderr
 

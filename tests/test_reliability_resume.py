@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from helpers_reliability import (
@@ -63,19 +64,28 @@ class Background:
 def uninterrupted(workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Background]:
     out = workspace / "uninterrupted"
     store = mlflow_store(tmp_path_factory, out)
-    background = Background(start_sspo("train", str(workspace / "recipe.yaml"), "-o", str(out), "--tracking-uri", f"sqlite:///{store}", "-q"), out)
+    background = Background(
+        start_sspo(
+            "train", str(workspace / "recipe.yaml"), "-o", str(out), "--tracking-uri", f"sqlite:///{store}", "-q"
+        ),
+        out,
+    )
     yield background
     if background.process.poll() is None:
         background.process.kill()
         background.process.communicate()
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted_run(workspace: Path, uninterrupted: Background, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_interrupted_and_resumed_run_equals_uninterrupted_run(
+    workspace: Path, uninterrupted: Background, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     out = workspace / "interrupted"
     database = mlflow_store(tmp_path_factory, workspace / "interrupted-store")
 
     # 0. SIGKILL before the first checkpoint: `--resume` starts the same run again from step 0.
-    process = start_sspo("train", str(workspace / "recipe.yaml"), "-o", str(out), "--tracking-uri", f"sqlite:///{database}", "-q")
+    process = start_sspo(
+        "train", str(workspace / "recipe.yaml"), "-o", str(out), "--tracking-uri", f"sqlite:///{database}", "-q"
+    )
     wait_for(lambda: (started := started_run(out)) is not None and history_steps(started) >= 1, process, poll=0.005)
     code, _, _ = interrupt(process, signal.SIGKILL)
     run_dir = only_run_dir(out)
@@ -124,11 +134,15 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(workspace: Path, u
     assert run_status(database, run_id) == "FINISHED"
     assert metric_steps(database, run_id, "train/reward") == list(range(1, STEPS + 1))  # re-run steps not logged twice
     assert metric_steps(database, run_id, "eval/accuracy") == [0, 5, 10, 15, 20, 25, 30]
-    assert metric_values(expected.parent / "mlflow.db", expected, "train/grad_norm") == metric_values(database, run_dir, "train/grad_norm")
+    assert metric_values(expected.parent / "mlflow.db", expected, "train/grad_norm") == metric_values(
+        database, run_dir, "train/grad_norm"
+    )
     summary = json.loads((run_dir / "summary.json").read_text())
     # The resumes that led to the final state: from scratch, then from each graceful stop; the later
     # ones restarted from the step-`second_stop` checkpoint or a later one.
-    assert summary["resumed_from"][:3] == [0, first_stop, second_stop] and summary["resumed_from"] == sorted(summary["resumed_from"])
+    assert summary["resumed_from"][:3] == [0, first_stop, second_stop] and summary["resumed_from"] == sorted(
+        summary["resumed_from"]
+    )
 
 
 def test_resume_of_a_finished_run_is_refused(uninterrupted: Background) -> None:
@@ -194,7 +208,10 @@ def assert_same_training(expected: Path, actual: Path) -> None:
     assert summary(actual) == summary(expected)
     assert history(actual) == history(expected)
     final_expected, final_actual = expected / "checkpoints" / "final", actual / "checkpoints" / "final"
-    weights_expected, weights_actual = load_file(final_expected / "model.safetensors"), load_file(final_actual / "model.safetensors")
+    weights_expected, weights_actual = (
+        load_file(final_expected / "model.safetensors"),
+        load_file(final_actual / "model.safetensors"),
+    )
     assert weights_expected.keys() == weights_actual.keys()
     assert all(torch.equal(weights_expected[k], weights_actual[k]) for k in weights_expected)
     optimizer_expected = torch.load(final_expected / "optimizer.pt", weights_only=True)["optimizer"]["state"]
@@ -209,6 +226,11 @@ def metric_values(database: Path, run_dir: Path, key: str) -> list[float]:
     run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
     connection = sqlite3.connect(database)
     try:
-        return [row[0] for row in connection.execute("select value from metrics where run_uuid=? and key=? order by step", (run_id, key))]
+        return [
+            row[0]
+            for row in connection.execute(
+                "select value from metrics where run_uuid=? and key=? order by step", (run_id, key)
+            )
+        ]
     finally:
         connection.close()

@@ -31,7 +31,9 @@ from sspo_cli.research.stats import Interval, t_interval
 from sspo_cli.research.tables import comparison_table, leaderboard_table
 
 
-def make_run(group: str, seed: int, accuracy: list[float], reward: list[float], seq_var: list[float], wall: float) -> RunRecord:
+def make_run(
+    group: str, seed: int, accuracy: list[float], reward: list[float], seq_var: list[float], wall: float
+) -> RunRecord:
     steps = list(range(1, len(reward) + 1))
     curves = Curves(
         eval_steps=[0, 2, 4][: len(accuracy)],

@@ -30,9 +30,15 @@ def test_plain_methods_and_variants() -> None:
 
 def test_same_objective_refines_the_base_other_objective_replaces_it() -> None:
     base = {"objective": {"name": "sspo", "tau_pos": 3.0}, "rollout": {"group_size": 4}}
-    assert recipe_data_for(base, Method("sspo-arctan", {"objective": {"gate": "arctan"}}))["objective"] == {"name": "sspo", "tau_pos": 3.0, "gate": "arctan"}
+    assert recipe_data_for(base, Method("sspo-arctan", {"objective": {"gate": "arctan"}}))["objective"] == {
+        "name": "sspo",
+        "tau_pos": 3.0,
+        "gate": "arctan",
+    }
     assert recipe_data_for(base, Method("grpo", {"objective": {"name": "grpo"}}))["objective"] == {"name": "grpo"}
-    dr = recipe_data_for(base, Method("grpo-dr", {"objective": {"name": "grpo"}, "rollout": {"advantage_scale": "none"}}))
+    dr = recipe_data_for(
+        base, Method("grpo-dr", {"objective": {"name": "grpo"}, "rollout": {"advantage_scale": "none"}})
+    )
     assert dr["rollout"] == {"group_size": 4, "advantage_scale": "none"}
     assert base["objective"] == {"name": "sspo", "tau_pos": 3.0}  # the base is not modified
 
@@ -45,7 +51,14 @@ def test_every_shipped_variant_is_a_valid_recipe() -> None:
 
 def test_comparison_plan_is_methods_times_seeds_with_overrides_for_all() -> None:
     plan, base = plan_comparison(RECIPES / "quickstart.yaml", ["train.steps=7", "seed=10"], "grpo,sapo", 3, None)
-    assert [(p.group, p.seed) for p in plan] == [("grpo", 10), ("grpo", 11), ("grpo", 12), ("sapo", 10), ("sapo", 11), ("sapo", 12)]
+    assert [(p.group, p.seed) for p in plan] == [
+        ("grpo", 10),
+        ("grpo", 11),
+        ("grpo", 12),
+        ("sapo", 10),
+        ("sapo", 11),
+        ("sapo", 12),
+    ]
     assert all(p.recipe.train.steps == 7 for p in plan)
     assert plan[0].recipe.objective.name == "grpo" and plan[3].recipe.objective.name == "sapo"
     assert base.seed == 10
@@ -68,8 +81,14 @@ def test_grid_option_parsing() -> None:
 
 
 def test_short_keys_stay_unique() -> None:
-    assert short_keys(["objective.tau_pos", "objective.tau_neg"]) == {"objective.tau_pos": "tau_pos", "objective.tau_neg": "tau_neg"}
-    assert short_keys(["train.lr", "train.warm_start.lr"]) == {"train.lr": "train.lr", "train.warm_start.lr": "warm_start.lr"}
+    assert short_keys(["objective.tau_pos", "objective.tau_neg"]) == {
+        "objective.tau_pos": "tau_pos",
+        "objective.tau_neg": "tau_neg",
+    }
+    assert short_keys(["train.lr", "train.warm_start.lr"]) == {
+        "train.lr": "train.lr",
+        "train.warm_start.lr": "warm_start.lr",
+    }
 
 
 def test_sweep_grid_from_the_recipe_and_the_command_line() -> None:

@@ -14,7 +14,14 @@ import yaml
 
 # One torch thread per process: tiny models gain nothing from more, and spinning OpenMP threads on
 # a shared, busy machine make each matrix product many times slower.
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1", "COLUMNS": "240"}
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "OMP_NUM_THREADS": "1",
+    "COLUMNS": "240",
+}
 for _name, _value in ENV.items():
     if _name != "COLUMNS":
         os.environ.setdefault(_name, _value)
@@ -43,7 +50,9 @@ def one_torch_thread():
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     """The CLI in a real subprocess, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "sspo_cli.research", *args], env=ENV, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "sspo_cli.research", *args], env=ENV, capture_output=True, text=True, timeout=600
+    )
 
 
 def cli_in_process(*args: str) -> tuple[int, str]:
@@ -74,15 +83,41 @@ def compared(tmp_path_factory: pytest.TempPathFactory) -> dict:
     recipe = root / "tiny.yaml"
     recipe.write_text(yaml.safe_dump(TINY))
     out = root / "runs"
-    args = ["compare", str(recipe), "--methods", "grpo,sspo", "--seeds", "2", "--jobs", "2", "-o", str(out), "--report-dir", str(out / "report"), "-q"]
+    args = [
+        "compare",
+        str(recipe),
+        "--methods",
+        "grpo,sspo",
+        "--seeds",
+        "2",
+        "--jobs",
+        "2",
+        "-o",
+        str(out),
+        "--report-dir",
+        str(out / "report"),
+        "-q",
+    ]
     first = cli(*args)
     assert first.returncode == 0, first.stdout + first.stderr
-    return {"root": root, "recipe": recipe, "out": out, "args": args, "first": first, "document": json.loads((out / "report" / "compare.json").read_text())}
+    return {
+        "root": root,
+        "recipe": recipe,
+        "out": out,
+        "args": args,
+        "first": first,
+        "document": json.loads((out / "report" / "compare.json").read_text()),
+    }
 
 
 def test_compare_trains_methods_x_seeds_nested_under_one_parent(compared: dict) -> None:
     document = compared["document"]
-    assert [(r["group"], r["seed"], r["reused"]) for r in document["runs"]] == [("grpo", 0, False), ("grpo", 1, False), ("sspo", 0, False), ("sspo", 1, False)]
+    assert [(r["group"], r["seed"], r["reused"]) for r in document["runs"]] == [
+        ("grpo", 0, False),
+        ("grpo", 1, False),
+        ("sspo", 0, False),
+        ("sspo", 1, False),
+    ]
     client = client_for(compared["out"])
     runs = training_runs(client)
     assert sorted(r.info.run_id for r in runs) == sorted(r["run_id"] for r in document["runs"])
@@ -171,7 +206,9 @@ def test_compare_existing_runs_by_id_and_by_experiment(compared: dict) -> None:
     from sspo_cli.research.compare import compare_existing
 
     ids = [r["run_id"] for r in compared["document"]["runs"]]
-    code, output = cli_in_process("compare", "--runs", *ids[:3], "-o", str(compared["out"]), "--report-dir", str(compared["root"] / "by-id"))
+    code, output = cli_in_process(
+        "compare", "--runs", *ids[:3], "-o", str(compared["out"]), "--report-dir", str(compared["root"] / "by-id")
+    )
     assert code == 0, output
     document = json.loads((compared["root"] / "by-id" / "compare.json").read_text())
     assert [(g["name"], len(g["run_ids"])) for g in document["groups"]] == [("grpo", 2), ("sspo", 1)]
@@ -189,7 +226,10 @@ def test_bad_input_exits_2_naming_the_option(compared: dict) -> None:
     for args, message in (
         (["sweep", str(compared["recipe"]), "--grid", "objective.tau_p=1,2"], "objective has no key 'tau_p'"),
         (["eval", "0123456789abcdef0123456789abcdef"], "TARGET: no MLflow run"),
-        (["compare", "--experiment", "no-such-experiment"], "--experiment: no MLflow experiment named 'no-such-experiment'"),
+        (
+            ["compare", "--experiment", "no-such-experiment"],
+            "--experiment: no MLflow experiment named 'no-such-experiment'",
+        ),
         (["compare", str(compared["recipe"]), "--seeds", "0"], "--seeds: must be at least 1"),
         (["eval", str(compared["out"] / "report")], "TARGET:"),
     ):
@@ -223,7 +263,15 @@ def test_eval_by_run_id_with_pass_at_k(compared: dict) -> None:
     assert str(target.run_dir) == run["run_dir"]
     recipe = eval_recipe(target, None, None, [])
     options = EvalOptions(size=8, samples=4, temperature=2.0, ks=[1, 2, 4])
-    report = save_and_log(evaluate_target(run["run_id"], target, recipe, options), target, recipe, options, compared["out"], None, track=True)
+    report = save_and_log(
+        evaluate_target(run["run_id"], target, recipe, options),
+        target,
+        recipe,
+        options,
+        compared["out"],
+        None,
+        track=True,
+    )
     counts = report.correct_per_prompt
     assert len(counts) == 8 and report.samples == 4
     for k in (1, 2, 4):
@@ -241,7 +289,9 @@ def test_eval_checkpoint_folder_on_another_task_config(compared: dict) -> None:
     checkpoint = Path(compared["document"]["runs"][2]["run_dir"]) / "checkpoints" / "final"
     target = resolve_target(str(checkpoint), None, compared["out"])
     assert target.run_id == compared["document"]["runs"][2]["run_id"]  # found its run folder
-    recipe = eval_recipe(target, None, "addition", ["task.min_operand=100", "task.max_operand=199", "task.eval_size=16"])
+    recipe = eval_recipe(
+        target, None, "addition", ["task.min_operand=100", "task.max_operand=199", "task.eval_size=16"]
+    )
     report = evaluate_target(str(checkpoint), target, recipe, EvalOptions(size=16))
     assert report.task == "addition" and report.size == 16 and 0.0 <= report.accuracy <= 1.0
 
@@ -250,7 +300,9 @@ def test_eval_checkpoint_folder_on_another_task_config(compared: dict) -> None:
 
 
 def write_examples(path: Path, start: int) -> None:
-    path.write_text("".join(json.dumps({"prompt": f"{a}+{a}=", "answer": str(2 * a)}) + "\n" for a in range(start, start + 24)))
+    path.write_text(
+        "".join(json.dumps({"prompt": f"{a}+{a}=", "answer": str(2 * a)}) + "\n" for a in range(start, start + 24))
+    )
 
 
 def test_sweep_resumes_after_a_failed_and_an_interrupted_point(tmp_path: Path) -> None:
@@ -267,7 +319,9 @@ def test_sweep_resumes_after_a_failed_and_an_interrupted_point(tmp_path: Path) -
 
     first = run_sweep(recipe, [], [], None, None, out)
     states = {o.planned.recipe.task.path: o.state for o in first.outcomes}
-    assert states == {str(good): "trained", str(late): "failed", str(killed): "trained"}, [o.error for o in first.outcomes]
+    assert states == {str(good): "trained", str(late): "failed", str(killed): "trained"}, [
+        o.error for o in first.outcomes
+    ]
     assert "task.path" in first.failed[0].error
     assert (first.out_dir / "heatmap.png").is_file() and (first.out_dir / "leaderboard.csv").is_file()
     client = client_for(out)
@@ -279,7 +333,9 @@ def test_sweep_resumes_after_a_failed_and_an_interrupted_point(tmp_path: Path) -
 
     second = run_sweep(recipe, [], [], None, None, out, jobs=1)
     states = {o.planned.recipe.task.path: o.state for o in second.outcomes}
-    assert states == {str(good): "reused", str(late): "trained", str(killed): "trained"}, [o.error for o in second.outcomes]
+    assert states == {str(good): "reused", str(late): "trained", str(killed): "trained"}, [
+        o.error for o in second.outcomes
+    ]
     again = {o.planned.recipe.task.path: o.run_id for o in second.outcomes}
     assert again[str(good)] == ids[str(good)] and again[str(killed)] != ids[str(killed)]
     assert second.parent_run_id == first.parent_run_id and not second.failed

@@ -15,7 +15,9 @@ from sspo_cli.rollout import distinct_prompts, generate  # noqa: E402
 from sspo_cli.sampling import draw  # noqa: E402
 
 ALPHABET = "0123456789+-=* "
-TINY = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64, max_positions=64)
+TINY = TinyModelConfig(
+    hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64, max_positions=64
+)
 PROMPTS = ["12+34=", "5+6=", "12+34=", "99+1=", "5+6=", "12+34="]  # repeats and unequal lengths (left padding)
 
 
@@ -59,7 +61,9 @@ def test_shared_prefix_forward_matches_the_plain_forward_in_values_and_gradients
 
     def logp_and_grads(prompt_index):
         model.zero_grad(set_to_none=True)
-        logits = completion_logits(model, rollout.input_ids[rows], rollout.attention_mask[rows], rollout.completion_len, prompt_index)
+        logits = completion_logits(
+            model, rollout.input_ids[rows], rollout.attention_mask[rows], rollout.completion_len, prompt_index
+        )
         logp = gather_logprobs(logits, rollout.completion_ids[rows], 1.0)
         (logp * rollout.completion_mask[rows]).sum().backward()
         return logp.detach(), [p.grad.clone() for p in model.parameters()]

@@ -83,7 +83,18 @@ def test_addition_alphabet_is_fixed(addition: Task) -> None:
 
 @pytest.mark.parametrize(
     ("completion", "reward"),
-    [("82", 1.0), (" 82\n", 1.0), ("82 ", 1.0), ("", 0.0), ("  ", 0.0), ("81", 0.0), ("8", 0.0), ("820", 0.0), ("82=", 0.0), ("8 2", 0.0)],
+    [
+        ("82", 1.0),
+        (" 82\n", 1.0),
+        ("82 ", 1.0),
+        ("", 0.0),
+        ("  ", 0.0),
+        ("81", 0.0),
+        ("8", 0.0),
+        ("820", 0.0),
+        ("82=", 0.0),
+        ("8 2", 0.0),
+    ],
 )
 def test_addition_reward(addition: Task, completion: str, reward: float) -> None:
     assert addition.reward(completion, Example(prompt="37+45=", answer="82")) == reward
@@ -173,7 +184,11 @@ def test_reasoning_gym_unknown_dataset_suggests_a_name() -> None:
 
 @pytest.mark.parametrize(
     ("config", "fragment"),
-    [({"no_such_option": 1}, "no_such_option"), ({"min_terms": 5, "max_terms": 2}, "max_terms"), ({"seed": 3}, "task.split_seed")],
+    [
+        ({"no_such_option": 1}, "no_such_option"),
+        ({"min_terms": 5, "max_terms": 2}, "max_terms"),
+        ({"seed": 3}, "task.split_seed"),
+    ],
 )
 def test_reasoning_gym_bad_config(config: dict, fragment: str) -> None:
     with pytest.raises(TaskError) as excinfo:
@@ -210,7 +225,9 @@ def write_parquet(path: Path, columns: dict[str, list]) -> Path:
 
 
 def file_task(path: Path, **options) -> Task:
-    return build_task(FileTask(path=str(path), eval_size=options.pop("eval_size", 4), dev_size=options.pop("dev_size", 3), **options))
+    return build_task(
+        FileTask(path=str(path), eval_size=options.pop("eval_size", 4), dev_size=options.pop("dev_size", 3), **options)
+    )
 
 
 def test_jsonl_file_task(tmp_path: Path) -> None:
@@ -237,8 +254,16 @@ def test_fingerprint_follows_the_data(tmp_path: Path, addition: Task) -> None:
 
 
 def test_csv_keeps_cells_as_text_and_deduplicates_prompts(tmp_path: Path) -> None:
-    text = "question,target\nfirst,007\nsecond,NA\n\"third, quoted\",\"1,000\"\nfirst,999\n" + "".join(f"q{i},{i}\n" for i in range(6))
-    task = file_task(write_csv(tmp_path / "data.csv", text), prompt_column="question", answer_column="target", eval_size=2, dev_size=2)
+    text = 'question,target\nfirst,007\nsecond,NA\n"third, quoted","1,000"\nfirst,999\n' + "".join(
+        f"q{i},{i}\n" for i in range(6)
+    )
+    task = file_task(
+        write_csv(tmp_path / "data.csv", text),
+        prompt_column="question",
+        answer_column="target",
+        eval_size=2,
+        dev_size=2,
+    )
     answers = {e.prompt: e.answer for e in task.train + task.dev + task.eval}
     assert len(answers) == 9 and len(task.train) == 5
     assert answers["first"] == "007"  # not parsed as 7, and the first duplicate wins
@@ -247,7 +272,9 @@ def test_csv_keeps_cells_as_text_and_deduplicates_prompts(tmp_path: Path) -> Non
 
 
 def test_parquet_file_task_converts_values_to_str(tmp_path: Path) -> None:
-    path = write_parquet(tmp_path / "data.parquet", {"prompt": [f"{i}+{i}=" for i in range(12)], "answer": [2 * i for i in range(12)]})
+    path = write_parquet(
+        tmp_path / "data.parquet", {"prompt": [f"{i}+{i}=" for i in range(12)], "answer": [2 * i for i in range(12)]}
+    )
     task = file_task(path, match="numeric")
     assert_disjoint_splits(task)
     for example in task.train + task.dev + task.eval:
@@ -310,7 +337,13 @@ def sspo_temp_dirs() -> set[str]:
         ("data.csv", "question,answer\na,1\n", {}, "task.prompt_column", "'question', 'answer'"),
         ("data.jsonl", '{"prompt": "a", "gold": "1"}\n', {}, "task.answer_column", "'prompt', 'gold'"),
         ("data.csv", "prompt,answer\na,1\nb,\n", {}, "task.answer_column", "row 2"),
-        ("data.jsonl", '{"prompt": "a", "answer": "1"}\n{"prompt": null, "answer": "2"}\n', {}, "task.prompt_column", "row 2"),
+        (
+            "data.jsonl",
+            '{"prompt": "a", "answer": "1"}\n{"prompt": null, "answer": "2"}\n',
+            {},
+            "task.prompt_column",
+            "row 2",
+        ),
         ("data.csv", "prompt,answer\na,1\nb,two\n", {"match": "numeric"}, "task.match", "'two'"),
     ],
 )

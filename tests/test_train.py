@@ -12,11 +12,32 @@ from sspo_cli.recipe import load_recipe
 from sspo_cli.train import run_training
 
 SPEC_METRICS = [
-    "ratio/token_mean", "ratio/token_std", "ratio/token_min", "ratio/token_max", "ratio/log_abs_mean",
-    "ratio/seq_mean", "ratio/seq_std", "ratio/seq_min", "ratio/seq_max", "weight/seq_mean", "weight/seq_var",
-    "grad_weight/mean", "grad_weight/pos_mean", "grad_weight/neg_mean", "grad_weight/saturated_frac", "kl/k3",
+    "ratio/token_mean",
+    "ratio/token_std",
+    "ratio/token_min",
+    "ratio/token_max",
+    "ratio/log_abs_mean",
+    "ratio/seq_mean",
+    "ratio/seq_std",
+    "ratio/seq_min",
+    "ratio/seq_max",
+    "weight/seq_mean",
+    "weight/seq_var",
+    "grad_weight/mean",
+    "grad_weight/pos_mean",
+    "grad_weight/neg_mean",
+    "grad_weight/saturated_frac",
+    "kl/k3",
 ]
-TRAIN_METRICS = ["train/reward", "train/accuracy", "train/response_length", "train/entropy", "train/grad_norm", "train/lr", "train/tokens_per_s"]
+TRAIN_METRICS = [
+    "train/reward",
+    "train/accuracy",
+    "train/response_length",
+    "train/entropy",
+    "train/grad_norm",
+    "train/lr",
+    "train/tokens_per_s",
+]
 
 
 def tiny_recipe(*extra: str):
@@ -27,8 +48,17 @@ def test_cli_train_writes_run_folder_summary_and_mlflow_run(tmp_path: Path) -> N
     from mlflow.tracking import MlflowClient
 
     result = subprocess.run(
-        sspo_command("train", str(REPO / "recipes" / "quickstart.yaml"), *[a for o in TINY_OVERRIDES for a in ("--set", o)], "-o", str(tmp_path), "--quiet"),
-        capture_output=True, text=True, timeout=300,
+        sspo_command(
+            "train",
+            str(REPO / "recipes" / "quickstart.yaml"),
+            *[a for o in TINY_OVERRIDES for a in ("--set", o)],
+            "-o",
+            str(tmp_path),
+            "--quiet",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     run_dirs = [p for p in tmp_path.iterdir() if p.is_dir() and p.name.startswith("quickstart-sspo-s0-")]
@@ -82,14 +112,21 @@ def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("objective", objective_names())
 def test_every_objective_trains_with_a_kl_penalty(tmp_path: Path, objective: str) -> None:
-    summary = run_training(tiny_recipe(f"objective.name={objective}", "objective.beta=0.05", "train.steps=2"), output_dir=tmp_path)
+    summary = run_training(
+        tiny_recipe(f"objective.name={objective}", "objective.beta=0.05", "train.steps=2"), output_dir=tmp_path
+    )
     rows = [json.loads(line) for line in (Path(summary["run_dir"]) / "history.jsonl").read_text().splitlines()]
     assert all(row["kl/k3"] >= 0 for row in rows)
     assert summary["objective"] == objective and summary["skipped_updates"] == 0
 
 
 def test_warm_start_is_cached_across_seeds(tmp_path: Path) -> None:
-    warm = ["train.warm_start.enabled=true", "train.warm_start.max_steps=10", "train.warm_start.eval_every=5", "train.steps=1"]
+    warm = [
+        "train.warm_start.enabled=true",
+        "train.warm_start.max_steps=10",
+        "train.warm_start.eval_every=5",
+        "train.steps=1",
+    ]
     first = run_training(tiny_recipe(*warm), output_dir=tmp_path)
     second = run_training(tiny_recipe(*warm, "seed=7"), output_dir=tmp_path)
     assert first["warm_start"]["cached"] is False and second["warm_start"]["cached"] is True

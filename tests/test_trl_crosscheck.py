@@ -32,7 +32,10 @@ BATCH, PROMPT_LEN, COMPLETION_LEN = 8, 6, 5
 
 
 def recipe_for(*overrides: str):
-    return load_recipe(REPO / "recipes" / "quickstart.yaml", [*TINY_OVERRIDES, "engine=trl", "train.steps=1", "rollout.updates_per_rollout=1", *overrides])
+    return load_recipe(
+        REPO / "recipes" / "quickstart.yaml",
+        [*TINY_OVERRIDES, "engine=trl", "train.steps=1", "rollout.updates_per_rollout=1", *overrides],
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -62,7 +65,12 @@ def trainer_pair(recipe, policy_and_task, tmp_path):
     if recipe.objective.beta > 0:  # TRL builds a reference model from this folder; the test feeds ref log-probs itself
         save_policy(model, tokenizer, tmp_path / "reference")
         reference_model.config._name_or_path = str(tmp_path / "reference")
-    common = dict(reward_funcs=task_reward_function(task), args=args, train_dataset=training_dataset(task), processing_class=tokenizer)
+    common = dict(
+        reward_funcs=task_reward_function(task),
+        args=args,
+        train_dataset=training_dataset(task),
+        processing_class=tokenizer,
+    )
     theirs = GRPOTrainer(model=reference_model, **common)
     ours = SspoGRPOTrainer(model=copy.deepcopy(reference_model), recipe=recipe, **common)
     for trainer in (theirs, ours):
@@ -82,7 +90,10 @@ def off_policy_batch(trainer, tokenizer, completion_lengths, seed: int = 0) -> d
     completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
     with torch.no_grad():
         logp, _, _ = trainer._get_per_token_logps_and_entropies(
-            trainer.model, torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1), COMPLETION_LEN
+            trainer.model,
+            torch.cat([prompt_ids, completion_ids], 1),
+            torch.cat([prompt_mask, completion_mask], 1),
+            COMPLETION_LEN,
         )
     noise = lambda: (torch.rand(BATCH, COMPLETION_LEN, generator=generator) - 0.5) * 0.8  # noqa: E731  |log-ratio| <= 0.4
     return {
@@ -112,8 +123,17 @@ MATCHING = {
     "grpo, asymmetric clip (DAPO bounds)": ["objective.name=grpo", "objective.eps_low=0.1", "objective.eps_high=0.28"],
     "grpo, token_mean == TRL loss_type=bnpo": ["objective.name=grpo", "objective.agg=token_mean"],
     "grpo with a k3 KL penalty, beta=0.05": ["objective.name=grpo", "objective.beta=0.05"],
-    "gspo == TRL grpo + importance_sampling_level=sequence": ["objective.name=gspo", "objective.eps_low=0.02", "objective.eps_high=0.03"],
-    "gspo with a k3 KL penalty, beta=0.05": ["objective.name=gspo", "objective.eps_low=0.02", "objective.eps_high=0.03", "objective.beta=0.05"],
+    "gspo == TRL grpo + importance_sampling_level=sequence": [
+        "objective.name=gspo",
+        "objective.eps_low=0.02",
+        "objective.eps_high=0.03",
+    ],
+    "gspo with a k3 KL penalty, beta=0.05": [
+        "objective.name=gspo",
+        "objective.eps_low=0.02",
+        "objective.eps_high=0.03",
+        "objective.beta=0.05",
+    ],
     "sapo == TRL loss_type=sapo": ["objective.name=sapo"],
     "sapo, other temperatures": ["objective.name=sapo", "objective.tau_pos=2.0", "objective.tau_neg=0.5"],
 }
@@ -130,7 +150,9 @@ def test_loss_and_gradient_equal_trl(case: str, policy_and_task, tmp_path) -> No
     torch.testing.assert_close(our_loss, their_loss, rtol=1e-5, atol=1e-7)
     assert set(our_grads) == set(their_grads) and their_grads
     for name, grad in their_grads.items():
-        torch.testing.assert_close(our_grads[name], grad, rtol=1e-4, atol=1e-7, msg=lambda m, name=name: f"{case}: {name}: {m}")
+        torch.testing.assert_close(
+            our_grads[name], grad, rtol=1e-4, atol=1e-7, msg=lambda m, name=name: f"{case}: {name}: {m}"
+        )
     # The batch exercises the non-trivial regime: some tokens (or sequences) are clipped or gated down.
     saturated = ours._metrics["train"]["grad_weight/saturated_frac"][-1]
     weight = ours._metrics["train"]["grad_weight/mean"][-1]

@@ -13,10 +13,27 @@ from sspo_cli.engines.trl_engine import run_training_trl
 from sspo_cli.objectives import METRIC_KEYS, objective_names
 from sspo_cli.recipe import load_recipe
 
-TRAIN_METRICS = ["train/reward", "train/accuracy", "train/response_length", "train/entropy", "train/grad_norm", "train/lr", "train/tokens_per_s", "train/loss"]
+TRAIN_METRICS = [
+    "train/reward",
+    "train/accuracy",
+    "train/response_length",
+    "train/entropy",
+    "train/grad_norm",
+    "train/lr",
+    "train/tokens_per_s",
+    "train/loss",
+]
 # Two rollouts of 16 completions, two updates each (the second off-policy), evals at 0, 1 and 2.
 # One thread: on a loaded 2-core machine more threads make these tiny matrices several times slower.
-SHORT = ["engine=trl", "train.steps=2", "rollout.updates_per_rollout=2", "eval.every=1", "train.checkpoint_every=1", "task.eval_size=16", "train.threads=1"]
+SHORT = [
+    "engine=trl",
+    "train.steps=2",
+    "rollout.updates_per_rollout=2",
+    "eval.every=1",
+    "train.checkpoint_every=1",
+    "task.eval_size=16",
+    "train.threads=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +109,10 @@ def test_both_engines_write_the_same_records(tmp_path: Path, store: str) -> None
 
 def test_same_seed_same_metrics(tmp_path: Path, store: str) -> None:
     def without_timings(summary):
-        return [{k: v for k, v in row.items() if "seconds" not in k and "per_s" not in k and k != "trl/step_time"} for row in history_of(summary)]
+        return [
+            {k: v for k, v in row.items() if "seconds" not in k and "per_s" not in k and k != "trl/step_time"}
+            for row in history_of(summary)
+        ]
 
     first = run_training_trl(tiny_trl_recipe("objective.name=grpo"), output_dir=tmp_path, tracking_uri=store)
     second = run_training_trl(tiny_trl_recipe("objective.name=grpo"), output_dir=tmp_path, tracking_uri=store)
@@ -101,7 +121,11 @@ def test_same_seed_same_metrics(tmp_path: Path, store: str) -> None:
 
 
 def test_kl_penalty_trains_against_the_starting_policy(tmp_path: Path, store: str) -> None:
-    summary = run_training_trl(tiny_trl_recipe("objective.name=grpo", "objective.beta=0.1", "train.steps=1"), output_dir=tmp_path, tracking_uri=store)
+    summary = run_training_trl(
+        tiny_trl_recipe("objective.name=grpo", "objective.beta=0.1", "train.steps=1"),
+        output_dir=tmp_path,
+        tracking_uri=store,
+    )
     assert summary["steps"] == 1
     assert not (Path(summary["run_dir"]) / ".reference").exists()  # the reference weights are not kept
 

@@ -27,7 +27,12 @@ def test_default_rollout_is_one_generation_with_four_updates() -> None:
     [
         # (per-device batch, steps_per_generation, num_iterations)
         (["rollout.updates_per_rollout=1"], 1, 1, (128, 1, 1)),
-        (["rollout.minibatch_size=64", "rollout.updates_per_rollout=4"], 1, 1, (64, 2, 2)),  # two passes over the rollout
+        (
+            ["rollout.minibatch_size=64", "rollout.updates_per_rollout=4"],
+            1,
+            1,
+            (64, 2, 2),
+        ),  # two passes over the rollout
         ([], 4, 1, (8, 4, 1)),  # 4 processes share each mini-batch of 32
         ([], 2, 4, (4, 16, 1)),  # and with micro-batches of 4 accumulated 4 times
     ],
@@ -64,11 +69,20 @@ def test_vllm_needs_a_gpu_and_a_model_folder(overrides, cuda) -> None:
     with pytest.raises(TrlEngineError) as info:
         plan_trl_run(vllm_recipe, cuda_available=cuda)
     assert info.value.key == "trl.use_vllm"
-    assert plan_trl_run(recipe("model.path=/models/qwen").model_copy(update={"trl": TrlOptions(use_vllm=True)}), cuda_available=True).config["use_vllm"]
+    assert plan_trl_run(
+        recipe("model.path=/models/qwen").model_copy(update={"trl": TrlOptions(use_vllm=True)}), cuda_available=True
+    ).config["use_vllm"]
 
 
 def test_config_values() -> None:
-    r = recipe("train.grad_clip=null", "rollout.advantage_scale=none", "train.steps=10", "model.dtype=bfloat16", "objective.name=sapo", "objective.tau_pos=2")
+    r = recipe(
+        "train.grad_clip=null",
+        "rollout.advantage_scale=none",
+        "train.steps=10",
+        "model.dtype=bfloat16",
+        "objective.name=sapo",
+        "objective.tau_pos=2",
+    )
     config = plan_trl_run(r).config
     assert config["max_grad_norm"] == 0.0  # transformers: no clipping, grad norm still logged
     assert config["scale_rewards"] == "none" and config["max_steps"] == 40 and config["bf16"] is True
@@ -82,7 +96,9 @@ def test_config_values() -> None:
     [("true", False, True), ("false", True, False), ("auto", True, True), ("auto", False, False)],
 )
 def test_autocast_bf16_of_the_recipe_is_trls_bf16(setting: str, bf16_available: bool, expected: bool) -> None:
-    plan = plan_trl_run(recipe(f"performance.autocast_bf16={setting}"), bf16_available=bf16_available)  # float32 weights
+    plan = plan_trl_run(
+        recipe(f"performance.autocast_bf16={setting}"), bf16_available=bf16_available
+    )  # float32 weights
     assert plan.config["bf16"] is expected
 
 
@@ -138,6 +154,9 @@ def test_shipped_accelerate_configs_load(name: str) -> None:
     config = load_config_from_file(str(REPO / "examples" / "accelerate" / f"{name}.yaml"))
     assert config.mixed_precision == "no"  # precision comes from the recipe
     if name == "deepspeed_zero3":
-        assert config.deepspeed_config["zero3_init_flag"] is False and config.deepspeed_config["zero3_save_16bit_model"] is True
+        assert (
+            config.deepspeed_config["zero3_init_flag"] is False
+            and config.deepspeed_config["zero3_save_16bit_model"] is True
+        )
     if name == "fsdp":
         assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"

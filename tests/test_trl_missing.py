@@ -51,13 +51,19 @@ except TrlEngineError as exc:
 """
 
 
-def test_native_trains_and_trl_engine_asks_for_the_extra(tmp_path: Path, without_trl: dict[str, str], store: str) -> None:
+def test_native_trains_and_trl_engine_asks_for_the_extra(
+    tmp_path: Path, without_trl: dict[str, str], store: str
+) -> None:
     import json
 
     overrides = [*TINY_OVERRIDES, "train.steps=1", "task.eval_size=8", "train.threads=1"]
     result = subprocess.run(
         [sys.executable, "-c", ENGINES_WITHOUT_TRL, str(tmp_path), store, *overrides],
-        cwd=REPO, env=without_trl, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=without_trl,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -71,7 +77,11 @@ def test_trl_tests_skip_cleanly_without_trl(without_trl: dict[str, str]) -> None
     files = ["tests/test_trl_mapping.py", "tests/test_trl_engine.py", "tests/test_trl_crosscheck.py"]
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *files],
-        cwd=REPO, env=without_trl, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=without_trl,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "failed" not in result.stdout and "error" not in result.stdout.lower()
@@ -82,8 +92,21 @@ def test_trl_tests_skip_cleanly_without_trl(without_trl: dict[str, str]) -> None
 def test_cli_exits_2_with_the_install_hint(tmp_path: Path, without_trl: dict[str, str], store: str) -> None:
     sets = [a for o in [*TINY_OVERRIDES, "train.steps=0", "task.eval_size=8", "engine=trl"] for a in ("--set", o)]
     result = subprocess.run(
-        sspo_command("train", str(REPO / "recipes" / "quickstart.yaml"), *sets, "-o", str(tmp_path), "--tracking-uri", store, "--quiet"),
-        cwd=REPO, env=without_trl, capture_output=True, text=True, timeout=300,
+        sspo_command(
+            "train",
+            str(REPO / "recipes" / "quickstart.yaml"),
+            *sets,
+            "-o",
+            str(tmp_path),
+            "--tracking-uri",
+            store,
+            "--quiet",
+        ),
+        cwd=REPO,
+        env=without_trl,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "install the trl extra" in result.stderr and "Traceback" not in result.stderr

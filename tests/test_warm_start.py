@@ -7,8 +7,14 @@ from pathlib import Path
 from conftest import REPO, TINY_OVERRIDES, sspo_command
 
 # Two supervised steps cannot bring a random model to 99% dev accuracy: a sure miss, in seconds.
-MISS = ["train.warm_start.enabled=true", "train.warm_start.max_steps=2", "train.warm_start.eval_every=1",
-        "train.warm_start.target_dev_accuracy=0.99", "task.dev_size=16", "train.steps=1"]
+MISS = [
+    "train.warm_start.enabled=true",
+    "train.warm_start.max_steps=2",
+    "train.warm_start.eval_every=1",
+    "train.warm_start.target_dev_accuracy=0.99",
+    "task.dev_size=16",
+    "train.steps=1",
+]
 
 
 def train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
@@ -45,7 +51,9 @@ def test_on_miss_stop_exits_2_naming_the_key_and_leaves_no_run(tmp_path: Path) -
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert any("quickstart.yaml" in line and "train.warm_start.target_dev_accuracy" in line for line in lines), result.stderr
+    assert any("quickstart.yaml" in line and "train.warm_start.target_dev_accuracy" in line for line in lines), (
+        result.stderr
+    )
     assert not list(tmp_path.glob("quickstart-sspo-*")), "no run folder"
     assert mlflow_runs(tmp_path) == []
 

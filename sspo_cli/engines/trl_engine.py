@@ -30,10 +30,15 @@ def require_trl() -> str:
     try:
         import trl
     except ImportError as exc:
-        raise TrlEngineError("engine", f"'trl' needs Hugging Face TRL, which cannot be imported ({exc}); {TRL_INSTALL_HINT}") from None
+        raise TrlEngineError(
+            "engine", f"'trl' needs Hugging Face TRL, which cannot be imported ({exc}); {TRL_INSTALL_HINT}"
+        ) from None
     version = tuple(int(part) for part in trl.__version__.split(".")[:2] if part.isdigit())
     if not SUPPORTED_TRL[0] <= version < SUPPORTED_TRL[1]:
-        raise TrlEngineError("engine", f"TRL {trl.__version__} is installed, but the TRL engine is written for TRL 1.16; {TRL_INSTALL_HINT}")
+        raise TrlEngineError(
+            "engine",
+            f"TRL {trl.__version__} is installed, but the TRL engine is written for TRL 1.16; {TRL_INSTALL_HINT}",
+        )
     return trl.__version__
 
 
@@ -41,7 +46,7 @@ def run_training_trl(
     recipe: Recipe,
     output_dir: str | Path = "runs",
     tracking_uri: str | None = None,
-    observer: "TrainingObserver | None" = None,
+    observer: TrainingObserver | None = None,
     parent_run_id: str | None = None,
     extra_tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
@@ -76,13 +81,17 @@ def run_training_trl(
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
 
-    plan = plan_trl_run(recipe, processes.num_processes, cuda_available=cuda, bf16_available=cuda and torch.cuda.is_bf16_supported())
+    plan = plan_trl_run(
+        recipe, processes.num_processes, cuda_available=cuda, bf16_available=cuda and torch.cuda.is_bf16_supported()
+    )
     args = grpo_config(plan, output_dir)
     observer.on_phase("loading task and model")
     task = build_task(recipe.task)
     warm = recipe.train.warm_start
     device = torch.device("cpu") if args.use_cpu else processes.device
-    model, tokenizer = load_policy(recipe.model.model_copy(update={"device": "cpu"}), task.alphabet, warm.seed if warm.enabled else recipe.seed)
+    model, tokenizer = load_policy(
+        recipe.model.model_copy(update={"device": "cpu"}), task.alphabet, warm.seed if warm.enabled else recipe.seed
+    )
     model.to(device)
     check_generation_tokens(tokenizer)
     if main:
@@ -92,7 +101,9 @@ def run_training_trl(
     if warm.enabled:
         observer.on_phase("warm start")
         with processes.main_process_first():  # the others then read the main process's cache
-            warm_result = cached_warm_start(recipe, model, tokenizer, task, output_dir / ".cache" / "warm_start", observer.on_warm_start)
+            warm_result = cached_warm_start(
+                recipe, model, tokenizer, task, output_dir / ".cache" / "warm_start", observer.on_warm_start
+            )
         check_target(warm_result, warm, observer.on_warning if main else lambda message: None)
 
     run_dir = shared_run_dir(output_dir, recipe.tracking.run_name or default_run_name(recipe), main)
@@ -101,7 +112,13 @@ def run_training_trl(
     tags = {"sspo.trl_version": trl_version, **(extra_tags or {})}
     tracker = open_run(recipe, run_dir, output_dir, tracking_uri, parent_run_id, tags, warm_result) if main else None
     # The main process alone keeps the records.
-    records = RunRecords(recipe, run_dir, tracker, tracking_uri, observer, state, warm_result, skip_cause="a non-finite gradient") if tracker else None
+    records = (
+        RunRecords(
+            recipe, run_dir, tracker, tracking_uri, observer, state, warm_result, skip_cause="a non-finite gradient"
+        )
+        if tracker
+        else None
+    )
     started = time.perf_counter()
     with failure_marked(tracker):
         if records:
@@ -130,7 +147,13 @@ def train_on_trl(recipe: Recipe, plan: TrlPlan, args, model, tokenizer, task, co
     """Build SspoGRPOTrainer, train, and save the final weights (every process takes part in the save)."""
     from transformers import PrinterCallback
 
-    from sspo_cli.engines.trl_trainer import NonFiniteUpdateGuard, RunRecorder, SspoGRPOTrainer, task_reward_function, training_dataset
+    from sspo_cli.engines.trl_trainer import (
+        NonFiniteUpdateGuard,
+        RunRecorder,
+        SspoGRPOTrainer,
+        task_reward_function,
+        training_dataset,
+    )
 
     with reference_source(model, tokenizer, context.run_dir, recipe.objective.beta > 0):
         trainer = SspoGRPOTrainer(
@@ -148,7 +171,11 @@ def train_on_trl(recipe: Recipe, plan: TrlPlan, args, model, tokenizer, task, co
             "under DeepSpeed, updates with a non-finite gradient are DeepSpeed's to skip "
             "(train.max_skipped is not checked)"
         )
-    trainer.add_callback(RunRecorder(context, plan.layout.updates_per_rollout, plan.layout.rollout_size, periodic_eval=trainer.weights_are_whole))
+    trainer.add_callback(
+        RunRecorder(
+            context, plan.layout.updates_per_rollout, plan.layout.rollout_size, periodic_eval=trainer.weights_are_whole
+        )
+    )
     trainer.train()
     trainer.save_model(str(final))
     if trainer.accelerator.is_main_process:

@@ -65,7 +65,10 @@ def batch_layout(rollout: RolloutConfig, world_size: int = 1, gradient_accumulat
         key = "rollout.minibatch_size"
         minibatch = rollout.minibatch_size
         if size % minibatch:
-            raise TrlEngineError(key, f"TRL splits a rollout into equal mini-batches: {minibatch} does not divide the rollout of {size} completions")
+            raise TrlEngineError(
+                key,
+                f"TRL splits a rollout into equal mini-batches: {minibatch} does not divide the rollout of {size} completions",
+            )
         if (updates * minibatch) % size:
             raise TrlEngineError(
                 "rollout.updates_per_rollout",
@@ -97,7 +100,12 @@ def batch_layout(rollout: RolloutConfig, world_size: int = 1, gradient_accumulat
 
 def _hard_clip(loss_type: str, level: str, objective: Any) -> dict[str, Any]:
     """TRL's PPO clip of the token or sequence ratio, with the objective's epsilons."""
-    return {"loss_type": loss_type, "importance_sampling_level": level, "epsilon": objective.eps_low, "epsilon_high": objective.eps_high}
+    return {
+        "loss_type": loss_type,
+        "importance_sampling_level": level,
+        "epsilon": objective.eps_low,
+        "epsilon_high": objective.eps_high,
+    }
 
 
 def _grpo_loss(objective: Any) -> dict[str, Any]:
@@ -109,7 +117,12 @@ def _gspo_loss(objective: Any) -> dict[str, Any]:
 
 
 def _sapo_loss(objective: Any) -> dict[str, Any]:
-    return {"loss_type": "sapo", "importance_sampling_level": "token", "sapo_temperature_pos": objective.tau_pos, "sapo_temperature_neg": objective.tau_neg}
+    return {
+        "loss_type": "sapo",
+        "importance_sampling_level": "token",
+        "sapo_temperature_pos": objective.tau_pos,
+        "sapo_temperature_neg": objective.tau_neg,
+    }
 
 
 # Our objectives that TRL has a built-in counterpart of; any other objective gets NO_TRL_COUNTERPART.
@@ -172,15 +185,21 @@ class TrlPlan:
     max_steps: int  # optimiser updates in the run
 
 
-def plan_trl_run(recipe: Recipe, world_size: int = 1, cuda_available: bool = False, bf16_available: bool = False) -> TrlPlan:
+def plan_trl_run(
+    recipe: Recipe, world_size: int = 1, cuda_available: bool = False, bf16_available: bool = False
+) -> TrlPlan:
     """Check the recipe against TRL and build `GRPOConfig`'s arguments. Raises TrlEngineError."""
     options = trl_options(recipe)
     layout = batch_layout(recipe.rollout, world_size, options.gradient_accumulation_steps)
     use_cpu = uses_cpu(recipe, cuda_available)
     if options.use_vllm and use_cpu:
-        raise TrlEngineError("trl.use_vllm", "vLLM samples on GPUs only: it needs a GPU machine and model.device 'auto' or 'cuda'")
+        raise TrlEngineError(
+            "trl.use_vllm", "vLLM samples on GPUs only: it needs a GPU machine and model.device 'auto' or 'cuda'"
+        )
     if options.use_vllm and not recipe.model.path:
-        raise TrlEngineError("trl.use_vllm", "vLLM loads the policy from a model folder: set model.path (the tiny model has none)")
+        raise TrlEngineError(
+            "trl.use_vllm", "vLLM loads the policy from a model folder: set model.path (the tiny model has none)"
+        )
     train, rollout = recipe.train, recipe.rollout
     max_steps = train.steps * layout.updates_per_rollout
     config: dict[str, Any] = {

@@ -8,7 +8,7 @@ kept under `trl/`.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 # TRL's name -> ours. Our objective's diagnostics, `train/accuracy`, `train/entropy` and the timings
 # are logged under our names by SspoGRPOTrainer and pass through unchanged.
@@ -20,7 +20,9 @@ TRL_TO_NATIVE = {
 }
 NATIVE_PREFIXES = ("train/", "ratio/", "weight/", "grad_weight/", "kl/")
 # Replaced by the recorder's own values: the lr after the update (as the native engine logs it).
-DROPPED_TRL_KEYS = frozenset({"learning_rate", "train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss"})
+DROPPED_TRL_KEYS = frozenset(
+    {"learning_rate", "train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss"}
+)
 
 
 def native_keys(logs: Mapping[str, float | None]) -> dict[str, float]:
@@ -36,4 +38,3 @@ def native_keys(logs: Mapping[str, float | None]) -> dict[str, float]:
         else:
             out[f"trl/{key}"] = float(value)
     return out
-

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import TrainerCallback
@@ -40,7 +41,7 @@ UPDATE_KEYS = (*METRIC_KEYS, "train/entropy", "train/objective_seconds")
 
 
 class SspoGRPOTrainer(GRPOTrainer):
-    def __init__(self, *args: Any, recipe: "Recipe", **kwargs: Any):
+    def __init__(self, *args: Any, recipe: Recipe, **kwargs: Any):
         self.sspo_recipe = recipe
         self.sspo_objective = build_objective(recipe.objective)
         self._rollout_rewards: torch.Tensor | None = None
@@ -64,7 +65,9 @@ class SspoGRPOTrainer(GRPOTrainer):
         old_logp = inputs.get("old_per_token_logps")
         old_logp = logp.detach() if old_logp is None else old_logp
         started = time.perf_counter()
-        out = self.sspo_objective(logp, old_logp, inputs["advantages"], mask.float(), ref_logp=inputs.get("ref_per_token_logps"))
+        out = self.sspo_objective(
+            logp, old_logp, inputs["advantages"], mask.float(), ref_logp=inputs.get("ref_per_token_logps")
+        )
         objective_seconds = time.perf_counter() - started
 
         mode = "train" if self.model.training else "eval"
@@ -75,7 +78,9 @@ class SspoGRPOTrainer(GRPOTrainer):
             loss = loss + self.router_aux_loss_coef * aux_loss / normalizer
         with torch.no_grad():
             entropy = float((entropies * mask).sum() / mask.sum().clamp(min=1))
-        self._record_update_metrics(mode, {**out.metrics, "train/entropy": entropy, "train/objective_seconds": objective_seconds})
+        self._record_update_metrics(
+            mode, {**out.metrics, "train/entropy": entropy, "train/objective_seconds": objective_seconds}
+        )
         return loss
 
     def _record_update_metrics(self, mode: str, metrics: dict[str, float]) -> None:
@@ -107,7 +112,9 @@ class SspoGRPOTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
         rollout = self.sspo_recipe.rollout
-        advantages = compute_advantages(self._rollout_rewards.float().cpu(), rollout.group_size, rollout.advantage_scale)
+        advantages = compute_advantages(
+            self._rollout_rewards.float().cpu(), rollout.group_size, rollout.advantage_scale
+        )
         start = self.accelerator.process_index * len(inputs)
         output["advantages"] = advantages[start : start + len(inputs)].to(output["advantages"].device)
         return output
@@ -125,7 +132,9 @@ class SspoGRPOTrainer(GRPOTrainer):
         from sspo_cli.run.schedule import lr_multiplier
 
         if self.lr_scheduler is None:
-            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, lr_multiplier(self.sspo_recipe))
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer or self.optimizer, lr_multiplier(self.sspo_recipe)
+            )
         return self.lr_scheduler
 
     def get_decay_parameter_names(self, model) -> list[str]:
@@ -142,7 +151,7 @@ class SspoGRPOTrainer(GRPOTrainer):
         return not (self.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3)
 
 
-def task_reward_function(task: "Task") -> Callable[..., list[float]]:
+def task_reward_function(task: Task) -> Callable[..., list[float]]:
     """TRL reward function: the task's reward of each completion against its training example."""
 
     def task_reward(prompts: list[str], completions: list[str], example_index: list[int], **_: Any) -> list[float]:
@@ -151,7 +160,7 @@ def task_reward_function(task: "Task") -> Callable[..., list[float]]:
     return task_reward
 
 
-def training_dataset(task: "Task"):
+def training_dataset(task: Task):
     """The train split as TRL reads it: a prompt column, and the row's index for the reward."""
     from datasets import Dataset
 
@@ -165,10 +174,10 @@ def training_dataset(task: "Task"):
 class RunContext:
     """What the recorder writes to; `records` is None on every process but the main one."""
 
-    recipe: "Recipe"
-    state: "TrainState"
+    recipe: Recipe
+    state: TrainState
     run_dir: Path
-    records: "RunRecords | None"
+    records: RunRecords | None
     evaluate: Callable[[Any], dict[str, float]]  # model -> eval/* metrics
 
 
@@ -234,7 +243,7 @@ class NonFiniteUpdateGuard(TrainerCallback):
     DeepSpeed decide. The learning-rate schedule still advances on a skipped update.
     """
 
-    def __init__(self, state: "TrainState", max_consecutive: int, run_dir: Path):
+    def __init__(self, state: TrainState, max_consecutive: int, run_dir: Path):
         self.state = state
         self.max_consecutive = max_consecutive
         self.run_dir = run_dir
@@ -257,5 +266,8 @@ class NonFiniteUpdateGuard(TrainerCallback):
         try:
             self.state.count_skipped_update(self.max_consecutive)
         except TooManySkips as stop:
-            stop.step, stop.run_dir = self.state.step + 1, self.run_dir  # no last-good checkpoint: TRL runs do not resume
+            stop.step, stop.run_dir = (
+                self.state.step + 1,
+                self.run_dir,
+            )  # no last-good checkpoint: TRL runs do not resume
             raise

@@ -23,7 +23,7 @@ class ModelError(InputError):
     """A model folder or model option that cannot be used; the message names the recipe key."""
 
 
-def build_char_tokenizer(alphabet: str) -> "PreTrainedTokenizerBase":
+def build_char_tokenizer(alphabet: str) -> PreTrainedTokenizerBase:
     """One token per character of `alphabet`, plus <pad> <bos> <eos> <unk>; prompts start with <bos>."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
@@ -43,7 +43,7 @@ def build_char_tokenizer(alphabet: str) -> "PreTrainedTokenizerBase":
     return tokenizer
 
 
-def build_tiny_model(cfg: TinyModelConfig, tokenizer: "PreTrainedTokenizerBase", seed: int) -> "PreTrainedModel":
+def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
@@ -66,18 +66,24 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer: "PreTrainedTokenizerBase",
         return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
 
 
-def load_pretrained(cfg: ModelConfig, path: str | Path | None = None) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+def load_pretrained(
+    cfg: ModelConfig, path: str | Path | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a local folder (never the hub); refuses pickles, runs no remote code unless asked."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(path or cfg.path or "")
     key = "model.path"
     if not folder.is_dir():
-        raise ModelError(key, f"folder {str(folder)!r} does not exist" if not folder.exists() else f"{str(folder)!r} is not a folder")
+        raise ModelError(
+            key, f"folder {str(folder)!r} does not exist" if not folder.exists() else f"{str(folder)!r} is not a folder"
+        )
     if not (folder / "config.json").is_file():
         raise ModelError(key, f"{str(folder)!r} has no config.json: not a Hugging Face model folder")
     if not any(folder.glob("*.safetensors")):
-        raise ModelError(key, f"{str(folder)!r} has no .safetensors weights (pickled .bin weights are refused: they can run code)")
+        raise ModelError(
+            key, f"{str(folder)!r} has no .safetensors weights (pickled .bin weights are refused: they can run code)"
+        )
     if cfg.trust_remote_code:
         warnings.warn(f"model.trust_remote_code is on: {folder} may run its own Python code", stacklevel=2)
     try:
@@ -86,7 +92,9 @@ def load_pretrained(cfg: ModelConfig, path: str | Path | None = None) -> tuple["
         raise ModelError(key, f"cannot read {folder}/config.json: {_first_line(exc)}") from None
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING and not (cfg.trust_remote_code and getattr(config, "auto_map", None)):
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING and not (
+        cfg.trust_remote_code and getattr(config, "auto_map", None)
+    ):
         raise ModelError(key, f"{folder} holds a {type(config).__name__}, not a causal language model")
     architectures = getattr(config, "architectures", None) or []
     if architectures and not any(name.endswith(CAUSAL_LM_SUFFIXES) for name in architectures):
@@ -95,7 +103,9 @@ def load_pretrained(cfg: ModelConfig, path: str | Path | None = None) -> tuple["
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise ModelError(key, f"{folder} has no tokenizer files ({', '.join(TOKENIZER_FILES)})")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=cfg.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            folder, local_files_only=True, trust_remote_code=cfg.trust_remote_code
+        )
         model = AutoModelForCausalLM.from_pretrained(
             folder,
             local_files_only=True,
@@ -112,7 +122,7 @@ def load_pretrained(cfg: ModelConfig, path: str | Path | None = None) -> tuple["
     return model, tokenizer
 
 
-def load_policy(cfg: ModelConfig, alphabet: str, seed: int) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+def load_policy(cfg: ModelConfig, alphabet: str, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The recipe's policy on its device: a local folder if `model.path` is set, else the tiny model."""
     if cfg.path:
         model, tokenizer = load_pretrained(cfg)
@@ -122,20 +132,20 @@ def load_policy(cfg: ModelConfig, alphabet: str, seed: int) -> tuple["PreTrained
     return model.to(resolve_device(cfg.device)), tokenizer
 
 
-def check_generation_tokens(tokenizer: "PreTrainedTokenizerBase") -> None:
+def check_generation_tokens(tokenizer: PreTrainedTokenizerBase) -> None:
     """Sampling stops at the end-of-sequence token: a folder whose tokenizer has none is no causal LM we can train."""
     if tokenizer.eos_token_id is None:
         what = f"the tokenizer ({type(tokenizer).__name__}) has no end-of-sequence token"
         raise ModelError("model.path", f"{what}: not a causal language model with its tokenizer")
 
 
-def save_policy(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", folder: str | Path) -> None:
+def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> None:
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
 
 
-def resolve_device(name: str) -> "torch.device":
+def resolve_device(name: str) -> torch.device:
     import torch
 
     if name == "auto":

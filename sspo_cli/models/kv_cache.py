@@ -14,12 +14,12 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
-def position_ids_for(attention_mask: "torch.Tensor") -> "torch.Tensor":
+def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding, as generation assigns them."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def new_cache(model: "PreTrainedModel"):
+def new_cache(model: PreTrainedModel):
     from transformers import DynamicCache
 
     try:
@@ -28,12 +28,12 @@ def new_cache(model: "PreTrainedModel"):
         return DynamicCache()
 
 
-def cache_kwarg(model: "PreTrainedModel") -> str:
+def cache_kwarg(model: PreTrainedModel) -> str:
     """transformers 5 renamed `past_key_values` to `cache`; accept either."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def select_cache_rows(cache, rows: "torch.Tensor") -> None:
+def select_cache_rows(cache, rows: torch.Tensor) -> None:
     """Row i of the cache becomes old row rows[i] (autograd follows the copy)."""
     if hasattr(cache, "batch_select_indices"):
         cache.batch_select_indices(rows)

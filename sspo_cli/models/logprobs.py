@@ -23,15 +23,15 @@ SEPARABLE_HEAD_MODEL_TYPES = frozenset({"qwen2", "qwen3", "llama", "mistral"})
 
 
 def completion_logprobs(
-    model: "PreTrainedModel",
-    input_ids: "torch.Tensor",
-    attention_mask: "torch.Tensor",
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
     completion_len: int,
     temperature: float,
-    prompt_index: "torch.Tensor | None" = None,
+    prompt_index: torch.Tensor | None = None,
     chunk_mb: float = 64.0,
     with_entropy: bool = False,
-) -> tuple["torch.Tensor", "torch.Tensor | None"]:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log softmax(logits / T)[token] of the last `completion_len` tokens, float32 [B, Tc]; and the entropy if asked.
 
     Rows with equal `prompt_index` hold the same prompt, which then runs once (`shared_prefix_run`).
@@ -41,7 +41,9 @@ def completion_logprobs(
 
     tokens = input_ids[:, -completion_len:]
     if has_separable_head(model):
-        hidden = completion_outputs(model.base_model, input_ids, attention_mask, completion_len, prompt_index, hidden=True)
+        hidden = completion_outputs(
+            model.base_model, input_ids, attention_mask, completion_len, prompt_index, hidden=True
+        )
         head = model.get_output_embeddings()
         rows = chunk_rows_for(chunk_mb, completion_len, head.out_features)
         recompute = torch.is_grad_enabled() and hidden.requires_grad and rows < hidden.shape[0]
@@ -50,7 +52,9 @@ def completion_logprobs(
             if recompute:  # keep only the hidden chunk for backward; its logits are rebuilt there
                 from torch.utils.checkpoint import checkpoint
 
-                logp_chunks.append(checkpoint(head_logprobs, head, hidden_chunk, token_chunk, temperature, use_reentrant=False))
+                logp_chunks.append(
+                    checkpoint(head_logprobs, head, hidden_chunk, token_chunk, temperature, use_reentrant=False)
+                )
                 logits = head(hidden_chunk.detach()) if with_entropy else None
             else:
                 logits = head(hidden_chunk)
@@ -67,7 +71,7 @@ def completion_logprobs(
     return logp, token_entropy(logits, temperature, rows) if with_entropy else None
 
 
-def has_separable_head(model: "PreTrainedModel") -> bool:
+def has_separable_head(model: PreTrainedModel) -> bool:
     import torch
 
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -83,11 +87,13 @@ def chunk_rows_for(chunk_mb: float, completion_len: int, vocab: int) -> int:
     return max(1, int(chunk_mb * 2**20 // (4 * max(completion_len, 1) * vocab)))
 
 
-def head_logprobs(head: "torch.nn.Module", hidden: "torch.Tensor", tokens: "torch.Tensor", temperature: float) -> "torch.Tensor":
+def head_logprobs(
+    head: torch.nn.Module, hidden: torch.Tensor, tokens: torch.Tensor, temperature: float
+) -> torch.Tensor:
     return logprobs_from_logits(head(hidden), tokens, temperature)
 
 
-def logprobs_from_logits(logits: "torch.Tensor", tokens: "torch.Tensor", temperature: float) -> "torch.Tensor":
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
     """log softmax(logits / T)[token], float32, without building the log-softmax."""
     import torch
 
@@ -97,7 +103,7 @@ def logprobs_from_logits(logits: "torch.Tensor", tokens: "torch.Tensor", tempera
     return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def entropy_of(logits: "torch.Tensor", temperature: float) -> "torch.Tensor":
+def entropy_of(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     import torch
 
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)
@@ -105,13 +111,13 @@ def entropy_of(logits: "torch.Tensor", temperature: float) -> "torch.Tensor":
 
 
 def completion_outputs(
-    model: "PreTrainedModel",
-    input_ids: "torch.Tensor",
-    attention_mask: "torch.Tensor",
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
     completion_len: int,
-    prompt_index: "torch.Tensor | None" = None,
+    prompt_index: torch.Tensor | None = None,
     hidden: bool = False,
-) -> "torch.Tensor":
+) -> torch.Tensor:
     """The outputs at the positions that predict the last `completion_len` tokens: [B, Tc, V] logits
     of a causal LM, or [B, Tc, H] last hidden states of a base model (`hidden=True`)."""
     prompt_len = input_ids.shape[1] - completion_len
@@ -120,18 +126,24 @@ def completion_outputs(
         if shared is not None:
             return shared
     kwargs = {} if hidden else {"logits_to_keep": completion_len + 1}
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask), use_cache=False, **kwargs)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_for(attention_mask),
+        use_cache=False,
+        **kwargs,
+    )
     result = out.last_hidden_state[:, -(completion_len + 1) :] if hidden else out.logits
     return result[:, :-1, :]
 
 
 def completion_logits(
-    model: "PreTrainedModel",
-    input_ids: "torch.Tensor",
-    attention_mask: "torch.Tensor",
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
     completion_len: int,
-    prompt_index: "torch.Tensor | None" = None,
-) -> "torch.Tensor":
+    prompt_index: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Logits that predict the last `completion_len` tokens: [B, Tc, V]. The LM head runs on those rows only.
 
     Rows with equal `prompt_index` must hold the same prompt: that prompt then runs once and its
@@ -142,13 +154,13 @@ def completion_logits(
 
 
 def shared_prefix_run(
-    model: "PreTrainedModel",
-    input_ids: "torch.Tensor",
-    attention_mask: "torch.Tensor",
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
     completion_len: int,
-    prompt_index: "torch.Tensor",
+    prompt_index: torch.Tensor,
     hidden: bool = False,
-) -> "torch.Tensor | None":
+) -> torch.Tensor | None:
     """`completion_outputs` with every distinct prompt run once; None when no two rows share one.
 
     The prompt minus its last token goes through the model once per distinct prompt and fills a
@@ -162,7 +174,9 @@ def shared_prefix_run(
     if distinct.shape[0] == rows:
         return None
     # Any row of a prompt stands for it: equal prompt_index means equal prompt tokens.
-    representative = torch.empty_like(distinct).scatter_(0, row_to_distinct, torch.arange(rows, device=input_ids.device))
+    representative = torch.empty_like(distinct).scatter_(
+        0, row_to_distinct, torch.arange(rows, device=input_ids.device)
+    )
     prefix_len = input_ids.shape[1] - completion_len - 1
     positions = position_ids_for(attention_mask)
     cache = new_cache(model)
@@ -186,7 +200,9 @@ def shared_prefix_run(
     return out.last_hidden_state if hidden else out.logits
 
 
-def gather_logprobs(logits: "torch.Tensor", tokens: "torch.Tensor", temperature: float, chunk_rows: int = 16) -> "torch.Tensor":
+def gather_logprobs(
+    logits: torch.Tensor, tokens: torch.Tensor, temperature: float, chunk_rows: int = 16
+) -> torch.Tensor:
     """log softmax(logits / T)[token], in float32, `chunk_rows` sequences at a time.
 
     Gathering the chosen logit and subtracting a logsumexp avoids materialising the float32
@@ -195,11 +211,14 @@ def gather_logprobs(logits: "torch.Tensor", tokens: "torch.Tensor", temperature:
     """
     import torch
 
-    pieces = [logprobs_from_logits(rows, chosen, temperature) for rows, chosen in zip(logits.split(chunk_rows), tokens.split(chunk_rows))]
+    pieces = [
+        logprobs_from_logits(rows, chosen, temperature)
+        for rows, chosen in zip(logits.split(chunk_rows), tokens.split(chunk_rows))
+    ]
     return torch.cat(pieces)
 
 
-def token_entropy(logits: "torch.Tensor", temperature: float, chunk_rows: int = 16) -> "torch.Tensor":
+def token_entropy(logits: torch.Tensor, temperature: float, chunk_rows: int = 16) -> torch.Tensor:
     """Entropy of softmax(logits / T) per position, float32, no grad."""
     import torch
 

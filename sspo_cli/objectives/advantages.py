@@ -11,9 +11,7 @@ AdvantageScale = Literal["group", "batch", "none"]
 STD_EPSILON = 1e-6
 
 
-def compute_advantages(
-    rewards: Tensor, group_size: int, scale: AdvantageScale = "group"
-) -> Tensor:
+def compute_advantages(rewards: Tensor, group_size: int, scale: AdvantageScale = "group") -> Tensor:
     """A = (R - mean_group(R)) / (std + 1e-6), with std the group's (``group``), the batch's
     (``batch``) or 1 (``none``, Dr. GRPO).
 
@@ -27,9 +25,7 @@ def compute_advantages(
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
         raise ValueError(f"group_size must be a positive int, got {group_size!r}")
     if rewards.numel() % group_size != 0:
-        raise ValueError(
-            f"group_size={group_size} does not divide the {rewards.numel()} rewards"
-        )
+        raise ValueError(f"group_size={group_size} does not divide the {rewards.numel()} rewards")
     if scale not in ("group", "batch", "none"):
         raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
 

@@ -33,8 +33,7 @@ _LOG_EPS = dict(gt=0.0, le=10.0)
 _TEMPERATURE = dict(gt=0.0, le=100.0)
 
 _TAU_POS_DOC = (
-    "Gate temperature for completions with a positive advantage (A > 0). "
-    "Larger is sharper; must be in (0, 100]."
+    "Gate temperature for completions with a positive advantage (A > 0). Larger is sharper; must be in (0, 100]."
 )
 _TAU_NEG_DOC = (
     "Gate temperature for completions with a non-positive advantage (A <= 0). "
@@ -51,8 +50,7 @@ class BaseObjectiveConfig(BaseModel):
         default=0.0,
         ge=0.0,
         description=(
-            "Weight of the k3 KL penalty against the frozen reference policy "
-            "(needs ref_logp). 0 turns it off."
+            "Weight of the k3 KL penalty against the frozen reference policy (needs ref_logp). 0 turns it off."
         ),
     )
     log_ratio_clamp: float = Field(
@@ -93,7 +91,9 @@ def register_objective(config: Config) -> Config:
     if name in OBJECTIVE_CONFIGS:
         raise ValueError(f"objective {name!r} is registered twice")
     if _in_use:
-        raise RuntimeError(f"objective {name!r} registered after the objective union was built (import it before sspo_cli.recipe)")
+        raise RuntimeError(
+            f"objective {name!r} registered after the objective union was built (import it before sspo_cli.recipe)"
+        )
     OBJECTIVE_CONFIGS[name] = config
     return config
 
@@ -111,10 +111,7 @@ class GrpoConfig(BaseObjectiveConfig):
     eps_high: float = Field(
         default=0.2,
         **_RATIO_EPS_HIGH,
-        description=(
-            "Upper clip range: ratios above 1 + eps_high are clipped (DAPO uses 0.28); "
-            "must be in (0, 10]."
-        ),
+        description=("Upper clip range: ratios above 1 + eps_high are clipped (DAPO uses 0.28); must be in (0, 10]."),
     )
     agg: Literal["seq_mean_token_mean", "token_mean"] = Field(
         default="seq_mean_token_mean",
@@ -133,10 +130,7 @@ class GspoConfig(BaseObjectiveConfig):
     eps_low: float = Field(
         default=3e-4,
         **_RATIO_EPS_LOW,
-        description=(
-            "Lower clip range of the sequence ratio s = exp(mean_t log-ratio); "
-            "must be in (0, 1)."
-        ),
+        description=("Lower clip range of the sequence ratio s = exp(mean_t log-ratio); must be in (0, 1)."),
     )
     eps_high: float = Field(
         default=4e-4,

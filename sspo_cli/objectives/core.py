@@ -1,8 +1,8 @@
 """``build_objective``: the one API the trainer, the tests and outside checks call.
 
-    objective = build_objective({"name": "sspo"})
-    out = objective(logp, old_logp, advantages, mask, ref_logp=None)
-    out.loss.backward(); log(out.metrics)
+objective = build_objective({"name": "sspo"})
+out = objective(logp, old_logp, advantages, mask, ref_logp=None)
+out.loss.backward(); log(out.metrics)
 """
 
 from __future__ import annotations
@@ -171,9 +171,7 @@ class Objective:
             vanilla_gradient = -batch.advantages[:, None] * self._aggregation.vanilla_gradient_scale(batch)
             omega = loss_gradient / vanilla_gradient  # only read where A != 0
             sequence_weight = self._sequence_weight(terms.weight, batch)
-            on_policy_weight = self._sequence_weight(
-                self._weight_function(self.config, batch.on_policy()), batch
-            )
+            on_policy_weight = self._sequence_weight(self._weight_function(self.config, batch.on_policy()), batch)
             return summarize(
                 batch,
                 sequence_weight=sequence_weight / on_policy_weight,
@@ -205,13 +203,10 @@ class Objective:
         for key in ("old_logp", "mask", "ref_logp"):
             if key in named and named[key].shape != logp.shape:
                 raise ValueError(
-                    f"{key} must have the shape of logp {tuple(logp.shape)}, "
-                    f"got {tuple(named[key].shape)}"
+                    f"{key} must have the shape of logp {tuple(logp.shape)}, got {tuple(named[key].shape)}"
                 )
         if advantages.shape != logp.shape[:1]:
-            raise ValueError(
-                f"advantages must be [B] = {tuple(logp.shape[:1])}, got {tuple(advantages.shape)}"
-            )
+            raise ValueError(f"advantages must be [B] = {tuple(logp.shape[:1])}, got {tuple(advantages.shape)}")
         for key in ("logp", "old_logp", "ref_logp"):
             if key in named and not named[key].is_floating_point():
                 raise ValueError(f"{key} must be a floating-point tensor, got {named[key].dtype}")

@@ -16,8 +16,9 @@ with ``@policy_weight`` (a test checks that every config has one).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -75,9 +76,7 @@ def pessimistic_clip(ratio: Tensor, eps_low: float, eps_high: float, advantages:
     PPO term exactly, gradient included. ``advantages`` must broadcast against ``ratio``.
     """
     clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
-    return torch.where(
-        advantages >= 0, torch.minimum(ratio, clipped), torch.maximum(ratio, clipped)
-    )
+    return torch.where(advantages >= 0, torch.minimum(ratio, clipped), torch.maximum(ratio, clipped))
 
 
 @policy_weight(GrpoConfig)

@@ -12,12 +12,37 @@ import typer
 
 from sspo_cli.cli_guard import EXIT_FAILED, guarded
 
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a recipe key: dotted.key=value (repeatable; applies to every run).")]
-OutputOpt = Annotated[Path, typer.Option("--output-dir", "-o", help="Where run folders, the warm-start cache, reports and the default MLflow store go.")]
-TrackingOpt = Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<output-dir>/mlflow.db).")]
-JobsOpt = Annotated[int, typer.Option("--jobs", "-j", help="Runs trained in parallel processes (torch threads per process: cores // jobs).")]
-ThresholdOpt = Annotated[Optional[float], typer.Option("--threshold", help="Accuracy for 'steps to threshold' (default: halfway from the start to the best final mean).")]
-ReportDirOpt = Annotated[Optional[Path], typer.Option("--report-dir", help="Folder for the table files, figure and report.md (default: under --output-dir).")]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override a recipe key: dotted.key=value (repeatable; applies to every run)."),
+]
+OutputOpt = Annotated[
+    Path,
+    typer.Option(
+        "--output-dir", "-o", help="Where run folders, the warm-start cache, reports and the default MLflow store go."
+    ),
+]
+TrackingOpt = Annotated[
+    Optional[str],
+    typer.Option("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<output-dir>/mlflow.db)."),
+]
+JobsOpt = Annotated[
+    int,
+    typer.Option("--jobs", "-j", help="Runs trained in parallel processes (torch threads per process: cores // jobs)."),
+]
+ThresholdOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--threshold",
+        help="Accuracy for 'steps to threshold' (default: halfway from the start to the best final mean).",
+    ),
+]
+ReportDirOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--report-dir", help="Folder for the table files, figure and report.md (default: under --output-dir)."
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")]
 IntervalOpt = Annotated[
     str,
@@ -32,7 +57,9 @@ SpaceOpt = Annotated[list[str] | None, typer.Option("--space", help="A searched 
 PrunerOpt = Annotated[str | None, typer.Option("--pruner", help="Pruning on the eval accuracy: median, halving, none.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.")]
 
-INTERRUPTED_HINT = "re-run the same command to continue (finished runs are reused; interrupted and missing ones are trained)"
+INTERRUPTED_HINT = (
+    "re-run the same command to continue (finished runs are reused; interrupted and missing ones are trained)"
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -46,17 +73,38 @@ def register(app: typer.Typer) -> None:
 
 
 def eval_command(
-    target: Annotated[str, typer.Argument(help="A run folder, a checkpoint folder, or an MLflow run id.", show_default=False)],
+    target: Annotated[
+        str, typer.Argument(help="A run folder, a checkpoint folder, or an MLflow run id.", show_default=False)
+    ],
     split: Annotated[str, typer.Option(help="Task split: eval (held out), dev or train.")] = "eval",
-    size: Annotated[Optional[int], typer.Option(help="Evaluate the first N examples of the split (default: all).")] = None,
-    samples: Annotated[int, typer.Option("--samples", "-n", help="Samples per prompt; above 1 reports pass@k (unbiased estimator).")] = 1,
-    k: Annotated[Optional[str], typer.Option("--k", help="pass@k values to report, e.g. 1,4 (default: 1, powers of two, and --samples).")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="Sample at this temperature (default: greedy; with --samples, the recipe's rollout temperature).")] = None,
+    size: Annotated[
+        Optional[int], typer.Option(help="Evaluate the first N examples of the split (default: all).")
+    ] = None,
+    samples: Annotated[
+        int, typer.Option("--samples", "-n", help="Samples per prompt; above 1 reports pass@k (unbiased estimator).")
+    ] = 1,
+    k: Annotated[
+        Optional[str],
+        typer.Option("--k", help="pass@k values to report, e.g. 1,4 (default: 1, powers of two, and --samples)."),
+    ] = None,
+    temperature: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Sample at this temperature (default: greedy; with --samples, the recipe's rollout temperature)."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    task: Annotated[Optional[str], typer.Option(help="Evaluate on another task: a task name or a YAML file (a task mapping or a recipe).")] = None,
+    task: Annotated[
+        Optional[str],
+        typer.Option(help="Evaluate on another task: a task name or a YAML file (a task mapping or a recipe)."),
+    ] = None,
     set_: SetOpt = None,
-    recipe: Annotated[Optional[Path], typer.Option(help="Recipe for a checkpoint folder that is not inside a run folder.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Completions per generation batch (default: recipe eval.batch_size).")] = None,
+    recipe: Annotated[
+        Optional[Path], typer.Option(help="Recipe for a checkpoint folder that is not inside a run folder.")
+    ] = None,
+    batch_size: Annotated[
+        Optional[int], typer.Option(help="Completions per generation batch (default: recipe eval.batch_size).")
+    ] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Longest completion (default: the recipe's).")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: the recipe's).")] = None,
     output_dir: OutputOpt = Path("runs"),
@@ -67,17 +115,28 @@ def eval_command(
     """Evaluate a trained policy: greedy accuracy, or pass@k from sampled completions."""
 
     def action() -> None:
-        from sspo_cli.report import console
-        from sspo_cli.research.evaluation import EvalOptions, eval_recipe, evaluate_target, report_rows, resolve_target, save_and_log
         from rich.markup import escape
 
+        from sspo_cli.report import console
+        from sspo_cli.research.evaluation import (
+            EvalOptions,
+            eval_recipe,
+            evaluate_target,
+            report_rows,
+            resolve_target,
+            save_and_log,
+        )
         from sspo_cli.research.tables import eval_table, print_table
 
-        options = EvalOptions(split, size, samples, temperature, _int_list(k, "--k"), seed, batch_size, max_new_tokens, device)
+        options = EvalOptions(
+            split, size, samples, temperature, _int_list(k, "--k"), seed, batch_size, max_new_tokens, device
+        )
         resolved_target = resolve_target(target, tracking_uri, output_dir)
         resolved_recipe = eval_recipe(resolved_target, recipe, task, set_ or [])
         report = evaluate_target(target, resolved_target, resolved_recipe, options)
-        report = save_and_log(report, resolved_target, resolved_recipe, options, output_dir, tracking_uri, track=not no_track)
+        report = save_and_log(
+            report, resolved_target, resolved_recipe, options, output_dir, tracking_uri, track=not no_track
+        )
         rows = report_rows(report)
         print_table(console, eval_table(rows))
         console.print(f"[dim]{escape(rows['caption'])}[/dim]")
@@ -104,14 +163,36 @@ def _int_list(text: str | None, option: str) -> list[int] | None:
 
 
 def compare_command(
-    args: Annotated[Optional[list[str]], typer.Argument(help="RECIPE to train and compare, or with --runs: the MLflow run ids to compare.", metavar="RECIPE | RUN_ID...", show_default=False)] = None,
-    methods: Annotated[Optional[str], typer.Option(help="Comma-separated objectives or named variants (from --variants); default: every objective.", show_default=False)] = None,
+    args: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            help="RECIPE to train and compare, or with --runs: the MLflow run ids to compare.",
+            metavar="RECIPE | RUN_ID...",
+            show_default=False,
+        ),
+    ] = None,
+    methods: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Comma-separated objectives or named variants (from --variants); default: every objective.",
+            show_default=False,
+        ),
+    ] = None,
     seeds: Annotated[int, typer.Option(help="Seeds per method: the recipe's seed, +1, ...")] = 3,
-    variants: Annotated[Optional[Path], typer.Option(help="YAML of named method variants (default: variants.yaml next to the recipe, if any).")] = None,
+    variants: Annotated[
+        Optional[Path],
+        typer.Option(help="YAML of named method variants (default: variants.yaml next to the recipe, if any)."),
+    ] = None,
     set_: SetOpt = None,
-    experiment: Annotated[Optional[str], typer.Option(help="Compare the FINISHED runs of this MLflow experiment instead of training.")] = None,
-    runs: Annotated[bool, typer.Option("--runs", help="The arguments are MLflow run ids to compare (nothing is trained).")] = False,
-    group_by: Annotated[Optional[str], typer.Option(help="Tag that groups existing runs (default: sspo.method, else sspo.objective).")] = None,
+    experiment: Annotated[
+        Optional[str], typer.Option(help="Compare the FINISHED runs of this MLflow experiment instead of training.")
+    ] = None,
+    runs: Annotated[
+        bool, typer.Option("--runs", help="The arguments are MLflow run ids to compare (nothing is trained).")
+    ] = False,
+    group_by: Annotated[
+        Optional[str], typer.Option(help="Tag that groups existing runs (default: sspo.method, else sspo.objective).")
+    ] = None,
     jobs: JobsOpt = 1,
     threshold: ThresholdOpt = None,
     interval: IntervalOpt = "t",
@@ -173,7 +254,11 @@ def _render_footer(result) -> None:
     from sspo_cli.report import console
 
     for outcome in result.failed:
-        console.print(f"[red]{outcome.state}[/red] {outcome.planned.display_name}: {escape(outcome.error or '')}", highlight=False, soft_wrap=True)
+        console.print(
+            f"[red]{outcome.state}[/red] {outcome.planned.display_name}: {escape(outcome.error or '')}",
+            highlight=False,
+            soft_wrap=True,
+        )
     _render_where(result)
     if result.failed:
         console.print("[yellow]re-run the same command to retry the failed runs; finished ones are reused[/yellow]")
@@ -186,7 +271,11 @@ def _render_where(result) -> None:
     from sspo_cli.research.store import membership_filter
 
     console.print(f"outputs: {result.out_dir}  ({', '.join(p.name for p in result.files.values())})", soft_wrap=True)
-    console.print(f"MLflow parent run {result.parent_run_id}; runs side by side: {membership_filter(result.group_id)}", highlight=False, soft_wrap=True)
+    console.print(
+        f"MLflow parent run {result.parent_run_id}; runs side by side: {membership_filter(result.group_id)}",
+        highlight=False,
+        soft_wrap=True,
+    )
     timing = result.timing
     console.print(
         f"[dim]time {timing['total_seconds']:.1f}s: training {timing['training_seconds']:.1f}s, "
@@ -198,14 +287,26 @@ def _render_where(result) -> None:
 
 
 def sweep_command(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file (may hold a `sweep:` section with grid, seeds, metric).", show_default=False)],
-    grid: Annotated[Optional[list[str]], typer.Option("--grid", "-g", help="dotted.key=v1,v2,... (repeatable; the cartesian product is swept).")] = None,
+    recipe: Annotated[
+        Path,
+        typer.Argument(
+            help="Recipe YAML file (may hold a `sweep:` section with grid, seeds, metric).", show_default=False
+        ),
+    ],
+    grid: Annotated[
+        Optional[list[str]],
+        typer.Option("--grid", "-g", help="dotted.key=v1,v2,... (repeatable; the cartesian product is swept)."),
+    ] = None,
     search: SearchOpt = None,
     trials: TrialsOpt = None,
     space: SpaceOpt = None,
     pruner: PrunerOpt = None,
-    seeds: Annotated[Optional[int], typer.Option(help="Seeds per grid point (default: the sweep section's, else 1).")] = None,
-    metric: Annotated[Optional[str], typer.Option(help="Leaderboard and heatmap metric (default: final_accuracy).")] = None,
+    seeds: Annotated[
+        Optional[int], typer.Option(help="Seeds per grid point (default: the sweep section's, else 1).")
+    ] = None,
+    metric: Annotated[
+        Optional[str], typer.Option(help="Leaderboard and heatmap metric (default: final_accuracy).")
+    ] = None,
     set_: SetOpt = None,
     jobs: JobsOpt = 1,
     threshold: ThresholdOpt = None,

@@ -3,9 +3,10 @@ that exist; then the table, the figure, compare.csv/json and report.md, grouped 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sspo_cli.recipe import Recipe, recipe_from_dict, stable_hash
 from sspo_cli.research import ResearchError
@@ -13,6 +14,7 @@ from sspo_cli.research.execute import ExecutionContext, Outcome, PlannedRun, Wor
 from sspo_cli.research.inference import Inference
 from sspo_cli.research.metrics import GroupSummary, RunRecord, Threshold, auto_threshold, failed_record, summarize
 from sspo_cli.research.recipe_files import deep_merge, read_recipe_file, read_variants
+from sspo_cli.research.stats import INTERVAL_METHODS, T_METHOD
 from sspo_cli.research.store import (
     MEMBERSHIP_TAG,
     METHOD_TAG,
@@ -21,9 +23,8 @@ from sspo_cli.research.store import (
     membership_filter,
     open_group_run,
 )
-from sspo_cli.research.stats import INTERVAL_METHODS, T_METHOD
-from sspo_cli.tracking import failure_marked
 from sspo_cli.research.timing import PhaseTimer
+from sspo_cli.tracking import failure_marked
 
 if TYPE_CHECKING:
     from sspo_cli.tracking import Tracker
@@ -98,7 +99,9 @@ def parse_methods(spec: str | None, variants: dict[str, dict[str, Any]]) -> list
         elif name in objective_names():
             methods.append(Method(name, {"objective": {"name": name}}))
         else:
-            known = f"objectives: {', '.join(objective_names())}" + (f"; variants: {', '.join(variants)}" if variants else "; no variants file")
+            known = f"objectives: {', '.join(objective_names())}" + (
+                f"; variants: {', '.join(variants)}" if variants else "; no variants file"
+            )
             raise ResearchError("--methods", f"unknown method {name!r} ({known})")
     return methods
 
@@ -123,7 +126,9 @@ def recipe_data_for(base: dict[str, Any], method: Method) -> dict[str, Any]:
     return data
 
 
-def plan_comparison(recipe_path: Path, overrides: Sequence[str], methods_spec: str | None, seeds: int, variants_path: Path | None) -> tuple[list[PlannedRun], Recipe]:
+def plan_comparison(
+    recipe_path: Path, overrides: Sequence[str], methods_spec: str | None, seeds: int, variants_path: Path | None
+) -> tuple[list[PlannedRun], Recipe]:
     """Every (method, seed) run, each recipe validated before anything trains."""
     if seeds < 1:
         raise ResearchError("--seeds", f"must be at least 1, got {seeds}")
@@ -135,7 +140,9 @@ def plan_comparison(recipe_path: Path, overrides: Sequence[str], methods_spec: s
         data = recipe_data_for(base_data, method)
         for seed in range(base.seed, base.seed + seeds):
             recipe = recipe_from_dict(data, [*overrides, f"seed={seed}"], f"{recipe_path} (method {method.name})")
-            plan.append(PlannedRun(method.name, seed, recipe, f"{recipe.name}-{method.name}-s{seed}", {METHOD_TAG: method.name}))
+            plan.append(
+                PlannedRun(method.name, seed, recipe, f"{recipe.name}-{method.name}-s{seed}", {METHOD_TAG: method.name})
+            )
     return plan, base
 
 
@@ -166,8 +173,8 @@ def run_comparison(
     observer: WorkflowObserver | None = None,
     interval: str = T_METHOD,
 ) -> ComparisonResult:
-    from sspo_cli.tracking import default_tracking_uri
     from sspo_cli.run.folder import ensure_writable
+    from sspo_cli.tracking import default_tracking_uri
 
     timer = PhaseTimer()
     with timer.phase("planning"):
@@ -183,8 +190,22 @@ def run_comparison(
         tracking_uri = tracking_uri or default_tracking_uri(output_dir)
         out_dir = report_dir or output_dir / f"compare-{base.name}-{group_id}"
     with timer.phase("group run"):
-        params = {"recipe": str(recipe_path), "methods": ",".join(methods), "seeds": seeds, "overrides": " ".join(overrides), "variants": str(variants_path or "")}
-        tracker = open_group_run(tracking_uri, base.tracking.experiment, "comparison", group_id, f"compare-{base.name}-{group_id[:6]}", params, output_dir / "mlartifacts")
+        params = {
+            "recipe": str(recipe_path),
+            "methods": ",".join(methods),
+            "seeds": seeds,
+            "overrides": " ".join(overrides),
+            "variants": str(variants_path or ""),
+        }
+        tracker = open_group_run(
+            tracking_uri,
+            base.tracking.experiment,
+            "comparison",
+            group_id,
+            f"compare-{base.name}-{group_id[:6]}",
+            params,
+            output_dir / "mlartifacts",
+        )
     analysis = Analysis(out_dir, output_dir, tracking_uri, threshold, interval)
     return _run_and_finish(plan, methods, "comparison", group_id, title, tracker, timer, analysis, jobs, observer)
 
@@ -195,7 +216,7 @@ def _run_and_finish(
     kind: str,
     group_id: str,
     title: str,
-    tracker: "Tracker",
+    tracker: Tracker,
     timer: PhaseTimer,
     analysis: Analysis,
     jobs: int,
@@ -228,7 +249,7 @@ def finish_comparison(
     outcomes: list[Outcome],
     order: Sequence[str],
     analysis: Analysis,
-    tracker: "Tracker",
+    tracker: Tracker,
     timer: PhaseTimer,
 ) -> ComparisonResult:
     """Table numbers, statistics, figures, compare.csv/json, pairs.csv and report.md; all logged on the parent run."""
@@ -365,7 +386,15 @@ def compare_existing(
     title = f"{experiment_name}: {', '.join(order)} ({len(records)} runs)"
     with timer.phase("group run"):
         params = {"experiment": experiment or "", "runs": " ".join(run_ids), "group_by": group_by or METHOD_TAG}
-        tracker = open_group_run(tracking_uri, experiment_name, "comparison", group_id, f"compare-runs-{group_id[:6]}", params, output_dir / "mlartifacts")
+        tracker = open_group_run(
+            tracking_uri,
+            experiment_name,
+            "comparison",
+            group_id,
+            f"compare-runs-{group_id[:6]}",
+            params,
+            output_dir / "mlartifacts",
+        )
         for run in runs:
             add_membership(client, run.info.run_id, run.data.tags.get(MEMBERSHIP_TAG), group_id)
     analysis = Analysis(

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sspo_cli.recipe import Recipe, recipe_from_dict
 from sspo_cli.research import ResearchError
@@ -68,7 +69,11 @@ class EvalReport:
     file: str | None = None
 
     def metrics(self) -> dict[str, float]:
-        out = {"eval/accuracy": self.accuracy, "eval/mean_reward": self.mean_reward, "eval/mean_length": self.mean_length}
+        out = {
+            "eval/accuracy": self.accuracy,
+            "eval/mean_reward": self.mean_reward,
+            "eval/mean_length": self.mean_length,
+        }
         out.update({f"eval/pass_at_{k}": v for k, v in self.pass_at.items()})
         return out
 
@@ -81,9 +86,13 @@ def resolve_target(target: str, tracking_uri: str | None, output_dir: Path) -> E
     if path.is_dir():
         return _target_from_folder(path)
     if path.exists():
-        raise ResearchError("TARGET", f"{target!r} is a file: give a run folder, a checkpoint folder or an MLflow run id")
+        raise ResearchError(
+            "TARGET", f"{target!r} is a file: give a run folder, a checkpoint folder or an MLflow run id"
+        )
     if not RUN_ID.match(target):
-        raise ResearchError("TARGET", f"{target!r} is neither an existing folder nor an MLflow run id (32 hex characters)")
+        raise ResearchError(
+            "TARGET", f"{target!r} is neither an existing folder nor an MLflow run id (32 hex characters)"
+        )
     return _target_from_mlflow(target, tracking_uri, output_dir)
 
 
@@ -95,7 +104,10 @@ def _target_from_folder(folder: Path) -> EvalTarget:
             if (parent / "recipe.yaml").is_file() and (parent / "checkpoints").is_dir():
                 return _target_in_run_dir(parent, folder)
         return EvalTarget(folder, None)
-    raise ResearchError("TARGET", f"{str(folder)!r} is neither a run folder (with checkpoints/final) nor a checkpoint folder (with config.json)")
+    raise ResearchError(
+        "TARGET",
+        f"{str(folder)!r} is neither a run folder (with checkpoints/final) nor a checkpoint folder (with config.json)",
+    )
 
 
 def _target_in_run_dir(run_dir: Path, checkpoint: Path) -> EvalTarget:
@@ -129,7 +141,10 @@ def _target_from_mlflow(run_id: str, tracking_uri: str | None, output_dir: Path)
             client.download_artifacts(run_id, "final_checkpoint", str(cache))
             client.download_artifacts(run_id, "recipe.yaml", str(cache))
         except Exception as exc:  # MLflow raises several types for missing artifacts
-            raise ResearchError("TARGET", f"run {run_id} has no final_checkpoint/recipe.yaml artifacts to evaluate ({str(exc).splitlines()[0]})") from None
+            raise ResearchError(
+                "TARGET",
+                f"run {run_id} has no final_checkpoint/recipe.yaml artifacts to evaluate ({str(exc).splitlines()[0]})",
+            ) from None
     return EvalTarget(checkpoint, read_yaml_mapping(cache / "recipe.yaml", "recipe"), run_id, None, uri)
 
 
@@ -148,7 +163,10 @@ def eval_recipe(target: EvalTarget, recipe_path: Path | None, task: str | None, 
     elif target.recipe_data is not None:
         data, source = dict(target.recipe_data), str(target.run_dir or target.checkpoint)
     else:
-        raise ResearchError("--recipe", f"{target.checkpoint} is not inside a run folder: give --recipe (for the task) and, if needed, --task/--set")
+        raise ResearchError(
+            "--recipe",
+            f"{target.checkpoint} is not inside a run folder: give --recipe (for the task) and, if needed, --task/--set",
+        )
     if task:
         data["task"] = task_section(task)
     return recipe_from_dict(data, list(overrides), source + (f" + --task {task}" if task else ""))
@@ -181,7 +199,9 @@ def evaluate_target(target_text: str, target: EvalTarget, recipe: Recipe, option
     examples = getattr(task, options.split)
     if options.size is not None:
         if options.size > len(examples):
-            raise ResearchError("--size", f"the {options.split} split has only {len(examples)} examples, asked for {options.size}")
+            raise ResearchError(
+                "--size", f"the {options.split} split has only {len(examples)} examples, asked for {options.size}"
+            )
         examples = examples[: options.size]
     if not examples:
         raise ResearchError("--split", f"the {options.split} split of task {task.name!r} is empty")
@@ -190,7 +210,14 @@ def evaluate_target(target_text: str, target: EvalTarget, recipe: Recipe, option
     model = model.to(resolve_device(model_cfg.device))
     max_new = options.max_new_tokens or recipe.eval.max_new_tokens or recipe.rollout.max_new_tokens
     batch_size = options.batch_size or recipe.eval.batch_size
-    common = dict(target=target_text, checkpoint=str(target.checkpoint), task=task.name, split=options.split, size=len(examples), run_id=target.run_id)
+    common = dict(
+        target=target_text,
+        checkpoint=str(target.checkpoint),
+        task=task.name,
+        split=options.split,
+        size=len(examples),
+        run_id=target.run_id,
+    )
     temperature = (
         options.temperature
         if options.temperature is not None
@@ -198,7 +225,9 @@ def evaluate_target(target_text: str, target: EvalTarget, recipe: Recipe, option
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
-        correct, rewards, lengths = sample_many(model, tokenizer, task, examples, options.samples, max_new, batch_size, temperature)
+        correct, rewards, lengths = sample_many(
+            model, tokenizer, task, examples, options.samples, max_new, batch_size, temperature
+        )
     accuracy = mean_pass_at_k(correct, options.samples, 1)
     pass_at = (
         {}
@@ -229,17 +258,19 @@ def _check_options(options: EvalOptions) -> None:
     if options.size is not None and options.size < 1:
         raise ResearchError("--size", f"must be at least 1, got {options.size}")
     if options.temperature is not None and options.temperature <= 0:
-        raise ResearchError("--temperature", f"must be > 0 (leave it out for greedy decoding), got {options.temperature}")
+        raise ResearchError(
+            "--temperature", f"must be > 0 (leave it out for greedy decoding), got {options.temperature}"
+        )
     for k in options.ks or []:
         if not 1 <= k <= options.samples:
             raise ResearchError("--k", f"pass@{k} needs 1 <= k <= --samples ({options.samples})")
 
 
 def sample_many(
-    model: "PreTrainedModel",
-    tokenizer: "PreTrainedTokenizerBase",
-    task: "Task",
-    examples: Sequence["Example"],
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    examples: Sequence[Example],
     samples: int,
     max_new_tokens: int,
     batch_size: int,
@@ -271,7 +302,15 @@ def sample_many(
 # --------------------------------------------------------------------------- records
 
 
-def save_and_log(report: EvalReport, target: EvalTarget, recipe: Recipe, options: EvalOptions, output_dir: Path, tracking_uri: str | None, track: bool) -> EvalReport:
+def save_and_log(
+    report: EvalReport,
+    target: EvalTarget,
+    recipe: Recipe,
+    options: EvalOptions,
+    output_dir: Path,
+    tracking_uri: str | None,
+    track: bool,
+) -> EvalReport:
     """eval JSON next to the run (or under OUTPUT_DIR/evals), and an MLflow run nested under the trained run."""
     from sspo_cli.tracking import Tracker, default_tracking_uri, flatten, open_client
 
@@ -296,8 +335,17 @@ def save_and_log(report: EvalReport, target: EvalTarget, recipe: Recipe, options
         tags = {"sspo.kind": "eval", "sspo.checkpoint": str(target.checkpoint.resolve())}
         if target.run_id:
             tags["sspo.eval_of"] = target.run_id
-        params = {"split": options.split, "size": report.size, "samples": options.samples, "decoding": report.decoding, "seed": options.seed, **{f"recipe.{k}": v for k, v in flatten({"task": recipe.task.model_dump(mode="json")}).items()}}
-        tracker = Tracker.start(uri, experiment, f"eval-{report.task}-{report.split}", params, tags, artifact_root, parent)
+        params = {
+            "split": options.split,
+            "size": report.size,
+            "samples": options.samples,
+            "decoding": report.decoding,
+            "seed": options.seed,
+            **{f"recipe.{k}": v for k, v in flatten({"task": recipe.task.model_dump(mode="json")}).items()},
+        }
+        tracker = Tracker.start(
+            uri, experiment, f"eval-{report.task}-{report.split}", params, tags, artifact_root, parent
+        )
         tracker.log_metrics(report.metrics(), step=0)
         report.eval_run_id = tracker.run_id
         path.write_text(json.dumps(report.__dict__, indent=2, default=str))
@@ -310,7 +358,15 @@ def save_and_log(report: EvalReport, target: EvalTarget, recipe: Recipe, options
 
 def report_rows(report: EvalReport) -> dict[str, Any]:
     rows = [("accuracy" if report.samples == 1 else "accuracy (pass@1)", report.accuracy, "percent")]
-    rows += [(f"pass@{k}", v, "percent") for k, v in sorted(report.pass_at.items()) if not (k == 1 and report.samples > 1) and report.samples > 1]
+    rows += [
+        (f"pass@{k}", v, "percent")
+        for k, v in sorted(report.pass_at.items())
+        if not (k == 1 and report.samples > 1) and report.samples > 1
+    ]
     rows += [("mean reward", report.mean_reward, "float"), ("mean length (tokens)", report.mean_length, "float")]
-    caption = f"{report.decoding}; pass@k: unbiased estimator 1 - C(n-c,k)/C(n,k), averaged over prompts" if report.samples > 1 else report.decoding
+    caption = (
+        f"{report.decoding}; pass@k: unbiased estimator 1 - C(n-c,k)/C(n,k), averaged over prompts"
+        if report.samples > 1
+        else report.decoding
+    )
     return {"title": f"{report.task} / {report.split} split, {report.size} prompts", "caption": caption, "rows": rows}

@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from sspo_cli.recipe import Recipe, stable_hash
 from sspo_cli.research.store import MEMBERSHIP_TAG, add_membership, finished_runs_by_fingerprint
@@ -59,7 +60,7 @@ class WorkflowObserver:
     def on_plan(self, total: int, reused: int, to_train: int, jobs: int) -> None: ...
     def on_run_start(self, planned: PlannedRun) -> None: ...
     def on_run_end(self, outcome: Outcome) -> None: ...
-    def training_observer(self) -> "TrainingObserver | None":
+    def training_observer(self) -> TrainingObserver | None:
         return None
 
 
@@ -98,7 +99,9 @@ def execute(plan: Sequence[PlannedRun], ctx: ExecutionContext) -> list[Outcome]:
         for planned in plan:
             run = finished.get(planned.fingerprint)
             if run is not None and planned.fingerprint not in outcomes:
-                outcomes[planned.fingerprint] = Outcome(planned, "reused", run.info.run_id, run.data.tags.get("sspo.run_dir"), run_name=run.info.run_name)
+                outcomes[planned.fingerprint] = Outcome(
+                    planned, "reused", run.info.run_id, run.data.tags.get("sspo.run_dir"), run_name=run.info.run_name
+                )
                 add_membership(client, run.info.run_id, run.data.tags.get(MEMBERSHIP_TAG), ctx.group_id)
     to_train = unique_by_fingerprint([p for p in plan if p.fingerprint not in outcomes])
     ctx.observer.on_plan(len(plan), len(outcomes), len(to_train), ctx.jobs)
@@ -126,7 +129,9 @@ def _for_plan(outcome: Outcome, planned: PlannedRun) -> Outcome:
     """The shared outcome, seen from a planned run that happened to have an identical recipe."""
     if outcome.planned is planned:
         return outcome
-    return Outcome(planned, outcome.state, outcome.run_id, outcome.run_dir, outcome.error, outcome.seconds, outcome.run_name)
+    return Outcome(
+        planned, outcome.state, outcome.run_id, outcome.run_dir, outcome.error, outcome.seconds, outcome.run_name
+    )
 
 
 def unique_by_fingerprint(plan: Sequence[PlannedRun]) -> list[PlannedRun]:
@@ -162,7 +167,9 @@ def run_sequentially(plan: Sequence[PlannedRun], ctx: ExecutionContext, outcomes
                 parent_run_id=ctx.parent_run_id,
                 extra_tags=run_tags(planned, ctx.group_id),
             )
-            outcome = Outcome(planned, "trained", summary["run_id"], summary["run_dir"], seconds=time.perf_counter() - begin)
+            outcome = Outcome(
+                planned, "trained", summary["run_id"], summary["run_dir"], seconds=time.perf_counter() - begin
+            )
         except Exception as exc:  # one failing run is reported, not fatal for the others
             outcome = Outcome(planned, "failed", error=describe_failure(exc), seconds=time.perf_counter() - begin)
         outcomes[planned.fingerprint] = outcome
@@ -209,7 +216,13 @@ def run_in_processes(plan: Sequence[PlannedRun], ctx: ExecutionContext, outcomes
         while pending or running:
             while pending and len(running) < ctx.jobs:
                 planned = pending.pop(0)
-                args = (planned.recipe.resolved(), str(ctx.output_dir), ctx.tracking_uri, ctx.parent_run_id, run_tags(planned, ctx.group_id))
+                args = (
+                    planned.recipe.resolved(),
+                    str(ctx.output_dir),
+                    ctx.tracking_uri,
+                    ctx.parent_run_id,
+                    run_tags(planned, ctx.group_id),
+                )
                 running[pool.submit(_train_in_worker, *args)] = (planned, time.perf_counter())
                 ctx.observer.on_run_start(planned)
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
@@ -245,7 +258,9 @@ def _outcome_of(future: Any, planned: PlannedRun, seconds: float) -> Outcome:
     except Exception as exc:  # the worker process died (killed, out of memory): only this run fails
         return Outcome(planned, "failed", error=describe_failure(exc), seconds=seconds)
     if result.get("error"):
-        return Outcome(planned, "cancelled" if result.get("interrupted") else "failed", error=result["error"], seconds=seconds)
+        return Outcome(
+            planned, "cancelled" if result.get("interrupted") else "failed", error=result["error"], seconds=seconds
+        )
     return Outcome(planned, "trained", result["run_id"], result["run_dir"], seconds=seconds)
 
 
@@ -265,13 +280,21 @@ def init_worker(threads: int) -> None:
     quiet_library_progress_bars()
 
 
-def _train_in_worker(recipe_data: dict[str, Any], output_dir: str, tracking_uri: str, parent_run_id: str | None, tags: dict[str, str]) -> dict[str, Any]:
+def _train_in_worker(
+    recipe_data: dict[str, Any], output_dir: str, tracking_uri: str, parent_run_id: str | None, tags: dict[str, str]
+) -> dict[str, Any]:
     """Runs in a worker process. Errors come back as text: some exception types do not survive pickling
     (and one that fails to unpickle breaks the whole pool)."""
     from sspo_cli.train import run_training
 
     try:
-        summary = run_training(Recipe.model_validate(recipe_data), output_dir=output_dir, tracking_uri=tracking_uri, parent_run_id=parent_run_id, extra_tags=tags)
+        summary = run_training(
+            Recipe.model_validate(recipe_data),
+            output_dir=output_dir,
+            tracking_uri=tracking_uri,
+            parent_run_id=parent_run_id,
+            extra_tags=tags,
+        )
     except KeyboardInterrupt as exc:  # stopped on a forwarded SIGINT, after a checkpoint
         return {"error": f"interrupted ({describe_failure(exc)})", "interrupted": True}
     except Exception as exc:
@@ -290,7 +313,14 @@ def prewarm(plan: Sequence[PlannedRun], output_dir: Path) -> None:
         if not recipe.train.warm_start.enabled:
             continue
         # What decides the warm start (the cache's own key also hashes the task data).
-        key = stable_hash([recipe.model.model_dump(mode="json"), recipe.task.model_dump(mode="json"), recipe.train.warm_start.cache_fields(), recipe.rollout.max_new_tokens])
+        key = stable_hash(
+            [
+                recipe.model.model_dump(mode="json"),
+                recipe.task.model_dump(mode="json"),
+                recipe.train.warm_start.cache_fields(),
+                recipe.rollout.max_new_tokens,
+            ]
+        )
         if key in seen:
             continue
         seen.add(key)

@@ -6,8 +6,9 @@ Pure: records in, numbers out. Loading records from run folders or MLflow lives 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 from sspo_cli.research.formatting import format_interval, format_value
 from sspo_cli.research.stats import (
@@ -189,7 +190,9 @@ def auto_threshold(records: Sequence[RunRecord]) -> Threshold:
     start = mean(starts)
     if not math.isfinite(start) or not math.isfinite(best_final) or best_final <= start:
         return Threshold(1.0, "auto: no group improved on the start, so 100%")
-    return Threshold(start + (best_final - start) / 2, f"auto: halfway from the start {start:.1%} to the best final {best_final:.1%}")
+    return Threshold(
+        start + (best_final - start) / 2, f"auto: halfway from the start {start:.1%} to the best final {best_final:.1%}"
+    )
 
 
 @dataclass

@@ -5,9 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from sspo_cli.research.execute import Outcome
 from sspo_cli.research.formatting import format_duration, interval_caption
@@ -50,7 +51,12 @@ def interval_fields(interval: Interval, estimate_key: str = "mean") -> dict[str,
     }
 
 
-def write_csv(path: Path, summaries: Sequence[GroupSummary], group_header: str, extra_columns: dict[str, dict[str, Any]] | None = None) -> Path:
+def write_csv(
+    path: Path,
+    summaries: Sequence[GroupSummary],
+    group_header: str,
+    extra_columns: dict[str, dict[str, Any]] | None = None,
+) -> Path:
     """One row per group: `<metric>_mean`, `_ci_low`, `_ci_high`, `_n` for every metric (empty when undefined)."""
     extra_columns = extra_columns or {}
     extra_names = sorted({key for values in extra_columns.values() for key in values})
@@ -61,7 +67,11 @@ def write_csv(path: Path, summaries: Sequence[GroupSummary], group_header: str, 
         writer = csv.writer(handle)
         writer.writerow(header)
         for summary in summaries:
-            row: list[Any] = [summary.name, *(extra_columns.get(summary.name, {}).get(k, "") for k in extra_names), len(summary.run_ids)]
+            row: list[Any] = [
+                summary.name,
+                *(extra_columns.get(summary.name, {}).get(k, "") for k in extra_names),
+                len(summary.run_ids),
+            ]
             for spec in METRICS:
                 interval = summary.metrics[spec.key]
                 row += [
@@ -96,7 +106,11 @@ def comparison_document(
 ) -> dict[str, Any]:
     """Everything behind the table: per-group intervals, per-run values, failures, how it was computed."""
     title, summaries, records, outcomes, threshold = (
-        findings.title, findings.summaries, findings.records, findings.outcomes, findings.threshold
+        findings.title,
+        findings.summaries,
+        findings.records,
+        findings.outcomes,
+        findings.threshold,
     )
     method, inference = findings.method, findings.inference
     best = best_groups(summaries)
@@ -109,7 +123,9 @@ def comparison_document(
             "confidence": 0.95,
             "rules": {"failed": FAILED_RULE, "collapsed": COLLAPSE_RULE},
             "threshold": {"value": threshold.value, "how": threshold.how},
-            "metrics": [{"key": s.key, "label": s.label, "better": s.better, "description": s.description} for s in METRICS],
+            "metrics": [
+                {"key": s.key, "label": s.label, "better": s.better, "description": s.description} for s in METRICS
+            ],
             "groups": [
                 {
                     "name": s.name,
@@ -136,7 +152,11 @@ def comparison_document(
                 }
                 for r in records
             ],
-            "failed": [{"group": o.planned.group, "seed": o.planned.seed, "state": o.state, "error": o.error} for o in outcomes if not o.ok],
+            "failed": [
+                {"group": o.planned.group, "seed": o.planned.seed, "state": o.state, "error": o.error}
+                for o in outcomes
+                if not o.ok
+            ],
             **({"statistics": inference_document(inference)} if inference is not None else {}),
             **(extra or {}),
         }
@@ -253,7 +273,11 @@ def write_report(
 ) -> Path:
     """A shareable page: the table, the figures, the runs behind it and how the numbers were made."""
     title, summaries, records, outcomes, threshold = (
-        findings.title, findings.summaries, findings.records, findings.outcomes, findings.threshold
+        findings.title,
+        findings.summaries,
+        findings.records,
+        findings.outcomes,
+        findings.threshold,
     )
     method, inference = findings.method, findings.inference
     parts = [

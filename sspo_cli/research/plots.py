@@ -4,8 +4,8 @@ comparison, sweep heatmaps."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sspo_cli.research.metrics import Curves, RunRecord
@@ -75,8 +75,18 @@ def comparison_figure(records: Sequence[RunRecord], order: Sequence[str], path: 
     panels = (
         ("held-out accuracy (greedy)", lambda c: c.eval_steps, lambda c: c.eval_accuracy, False),
         (f"train reward ({smooth})", lambda c: c.steps, lambda c: moving_average(c.reward, window), False),
-        (f"weight/seq_var: importance-weight variance ({smooth}, geometric mean)", lambda c: c.steps, lambda c: moving_average(c.seq_var, window), True),
-        (f"grad_weight/saturated_frac: gate saturation ({smooth})", lambda c: c.steps, lambda c: moving_average(c.saturated_frac, window), False),
+        (
+            f"weight/seq_var: importance-weight variance ({smooth}, geometric mean)",
+            lambda c: c.steps,
+            lambda c: moving_average(c.seq_var, window),
+            True,
+        ),
+        (
+            f"grad_weight/saturated_frac: gate saturation ({smooth})",
+            lambda c: c.steps,
+            lambda c: moving_average(c.saturated_frac, window),
+            False,
+        ),
     )
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -121,7 +131,9 @@ def heatmap_figure(
     plt = agg_pyplot()
     import textwrap
 
-    fig, axis = plt.subplots(figsize=(max(7.0, 1.4 * len(x_labels) + 3), 1.0 * len(y_labels) + 2.5), constrained_layout=True)
+    fig, axis = plt.subplots(
+        figsize=(max(7.0, 1.4 * len(x_labels) + 3), 1.0 * len(y_labels) + 2.5), constrained_layout=True
+    )
     image = draw_heatmap(axis, values, x_labels, y_labels, cell_text, origin="lower")
     axis.set_xlabel(x_key)
     axis.set_ylabel(y_key)

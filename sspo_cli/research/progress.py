@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -35,7 +36,7 @@ class RichWorkflowProgress(WorkflowObserver):
         self.to_train = 0
         self.step_task = None
 
-    def __enter__(self) -> "RichWorkflowProgress":
+    def __enter__(self) -> RichWorkflowProgress:
         self.progress.start()
         return self
 
@@ -45,7 +46,9 @@ class RichWorkflowProgress(WorkflowObserver):
     def on_plan(self, total: int, reused: int, to_train: int, jobs: int) -> None:
         self.total, self.jobs, self.to_train = total, jobs, to_train
         self.overall = self.progress.add_task("runs", total=reused + to_train, info="")
-        self.console.print(f"[dim]{total} planned runs: {reused} reused (finished before, same recipe), {to_train} to train, {jobs} at a time[/dim]")
+        self.console.print(
+            f"[dim]{total} planned runs: {reused} reused (finished before, same recipe), {to_train} to train, {jobs} at a time[/dim]"
+        )
 
     def on_run_start(self, planned: PlannedRun) -> None:
         self.running[planned.fingerprint] = time.perf_counter()
@@ -58,11 +61,18 @@ class RichWorkflowProgress(WorkflowObserver):
             self.reused += 1
         elif outcome.state == "failed":
             self.failed += 1
-            self.console.print(f"[red]failed[/red] {outcome.planned.display_name}: {escape(outcome.error or '')}", highlight=False, soft_wrap=True)
+            self.console.print(
+                f"[red]failed[/red] {outcome.planned.display_name}: {escape(outcome.error or '')}",
+                highlight=False,
+                soft_wrap=True,
+            )
         if outcome.state in ("trained", "failed", "pruned"):
             self.durations.append(outcome.seconds)
         if outcome.state == "trained":
-            self.console.print(f"[green]done[/green] {outcome.planned.display_name} ({format_duration(outcome.seconds)})", highlight=False)
+            self.console.print(
+                f"[green]done[/green] {outcome.planned.display_name} ({format_duration(outcome.seconds)})",
+                highlight=False,
+            )
         elif outcome.state == "pruned":
             self.console.print(
                 f"[yellow]pruned[/yellow] {outcome.planned.display_name}: {escape(outcome.error or '')} "

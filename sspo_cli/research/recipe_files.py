@@ -10,6 +10,7 @@ from typing import Any
 from sspo_cli.recipe import SWEEP_SECTION, RecipeError, read_recipe_data
 from sspo_cli.research import ResearchError
 
+
 def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     """A YAML file whose top level is a mapping; `what` is "recipe" or the option that named the file."""
     try:
@@ -45,7 +46,10 @@ def read_variants(path: str | Path) -> dict[str, dict[str, Any]]:
     data = read_yaml_mapping(path, "--variants")
     for name, patch in data.items():
         if not isinstance(patch, dict):
-            raise ResearchError("--variants", f"{path}: variant {name!r} must be a mapping of recipe sections, got {type(patch).__name__}")
+            raise ResearchError(
+                "--variants",
+                f"{path}: variant {name!r} must be a mapping of recipe sections, got {type(patch).__name__}",
+            )
         if "," in str(name) or not str(name).strip():
             raise ResearchError("--variants", f"{path}: {name!r} is not a usable method name (no commas, not empty)")
     return {str(name): patch for name, patch in data.items()}

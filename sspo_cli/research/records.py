@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sspo_cli.research import ResearchError
 from sspo_cli.research.metrics import Curves, RunRecord, failed_record
@@ -72,7 +73,7 @@ def record_from_run_dir(run_dir: str | Path, group: str, reused: bool = False) -
     )
 
 
-def record_from_mlflow(client: "MlflowClient", run: "Run", group: str, reused: bool = False) -> RunRecord:
+def record_from_mlflow(client: MlflowClient, run: Run, group: str, reused: bool = False) -> RunRecord:
     """Prefer the run folder named by the `sspo.run_dir` tag; otherwise read the metric histories."""
     tags = run.data.tags
     run_dir = tags.get("sspo.run_dir")
@@ -97,7 +98,9 @@ def record_from_mlflow(client: "MlflowClient", run: "Run", group: str, reused: b
         curves.eval_steps = [int(e["step"]) for e in summary.get("evals", [])] or curves.eval_steps
         curves.eval_accuracy = [float(e["accuracy"]) for e in summary.get("evals", [])] or curves.eval_accuracy
     else:
-        wall = (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time and run.info.start_time else math.nan
+        wall = (
+            (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time and run.info.start_time else math.nan
+        )
     return RunRecord(
         run_id=run_id,
         group=group,
@@ -111,7 +114,7 @@ def record_from_mlflow(client: "MlflowClient", run: "Run", group: str, reused: b
     )
 
 
-def summary_artifact(client: "MlflowClient", run_id: str) -> dict[str, Any] | None:
+def summary_artifact(client: MlflowClient, run_id: str) -> dict[str, Any] | None:
     import tempfile
 
     try:
@@ -129,7 +132,7 @@ def _number(value: Any) -> float:
         return math.nan
 
 
-def records_of_outcomes(client: "MlflowClient", outcomes: "Sequence[Outcome]") -> list[RunRecord]:
+def records_of_outcomes(client: MlflowClient, outcomes: Sequence[Outcome]) -> list[RunRecord]:
     """The successful outcomes' runs, read from their folders (or MLflow where a folder is gone), and the
     failed ones as failed records: they stay in the statistics (metrics.FAILED_RULE)."""
     records = []

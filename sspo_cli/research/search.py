@@ -34,9 +34,9 @@ from sspo_cli.research.space import (
     validated_space,
 )
 from sspo_cli.research.store import POINT_TAG, close_group_run
-from sspo_cli.tracking import failure_marked
 from sspo_cli.research.timing import TRAINING, PhaseTimer
 from sspo_cli.run.state import TrainingObserver
+from sspo_cli.tracking import failure_marked
 
 if TYPE_CHECKING:
     import optuna
@@ -679,8 +679,8 @@ def run_search(
 
     from sspo_cli.research.execute import prewarm, quiet_library_progress_bars
     from sspo_cli.research.store import open_group_run
-    from sspo_cli.tracking import default_tracking_uri
     from sspo_cli.run.folder import ensure_writable
+    from sspo_cli.tracking import default_tracking_uri
 
     timer = PhaseTimer()
     observer = observer or WorkflowObserver()

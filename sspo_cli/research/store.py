@@ -6,8 +6,9 @@ has no `IN` for tags, and one query per planned run would cost a round trip each
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from sspo_cli.research import ResearchError
 
@@ -27,18 +28,20 @@ POINT_TAG = "sspo.point"
 PAGE = 5000
 
 
-def search_all(client: "MlflowClient", experiment_ids: list[str], filter_string: str) -> list["Run"]:
-    runs: list["Run"] = []
+def search_all(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list[Run]:
+    runs: list[Run] = []
     token = None
     while True:
-        page = client.search_runs(experiment_ids, filter_string, max_results=PAGE, order_by=["attributes.start_time DESC"], page_token=token)
+        page = client.search_runs(
+            experiment_ids, filter_string, max_results=PAGE, order_by=["attributes.start_time DESC"], page_token=token
+        )
         runs += list(page)
         token = page.token
         if not token:
             return runs
 
 
-def experiment_ids(client: "MlflowClient", names: Iterable[str]) -> list[str]:
+def experiment_ids(client: MlflowClient, names: Iterable[str]) -> list[str]:
     ids = []
     for name in sorted(set(names)):
         experiment = client.get_experiment_by_name(name)
@@ -47,12 +50,12 @@ def experiment_ids(client: "MlflowClient", names: Iterable[str]) -> list[str]:
     return ids
 
 
-def finished_runs_by_fingerprint(client: "MlflowClient", experiment_names: Iterable[str]) -> dict[str, "Run"]:
+def finished_runs_by_fingerprint(client: MlflowClient, experiment_names: Iterable[str]) -> dict[str, Run]:
     """The newest FINISHED training run for each recipe fingerprint in these experiments."""
     ids = experiment_ids(client, experiment_names)
     if not ids:
         return {}
-    found: dict[str, "Run"] = {}
+    found: dict[str, Run] = {}
     for run in search_all(client, ids, f"tags.`{FINGERPRINT_TAG}` LIKE '%' and attributes.status = 'FINISHED'"):
         found.setdefault(run.data.tags[FINGERPRINT_TAG], run)
     return found
@@ -78,7 +81,7 @@ def failed_runs_of_experiment(client: MlflowClient, name: str) -> list[Run]:
     return list({run.data.tags[FINGERPRINT_TAG]: run for run in failed}.values())  # one per recipe
 
 
-def runs_by_id(client: "MlflowClient", run_ids: Iterable[str]) -> list["Run"]:
+def runs_by_id(client: MlflowClient, run_ids: Iterable[str]) -> list[Run]:
     from mlflow.exceptions import MlflowException
 
     runs = []
@@ -103,7 +106,7 @@ def open_group_run(
     run_name: str,
     params: Mapping[str, Any],
     artifact_root: Path,
-) -> "Tracker":
+) -> Tracker:
     """The parent run of a comparison or sweep: the same one again when the same group is re-run."""
     from sspo_cli.tracking import Tracker, open_client
 
@@ -113,7 +116,9 @@ def open_group_run(
         existing = search_all(client, ids, f"tags.`{GROUP_ID_TAG}` = '{group_id}' and tags.`{KIND_TAG}` = '{kind}'")
         if existing:
             return Tracker.resume(tracking_uri, existing[0].info.run_id)
-    return Tracker.start(tracking_uri, experiment, run_name, params, {KIND_TAG: kind, GROUP_ID_TAG: group_id}, artifact_root)
+    return Tracker.start(
+        tracking_uri, experiment, run_name, params, {KIND_TAG: kind, GROUP_ID_TAG: group_id}, artifact_root
+    )
 
 
 def close_group_run(
@@ -130,7 +135,7 @@ def close_group_run(
     return timing
 
 
-def add_membership(client: "MlflowClient", run_id: str, current: str | None, group_id: str) -> None:
+def add_membership(client: MlflowClient, run_id: str, current: str | None, group_id: str) -> None:
     """Append `group_id` to the run's membership tag (a run may serve several comparisons)."""
     ids = (current or "").split()
     if group_id not in ids:

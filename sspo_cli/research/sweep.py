@@ -6,9 +6,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -17,18 +17,27 @@ from sspo_cli.recipe import Recipe, RecipeError, recipe_from_dict
 from sspo_cli.research import ResearchError
 from sspo_cli.research.compare import ComparisonResult, group_id_of
 from sspo_cli.research.execute import ExecutionContext, Outcome, PlannedRun, WorkflowObserver, execute
-from sspo_cli.research.metrics import METRIC_KEYS, GroupSummary, RunRecord, Threshold, auto_threshold, metric_spec, rank, summarize
+from sspo_cli.research.metrics import (
+    METRIC_KEYS,
+    GroupSummary,
+    RunRecord,
+    Threshold,
+    auto_threshold,
+    metric_spec,
+    rank,
+    summarize,
+)
 from sspo_cli.research.recipe_files import SWEEP_SECTION, read_recipe_file
 from sspo_cli.research.space import SpaceParam, pydantic_problem, recipe_for_point
+from sspo_cli.research.stats import T_METHOD
 from sspo_cli.research.store import (
     POINT_TAG,
     close_group_run,
     membership_filter,
     open_group_run,
 )
-from sspo_cli.research.stats import T_METHOD
-from sspo_cli.tracking import failure_marked
 from sspo_cli.research.timing import PhaseTimer
+from sspo_cli.tracking import failure_marked
 
 if TYPE_CHECKING:
     from sspo_cli.tracking import Tracker
@@ -89,7 +98,9 @@ def parse_grid_option(text: str) -> GridAxis:
         else:
             values = [yaml.safe_load(part) for part in raw.split(",")]
     except yaml.YAMLError as exc:
-        raise ResearchError("--grid", f"{key}: values {raw!r} are not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ResearchError(
+            "--grid", f"{key}: values {raw!r} are not valid YAML ({str(exc).splitlines()[0]})"
+        ) from None
     return grid_axis(key, values, "--grid")
 
 
@@ -145,14 +156,18 @@ def _show(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (dict, list)) else "null" if value is None else str(value)
 
 
-def plan_sweep(recipe_path: Path, overrides: Sequence[str], grid_options: Sequence[str], seeds: int | None, metric: str | None) -> SweepPlan:
+def plan_sweep(
+    recipe_path: Path, overrides: Sequence[str], grid_options: Sequence[str], seeds: int | None, metric: str | None
+) -> SweepPlan:
     """Every (grid point, seed) run, each recipe validated before anything trains."""
     base_data, section_data = read_recipe_file(recipe_path)
     section = read_sweep_section(section_data, str(recipe_path))
     file_axes = [grid_axis(key, values, f"{SWEEP_SECTION}.grid") for key, values in section.grid.items()]
     axes = merge_axes(file_axes, [parse_grid_option(text) for text in grid_options])
     if not axes:
-        raise ResearchError("--grid", f"no grid: give --grid key=v1,v2 or a `{SWEEP_SECTION}: {{grid: ...}}` section in the recipe")
+        raise ResearchError(
+            "--grid", f"no grid: give --grid key=v1,v2 or a `{SWEEP_SECTION}: {{grid: ...}}` section in the recipe"
+        )
     seeds = seeds if seeds is not None else section.seeds
     if seeds < 1:
         raise ResearchError("--seeds", f"must be at least 1, got {seeds}")
@@ -166,7 +181,9 @@ def plan_sweep(recipe_path: Path, overrides: Sequence[str], grid_options: Sequen
     for point, label in zip(points, labels):
         for seed in range(base.seed, base.seed + seeds):
             recipe = recipe_for_point(base_data, point, overrides, seed, f"{recipe_path} (grid point {label})")
-            runs.append(PlannedRun(label, seed, recipe, f"{recipe.name}-{label.replace(' ', '-')}-s{seed}", {POINT_TAG: label}))
+            runs.append(
+                PlannedRun(label, seed, recipe, f"{recipe.name}-{label.replace(' ', '-')}-s{seed}", {POINT_TAG: label})
+            )
     return SweepPlan(runs, base, axes, points, labels, seeds, metric)
 
 
@@ -189,8 +206,8 @@ def run_sweep(
 ) -> ComparisonResult:
     from sspo_cli.research.compare import check_interval
     from sspo_cli.research.records import records_of_outcomes
-    from sspo_cli.tracking import default_tracking_uri
     from sspo_cli.run.folder import ensure_writable
+    from sspo_cli.tracking import default_tracking_uri
 
     timer = PhaseTimer()
     with timer.phase("planning"):
@@ -205,10 +222,26 @@ def run_sweep(
         tracking_uri = tracking_uri or default_tracking_uri(output_dir)
         out_dir = report_dir or output_dir / f"sweep-{plan.base.name}-{group_id}"
     with timer.phase("group run"):
-        params = {"recipe": str(recipe_path), "grid": json.dumps({a.key: list(a.values) for a in plan.axes}), "seeds": plan.seeds, "metric": plan.metric, "overrides": " ".join(overrides)}
-        tracker = open_group_run(tracking_uri, plan.base.tracking.experiment, "sweep", group_id, f"sweep-{plan.base.name}-{group_id[:6]}", params, output_dir / "mlartifacts")
+        params = {
+            "recipe": str(recipe_path),
+            "grid": json.dumps({a.key: list(a.values) for a in plan.axes}),
+            "seeds": plan.seeds,
+            "metric": plan.metric,
+            "overrides": " ".join(overrides),
+        }
+        tracker = open_group_run(
+            tracking_uri,
+            plan.base.tracking.experiment,
+            "sweep",
+            group_id,
+            f"sweep-{plan.base.name}-{group_id[:6]}",
+            params,
+            output_dir / "mlartifacts",
+        )
     with failure_marked(tracker):
-        ctx = ExecutionContext(output_dir, tracking_uri, group_id, tracker.run_id, jobs, observer or WorkflowObserver(), timer)
+        ctx = ExecutionContext(
+            output_dir, tracking_uri, group_id, tracker.run_id, jobs, observer or WorkflowObserver(), timer
+        )
         outcomes = execute(plan.runs, ctx)
         with timer.phase("loading records"):
             records = records_of_outcomes(tracker.client, outcomes)
@@ -238,7 +271,7 @@ def _finish_sweep(
     summaries: list[GroupSummary],
     threshold: Threshold,
     out_dir: Path,
-    tracker: "Tracker",
+    tracker: Tracker,
     timer: PhaseTimer,
     tracking_uri: str,
     interval: str = T_METHOD,
@@ -252,7 +285,9 @@ def _finish_sweep(
         with timer.phase("plotting"):
             figures.append(sweep_heatmap(plan, summaries, out_dir / "heatmap.png", title, interval))
     names = short_keys([a.key for a in plan.axes])
-    point_columns = {label: {names[k]: _show(v) for k, v in point.items()} for label, point in zip(plan.labels, plan.points)}
+    point_columns = {
+        label: {names[k]: _show(v) for k, v in point.items()} for label, point in zip(plan.labels, plan.points)
+    }
     mlflow_note = f"MLflow store `{tracking_uri}`, parent run `{tracker.run_id}` (every point is a nested run); search ``{membership_filter(group_id)}`` in the MLflow UI."
     with timer.phase("writing outputs"):
         files = {"csv": write_csv(out_dir / "leaderboard.csv", ranked, "point", point_columns)}
@@ -261,7 +296,11 @@ def _finish_sweep(
             "metric": plan.metric,
             "leaderboard": [s.name for s in ranked],
             "failures": failures_by_point(outcomes),
-            "mlflow": {"tracking_uri": tracking_uri, "parent_run_id": tracker.run_id, "runs_filter": membership_filter(group_id)},
+            "mlflow": {
+                "tracking_uri": tracking_uri,
+                "parent_run_id": tracker.run_id,
+                "runs_filter": membership_filter(group_id),
+            },
             "timing": timer.report(),
         }
         findings = Findings(title, ranked, records, outcomes, threshold, interval)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -54,7 +55,12 @@ def leaderboard_table(
 ) -> Table:
     """Sweep points best first by `metric`, with the other headline metrics alongside."""
     chosen = metric_spec(metric)
-    shown = [chosen] + [spec for spec in METRICS if spec.key in ("final_accuracy", "best_accuracy", "reward_auc", "seq_var", "saturated_frac") and spec.key != metric]
+    shown = [chosen] + [
+        spec
+        for spec in METRICS
+        if spec.key in ("final_accuracy", "best_accuracy", "reward_auc", "seq_var", "saturated_frac")
+        and spec.key != metric
+    ]
     caption = f"ranked by {chosen.label} ({chosen.better or 'no direction'} is better); {interval_caption(method)}"
     table = Table(title=escape(title), caption=escape(caption))
     table.add_column("#", justify="right")
@@ -66,7 +72,13 @@ def leaderboard_table(
     for position, summary in enumerate(ranked, start=1):
         failed = failures.get(summary.name, 0)
         cells = (escape(cell(summary, spec)) for spec in shown)
-        table.add_row(str(position), escape(summary.name), str(len(summary.run_ids)), f"[red]{failed}[/red]" if failed else "0", *cells)
+        table.add_row(
+            str(position),
+            escape(summary.name),
+            str(len(summary.run_ids)),
+            f"[red]{failed}[/red]" if failed else "0",
+            *cells,
+        )
     return table
 
 

@@ -85,7 +85,9 @@ def new_run_dir(output_dir: Path, run_name: str) -> Path:
         except FileExistsError:
             continue
         except OSError as exc:
-            raise OutputError("--output-dir", f"cannot create a run folder in {str(output_dir)!r}: {exc.strerror or exc}") from None
+            raise OutputError(
+                "--output-dir", f"cannot create a run folder in {str(output_dir)!r}: {exc.strerror or exc}"
+            ) from None
     raise OutputError("--output-dir", f"cannot create a run folder for {run_name!r}")
 
 
@@ -117,7 +119,9 @@ def read_run_folder(run_dir: Path) -> RunInfo:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(key, f"{run_dir / RUN_FILE} is damaged: {type(exc).__name__}: {exc}") from None
     if not all(isinstance(value, str) and value for value in (info.run_id, info.tracking_uri)):
-        raise CheckpointError(key, f"{run_dir / RUN_FILE} is damaged: run_id and tracking_uri must be non-empty strings")
+        raise CheckpointError(
+            key, f"{run_dir / RUN_FILE} is damaged: run_id and tracking_uri must be non-empty strings"
+        )
     if (run_dir / SUMMARY_FILE).is_file():
         raise CheckpointError(key, f"run {str(run_dir)!r} already finished ({SUMMARY_FILE} exists): nothing to resume")
     return info
@@ -143,7 +147,7 @@ class RunLock:
         self.path = run_dir / LOCK_FILE
         self._handle: Any = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         try:
             import fcntl
         except ImportError:  # Windows: no advisory locks; run folders are then unguarded
@@ -155,7 +159,9 @@ class RunLock:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise CheckpointError("--resume", f"run {str(self.path.parent)!r} is being trained by {holder}; stop it first") from None
+            raise CheckpointError(
+                "--resume", f"run {str(self.path.parent)!r} is being trained by {holder}; stop it first"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"sspo process {os.getpid()}")

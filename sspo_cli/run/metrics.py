@@ -7,7 +7,7 @@ the native loop, TRL's micro-batches and TRL's processes all merge them with `me
 from __future__ import annotations
 
 import math
-from typing import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from sspo_cli.objectives.metric_keys import METRIC_KEYS
 

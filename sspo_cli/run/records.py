@@ -66,7 +66,9 @@ def open_run(
         tags = run_tags(recipe, run_dir, extra_tags, warm_start)
         params = flatten(recipe.resolved())
         experiment = recipe.tracking.experiment
-        tracker = Tracker.start(tracking_uri, experiment, run_dir.name, params, tags, output_dir / "mlartifacts", parent_run_id)
+        tracker = Tracker.start(
+            tracking_uri, experiment, run_dir.name, params, tags, output_dir / "mlartifacts", parent_run_id
+        )
         RunInfo(tracker.run_id, absolute_uri(tracking_uri), experiment, run_dir.name).write(run_dir)
     except BaseException as exc:
         if tracker is not None:
@@ -139,7 +141,12 @@ def build_summary(records: RunRecords) -> dict[str, Any]:
     evals = state.evals
 
     def eval_dict(row: dict[str, float]) -> dict[str, float]:
-        return {"step": row["step"], "accuracy": row["eval/accuracy"], "mean_reward": row["eval/mean_reward"], "mean_length": row["eval/mean_length"]}
+        return {
+            "step": row["step"],
+            "accuracy": row["eval/accuracy"],
+            "mean_reward": row["eval/mean_reward"],
+            "mean_length": row["eval/mean_length"],
+        }
 
     return {
         "run_id": records.tracker.run_id,
@@ -163,7 +170,9 @@ def build_summary(records: RunRecords) -> dict[str, Any]:
     }
 
 
-def eval_metrics(recipe: Recipe, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task) -> dict[str, float]:
+def eval_metrics(
+    recipe: Recipe, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task
+) -> dict[str, float]:
     """Greedy accuracy, mean reward and length on the held-out split, with the recipe's eval settings."""
     from sspo_cli.rollout import evaluate
 

@@ -6,7 +6,8 @@ inside the builders that need them, so importing this package is instant.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from sspo_cli.tasks.addition import ADDITION_ALPHABET, Addition, build_addition
 from sspo_cli.tasks.base import Example, Task, TaskError

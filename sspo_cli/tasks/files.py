@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import math
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sspo_cli.tasks.base import Example, Task, TaskError, alphabet_of, short_reason, split_examples, unique_by_prompt
 
@@ -63,7 +64,9 @@ def _checked_path(raw: str) -> Path:
         raise TaskError("task.path", f"{raw!r} is not a file")
     if path.suffix.lower() not in BUILDERS:
         kinds = ", ".join(BUILDERS)
-        raise TaskError("task.path", f"unsupported file type {path.suffix or '(no extension)'!r} of {raw!r}: use {kinds}")
+        raise TaskError(
+            "task.path", f"unsupported file type {path.suffix or '(no extension)'!r} of {raw!r}: use {kinds}"
+        )
     if path.stat().st_size == 0:
         raise TaskError("task.path", f"file {raw!r} is empty")
     return path

@@ -6,7 +6,16 @@ import difflib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sspo_cli.tasks.base import Example, Task, TaskError, alphabet_of, clamp_reward, short_reason, split_examples, unique_by_prompt
+from sspo_cli.tasks.base import (
+    Example,
+    Task,
+    TaskError,
+    alphabet_of,
+    clamp_reward,
+    short_reason,
+    split_examples,
+    unique_by_prompt,
+)
 
 if TYPE_CHECKING:
     from sspo_cli.recipe import ReasoningGymTask as ReasoningGymConfig
@@ -32,7 +41,9 @@ def build_reasoning_gym(cfg: ReasoningGymConfig) -> ReasoningGym:
     try:
         entries = list(dataset)
     except Exception as exc:
-        raise TaskError("task.config", f"reasoning-gym dataset {cfg.dataset!r} failed to generate examples: {short_reason(exc)}") from None
+        raise TaskError(
+            "task.config", f"reasoning-gym dataset {cfg.dataset!r} failed to generate examples: {short_reason(exc)}"
+        ) from None
     examples = unique_by_prompt(_to_example(entry, cfg.dataset) for entry in entries)
     train, dev, eval_ = split_examples(examples, cfg.eval_size, cfg.dev_size, cfg.split_seed)
     return ReasoningGym(
@@ -59,7 +70,9 @@ def _create_dataset(cfg: ReasoningGymConfig) -> Any:
     try:
         return reasoning_gym.create_dataset(cfg.dataset, size=cfg.size, seed=cfg.split_seed, **cfg.config)
     except (TypeError, ValueError, AssertionError) as exc:
-        raise TaskError("task.config", f"invalid config for reasoning-gym dataset {cfg.dataset!r}: {short_reason(exc)}") from None
+        raise TaskError(
+            "task.config", f"invalid config for reasoning-gym dataset {cfg.dataset!r}: {short_reason(exc)}"
+        ) from None
 
 
 def _to_example(entry: dict[str, Any], dataset_name: str) -> Example:
@@ -67,4 +80,3 @@ def _to_example(entry: dict[str, Any], dataset_name: str) -> Example:
         # Without a gold answer there is nothing to warm-start on or to report accuracy against.
         raise TaskError("task.dataset", f"reasoning-gym dataset {dataset_name!r} gives entries without a gold answer")
     return Example(prompt=str(entry["question"]), answer=str(entry["answer"]), meta=entry)
-

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-    from sspo_cli.research.search import SearchResult
+    from sspo_cli.research.search_plan import SearchResult
 
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "FAIL": 2, "RUNNING": 3, "WAITING": 4}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +23,16 @@ if TYPE_CHECKING:
     from optuna.trial import Trial
 
     from sspo_cli.recipe import Recipe
-    from sspo_cli.research.sweep import GridAxis
 
 Number = int | float
+
+
+@dataclass(frozen=True)
+class GridAxis:
+    key: str  # dotted recipe key, e.g. objective.tau_pos
+    values: tuple[Any, ...]
+
+
 CHOICE_TYPES = (str, int, float, bool, type(None))  # what Optuna stores for a categorical parameter
 
 

@@ -28,7 +28,7 @@ from sspo_cli.research.metrics import (
     summarize,
 )
 from sspo_cli.research.recipe_files import SWEEP_SECTION, read_recipe_file
-from sspo_cli.research.space import SpaceParam, pydantic_problem, recipe_for_point
+from sspo_cli.research.space import GridAxis, SpaceParam, pydantic_problem, recipe_for_point
 from sspo_cli.research.stats import T_METHOD
 from sspo_cli.research.store import (
     POINT_TAG,
@@ -43,12 +43,6 @@ if TYPE_CHECKING:
     from sspo_cli.tracking import Tracker
 
 DEFAULT_METRIC = "final_accuracy"
-
-
-@dataclass(frozen=True)
-class GridAxis:
-    key: str  # dotted recipe key, e.g. objective.tau_pos
-    values: tuple[Any, ...]
 
 
 class SweepSection(BaseModel):

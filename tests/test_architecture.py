@@ -160,3 +160,20 @@ def test_the_command_line_starts_without_the_heavy_libraries() -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT.parent, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_every_import_of_the_package_names_something_that_exists() -> None:
+    """Function-level imports run only when their function does: a module renamed or a name moved
+    (as in a merge) must fail here, not in the one command that reaches that line."""
+    import importlib.util
+
+    missing = []
+    for path in package_modules().values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith(PACKAGE)):
+                continue
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                if not hasattr(module, alias.name) and importlib.util.find_spec(f"{node.module}.{alias.name}") is None:
+                    missing.append(f"{path.name}: from {node.module} import {alias.name}")
+    assert missing == []

@@ -40,7 +40,7 @@ def read_problem_scores(path: Path) -> ProblemScores | None:
 
 
 def write_problem_scores(path: Path, scores: ProblemScores) -> None:
-    from sspo_cli.run_folder import write_text_atomic
+    from sspo_cli.run.folder import write_text_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = (

@@ -424,7 +424,7 @@ def reused_run(
 
 def pruned_run(client: Any, planned: PlannedRun, run_dir: Path | None, step: int, seconds: float) -> TrialRun:
     """Tag the stopped run (the trainer has ended it KILLED) as pruned, and name it like the others."""
-    from sspo_cli.run_folder import read_run_folder
+    from sspo_cli.run.folder import read_run_folder
 
     run_id = read_run_folder(run_dir).run_id if run_dir is not None else None
     if run_id:
@@ -684,7 +684,7 @@ def search_title(plan: SearchPlan) -> str:
 def study_lock(out_dir: Path) -> Iterator[None]:
     """One process per study: a second would take the first one's running trials for dead ones."""
     from sspo_cli.checkpoint import CheckpointError
-    from sspo_cli.run_folder import RunLock
+    from sspo_cli.run.folder import RunLock
 
     try:
         with RunLock(out_dir):

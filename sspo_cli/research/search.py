@@ -366,7 +366,12 @@ def train_trial(
         tags = {**run_tags(planned, setting.group_id), TRIAL_STATE_TAG: "RUNNING"}
         try:
             summary = run_training(
-                planned.recipe, setting.output_dir, setting.tracking_uri, pruning, setting.parent_run_id, tags
+                planned.recipe,
+                output_dir=setting.output_dir,
+                tracking_uri=setting.tracking_uri,
+                observer=pruning,
+                parent_run_id=setting.parent_run_id,
+                extra_tags=tags,
             )
         except TrialStopped as stop:
             result.runs.append(pruned_run(client, planned, pruning.run_dir, stop.step, time.perf_counter() - begin))

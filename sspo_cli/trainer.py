@@ -164,6 +164,7 @@ def prepare(
     warm = recipe.train.warm_start
     model, tokenizer = load_policy(recipe.model, task.alphabet, warm.seed if warm.enabled else recipe.seed)
     check_generation_tokens(tokenizer)
+    warn_if_emulated_bf16(recipe, next(model.parameters()).device, observer)
     objective = build_objective(recipe.objective)
 
     if tracking_uri is None:
@@ -184,6 +185,18 @@ def prepare(
         check_target(warm_result, warm, observer.on_warning)
     policy = Policy(model, tokenizer, reference=frozen_copy(model) if recipe.objective.beta > 0 else None)
     return Prepared(recipe, task, policy, objective, output_dir, tracking_uri, warm_result)
+
+
+def warn_if_emulated_bf16(recipe: Recipe, device: torch.device, observer: TrainingObserver) -> None:
+    """`autocast_bf16: true` where bf16 is not native still runs, only several times slower: say so."""
+    from sspo_cli.algorithm import native_bf16
+
+    if recipe.performance.autocast_bf16 is True and not native_bf16(device):
+        observer.on_warning(
+            f"performance.autocast_bf16 is true but {device.type} here has no native bfloat16 "
+            "(AVX-512-BF16 or AMX on a CPU): the updates run emulated bf16, several times slower than float32; "
+            "'auto' leaves it off on this machine"
+        )
 
 
 def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:

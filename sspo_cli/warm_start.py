@@ -58,8 +58,8 @@ def missed_target_message(result: WarmStartResult, max_steps: int) -> str:
     return (
         f"the warm start ended at dev accuracy {result.dev_accuracy:.1%} after {result.steps} of {max_steps} steps, "
         f"short of its target {result.target:.1%}; RL would start from a policy that may earn too little reward to learn from. "
-        "Raise train.warm_start.max_steps (or lr), lower train.warm_start.target_dev_accuracy, "
-        "or try another train.warm_start.seed"
+        "Raise train.warm_start.max_steps, lower train.warm_start.target_dev_accuracy, "
+        "or try another train.warm_start.seed (a higher train.warm_start.lr makes the accuracy jump less predictable)"
     )
 
 

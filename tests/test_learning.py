@@ -1,11 +1,11 @@
 """The embedded default must really learn: the quickstart itself, from a cold warm-start cache, on two warm-start seeds.
 
 Where the warm start's accuracy jump falls, and how much RL then gains, depends on floating-point
-rounding (the CPU's matmul kernels, the thread count, the seed), so one seed proves little. Held-out
-greedy accuracy after RL must beat the warm-started start by the quickstart's promise of 15 points.
-Seed 1 gained +23 points on an AMD EPYC with AVX2 and +38 on an Intel Xeon with AMX; seed 3 gained
-+30 on the AVX2 EPYC. The README's "Measured" section also lists a seed that does not learn, so
-this test is not the whole story.
+rounding (the CPU's matmul kernels, the thread count, bf16 or not) and on the seed, so one seed
+proves little. Held-out greedy accuracy after RL must beat the warm-started start by the
+quickstart's promise of 15 points. Seeds 0 and 2 are the two that failed under the old defaults
+(a warm start that crawled, RL that collapsed); the README's "Measured" section has the whole grid
+of seeds, thread counts and bf16 on and off.
 """
 
 import json
@@ -19,7 +19,7 @@ MIN_GAIN = 0.15
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("warm_seed", [1, 3])
+@pytest.mark.parametrize("warm_seed", [0, 2])
 def test_quickstart_gains_15_points_of_held_out_accuracy(tmp_path: Path, warm_seed: int) -> None:
     command = sspo_command(
         "train",

@@ -141,3 +141,21 @@ def test_a_local_hugging_face_folder_trains_as_model_path(tmp_path: Path) -> Non
     second = run_training(tiny_recipe(f"model.path={folder}", "train.steps=2"), output_dir=tmp_path)
     assert second["eval_before"]["accuracy"] == first["eval_after"]["accuracy"]
     assert second["steps"] == 2
+
+
+@pytest.mark.parametrize("setting", ["true", "auto"])
+def test_forced_bf16_warns_only_where_this_machine_has_no_native_bf16(tmp_path: Path, setting: str) -> None:
+    import torch
+
+    from sspo_cli.algorithm import native_bf16
+
+    sets = [a for o in [*TINY_OVERRIDES, "train.steps=1", f"performance.autocast_bf16={setting}"] for a in ("--set", o)]
+    result = subprocess.run(
+        sspo_command("train", str(REPO / "recipes" / "quickstart.yaml"), *sets, "-o", str(tmp_path), "--quiet"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    warned = "no native bfloat16" in result.stderr
+    assert warned == (setting == "true" and not native_bf16(torch.device("cpu"))), result.stderr

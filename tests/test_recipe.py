@@ -106,3 +106,11 @@ def test_malformed_yaml_reports_line_and_column(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match="file not found"):
         load_recipe(tmp_path / "absent.yaml")
+
+
+def test_the_tau_sweep_runs_on_the_quickstart_itself() -> None:
+    """Same model, task, rollout and training, so the sweep shares the quickstart's cached warm start."""
+    quickstart = yaml.safe_load((REPO / "recipes" / "quickstart.yaml").read_text())
+    sweep = yaml.safe_load((REPO / "recipes" / "sweep_tau.yaml").read_text())
+    for section in ("model", "task", "rollout", "train"):
+        assert sweep[section] == quickstart[section], section

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sspo_cli.engines.trl_options import TrlOptions
 from sspo_cli.errors import InputError
 from sspo_cli.objectives.config import SspoConfig, objective_config_union
+from sspo_cli.rewards.config import REWARD_CONFIGS, infer_format_styles, reward_config_union
 
 
 class Strict(BaseModel):
@@ -125,16 +126,47 @@ class ReasoningGymTask(TaskBase):
     size: int = Field(2000, ge=2, description="Total examples generated (split into train/dev/eval).")
 
 
+RewardConfig = reward_config_union()
+
+
 class FileTask(TaskBase):
-    """Local data read with `datasets` (JSONL, CSV or Parquet) with prompt and answer columns."""
+    """Local data read with `datasets` (JSONL, CSV, Parquet or a `save_to_disk` folder) with prompt and answer columns."""
 
     name: Literal["file"] = "file"
-    path: str = Field(..., min_length=1, description="Path to a .jsonl/.json, .csv or .parquet file.")
+    path: str = Field(
+        ...,
+        min_length=1,
+        description="A .jsonl/.json, .csv or .parquet file, or a folder written by `datasets`' save_to_disk. "
+        "Relative to the recipe's folder; made absolute when the recipe is loaded.",
+    )
     prompt_column: str = Field("prompt", description="Column holding the prompt text.")
     answer_column: str = Field("answer", description="Column holding the gold answer.")
-    match: Literal["exact", "numeric"] = Field(
-        "exact", description="Reward 1 on exact string match, or on numeric equality."
+    match: Literal["exact", "numeric"] | None = Field(
+        None, description="Shorthand for `reward: [{name: <match>}]` (older recipes); not together with `reward`."
     )
+    reward: list[RewardConfig] = Field(  # type: ignore[valid-type]
+        default_factory=list,
+        description="Rewards and their weights, e.g. [{name: boxed, weight: 1.0}, {name: format, weight: 0.1}]; "
+        "the reward is their weighted mean. Default: exact. See docs/rewards.md.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        return str(Path(value).expanduser().absolute())
+
+    @model_validator(mode="after")
+    def _rewards(self) -> FileTask:
+        shorthand = [REWARD_CONFIGS[self.match or "exact"]()]
+        # A resolved recipe holds both, equal; a recipe that says two different things is an error.
+        if self.match is not None and self.reward and _dumped(self.reward) != _dumped(shorthand):
+            raise ValueError("give task.match or task.reward, not both (match: x is reward: [{name: x}])")
+        self.reward = infer_format_styles(self.reward or shorthand)
+        return self
+
+
+def _dumped(models: list[BaseModel]) -> list[dict[str, Any]]:
+    return [m.model_dump() for m in models]
 
 
 TaskConfig = Annotated[Union[AdditionTask, ReasoningGymTask, FileTask], Field(discriminator="name")]
@@ -329,7 +361,16 @@ def read_recipe_data(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise RecipeError(source, ["the top level must be a mapping of sections (model, task, rollout, ...)"])
+    _anchor_task_path(data, path.parent)
     return data
+
+
+def _anchor_task_path(data: dict[str, Any], folder: Path) -> None:
+    """A relative `task.path` names a file beside the recipe, wherever the command runs from."""
+    task = data.get("task")
+    raw = task.get("path") if isinstance(task, dict) else None
+    if isinstance(raw, str) and raw and not Path(raw).expanduser().is_absolute():
+        task["path"] = str((folder / raw).absolute())
 
 
 def recipe_from_dict(data: dict[str, Any], overrides: list[str], source: str = "<recipe>") -> Recipe:

@@ -18,7 +18,7 @@ MAX_PAIRS = 1_000_000
 
 @dataclass
 class Addition(Task):
-    def reward(self, completion: str, example: Example) -> float:
+    def reward(self, completion: str, example: Example, truncated: bool = False) -> float:
         return 1.0 if completion.strip() == example.answer else 0.0
 
 

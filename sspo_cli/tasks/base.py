@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sspo_cli.errors import InputError
+from sspo_cli.rewards import Grade
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +31,14 @@ class Task:
     dev: list[Example] = field(repr=False)
     eval: list[Example] = field(repr=False)
 
-    def reward(self, completion: str, example: Example) -> float:
+    def reward(self, completion: str, example: Example, truncated: bool = False) -> float:
+        """`truncated`: the completion ended without <eos> (it hit max_new_tokens)."""
         raise NotImplementedError
+
+    def grade(self, completion: str, example: Example, truncated: bool = False) -> Grade:
+        """The reward and whether the completion counts as correct (by default: reward 1)."""
+        reward = self.reward(completion, example, truncated)
+        return Grade(reward=reward, correct=reward >= 1.0)
 
     def fingerprint(self) -> str:
         """Hash of the splits' text: changes when the data does (e.g. a task file edited in place)."""

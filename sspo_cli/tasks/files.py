@@ -1,4 +1,5 @@
-"""Local data (JSONL/JSON, CSV or Parquet) with prompt and answer columns, read with `datasets`."""
+"""Local data (JSONL/JSON, CSV, Parquet or a `save_to_disk` folder) with prompt and answer columns, read with
+`datasets`; its reward is the recipe's `task.reward` list (see `sspo_cli.rewards`)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import contextlib
 import math
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sspo_cli.rewards import Grade, Scorer, scorer
+from sspo_cli.rewards.extract import parse_number
+from sspo_cli.rewards.functions import numbers_equal
 from sspo_cli.tasks.base import Example, Task, TaskError, alphabet_of, short_reason, split_examples, unique_by_prompt
 
 if TYPE_CHECKING:
@@ -17,42 +21,34 @@ if TYPE_CHECKING:
 
 # File suffix -> `datasets` packaged builder.
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-NUMERIC_REL_TOL = 1e-9
+# What `Dataset.save_to_disk` (or `DatasetDict.save_to_disk`) writes into its folder.
+SAVED_DATASET_FILES = ("state.json", "dataset_dict.json")
+
+__all__ = ["LocalFile", "build_file", "numbers_equal", "parse_number"]
 
 
 @dataclass
 class LocalFile(Task):
-    match: str  # "exact" or "numeric"
+    scorer: Scorer = field(repr=False)
 
-    def reward(self, completion: str, example: Example) -> float:
-        if self.match == "numeric":
-            return 1.0 if numbers_equal(completion, example.answer) else 0.0
-        return 1.0 if completion.strip() == example.answer.strip() else 0.0
+    def reward(self, completion: str, example: Example, truncated: bool = False) -> float:
+        return self.grade(completion, example, truncated).reward
 
-
-def parse_number(text: str) -> float | None:
-    """`text` as a finite float, ignoring surrounding whitespace and thousands commas; else None."""
-    try:
-        value = float(text.strip().replace(",", ""))
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def numbers_equal(completion: str, answer: str) -> bool:
-    got, gold = parse_number(completion), parse_number(answer)
-    return got is not None and gold is not None and math.isclose(got, gold, rel_tol=NUMERIC_REL_TOL, abs_tol=0.0)
+    def grade(self, completion: str, example: Example, truncated: bool = False) -> Grade:
+        return self.scorer.grade(completion, example.answer, truncated)
 
 
 def build_file(cfg: FileConfig) -> LocalFile:
     path = _checked_path(cfg.path)
-    prompts, answers = _read_columns(path, cfg.prompt_column, cfg.answer_column)
+    prompts, answers = (
+        _read_saved(path, cfg) if path.is_dir() else _read_columns(path, cfg.prompt_column, cfg.answer_column)
+    )
     examples = [Example(prompt=str(p), answer=str(a)) for p, a in zip(prompts, answers)]
-    if cfg.match == "numeric":
-        _check_numeric_answers(examples, path)
+    rewards = scorer(cfg.reward)
+    _check_gold_answers(examples, rewards, path, "task.match" if cfg.match is not None else "task.reward")
     train, dev, eval_ = split_examples(unique_by_prompt(examples), cfg.eval_size, cfg.dev_size, cfg.split_seed)
     return LocalFile(
-        name="file", alphabet=alphabet_of(train, dev, eval_), train=train, dev=dev, eval=eval_, match=cfg.match
+        name="file", alphabet=alphabet_of(train, dev, eval_), train=train, dev=dev, eval=eval_, scorer=rewards
     )
 
 
@@ -60,16 +56,38 @@ def _checked_path(raw: str) -> Path:
     path = Path(raw).expanduser()
     if not path.exists():
         raise TaskError("task.path", f"file {raw!r} not found")
+    if path.is_dir():
+        if not any((path / name).is_file() for name in SAVED_DATASET_FILES):
+            raise TaskError("task.path", f"folder {raw!r} is not a dataset saved with `datasets`' save_to_disk")
+        return path
     if not path.is_file():
         raise TaskError("task.path", f"{raw!r} is not a file")
     if path.suffix.lower() not in BUILDERS:
         kinds = ", ".join(BUILDERS)
         raise TaskError(
-            "task.path", f"unsupported file type {path.suffix or '(no extension)'!r} of {raw!r}: use {kinds}"
+            "task.path",
+            f"unsupported file type {path.suffix or '(no extension)'!r} of {raw!r}: use {kinds} or a save_to_disk folder",
         )
     if path.stat().st_size == 0:
         raise TaskError("task.path", f"file {raw!r} is empty")
     return path
+
+
+def _read_saved(path: Path, cfg: FileConfig) -> tuple[list[Any], list[Any]]:
+    """The two columns of a `save_to_disk` folder (a DatasetDict's `train` split)."""
+    import datasets
+
+    with _quiet_datasets():
+        try:
+            data = datasets.load_from_disk(str(path), keep_in_memory=True)
+        except Exception as exc:
+            raise TaskError("task.path", f"cannot read the dataset folder '{path}': {short_reason(exc)}") from None
+    if isinstance(data, datasets.DatasetDict):
+        if "train" not in data:
+            splits = ", ".join(repr(s) for s in data)
+            raise TaskError("task.path", f"dataset folder '{path}' has no 'train' split (splits: {splits})")
+        data = data["train"]
+    return _columns(data, path, cfg.prompt_column, cfg.answer_column)
 
 
 def _read_columns(path: Path, prompt_column: str, answer_column: str) -> tuple[list[Any], list[Any]]:
@@ -90,13 +108,17 @@ def _read_columns(path: Path, prompt_column: str, answer_column: str) -> tuple[l
             if "corresponds to no data" in str(exc):
                 raise TaskError("task.path", f"file '{path}' has no rows") from None
             raise TaskError("task.path", f"cannot read '{path}' as {builder}: {short_reason(exc)}") from None
-        if data.num_rows == 0:
-            raise TaskError("task.path", f"file '{path}' has no rows")
-        for key, column in (("task.prompt_column", prompt_column), ("task.answer_column", answer_column)):
-            if column not in data.column_names:
-                present = ", ".join(repr(c) for c in data.column_names)
-                raise TaskError(key, f"no column {column!r} in '{path}' (columns: {present})")
-        prompts, answers = list(data[prompt_column]), list(data[answer_column])
+        return _columns(data, path, prompt_column, answer_column)
+
+
+def _columns(data: Any, path: Path, prompt_column: str, answer_column: str) -> tuple[list[Any], list[Any]]:
+    if data.num_rows == 0:
+        raise TaskError("task.path", f"file '{path}' has no rows")
+    for key, column in (("task.prompt_column", prompt_column), ("task.answer_column", answer_column)):
+        if column not in data.column_names:
+            present = ", ".join(repr(c) for c in data.column_names)
+            raise TaskError(key, f"no column {column!r} in '{path}' (columns: {present})")
+    prompts, answers = list(data[prompt_column]), list(data[answer_column])
     _check_no_nulls("task.prompt_column", prompt_column, prompts, path)
     _check_no_nulls("task.answer_column", answer_column, answers, path)
     return prompts, answers
@@ -125,10 +147,14 @@ def _check_no_nulls(key: str, column: str, values: Sequence[Any], path: Path) ->
             raise TaskError(key, f"column {column!r} of '{path}' has a null value in data row {row}")
 
 
-def _check_numeric_answers(examples: Sequence[Example], path: Path) -> None:
+def _check_gold_answers(examples: Sequence[Example], rewards: Scorer, path: Path, key: str) -> None:
+    """Every gold answer must be readable by every reward: a bad one is an error in the data."""
     for row, example in enumerate(examples, start=1):
-        if parse_number(example.answer) is None:
+        problem = rewards.gold_problem(example.answer)
+        if problem is not None:
+            index, reason = problem
+            name = rewards.rewards[index].name
+            where = key if key == "task.match" else f"{key}[{index}]"
             raise TaskError(
-                "task.match",
-                f"'numeric' needs numeric answers, but data row {row} of '{path}' has {example.answer!r} (use 'exact')",
+                where, f"reward {name!r}: the gold answer {example.answer!r} of data row {row} of '{path}' {reason}"
             )

@@ -28,7 +28,7 @@ RESERVED_CONFIG_KEYS = ("size", "seed")
 class ReasoningGym(Task):
     dataset: Any = field(repr=False)  # the reasoning_gym ProceduralDataset; its score_answer is the reward
 
-    def reward(self, completion: str, example: Example) -> float:
+    def reward(self, completion: str, example: Example, truncated: bool = False) -> float:
         try:
             score = self.dataset.score_answer(completion.strip(), example.meta)
         except Exception:  # a scorer that chokes on a malformed completion means the completion is wrong

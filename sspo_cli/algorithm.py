@@ -33,7 +33,7 @@ def rl_step(
 
     from sspo_cli.models.logprobs import completion_logprobs
     from sspo_cli.objectives import compute_advantages
-    from sspo_cli.rollout import generate, score
+    from sspo_cli.rollout import generate, grade_all
 
     cfg, perf = recipe.rollout, recipe.performance
     started = time.perf_counter()
@@ -56,7 +56,8 @@ def rl_step(
     sampled = time.perf_counter()
 
     # 2. Rewards and group-relative advantages.
-    rewards = torch.tensor(score(task, examples, rollout.completions), dtype=torch.float32)
+    grades = grade_all(task, examples, rollout.completions, rollout.truncated)
+    rewards = torch.tensor([g.reward for g in grades], dtype=torch.float32)
     advantages = compute_advantages(rewards, cfg.group_size, cfg.advantage_scale)
     device = rollout.input_ids.device
     advantages, mask = advantages.to(device), rollout.completion_mask
@@ -108,7 +109,7 @@ def rl_step(
     tokens = float(mask.sum())
     return {
         "train/reward": float(rewards.mean()),
-        "train/accuracy": float((rewards >= 1.0).float().mean()),
+        "train/accuracy": sum(g.correct for g in grades) / max(len(grades), 1),
         "train/response_length": tokens / mask.shape[0],
         "train/entropy": float(entropy),
         "train/lr": scheduler.get_last_lr()[0],

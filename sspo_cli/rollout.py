@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from sspo_cli.recipe import PerformanceConfig
+    from sspo_cli.rewards import Grade
     from sspo_cli.tasks import Example, Task
 
 
@@ -27,6 +28,8 @@ class Rollout:
     # From the sampling pass, at the sampling temperature; only where asked for. [N, Tc] float32
     logprobs: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
+    # Completions that ended without <eos> (cut off at max_new_tokens); their rewards see it. [N]
+    truncated: list[bool] | None = None
 
     @property
     def completion_len(self) -> int:
@@ -50,6 +53,7 @@ class Rollout:
             pick(self.prompt_index),
             pick(self.logprobs),
             pick(self.entropy),
+            None if self.truncated is None else [self.truncated[i] for i in index],
         )
 
 
@@ -101,6 +105,7 @@ def generate(
         prompt_ids, prompt_mask = enc["input_ids"][rows], enc["attention_mask"][rows]
         completion, logprobs, entropy = sample.completion_ids, sample.logprobs, sample.entropy
     completion_mask = mask_through_first_eos(completion, tokenizer.eos_token_id)
+    truncated = (~(completion == tokenizer.eos_token_id).any(dim=1)).tolist()
     if perf.trim_padding:
         keep = longest_completion(completion_mask)
         completion, completion_mask = completion[:, :keep], completion_mask[:, :keep]
@@ -116,6 +121,7 @@ def generate(
         prompt_index,
         logprobs,
         entropy,
+        truncated,
     )
 
 
@@ -177,13 +183,23 @@ def decode_completions(
     return texts
 
 
-def score(task: Task, examples: Sequence[Example], completions: Sequence[str]) -> list[float]:
-    return [task.reward(text, example) for text, example in zip(completions, examples)]
+def score(
+    task: Task, examples: Sequence[Example], completions: Sequence[str], truncated: Sequence[bool] | None = None
+) -> list[float]:
+    return [grade.reward for grade in grade_all(task, examples, completions, truncated)]
+
+
+def grade_all(
+    task: Task, examples: Sequence[Example], completions: Sequence[str], truncated: Sequence[bool] | None = None
+) -> list[Grade]:
+    """Each completion's reward and correctness; `truncated` (default: none) marks those cut off."""
+    cut = truncated if truncated is not None else [False] * len(completions)
+    return [task.grade(text, example, was_cut) for text, example, was_cut in zip(completions, examples, cut)]
 
 
 @dataclass(frozen=True)
 class EvalResult:
-    accuracy: float  # share of completions with reward 1
+    accuracy: float  # share of completions graded correct (reward 1, or every answer reward 1)
     mean_reward: float
     mean_length: float  # completion tokens, <eos> included
     size: int
@@ -207,20 +223,20 @@ def evaluate(
     performance: PerformanceConfig | None = None,
 ) -> EvalResult:
     """Greedy (default) or sampled decoding of every example, scored by the task."""
-    rewards: list[float] = []
+    grades: list[Grade] = []
     lengths: list[float] = []
     was_training = model.training
     model.eval()
     for start in range(0, len(examples), batch_size):
         batch = examples[start : start + batch_size]
         rollout = generate(model, tokenizer, [e.prompt for e in batch], max_new_tokens, temperature, performance)
-        rewards += score(task, batch, rollout.completions)
+        grades += grade_all(task, batch, rollout.completions, rollout.truncated)
         lengths += rollout.completion_mask.sum(1).tolist()
     model.train(was_training)
-    n = max(len(rewards), 1)
+    n = max(len(grades), 1)
     return EvalResult(
-        accuracy=sum(r >= 1.0 for r in rewards) / n,
-        mean_reward=sum(rewards) / n,
+        accuracy=sum(g.correct for g in grades) / n,
+        mean_reward=sum(g.reward for g in grades) / n,
         mean_length=sum(lengths) / n,
-        size=len(rewards),
+        size=len(grades),
     )

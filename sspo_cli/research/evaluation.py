@@ -278,7 +278,7 @@ def sample_many(
 ) -> tuple[list[int], list[float], list[float]]:
     """`samples` completions per example (greedy when `temperature` is None): (correct count per example,
     every reward, every length). Batches as the trainer's eval does, so greedy results match it."""
-    from sspo_cli.rollout import generate, score
+    from sspo_cli.rollout import generate, grade_all
 
     was_training = model.training
     model.eval()
@@ -290,11 +290,11 @@ def sample_many(
         batch = examples[start : start + per_batch]
         repeated = [example for example in batch for _ in range(samples)]
         rollout = generate(model, tokenizer, [e.prompt for e in repeated], max_new_tokens, temperature)
-        batch_rewards = score(task, repeated, rollout.completions)
-        rewards += batch_rewards
+        grades = grade_all(task, repeated, rollout.completions, rollout.truncated)
+        rewards += [g.reward for g in grades]
         lengths += rollout.completion_mask.sum(1).tolist()
         for index in range(len(batch)):
-            correct.append(sum(r >= 1.0 for r in batch_rewards[index * samples : (index + 1) * samples]))
+            correct.append(sum(g.correct for g in grades[index * samples : (index + 1) * samples]))
     model.train(was_training)
     return correct, rewards, lengths
 

@@ -149,6 +149,7 @@ def math_verify(completion: str, gold: str, truncated: bool, cfg: MathVerifyRewa
     return score(bool(parsed_gold and parsed_answer and verify(list(parsed_gold), list(parsed_answer))))
 
 
+
 @reward_function(FormatReward)
 def format_(completion: str, gold: str, truncated: bool, cfg: FormatReward) -> float:
     return score(not truncated and FORMAT_COUNTS[cfg.style or "boxed"](completion, cfg) == 1)
@@ -202,4 +203,5 @@ def _gsm8k_gold(gold: str, cfg: Gsm8kReward) -> str | None:
 
 @gold_check(MathVerifyReward)
 def _math_verify_gold(gold: str, cfg: MathVerifyReward) -> str | None:
-    return None if _parsed(gold) else "has no expression math-verify can parse"
+    # Read as math-verify reads it: `(x+1)^2` needs `$...$`; wrapping every gold in `$` would read prose as maths.
+    return None if _parsed(gold) else "has no expression math-verify can parse (LaTeX needs $...$)"

@@ -149,7 +149,6 @@ def math_verify(completion: str, gold: str, truncated: bool, cfg: MathVerifyRewa
     return score(bool(parsed_gold and parsed_answer and verify(list(parsed_gold), list(parsed_answer))))
 
 
-
 @reward_function(FormatReward)
 def format_(completion: str, gold: str, truncated: bool, cfg: FormatReward) -> float:
     return score(not truncated and FORMAT_COUNTS[cfg.style or "boxed"](completion, cfg) == 1)

@@ -58,7 +58,9 @@ def _checked_path(raw: str) -> Path:
         raise TaskError("task.path", f"file {raw!r} not found")
     if path.is_dir():
         if not any((path / name).is_file() for name in SAVED_DATASET_FILES):
-            raise TaskError("task.path", f"{raw!r} is not a file, nor a dataset folder written by `datasets`' save_to_disk")
+            raise TaskError(
+                "task.path", f"{raw!r} is not a file, nor a dataset folder written by `datasets`' save_to_disk"
+            )
         return path
     if not path.is_file():
         raise TaskError("task.path", f"{raw!r} is not a file")

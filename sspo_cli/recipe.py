@@ -161,6 +161,8 @@ class FileTask(TaskBase):
         # A resolved recipe holds both, equal; a recipe that says two different things is an error.
         if self.match is not None and self.reward and _dumped(self.reward) != _dumped(shorthand):
             raise ValueError("give task.match or task.reward, not both (match: x is reward: [{name: x}])")
+        if self.reward and not any(r.is_answer for r in self.reward):
+            raise ValueError("task.reward needs an answer reward (every reward but 'format' is one)")
         self.reward = infer_format_styles(self.reward or shorthand)
         return self
 
@@ -496,7 +498,8 @@ def _dotted_location(loc: tuple[Any, ...]) -> list[str]:
     parts = [str(p) for p in loc]
     if len(parts) > 1 and parts[0] in UNION_SECTIONS:
         del parts[1]
-    return parts
+    # A union inside a list (task.reward) puts the tag after the index: 'task', 'reward', 0, 'boxed', ...
+    return [p for i, p in enumerate(parts) if not (i and parts[i - 1].isdigit() and p in REWARD_CONFIGS)]
 
 
 def _allowed_keys(loc: list[str], data: dict[str, Any]) -> list[str]:

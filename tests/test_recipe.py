@@ -114,3 +114,72 @@ def test_the_tau_sweep_runs_on_the_quickstart_itself() -> None:
     sweep = yaml.safe_load((REPO / "recipes" / "sweep_tau.yaml").read_text())
     for section in ("model", "task", "rollout", "train"):
         assert sweep[section] == quickstart[section], section
+
+
+# --------------------------------------------------------------------------- the file task's rewards and path
+
+GSM8K_TASK = """task:
+  name: file
+  path: data/gsm8k.jsonl
+  prompt_column: question
+  reward:
+    - {name: gsm8k, weight: 1.0}
+    - {name: format, weight: 0.1}
+"""
+
+
+def test_a_relative_task_path_is_beside_the_recipe_and_saved_absolute(tmp_path: Path, monkeypatch) -> None:
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    (folder / "r.yaml").write_text(GSM8K_TASK)
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(Path("recipes") / "r.yaml")
+    assert recipe.task.path == str(folder / "data" / "gsm8k.jsonl")
+    assert recipe.resolved()["task"]["path"] == str(folder / "data" / "gsm8k.jsonl")
+    # --set on the command line is relative to where the command runs.
+    assert load_recipe(folder / "r.yaml", ["task.path=x.jsonl"]).task.path == str(tmp_path / "x.jsonl")
+
+
+def test_a_reward_list_round_trips_and_the_format_style_is_filled_in(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path, GSM8K_TASK))
+    assert [(r.name, r.weight) for r in recipe.task.reward] == [("gsm8k", 1.0), ("format", 0.1)]
+    assert recipe.task.reward[1].style == "gsm8k"
+    again = load_recipe(write(tmp_path, yaml.safe_dump(recipe.resolved())))
+    assert again == recipe and again.fingerprint() == recipe.fingerprint()
+
+
+def test_match_round_trips_as_the_reward_it_stands_for(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path, "task: {name: file, path: d.jsonl, match: numeric}\n"))
+    assert [r.name for r in recipe.task.reward] == ["numeric"]
+    again = load_recipe(write(tmp_path, yaml.safe_dump(recipe.resolved())))
+    assert again == recipe
+
+
+def test_rewards_can_be_set_on_the_command_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "task: {name: file, path: d.jsonl}\n")
+    recipe = load_recipe(path, ["task.reward=[{name: regex, pattern: 'Answer: (.*)'}, {name: format}]"])
+    assert recipe.task.reward[1].style == "regex" and recipe.task.reward[1].pattern == "Answer: (.*)"
+
+
+@pytest.mark.parametrize(
+    ("task", "expected"),
+    [
+        ("{name: file, path: d.jsonl, match: exact, reward: [{name: boxed}]}", ["task", "not both"]),
+        (
+            "{name: file, path: d.jsonl, reward: [{name: boxd}]}",
+            ["task.reward.0.name", "'boxd'", "did you mean 'boxed'"],
+        ),
+        ("{name: file, path: d.jsonl, reward: [{name: regex}]}", ["task.reward.0.pattern", "required"]),
+        ("{name: file, path: d.jsonl, reward: [{name: regex, pattern: '\\d+'}]}", ["task.reward.0.pattern", "group"]),
+        ("{name: file, path: d.jsonl, reward: [{name: boxed, weight: 0}]}", ["task.reward.0.weight", "greater than 0"]),
+        ("{name: file, path: d.jsonl, reward: [{name: exact}, {name: format}]}", ["format needs a style"]),
+        ("{name: file, path: d.jsonl, reward: [{name: format, style: boxed}]}", ["answer reward"]),
+        ("{name: file, path: d.jsonl, reward: [{name: boxed, pattern: x}]}", ["task.reward.0.pattern", "unknown key"]),
+    ],
+)
+def test_bad_reward_lists_name_the_key(tmp_path: Path, task: str, expected: list[str]) -> None:
+    with pytest.raises(RecipeError) as info:
+        load_recipe(write(tmp_path, f"task: {task}\n"))
+    message = info.value.render()
+    for fragment in expected:
+        assert fragment in message, message

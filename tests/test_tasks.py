@@ -369,3 +369,82 @@ def test_file_too_small_for_held_out_splits(tmp_path: Path) -> None:
     with pytest.raises(TaskError) as excinfo:
         file_task(write_jsonl(tmp_path / "data.jsonl", ROWS[:7]), eval_size=4, dev_size=3)
     assert_task_error(excinfo, "task.eval_size", "7")
+
+
+# --------------------------------------------------------------------------- files: rewards and saved datasets
+
+GSM8K_ROWS = [
+    {"question": f"Tom has {i} apples and buys {i}. How many?", "answer": f"{i} + {i} = {2 * i}\n#### {2 * i:,}"}
+    for i in range(600, 620)
+]
+
+
+def gsm8k_task(path: Path, **options) -> Task:
+    return file_task(
+        path, prompt_column="question", reward=[{"name": "gsm8k"}, {"name": "format", "weight": 0.5}], **options
+    )
+
+
+def test_a_reward_list_scores_and_grades(tmp_path: Path) -> None:
+    task = gsm8k_task(write_jsonl(tmp_path / "gsm8k.jsonl", GSM8K_ROWS))
+    example = Example(prompt="p", answer="1 + 1 = 1,234\n#### 1,234")
+    assert task.grade("so 1234\n#### 1,234", example).reward == 1.0
+    assert task.grade("#### 1234", example, truncated=True).reward == 0.0
+    cut_to_a_lucky_prefix = task.grade("#### 1", Example(prompt="p", answer="#### 1"), truncated=True)
+    assert (cut_to_a_lucky_prefix.reward, cut_to_a_lucky_prefix.correct) == (0.0, False)
+    two_answers = task.grade("#### 5\n#### 1234", example)
+    assert two_answers.reward == pytest.approx(1 / 1.5) and two_answers.correct
+
+
+def test_match_is_a_shorthand_for_a_one_reward_list(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "data.jsonl", ROWS)
+    shorthand = FileTask(path=str(path), match="numeric")
+    assert [r.name for r in shorthand.reward] == ["numeric"]
+    assert FileTask(path=str(path)).reward == [FileTask(path=str(path), match="exact").reward[0]]
+    assert file_task(path, match="numeric").reward("1,000", Example(prompt="p", answer="1000")) == 1.0
+
+
+def test_a_gold_answer_the_reward_cannot_read_names_key_row_and_file(tmp_path: Path) -> None:
+    rows = [*GSM8K_ROWS[:5], {"question": "q?", "answer": "no marker, no number"}, *GSM8K_ROWS[5:]]
+    path = write_jsonl(tmp_path / "gsm8k.jsonl", rows)
+    with pytest.raises(TaskError) as excinfo:
+        gsm8k_task(path)
+    assert_task_error(excinfo, "task.reward[0]", "'gsm8k'", "data row 6", str(path), "'no marker, no number'")
+
+
+def save_to_disk(folder: Path, columns: dict[str, list], split: str | None = None) -> Path:
+    import datasets
+
+    data = datasets.Dataset.from_dict(columns)
+    (datasets.DatasetDict({split: data}) if split else data).save_to_disk(str(folder))
+    return folder
+
+
+def test_a_saved_dataset_folder(tmp_path: Path) -> None:
+    columns = {key: [row[key] for row in GSM8K_ROWS] for key in ("question", "answer")}
+    task = gsm8k_task(save_to_disk(tmp_path / "gsm8k", columns))
+    assert len(task.train) + len(task.dev) + len(task.eval) == len(GSM8K_ROWS)
+    assert task.eval[0].answer.count("####") == 1
+    from_a_dict = gsm8k_task(save_to_disk(tmp_path / "dict", columns, split="train"))
+    assert from_a_dict.fingerprint() == task.fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("make", "key", "fragment"),
+    [
+        (lambda folder: folder.mkdir(), "task.path", "save_to_disk"),
+        (
+            lambda folder: save_to_disk(folder, {"question": ["a"], "answer": ["1"]}, split="test"),
+            "task.path",
+            "'test'",
+        ),
+        (lambda folder: save_to_disk(folder, {"prompt": ["a"], "gold": ["1"]}), "task.prompt_column", "'gold'"),
+    ],
+    ids=["not-a-dataset", "no-train-split", "missing-column"],
+)
+def test_bad_saved_dataset_folders(tmp_path: Path, make, key: str, fragment: str) -> None:
+    folder = tmp_path / "data"
+    make(folder)
+    with pytest.raises(TaskError) as excinfo:
+        file_task(folder, prompt_column="question", eval_size=1, dev_size=0)
+    assert_task_error(excinfo, key, fragment)

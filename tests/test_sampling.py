@@ -167,3 +167,19 @@ def test_draw_is_greedy_without_temperature():
     assert token.tolist() == [1, 0]
     torch.testing.assert_close(logp, torch.log_softmax(logits, -1).gather(-1, token[:, None]).squeeze(-1))
     assert entropy.shape == (2,)
+
+
+@pytest.mark.parametrize("sampler", ["kv_cache", "hf_generate"])
+def test_rows_cut_off_at_max_new_tokens_are_marked_truncated(model, tokenizer, sampler):
+    """Truncated: every column is the completion's and the last is not <eos> (the rewards then score nothing)."""
+    torch.manual_seed(4)
+    perf = PerformanceConfig(sampler=sampler, trim_padding=False)
+    for max_new_tokens in (1, 12):
+        rollout = generate(model, tokenizer, PROMPTS * 4, max_new_tokens, 1.0, perf)
+        full = rollout.completion_mask.sum(1) == max_new_tokens
+        last_is_eos = rollout.completion_ids[:, -1] == tokenizer.eos_token_id
+        assert rollout.truncated == (full & ~last_is_eos).tolist()
+        if max_new_tokens == 1:
+            assert any(rollout.truncated)
+    rows = torch.tensor([3, 0, 7])
+    assert rollout.select(rows).truncated == [rollout.truncated[i] for i in rows.tolist()]

@@ -42,6 +42,13 @@ INPUT_CASES = {
         "'question'",
     ],
     "missing_model_path.yaml": ["missing_model_path.yaml", "model.path", "no_such_model_folder", "does not exist"],
+    "unreadable_gold_answer.yaml": [
+        "task.reward[0]",
+        "'gsm8k'",
+        "data row 3",
+        "gsm8k_gold_without_number.jsonl",
+        "thirty",
+    ],
 }
 
 
@@ -75,6 +82,13 @@ def test_bad_data_or_model(name: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = run_sspo("train", name, "-o", str(out), cwd=BAD_INPUTS)
     assert_clean_failure(result, INPUT_CASES[name])
+    assert_nothing_written(out)
+
+
+def test_a_relative_data_path_is_read_beside_the_recipe_from_any_folder(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_sspo("train", str(BAD_INPUTS / "unreadable_gold_answer.yaml"), "-o", str(out), cwd=tmp_path)
+    assert_clean_failure(result, [f"'{BAD_INPUTS / 'gsm8k_gold_without_number.jsonl'}'", "data row 3"])
     assert_nothing_written(out)
 
 

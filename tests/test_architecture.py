@@ -141,6 +141,12 @@ def test_the_maths_knows_nothing_of_the_rest() -> None:
         assert all(t.startswith(MATHS) for t in targets), module
 
 
+def test_the_rewards_know_nothing_of_the_rest() -> None:
+    """Rewards are text against text: tasks and the recipe stand on them, never the other way round."""
+    for module, targets in imports_of(("sspo_cli.rewards",)).items():
+        assert all(t.startswith("sspo_cli.rewards") for t in targets), module
+
+
 def test_the_engine_table_lists_the_recipes_engines() -> None:
     from typing import get_args
 

@@ -249,3 +249,15 @@ def test_format_style_is_inferred_from_the_answer_reward() -> None:
         infer_format_styles([ExactReward(), FormatReward()])
     with pytest.raises(ValueError, match="found boxed, gsm8k"):
         infer_format_styles([BoxedReward(), Gsm8kReward(), FormatReward()])
+
+
+def test_math_verify_rewards_work_off_the_main_thread() -> None:
+    """math-verify's signal-based timeout refuses other threads; the rewards then run without it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    completion = r"so \boxed{\frac{3}{6}}"  # not seen above: the parse cache must not hide the thread
+    with ThreadPoolExecutor(1) as pool:
+        scores = pool.submit(
+            lambda: (reward(BoxedReward(), completion, "0.5"), reward(MathVerifyReward(), completion, "$1/2$"))
+        )
+        assert scores.result() == (1.0, 1.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sspo_cli.rewards.config import BaseRewardConfig
+from sspo_cli.rewards.config import BaseRewardConfig, infer_format_styles
 from sspo_cli.rewards.functions import GOLD_CHECKS, REWARD_FUNCTIONS
 
 
@@ -42,7 +42,8 @@ class Scorer:
 
 
 def scorer(rewards: Sequence[BaseRewardConfig]) -> Scorer:
-    return Scorer(tuple(rewards))
+    """The rewards' scorer; a format reward without a style takes the answer reward's (as the recipe does)."""
+    return Scorer(tuple(infer_format_styles(list(rewards))))
 
 
 def _clamped(value: float) -> float:

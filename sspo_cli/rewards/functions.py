@@ -9,6 +9,7 @@ cannot read is an error in the data, not a reward of 1 or 0.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -26,6 +27,7 @@ from sspo_cli.rewards.config import (
 )
 
 NUMERIC_REL_TOL = 1e-9
+MATH_VERIFY_TIMEOUT_S = 5  # math-verify's own default, per parse and per verify
 # After a leading number, these make it part of an expression (`3/4`, `2^10`) rather than a number with units.
 EXPRESSION_CONTINUES = frozenset("/^*+-_{}()\\")
 
@@ -67,20 +69,28 @@ def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=NUMERIC_REL_TOL, abs_tol=0.0)
 
 
+def _timeout_s() -> int | None:
+    """math-verify times out with signal.alarm, which only the main thread may set; elsewhere it refuses."""
+    return MATH_VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+
+
 @lru_cache(maxsize=8192)
 def _parsed(text: str) -> tuple[Any, ...]:
     """math-verify's reading of `text` (empty when it finds no expression)."""
     from math_verify import parse
 
-    return tuple(parse(text))
+    return tuple(parse(text, parsing_timeout=_timeout_s()))
+
+
+def _verified(gold: tuple[Any, ...], answer: tuple[Any, ...]) -> bool:
+    from math_verify import verify
+
+    return bool(gold and answer and verify(list(gold), list(answer), timeout_seconds=_timeout_s()))
 
 
 def math_equal(gold: str, answer: str) -> bool:
     """Symbolic equality by math-verify; each side is read as one LaTeX expression."""
-    from math_verify import verify
-
-    parsed_gold, parsed_answer = _parsed(f"${gold}$"), _parsed(f"${answer}$")
-    return bool(parsed_gold and parsed_answer and verify(list(parsed_gold), list(parsed_answer)))
+    return _verified(_parsed(f"${gold}$"), _parsed(f"${answer}$"))
 
 
 def answers_equal(gold: str, answer: str) -> bool:
@@ -141,12 +151,7 @@ def gsm8k_gold(gold: str) -> float | None:
 
 @reward_function(MathVerifyReward)
 def math_verify(completion: str, gold: str, truncated: bool, cfg: MathVerifyReward) -> float:
-    from math_verify import verify
-
-    if truncated:
-        return 0.0
-    parsed_gold, parsed_answer = _parsed(gold), _parsed(completion)
-    return score(bool(parsed_gold and parsed_answer and verify(list(parsed_gold), list(parsed_answer))))
+    return score(not truncated and _verified(_parsed(gold), _parsed(completion)))
 
 
 @reward_function(FormatReward)

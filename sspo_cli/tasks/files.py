@@ -40,9 +40,8 @@ class LocalFile(Task):
 
 def build_file(cfg: FileConfig) -> LocalFile:
     path = _checked_path(cfg.path)
-    prompts, answers = (
-        _read_saved(path, cfg) if path.is_dir() else _read_columns(path, cfg.prompt_column, cfg.answer_column)
-    )
+    read = _read_saved if path.is_dir() else _read_columns
+    prompts, answers = read(path, cfg.prompt_column, cfg.answer_column)
     examples = [Example(prompt=str(p), answer=str(a)) for p, a in zip(prompts, answers)]
     rewards = scorer(cfg.reward)
     _check_gold_answers(examples, rewards, path, "task.match" if cfg.match is not None else "task.reward")
@@ -75,7 +74,7 @@ def _checked_path(raw: str) -> Path:
     return path
 
 
-def _read_saved(path: Path, cfg: FileConfig) -> tuple[list[Any], list[Any]]:
+def _read_saved(path: Path, prompt_column: str, answer_column: str) -> tuple[list[Any], list[Any]]:
     """The two columns of a `save_to_disk` folder (a DatasetDict's `train` split)."""
     import datasets
 
@@ -89,7 +88,7 @@ def _read_saved(path: Path, cfg: FileConfig) -> tuple[list[Any], list[Any]]:
             splits = ", ".join(repr(s) for s in data)
             raise TaskError("task.path", f"dataset folder '{path}' has no 'train' split (splits: {splits})")
         data = data["train"]
-    return _columns(data, path, cfg.prompt_column, cfg.answer_column)
+    return _columns(data, path, prompt_column, answer_column)
 
 
 def _read_columns(path: Path, prompt_column: str, answer_column: str) -> tuple[list[Any], list[Any]]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sspo_cli.rewards import REWARD_CONFIGS, REWARD_FUNCTIONS, scorer
 from sspo_cli.rewards.config import (
@@ -86,6 +88,7 @@ def test_exact_and_numeric_keep_their_rules() -> None:
     assert reward(NumericReward(), "1,234", "1234") == 1.0
     assert reward(NumericReward(), "the answer is 42", "42") == 0.0
     assert numbers_equal("0.1", "0.1001") is False
+    assert reward(NumericReward(), "1000000001", "1000000000") == 1.0  # today's relative 1e-9, kept
 
 
 @pytest.mark.parametrize(
@@ -118,6 +121,8 @@ def test_boxed(completion: str, gold: str, expected: float) -> None:
         ("#### 8\n#### 7", "7", 1.0),
         ("the answer is 7", "7", 0.0),
         ("#### 70", "7", 0.0),
+        ("#### 1,000,000,001", "1000000000", 0.0),  # whole numbers compare exactly, not within 1e-9
+        ("#### 0.1000000000001", "0.1", 1.0),
     ],
 )
 def test_gsm8k(completion: str, gold: str, expected: float) -> None:
@@ -261,3 +266,20 @@ def test_math_verify_rewards_work_off_the_main_thread() -> None:
             lambda: (reward(BoxedReward(), completion, "0.5"), reward(MathVerifyReward(), completion, "$1/2$"))
         )
         assert scores.result() == (1.0, 1.0)
+
+
+@given(
+    st.integers(min_value=-(10**12), max_value=10**12),
+    st.sampled_from(["", "$", " $"]),
+    st.sampled_from(["", " apples", "."]),
+)
+def test_gsm8k_reads_any_integer_as_written(n: int, prefix: str, suffix: str) -> None:
+    assert reward(Gsm8kReward(), f"work\n####{prefix} {n:,}{suffix}", str(n)) == 1.0
+    assert reward(Gsm8kReward(), f"work\n####{prefix} {n:,}{suffix}", str(n + 1)) == 0.0
+
+
+@given(st.text(alphabet=st.characters(blacklist_characters="\\")))
+def test_without_a_box_there_is_no_answer(text: str) -> None:
+    gold = text.strip() or "0"
+    assert reward(BoxedReward(), text, gold) == 0.0
+    assert reward(FormatReward(style="boxed"), text, gold) == 0.0

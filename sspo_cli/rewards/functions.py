@@ -69,6 +69,16 @@ def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=NUMERIC_REL_TOL, abs_tol=0.0)
 
 
+def same_number(a: float, b: float) -> bool:
+    """Whole numbers exactly (1e9 is not 1e9 + 1, as a relative tolerance would have it), others within 1e-9."""
+    return a == b if a.is_integer() and b.is_integer() else _close(a, b)
+
+
+def same_numbers(answer: str, gold: str) -> bool:
+    got, want = extract.parse_number(answer), extract.parse_number(gold)
+    return got is not None and want is not None and same_number(got, want)
+
+
 def _timeout_s() -> int | None:
     """math-verify times out with signal.alarm, which only the main thread may set; elsewhere it refuses."""
     return MATH_VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
@@ -97,7 +107,7 @@ def answers_equal(gold: str, answer: str) -> bool:
     """Equal as numbers (past `$` and units), else symbolically by math-verify."""
     got, want = extract.leading_number(answer), extract.leading_number(gold)
     if got is not None and want is not None and _full_number(answer) and _full_number(gold):
-        return _close(got, want)
+        return same_number(got, want)
     return math_equal(gold, answer)
 
 
@@ -129,7 +139,7 @@ def numeric(completion: str, gold: str, truncated: bool, cfg: NumericReward) -> 
 @reward_function(RegexReward)
 def regex(completion: str, gold: str, truncated: bool, cfg: RegexReward) -> float:
     answer = None if truncated else extract.regex_answer(completion, cfg.pattern)
-    return score(answer is not None and (answer == gold.strip() or numbers_equal(answer, gold)))
+    return score(answer is not None and (answer == gold.strip() or same_numbers(answer, gold)))
 
 
 @reward_function(BoxedReward)
@@ -141,7 +151,7 @@ def boxed(completion: str, gold: str, truncated: bool, cfg: BoxedReward) -> floa
 @reward_function(Gsm8kReward)
 def gsm8k(completion: str, gold: str, truncated: bool, cfg: Gsm8kReward) -> float:
     got, want = None if truncated else extract.gsm8k_answer(completion), gsm8k_gold(gold)
-    return score(got is not None and want is not None and _close(got, want))
+    return score(got is not None and want is not None and same_number(got, want))
 
 
 def gsm8k_gold(gold: str) -> float | None:

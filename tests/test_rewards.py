@@ -173,9 +173,8 @@ def test_format_with_a_regex_style() -> None:
     assert reward(cfg, "Answer: 4 Answer: 5", "") == 0.0
 
 
+WHOLE_TEXT_REWARDS = [ExactReward(), NumericReward()]
 TRUNCATION_CASES = [
-    (ExactReward(), "4", "4"),
-    (NumericReward(), "4", "4"),
     (RegexReward(pattern=r"=(\d+)"), "=4", "4"),
     (BoxedReward(), r"\boxed{4}", "4"),
     (Gsm8kReward(), "#### 4", "4"),  # perhaps the start of #### 42
@@ -190,8 +189,16 @@ def test_a_completion_cut_off_at_max_new_tokens_scores_nothing(config, completio
     assert reward(config, completion, gold, truncated=True) == 0.0
 
 
+@pytest.mark.parametrize("config", WHOLE_TEXT_REWARDS, ids=lambda c: c.name)
+def test_whole_text_rewards_score_a_cut_completion_as_it_stands(config) -> None:
+    """No answer is extracted, so nothing lucky: with max_new_tokens = 1 a one-token answer has no room for <eos>."""
+    assert reward(config, "4", "4", truncated=True) == 1.0
+    assert reward(config, "42", "4", truncated=True) == 0.0
+
+
 def test_every_reward_is_covered_by_the_truncation_cases() -> None:
-    assert {config.name for config, _, _ in TRUNCATION_CASES} == set(REWARD_CONFIGS)
+    covered = {config.name for config, _, _ in TRUNCATION_CASES} | {config.name for config in WHOLE_TEXT_REWARDS}
+    assert covered == set(REWARD_CONFIGS)
 
 
 # --------------------------------------------------------------------------- gold answers

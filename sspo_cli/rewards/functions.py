@@ -1,7 +1,9 @@
 """Each reward's function, registered beside its config: `(completion, gold, truncated, cfg) -> [0, 1]`.
 
 `truncated` says the completion ended without <eos> (it hit `max_new_tokens`): its last expression
-may be the start of a longer one (`#### 4` of `#### 42`), so no reward scores it. Each answer
+may be the start of a longer one (`#### 4` of `#### 42`), so no reward that extracts an answer
+scores it. `exact` and `numeric` judge the whole completion as it stands, so they score it as
+before: a `max_new_tokens` equal to the answer's length (no room for <eos>) keeps working. Each answer
 reward also has a gold check, run on every row when the task is built: a gold answer the reward
 cannot read is an error in the data, not a reward of 1 or 0.
 """
@@ -128,12 +130,12 @@ def gold_answer(gold: str) -> str:
 
 @reward_function(ExactReward)
 def exact(completion: str, gold: str, truncated: bool, cfg: ExactReward) -> float:
-    return score(not truncated and completion.strip() == gold.strip())
+    return score(completion.strip() == gold.strip())
 
 
 @reward_function(NumericReward)
 def numeric(completion: str, gold: str, truncated: bool, cfg: NumericReward) -> float:
-    return score(not truncated and numbers_equal(completion, gold))
+    return score(numbers_equal(completion, gold))
 
 
 @reward_function(RegexReward)

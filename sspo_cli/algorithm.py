@@ -67,10 +67,10 @@ def rl_step(
     old_logp, token_entropy = behaviour_logprobs(model, rollout, cfg.temperature, shared_prompts, perf.logprob_chunk_mb)
     entropy = (token_entropy * mask).sum() / mask.sum().clamp(min=1)
     ref_logp = None
-    if policy.reference is not None:
-        with torch.inference_mode():
+    if policy.has_reference:
+        with torch.inference_mode(), policy.reference_model() as reference:
             ref_logp, _ = completion_logprobs(
-                policy.reference,
+                reference,
                 rollout.input_ids,
                 rollout.attention_mask,
                 rollout.completion_len,

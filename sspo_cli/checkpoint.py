@@ -3,6 +3,10 @@
     checkpoints/step-000040/   model weights (safetensors) + tokenizer, optimizer.pt, trainer_state.json
     checkpoints/final/         the last step's files again (hard links), for the MLflow artifact
 
+Under LoRA (`model.lora`) the weights are the adapter's (adapter_config.json and
+adapter_model.safetensors, peft's format); a tiny-model base is kept beside it in `base/`, hard
+links of the previous checkpoint's (it never changes); a folder base is named by `model.path`.
+
 A kill at any moment leaves every complete checkpoint intact: a checkpoint only gets its
 `step-*` name by a rename once all its files are written and synced, and an old one is renamed
 away before it is deleted. Nothing is loaded with pickle: weights are safetensors, optimiser,
@@ -47,7 +51,8 @@ class LoadedCheckpoint:
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
     rng: dict[str, Any]
-    weights: dict[str, torch.Tensor]
+    weights: dict[str, torch.Tensor]  # the whole model's, or under LoRA the adapter's
+    base_weights: dict[str, torch.Tensor] | None = None  # LoRA on a tiny model: its frozen base (`base/`)
 
     @property
     def step(self) -> int:
@@ -91,7 +96,10 @@ def save_checkpoint(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     with _quiet_transformers():
-        save_policy(policy.model, policy.tokenizer, staging)
+        if policy.adapter is None:
+            save_policy(policy.model, policy.tokenizer, staging)
+        else:
+            save_lora_policy(policy, staging, latest_checkpoint(root))
     payload = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": capture_rng()}
     torch.save(payload, staging / OPTIMIZER_FILE)
     (staging / STATE_FILE).write_text(json.dumps(asdict(state)))
@@ -106,6 +114,19 @@ def save_checkpoint(
     prune_checkpoints(root, keep)
     _fsync_dir(root)
     return target
+
+
+def save_lora_policy(policy: Policy, staging: Path, previous: Path | None) -> None:
+    from sspo_cli.models.lora import BASE_FOLDER, save_adapter, save_base
+
+    assert policy.adapter is not None
+    save_adapter(policy.adapter, policy.tokenizer, staging)
+    if not policy.adapter.base_in_checkpoint:
+        return
+    if previous is not None and (previous / BASE_FOLDER / "model.safetensors").is_file():
+        shutil.copytree(previous / BASE_FOLDER, staging / BASE_FOLDER, copy_function=_link_or_copy)
+    else:
+        save_base(policy.adapter, policy.tokenizer, staging / BASE_FOLDER)
 
 
 def prune_checkpoints(root: Path, keep: int) -> None:
@@ -177,7 +198,10 @@ def load_checkpoint(folder: Path) -> LoadedCheckpoint:
         if not isinstance(tensors.get(key), dict):
             raise CheckpointError("--resume", f"{folder / OPTIMIZER_FILE} has no {key} state")
     rng = tensors.get("rng") if isinstance(tensors.get("rng"), dict) else {}
-    return LoadedCheckpoint(folder, state, tensors["optimizer"], tensors["scheduler"], rng, load_weights(folder))
+    from sspo_cli.models.lora import BASE_FOLDER
+
+    base = load_weights(folder / BASE_FOLDER) if (folder / BASE_FOLDER).is_dir() else None
+    return LoadedCheckpoint(folder, state, tensors["optimizer"], tensors["scheduler"], rng, load_weights(folder), base)
 
 
 def load_training_state(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -219,6 +243,36 @@ def load_weights(folder: Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError("--resume", f"{file} cannot be read as safetensors: {_first_line(exc)}") from None
     return weights
+
+
+def apply_policy_weights(policy: Policy, loaded: LoadedCheckpoint) -> None:
+    """The checkpoint's weights into the policy: the whole model's, or under LoRA the adapter's (and
+    a tiny base's); a checkpoint of the other kind is refused."""
+    from sspo_cli.models.lora import adapter_weight_problems, is_adapter_folder
+
+    lora_checkpoint = is_adapter_folder(loaded.folder)
+    if lora_checkpoint != (policy.adapter is not None):
+        held, wanted = ("a LoRA adapter", "the whole model") if lora_checkpoint else ("a whole model", "LoRA adapters")
+        raise CheckpointError("--resume", f"{loaded.folder} holds {held} but the recipe trains {wanted} (model.lora)")
+    if policy.adapter is None:
+        apply_weights(policy.model, loaded.weights, loaded.folder)
+        return
+    if loaded.base_weights is not None:
+        copy_weights(policy.adapter.base_weights, loaded.base_weights, loaded.folder / "base")
+    problem = adapter_weight_problems(policy.adapter, loaded.weights)
+    if problem:
+        raise CheckpointError("--resume", f"the adapter in {loaded.folder} does not fit the recipe's model ({problem})")
+
+
+def copy_weights(targets: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], source: Path) -> None:
+    """Copy `weights` into the tensors `targets` names, which must be exactly the same names and shapes."""
+    import torch
+
+    if targets.keys() != weights.keys() or any(targets[k].shape != weights[k].shape for k in targets):
+        raise CheckpointError("--resume", f"weights in {source} do not fit the recipe's model")
+    with torch.no_grad():
+        for name, tensor in targets.items():
+            tensor.copy_(weights[name])
 
 
 def apply_weights(model, weights: dict[str, torch.Tensor], source: Path) -> None:
@@ -271,7 +325,9 @@ def _link_or_copy(source: str, target: str) -> None:
 
 def _fsync_tree(folder: Path) -> None:
     for path in folder.iterdir():
-        if path.is_file():
+        if path.is_dir():
+            _fsync_tree(path)
+        elif path.is_file():
             with path.open("rb") as handle:
                 os.fsync(handle.fileno())
     _fsync_dir(folder)

@@ -49,6 +49,26 @@ class TinyModelConfig(Strict):
         return self
 
 
+class LoraConfig(Strict):
+    """Train low-rank adapters (LoRA, through peft) on a frozen base model instead of every weight."""
+
+    rank: int = Field(8, ge=1, le=4096, description="r: the rank of each adapter (A is r x in, B is out x r).")
+    alpha: float = Field(16.0, gt=0, description="lora_alpha: an adapter's output is scaled by alpha / rank.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="lora_dropout: dropout on an adapter's input while training.")
+    target_modules: Literal["all-linear"] | list[str] = Field(
+        "all-linear",
+        min_length=1,
+        description="Modules that get an adapter: 'all-linear' (every linear layer but the output head) or names such as [q_proj, v_proj] (a module matches if its dotted name is, or ends in, one of them).",
+    )
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _one_word_or_names(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "all-linear":
+            raise ValueError("give 'all-linear' or a list of module names such as [q_proj, v_proj]")
+        return value
+
+
 class ModelConfig(Strict):
     path: str | None = Field(None, description="Local Hugging Face causal-LM folder. Leave empty for the tiny model.")
     tiny: TinyModelConfig = Field(
@@ -61,6 +81,10 @@ class ModelConfig(Strict):
         False, description="Allow a model folder to run its own Python code. Off unless you trust the folder."
     )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field("sdpa", description="Attention kernel.")
+    lora: LoraConfig | None = Field(
+        None,
+        description="LoRA adapters instead of full fine-tuning (`lora: {}` for the defaults); the warm start still trains the whole tiny model, RL trains the adapters on top. Empty: full fine-tuning.",
+    )
 
 
 class WarmStartConfig(Strict):

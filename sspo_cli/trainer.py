@@ -164,6 +164,10 @@ def prepare(
     warm = recipe.train.warm_start
     model, tokenizer = load_policy(recipe.model, task.alphabet, warm.seed if warm.enabled else recipe.seed)
     check_generation_tokens(tokenizer)
+    if recipe.model.lora is not None:
+        from sspo_cli.models.lora import check_targets
+
+        check_targets(recipe.model.lora, model)  # now: the adapters themselves come after the warm start
     warn_if_emulated_bf16(recipe, next(model.parameters()).device, observer)
     objective = build_objective(recipe.objective)
 
@@ -183,7 +187,7 @@ def prepare(
             recipe, model, tokenizer, task, output_dir / ".cache" / "warm_start", observer.on_warm_start
         )
         check_target(warm_result, warm, observer.on_warning)
-    policy = Policy(model, tokenizer, reference=frozen_copy(model) if recipe.objective.beta > 0 else None)
+    policy = build_policy(recipe, model, tokenizer)
     return Prepared(recipe, task, policy, objective, output_dir, tracking_uri, warm_result)
 
 
@@ -199,6 +203,18 @@ def warn_if_emulated_bf16(recipe: Recipe, device: torch.device, observer: Traini
         )
 
 
+def build_policy(recipe: Recipe, model: PreTrainedModel, tokenizer) -> Policy:
+    """The policy RL trains: the whole model, or LoRA adapters on it; with a KL term, its reference
+    (a frozen copy, or under LoRA the same model with its adapters off)."""
+    kl = recipe.objective.beta > 0
+    if recipe.model.lora is None:
+        return Policy(model, tokenizer, reference=frozen_copy(model) if kl else None)
+    from sspo_cli.models.lora import attach_lora
+
+    adapter = attach_lora(recipe.model.lora, model, recipe.seed, base_in_checkpoint=recipe.model.path is None)
+    return Policy(model, tokenizer, adapter=adapter, kl_to_base=kl)
+
+
 def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
     reference = copy.deepcopy(model).eval()
     reference.requires_grad_(False)
@@ -208,18 +224,21 @@ def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
 def make_optimizer(recipe: Recipe, model: PreTrainedModel) -> tuple[torch.optim.Optimizer, Any]:
     import torch
 
+    from sspo_cli.models import trainable_parameters
     from sspo_cli.run.schedule import lr_multiplier
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.train.lr, weight_decay=recipe.train.weight_decay)
+    optimizer = torch.optim.AdamW(
+        trainable_parameters(model), lr=recipe.train.lr, weight_decay=recipe.train.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(recipe))
     return optimizer, scheduler
 
 
 def restore_from_checkpoint(loaded: LoadedCheckpoint, policy: Policy, optimizer, scheduler) -> None:
     """Weights, optimiser and scheduler as they were when the checkpoint was written."""
-    from sspo_cli.checkpoint import OPTIMIZER_FILE, CheckpointError, apply_weights
+    from sspo_cli.checkpoint import OPTIMIZER_FILE, CheckpointError, apply_policy_weights
 
-    apply_weights(policy.model, loaded.weights, loaded.folder)
+    apply_policy_weights(policy, loaded)
     try:
         optimizer.load_state_dict(loaded.optimizer)
         scheduler.load_state_dict(loaded.scheduler)

@@ -78,7 +78,8 @@ def warm_start_key(recipe: Recipe, task: Task) -> str:
     return stable_hash(
         {
             "format": CACHE_FORMAT,
-            "model": recipe.model.model_dump(mode="json", exclude={"device"}),
+            # LoRA is trained after the warm start: with or without it, the warm-started weights are the same.
+            "model": recipe.model.model_dump(mode="json", exclude={"device", "lora"}),
             "task": recipe.task.model_dump(mode="json"),
             "task_data": task.fingerprint(),  # a data file edited in place changes the key
             "warm_start": recipe.train.warm_start.cache_fields(),
@@ -98,6 +99,8 @@ def cached_warm_start(
     """Load the warm-started weights from the cache, or train them and cache them atomically."""
     from safetensors.torch import load_file, save_file
 
+    from sspo_cli.models import untied_state
+
     folder = cache_root / warm_start_key(recipe, task)
     target = recipe.train.warm_start.target_dev_accuracy
     weights = folder / "model.safetensors"
@@ -111,8 +114,7 @@ def cached_warm_start(
     staging = cache_root / f".{folder.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(_untie(state), str(staging / "model.safetensors"))
+    save_file(untied_state(model.state_dict()), str(staging / "model.safetensors"))
     (staging / "warm_start.json").write_text(
         json.dumps({"steps": steps, "dev_accuracy": dev_accuracy, "key": folder.name})
     )
@@ -121,17 +123,6 @@ def cached_warm_start(
     except OSError:  # another process cached the same key first: theirs is identical
         shutil.rmtree(staging, ignore_errors=True)
     return WarmStartResult(steps, dev_accuracy, cached=False, folder=folder, target=target)
-
-
-def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """safetensors refuses shared storage (tied embeddings): store independent copies."""
-    seen: set[int] = set()
-    out = {}
-    for key, tensor in state.items():
-        ptr = tensor.data_ptr()
-        out[key] = tensor.clone() if ptr in seen else tensor
-        seen.add(ptr)
-    return out
 
 
 def supervised_warm_start(

@@ -196,6 +196,8 @@ def plan_trl_run(
         raise TrlEngineError(
             "trl.use_vllm", "vLLM samples on GPUs only: it needs a GPU machine and model.device 'auto' or 'cuda'"
         )
+    if recipe.model.lora is not None:
+        raise TrlEngineError("model.lora", "LoRA adapters are trained by the native engine only: set engine: native")
     if options.use_vllm and not recipe.model.path:
         raise TrlEngineError(
             "trl.use_vllm", "vLLM loads the policy from a model folder: set model.path (the tiny model has none)"

@@ -145,6 +145,22 @@ def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fold
     tokenizer.save_pretrained(folder)
 
 
+def trainable_parameters(model: PreTrainedModel) -> list[torch.nn.Parameter]:
+    """What the optimiser updates: every weight in full fine-tuning, only the adapters under LoRA."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def untied_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict safetensors can write: on the CPU, and tied tensors (shared storage) as independent copies."""
+    seen: set[int] = set()
+    out = {}
+    for key, tensor in state.items():
+        ptr = tensor.data_ptr()
+        out[key] = tensor.detach().cpu().clone() if ptr in seen else tensor.detach().contiguous().cpu()
+        seen.add(ptr)
+    return out
+
+
 def resolve_device(name: str) -> torch.device:
     import torch
 

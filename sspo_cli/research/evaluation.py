@@ -1,6 +1,7 @@
 """`sspo eval TARGET`: greedy accuracy or sampled pass@k of a trained policy, on its own task or another.
 
-TARGET is a run folder, a checkpoint folder (a Hugging Face model folder), or an MLflow run id.
+TARGET is a run folder, a checkpoint folder (a Hugging Face model folder, or a LoRA adapter on
+its base), or an MLflow run id.
 """
 
 from __future__ import annotations
@@ -97,16 +98,18 @@ def resolve_target(target: str, tracking_uri: str | None, output_dir: Path) -> E
 
 
 def _target_from_folder(folder: Path) -> EvalTarget:
-    if (folder / "checkpoints" / "final" / "config.json").is_file():
+    from sspo_cli.models.lora import holds_model
+
+    if holds_model(folder / "checkpoints" / "final"):
         return _target_in_run_dir(folder, folder / "checkpoints" / "final")
-    if (folder / "config.json").is_file():
+    if holds_model(folder):
         for parent in list(folder.parents)[:3]:  # run_dir/checkpoints/<name>
             if (parent / "recipe.yaml").is_file() and (parent / "checkpoints").is_dir():
                 return _target_in_run_dir(parent, folder)
         return EvalTarget(folder, None)
     raise ResearchError(
         "TARGET",
-        f"{str(folder)!r} is neither a run folder (with checkpoints/final) nor a checkpoint folder (with config.json)",
+        f"{str(folder)!r} is neither a run folder (with checkpoints/final) nor a checkpoint folder (with config.json or adapter_config.json)",
     )
 
 
@@ -120,6 +123,7 @@ def _target_from_mlflow(run_id: str, tracking_uri: str | None, output_dir: Path)
     """The run's folder if it is on this machine, else its logged checkpoint and recipe, downloaded once."""
     from mlflow.exceptions import MlflowException
 
+    from sspo_cli.models.lora import holds_model
     from sspo_cli.tracking import default_tracking_uri, open_client
 
     uri = tracking_uri or default_tracking_uri(output_dir)
@@ -129,13 +133,13 @@ def _target_from_mlflow(run_id: str, tracking_uri: str | None, output_dir: Path)
     except MlflowException:
         raise ResearchError("TARGET", f"no MLflow run {run_id} in {uri}") from None
     run_dir = run.data.tags.get("sspo.run_dir")
-    if run_dir and (Path(run_dir) / "checkpoints" / "final" / "config.json").is_file():
+    if run_dir and holds_model(Path(run_dir) / "checkpoints" / "final"):
         target = _target_in_run_dir(Path(run_dir), Path(run_dir) / "checkpoints" / "final")
         target.tracking_uri = uri
         return target
     cache = output_dir / ".cache" / "eval" / run_id
     checkpoint = cache / "final_checkpoint"
-    if not (checkpoint / "config.json").is_file():
+    if not holds_model(checkpoint):
         try:
             cache.mkdir(parents=True, exist_ok=True)
             client.download_artifacts(run_id, "final_checkpoint", str(cache))
@@ -190,7 +194,8 @@ def task_section(task: str) -> dict[str, Any]:
 def evaluate_target(target_text: str, target: EvalTarget, recipe: Recipe, options: EvalOptions) -> EvalReport:
     import torch
 
-    from sspo_cli.models import load_pretrained, resolve_device, set_offline_defaults
+    from sspo_cli.models import resolve_device, set_offline_defaults
+    from sspo_cli.models.lora import load_trained
     from sspo_cli.tasks import build_task
 
     set_offline_defaults()
@@ -206,7 +211,7 @@ def evaluate_target(target_text: str, target: EvalTarget, recipe: Recipe, option
     if not examples:
         raise ResearchError("--split", f"the {options.split} split of task {task.name!r} is empty")
     model_cfg = recipe.model.model_copy(update={"device": options.device}) if options.device else recipe.model
-    model, tokenizer = load_pretrained(model_cfg, target.checkpoint)
+    model, tokenizer = load_trained(model_cfg, target.checkpoint)
     model = model.to(resolve_device(model_cfg.device))
     max_new = options.max_new_tokens or recipe.eval.max_new_tokens or recipe.rollout.max_new_tokens
     batch_size = options.batch_size or recipe.eval.batch_size

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,12 +12,33 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from sspo_cli.models.lora import Adapter
+
 
 @dataclass
 class Policy:
+    """The trained model; under LoRA (`adapter`) that is the base model with adapter layers in it."""
+
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
-    reference: PreTrainedModel | None = None
+    reference: PreTrainedModel | None = None  # a frozen copy, for a KL term in full fine-tuning
+    adapter: Adapter | None = None
+    kl_to_base: bool = False  # under LoRA the KL reference is `model` with its adapters off: no copy
+
+    @property
+    def has_reference(self) -> bool:
+        return self.reference is not None or self.kl_to_base
+
+    @contextmanager
+    def reference_model(self) -> Iterator[PreTrainedModel]:
+        """The KL reference, for the duration of the block."""
+        if self.kl_to_base and self.adapter is not None:
+            with self.adapter.disabled():
+                yield self.model
+        elif self.reference is not None:
+            yield self.reference
+        else:
+            raise ValueError("this policy has no reference")
 
 
 class TooManySkips(RuntimeError):

@@ -145,6 +145,34 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(
     )
 
 
+def test_a_killed_lora_run_resumes_exactly(workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """LoRA with a KL term: the checkpoint holds the adapter (and the tiny base); steps after it are trained again."""
+    lora = ["--set", "model.lora.rank=4", "--set", "objective.beta=0.1", "--set", "train.steps=10", "-q"]
+    runs = {}
+    for name in ("uninterrupted", "killed"):
+        out = workspace / f"lora-{name}"
+        store = mlflow_store(tmp_path_factory, out)
+        runs[name] = start_sspo(
+            "train", str(workspace / "recipe.yaml"), "-o", str(out), "--tracking-uri", f"sqlite:///{store}", *lora
+        )
+    killed = workspace / "lora-killed"
+    wait_for(lambda: (started := started_run(killed)) is not None and history_steps(started) >= 5, runs["killed"])
+    code, _, _ = interrupt(runs["killed"], signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    run_dir = only_run_dir(killed)
+    from sspo_cli.checkpoint import latest_checkpoint
+
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    assert checkpoint is not None and (checkpoint / "adapter_model.safetensors").is_file()
+    assert not (checkpoint / "model.safetensors").exists()
+    result = run_sspo("train", "--resume", str(run_dir), "-q")
+    assert result.returncode == 0, result.stderr
+    out, err = runs["uninterrupted"].communicate(timeout=TIMEOUT_S)
+    assert runs["uninterrupted"].returncode == 0, out + err
+    assert_same_training(only_run_dir(workspace / "lora-uninterrupted"), run_dir)
+    assert json.loads((run_dir / "summary.json").read_text())["resumed_from"] == [int(checkpoint.name[5:])]
+
+
 def test_resume_of_a_finished_run_is_refused(uninterrupted: Background) -> None:
     result = run_sspo("train", "--resume", str(uninterrupted.run_dir()))
     assert result.returncode == 2
@@ -208,12 +236,14 @@ def assert_same_training(expected: Path, actual: Path) -> None:
     assert summary(actual) == summary(expected)
     assert history(actual) == history(expected)
     final_expected, final_actual = expected / "checkpoints" / "final", actual / "checkpoints" / "final"
-    weights_expected, weights_actual = (
-        load_file(final_expected / "model.safetensors"),
-        load_file(final_actual / "model.safetensors"),
+    files = sorted(str(path.relative_to(final_expected)) for path in final_expected.rglob("*.safetensors"))
+    assert files and files == sorted(
+        str(path.relative_to(final_actual)) for path in final_actual.rglob("*.safetensors")
     )
-    assert weights_expected.keys() == weights_actual.keys()
-    assert all(torch.equal(weights_expected[k], weights_actual[k]) for k in weights_expected)
+    for file in files:  # the model's weights; under LoRA the adapter's and the tiny base's
+        weights_expected, weights_actual = load_file(final_expected / file), load_file(final_actual / file)
+        assert weights_expected.keys() == weights_actual.keys()
+        assert all(torch.equal(weights_expected[k], weights_actual[k]) for k in weights_expected)
     optimizer_expected = torch.load(final_expected / "optimizer.pt", weights_only=True)["optimizer"]["state"]
     optimizer_actual = torch.load(final_actual / "optimizer.pt", weights_only=True)["optimizer"]["state"]
     for index, state in optimizer_expected.items():

@@ -60,7 +60,12 @@ def guarded(
     except InputError as exc:
         if debug:
             raise
-        _err().print(f"[red]error:[/red] {describe_bad_input(exc, recipe_file)}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        # escaped: a message may hold brackets ("pip install -e '.[lora]'") that Rich would take for markup
+        _err().print(
+            f"[red]error:[/red] {escape(describe_bad_input(exc, recipe_file))}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except TooManySkips as exc:
         if debug:

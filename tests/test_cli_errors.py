@@ -30,6 +30,8 @@ RECIPE_CASES = {
     "unknown_objective.yaml": ["unknown_objective.yaml", "objective.name", "'ppo'", "sspo"],
     "unknown_gate.yaml": ["unknown_gate.yaml", "objective.gate", "'tanh'", "sigmoid"],
     "unknown_task.yaml": ["unknown_task.yaml", "task.name", "'multiplication'", "addition"],
+    "lora_rank_zero.yaml": ["lora_rank_zero.yaml", "model.lora.rank", "greater than or equal to 1"],
+    "lora_negative_dropout.yaml": ["lora_negative_dropout.yaml", "model.lora.dropout", "greater than or equal to 0"],
 }
 # Recipes that validate but whose data or model cannot be used: caught by `train`, before any write.
 INPUT_CASES = {
@@ -42,6 +44,12 @@ INPUT_CASES = {
         "'question'",
     ],
     "missing_model_path.yaml": ["missing_model_path.yaml", "model.path", "no_such_model_folder", "does not exist"],
+    "lora_unknown_target.yaml": [
+        "lora_unknown_target.yaml",
+        "model.lora.target_modules",
+        "'query' matches no module",
+        "q_proj",
+    ],
     "unreadable_gold_answer.yaml": [
         "task.reward[0]",
         "'gsm8k'",
@@ -294,9 +302,30 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     [
         (["engine=trl", "trl.use_vllm=true"], "trl.use_vllm"),  # sections the CLI once listed by hand lacked
         (["engine=trl", "rollout.updates_per_rollout=3"], "rollout.updates_per_rollout"),
+        (["engine=trl", "model.lora.rank=4"], "model.lora"),
     ],
 )
 def test_an_engine_refusal_names_the_recipe_file_and_key(overrides: list[str], key: str) -> None:
     sets = [a for o in overrides for a in ("--set", o)]
     result = run_sspo("validate", "base.yaml", *sets, cwd=BAD_INPUTS)
     assert_clean_failure(result, [f"base.yaml: {key}: "])
+
+
+def test_lora_without_peft_says_how_to_install_it(tmp_path: Path) -> None:
+    """peft is hidden from the child by a `peft.py` first on its PYTHONPATH that fails to import."""
+    from helpers_reliability import ENV, sspo_args
+
+    blocker = tmp_path / "hide_peft"
+    blocker.mkdir()
+    (blocker / "peft.py").write_text("raise ModuleNotFoundError(\"No module named 'peft'\", name='peft')\n")
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(blocker), ENV["PYTHONPATH"]])}
+    out = tmp_path / "out"
+    result = subprocess.run(
+        sspo_args("train", "base.yaml", "--set", "model.lora.rank=4", "-o", str(out)),
+        cwd=BAD_INPUTS,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert_clean_failure(result, ["model.lora", "pip install -e '.[lora]'"])
+    assert_nothing_written(out)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 BASE_FOLDER = "base"  # in a checkpoint of a tiny-model base: the frozen base as a Hugging Face model folder
 TARGETS_KEY = "model.lora.target_modules"
 
@@ -172,6 +173,8 @@ def load_trained(cfg: ModelConfig, folder: Path) -> tuple[PreTrainedModel, PreTr
     require_peft()
     from peft import PeftModel
 
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        raise ModelError("model.path", f"{folder} has no {ADAPTER_WEIGHTS} (pickled adapter weights are refused)")
     base_folder = folder / BASE_FOLDER if (folder / BASE_FOLDER).is_dir() else cfg.path
     if base_folder is None:
         raise ModelError("model.path", f"{folder} holds a LoRA adapter without its base model: set model.path")

@@ -148,6 +148,7 @@ def prepare(
         check_tracking_uri(tracking_uri)
 
     from sspo_cli.models import check_generation_tokens, load_policy, set_offline_defaults
+    from sspo_cli.prompts import text_format
     from sspo_cli.tasks import build_task
 
     set_offline_defaults()
@@ -164,6 +165,7 @@ def prepare(
     warm = recipe.train.warm_start
     model, tokenizer = load_policy(recipe.model, task.alphabet, warm.seed if warm.enabled else recipe.seed)
     check_generation_tokens(tokenizer)
+    text_format(recipe, tokenizer)  # a prompt option the tokenizer cannot honour fails before anything is written
     warn_if_emulated_bf16(recipe, next(model.parameters()).device, observer)
     objective = build_objective(recipe.objective)
 

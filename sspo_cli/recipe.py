@@ -68,6 +68,12 @@ class ModelConfig(Strict):
         "'on' = required (an error without one), 'off' = the prompt text as it is. See docs/prompts.md.",
     )
 
+    @field_validator("chat_template", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: Any) -> Any:
+        """YAML reads an unquoted on/off (and yes/no, true/false) as a boolean."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
 
 class WarmStartConfig(Strict):
     """Supervised fine-tuning on the task's gold answers before RL (cached by content hash)."""

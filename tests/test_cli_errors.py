@@ -30,6 +30,7 @@ RECIPE_CASES = {
     "unknown_objective.yaml": ["unknown_objective.yaml", "objective.name", "'ppo'", "sspo"],
     "unknown_gate.yaml": ["unknown_gate.yaml", "objective.gate", "'tanh'", "sigmoid"],
     "unknown_task.yaml": ["unknown_task.yaml", "task.name", "'multiplication'", "addition"],
+    "prompt_template_unknown_field.yaml": ["prompt_template_unknown_field.yaml", "task.prompt_template", "{answer}"],
 }
 # Recipes that validate but whose data or model cannot be used: caught by `train`, before any write.
 INPUT_CASES = {
@@ -42,6 +43,12 @@ INPUT_CASES = {
         "'question'",
     ],
     "missing_model_path.yaml": ["missing_model_path.yaml", "model.path", "no_such_model_folder", "does not exist"],
+    "chat_template_without_one.yaml": ["chat_template_without_one.yaml", "model.chat_template", "no chat template"],
+    "system_prompt_without_chat.yaml": [
+        "system_prompt_without_chat.yaml",
+        "task.system_prompt",
+        "task.prompt_template",
+    ],
     "unreadable_gold_answer.yaml": [
         "task.reward[0]",
         "'gsm8k'",

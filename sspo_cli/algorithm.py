@@ -33,7 +33,8 @@ def rl_step(
 
     from sspo_cli.models.logprobs import completion_logprobs
     from sspo_cli.objectives import compute_advantages
-    from sspo_cli.rollout import generate, grade_all
+    from sspo_cli.prompts import text_format
+    from sspo_cli.rollout import generate, grade_all, loss_mask, truncated_fraction
 
     cfg, perf = recipe.rollout, recipe.performance
     started = time.perf_counter()
@@ -52,6 +53,7 @@ def rl_step(
         cfg.temperature,
         perf,
         with_logprobs=perf.sampling_logprobs,
+        text=text_format(recipe, policy.tokenizer),
     )
     sampled = time.perf_counter()
 
@@ -60,12 +62,13 @@ def rl_step(
     rewards = torch.tensor([g.reward for g in grades], dtype=torch.float32)
     advantages = compute_advantages(rewards, cfg.group_size, cfg.advantage_scale)
     device = rollout.input_ids.device
-    advantages, mask = advantages.to(device), rollout.completion_mask
+    advantages, mask = advantages.to(device), loss_mask(rollout, cfg.mask_truncated_completions)
     shared_prompts = rollout.prompt_index if perf.share_prompt_prefix else None
 
     # 3. Behaviour log-probs (and the reference's, for a KL penalty) at the sampling temperature.
     old_logp, token_entropy = behaviour_logprobs(model, rollout, cfg.temperature, shared_prompts, perf.logprob_chunk_mb)
-    entropy = (token_entropy * mask).sum() / mask.sum().clamp(min=1)
+    sampled_mask = rollout.completion_mask  # every sampled token, masked-out truncated completions included
+    entropy = (token_entropy * sampled_mask).sum() / sampled_mask.sum().clamp(min=1)
     ref_logp = None
     if policy.has_reference:
         with torch.inference_mode(), policy.reference_model() as reference:
@@ -106,11 +109,12 @@ def rl_step(
     policy.model.eval()
 
     elapsed = time.perf_counter() - started
-    tokens = float(mask.sum())
+    tokens = float(sampled_mask.sum())
     return {
         "train/reward": float(rewards.mean()),
         "train/accuracy": sum(g.correct for g in grades) / max(len(grades), 1),
-        "train/response_length": tokens / mask.shape[0],
+        "train/response_length": tokens / sampled_mask.shape[0],
+        "rollout/truncated_frac": truncated_fraction(rollout),
         "train/entropy": float(entropy),
         "train/lr": scheduler.get_last_lr()[0],
         "train/tokens_per_s": tokens / elapsed,

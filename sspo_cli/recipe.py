@@ -85,6 +85,18 @@ class ModelConfig(Strict):
         None,
         description="LoRA adapters instead of full fine-tuning (`lora: {}` for the defaults); the warm start still trains the whole tiny model, RL trains the adapters on top. Empty: full fine-tuning.",
     )
+    chat_template: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Wrap each prompt in the tokenizer's chat template (user message, then the assistant's turn opened): "
+        "'auto' = on when the tokenizer has one (a model folder of an instruct model; never the tiny model), "
+        "'on' = required (an error without one), 'off' = the prompt text as it is. See docs/prompts.md.",
+    )
+
+    @field_validator("chat_template", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: Any) -> Any:
+        """YAML reads an unquoted on/off (and yes/no, true/false) as a boolean."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class WarmStartConfig(Strict):
@@ -118,10 +130,32 @@ class WarmStartConfig(Strict):
 # --------------------------------------------------------------------------- task
 
 
+PROMPT_FIELDS = ("question",)
+
+
 class TaskBase(Strict):
     eval_size: int = Field(256, ge=1, description="Held-out eval examples (never trained on).")
     dev_size: int = Field(256, ge=0, description="Held-out dev examples (for choices such as stopping the warm start).")
     split_seed: int = Field(1234, description="Seed of the train/dev/eval split.")
+    prompt_template: str = Field(
+        "{question}",
+        min_length=1,
+        description="The prompt of each example, with `{question}` standing for its question (the data's prompt "
+        "column, the reasoning-gym question, `AB+CD=`). Python format syntax: a literal brace is written twice, "
+        "as in '{question} Put the answer in \\boxed{{}}.'. Default: the question as it is. See docs/prompts.md.",
+    )
+    system_prompt: str | None = Field(
+        None,
+        min_length=1,
+        description="System message placed before the prompt by the chat template (needs model.chat_template on or auto "
+        "with a tokenizer that has one).",
+    )
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_fields(cls, value: str) -> str:
+        check_prompt_template(value)
+        return value
 
 
 class AdditionTask(TaskBase):
@@ -191,6 +225,23 @@ class FileTask(TaskBase):
         return self
 
 
+def check_prompt_template(template: str) -> None:
+    """A prompt template names `{question}` and no other field (ValueError otherwise)."""
+    import string
+
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as exc:
+        raise ValueError(f"{exc} (a literal brace is written twice: {{{{ or }}}})") from None
+    unknown = sorted({f"{{{field}}}" for field in fields if field not in PROMPT_FIELDS})
+    if unknown:
+        raise ValueError(
+            f"unknown field {', '.join(unknown)} (the one field is {{question}}; a literal brace is written twice: {{{{ or }}}})"
+        )
+    if not fields:
+        raise ValueError("the template has no {question}: every prompt would be the same text")
+
+
 def _dumped(models: list[BaseModel]) -> list[dict[str, Any]]:
     return [m.model_dump() for m in models]
 
@@ -216,6 +267,17 @@ class RolloutConfig(Strict):
     )
     advantage_scale: Literal["group", "batch", "none"] = Field(
         "group", description="Divide advantages by the group std, the batch std, or nothing (Dr. GRPO)."
+    )
+    stop: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list,
+        description="Stop strings: a completion ends where its text first contains one (besides <eos>). The text is cut "
+        "before it (the stop string is not part of the completion, as vLLM and TRL give it); the tokens after the one "
+        "that completed it are masked out like padding. Applies to rollouts, evals and the warm start's dev checks.",
+    )
+    mask_truncated_completions: bool = Field(
+        False,
+        description="Leave completions cut off at max_new_tokens (no <eos>, no stop string) out of the loss, as TRL's "
+        "option of that name and DAPO do; they still count in their group's reward mean and std.",
     )
 
     @property

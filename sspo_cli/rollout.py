@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from sspo_cli.prompts import cut_at_stop, stop_window, tails_contain_stop
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from sspo_cli.prompts import TextFormat
     from sspo_cli.recipe import PerformanceConfig
     from sspo_cli.rewards import Grade
     from sspo_cli.tasks import Example, Task
@@ -21,14 +24,14 @@ class Rollout:
 
     input_ids: torch.Tensor  # [N, P + Tc]
     attention_mask: torch.Tensor  # [N, P + Tc]
-    completion_mask: torch.Tensor  # [N, Tc], 1 for completion tokens up to and including <eos>
-    completions: list[str]  # decoded text before <eos>
+    completion_mask: torch.Tensor  # [N, Tc], 1 for completion tokens up to and including <eos> or a stop string's last
+    completions: list[str]  # decoded text before <eos> or the first stop string
     # Rows with equal prompt_index share their prompt (the group of a group-relative advantage). [N]
     prompt_index: torch.Tensor | None = None
     # From the sampling pass, at the sampling temperature; only where asked for. [N, Tc] float32
     logprobs: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
-    # Completions that ended without <eos> (cut off at max_new_tokens); their rewards see it. [N]
+    # Completions that ended without <eos> or a stop string (cut off at max_new_tokens); their rewards see it. [N]
     truncated: list[bool] | None = None
 
     @property
@@ -57,6 +60,23 @@ class Rollout:
         )
 
 
+def loss_mask(rollout: Rollout, mask_truncated: bool) -> torch.Tensor:
+    """The tokens the loss counts: the completion mask, with truncated completions' rows zeroed if asked
+    (`rollout.mask_truncated_completions`; such a row then has L_b = 0 and contributes nothing). [N, Tc]"""
+    if not mask_truncated or rollout.truncated is None:
+        return rollout.completion_mask
+    import torch
+
+    keep = torch.tensor([not cut for cut in rollout.truncated], dtype=rollout.completion_mask.dtype)
+    return rollout.completion_mask * keep.to(rollout.completion_mask.device)[:, None]
+
+
+def truncated_fraction(rollout: Rollout) -> float:
+    """Share of completions cut off at max_new_tokens (the spec's `rollout/truncated_frac`)."""
+    cut = rollout.truncated or []
+    return sum(cut) / len(cut) if cut else 0.0
+
+
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -65,30 +85,36 @@ def generate(
     temperature: float | None,
     performance: PerformanceConfig | None = None,
     with_logprobs: bool = False,
+    text: TextFormat | None = None,
 ) -> Rollout:
     """Sample at `temperature` from exactly the model's distribution (no top-k/top-p); None = greedy.
 
     `performance` picks the sampler and its shortcuts (defaults: `PerformanceConfig()`);
-    `with_logprobs` asks the project's sampler for the tokens' log-probs and entropies.
+    `with_logprobs` asks the project's sampler for the tokens' log-probs and entropies;
+    `text` renders the prompts and ends the completions (default: the prompt as it is, <eos> only).
+    Whichever sampler ran, a completion ends at its first end token or stop string (`completion_ends`).
     """
     import torch
 
+    from sspo_cli.prompts import TextFormat
     from sspo_cli.recipe import PerformanceConfig
 
     perf = performance or PerformanceConfig()
+    fmt = text or TextFormat()
+    end_ids = fmt.end_ids(tokenizer)
     device = next(model.parameters()).device
     distinct, prompt_index = distinct_prompts(prompts)
     prompt_index = prompt_index.to(device)
     logprobs = entropy = None
     if perf.sampler == "hf_generate":
-        enc = tokenizer(list(prompts), return_tensors="pt", padding=True).to(device)
+        enc = fmt.encode(tokenizer, list(prompts), return_tensors="pt", padding=True).to(device)
         prompt_ids, prompt_mask = enc["input_ids"], enc["attention_mask"]
-        completion = hf_generate(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens, temperature)
+        completion = hf_generate(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens, temperature, end_ids)
     else:
         from sspo_cli.sampling import sample_completions
 
         shared = distinct if perf.share_prompt_prefix else list(prompts)
-        enc = tokenizer(shared, return_tensors="pt", padding=True).to(device)
+        enc = fmt.encode(tokenizer, shared, return_tensors="pt", padding=True).to(device)
         rows = prompt_index if perf.share_prompt_prefix else torch.arange(len(prompts), device=device)
         sample = sample_completions(
             model,
@@ -97,22 +123,25 @@ def generate(
             rows,
             max_new_tokens,
             temperature,
-            tokenizer.eos_token_id,
+            end_ids,
             tokenizer.pad_token_id,
             with_logprobs=with_logprobs,
             stop_early=perf.trim_padding,
+            stopped=stop_test(tokenizer, fmt.stop),
         )
         prompt_ids, prompt_mask = enc["input_ids"][rows], enc["attention_mask"][rows]
         completion, logprobs, entropy = sample.completion_ids, sample.logprobs, sample.entropy
-    completion_mask = mask_through_first_eos(completion, tokenizer.eos_token_id)
-    truncated = (~(completion == tokenizer.eos_token_id).any(dim=1)).tolist()
+    ends, by_stop = completion_ends(tokenizer, completion, end_ids, fmt.stop)
+    completion_mask = mask_through(ends, completion.shape[1]).to(completion.device)
+    truncated = [end is None for end in ends]
     if perf.trim_padding:
         keep = longest_completion(completion_mask)
         completion, completion_mask = completion[:, :keep], completion_mask[:, :keep]
         logprobs = None if logprobs is None else logprobs[:, :keep]
         entropy = None if entropy is None else entropy[:, :keep]
     attention_mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], dim=1)
-    texts = decode_completions(tokenizer, completion, completion_mask, tokenizer.eos_token_id)
+    texts = decode_completions(tokenizer, completion, completion_mask, end_ids)
+    texts = [cut_at_stop(t, fmt.stop) if stopped else t for t, stopped in zip(texts, by_stop)]
     return Rollout(
         torch.cat([prompt_ids, completion], dim=1),
         attention_mask,
@@ -125,6 +154,53 @@ def generate(
     )
 
 
+def stop_test(tokenizer: PreTrainedTokenizerBase, stop: Sequence[str]) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """For the sampler: which rows' completion so far ([N, t] tokens) now holds a stop string. None: no stop strings."""
+    if not stop:
+        return None
+    import torch
+
+    width = stop_window(stop)
+
+    def stopped(tokens: torch.Tensor) -> torch.Tensor:
+        hits = tails_contain_stop(tokenizer, tokens[:, -width:].tolist(), stop)
+        return torch.tensor(hits, dtype=torch.bool, device=tokens.device)
+
+    return stopped
+
+
+def completion_ends(
+    tokenizer: PreTrainedTokenizerBase, completion: torch.Tensor, end_ids: Sequence[int], stop: Sequence[str]
+) -> tuple[list[int | None], list[bool]]:
+    """Each row's last completion token: its first end token (<eos>), or the token whose text completes a stop
+    string, whichever comes first; None if neither (cut off at max_new_tokens). And whether a stop string ended it."""
+    rows = completion.tolist()
+    ends: list[int | None] = [next((t for t, token in enumerate(row) if token in end_ids), None) for row in rows]
+    by_stop = [False] * len(rows)
+    if not stop:
+        return ends, by_stop
+    width = stop_window(stop)
+    searching = list(range(len(rows)))
+    for t in range(completion.shape[1]):
+        searching = [i for i in searching if ends[i] is None or t < ends[i]]
+        if not searching:
+            break
+        hits = tails_contain_stop(tokenizer, [rows[i][max(0, t + 1 - width) : t + 1] for i in searching], stop)
+        for i, hit in zip(searching, hits):
+            if hit:
+                ends[i], by_stop[i] = t, True
+        searching = [i for i, hit in zip(searching, hits) if not hit]
+    return ends, by_stop
+
+
+def mask_through(ends: Sequence[int | None], width: int) -> torch.Tensor:
+    """1 for every token up to and including each row's end (all of them where it has none). [N, width] long"""
+    import torch
+
+    last = torch.tensor([width - 1 if end is None else end for end in ends], dtype=torch.long)
+    return (torch.arange(width)[None, :] <= last[:, None]).long()
+
+
 def hf_generate(
     model,
     tokenizer,
@@ -132,8 +208,11 @@ def hf_generate(
     prompt_mask: torch.Tensor,
     max_new_tokens: int,
     temperature: float | None,
+    end_ids: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """transformers' `model.generate`; returns the completion columns only. [N, <= max_new_tokens]"""
+    """transformers' `model.generate`; returns the completion columns only. [N, <= max_new_tokens]
+
+    It stops a row at any of `end_ids` (default: <eos>); stop strings are found afterwards (`completion_ends`)."""
     import torch
     from transformers import GenerationConfig
 
@@ -144,7 +223,7 @@ def hf_generate(
         top_p=None,
         max_new_tokens=max_new_tokens,
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=list(end_ids) if end_ids is not None else tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
     )
     with torch.inference_mode():
@@ -166,19 +245,12 @@ def longest_completion(completion_mask: torch.Tensor) -> int:
     return max(int(completion_mask.sum(1).max()), 1) if completion_mask.numel() else 1
 
 
-def mask_through_first_eos(completion: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """1 for every token up to and including the first <eos> of each row (all of them if none)."""
-    is_eos = (completion == eos_id).long()
-    eos_before = is_eos.cumsum(dim=1) - is_eos  # how many <eos> strictly before this position
-    return (eos_before == 0).long()
-
-
 def decode_completions(
-    tokenizer: PreTrainedTokenizerBase, completion: torch.Tensor, mask: torch.Tensor, eos_id: int
+    tokenizer: PreTrainedTokenizerBase, completion: torch.Tensor, mask: torch.Tensor, end_ids: Sequence[int]
 ) -> list[str]:
     texts = []
     for row, row_mask in zip(completion.tolist(), mask.tolist()):
-        tokens = [t for t, m in zip(row, row_mask) if m and t != eos_id]
+        tokens = [t for t, m in zip(row, row_mask) if m and t not in end_ids]
         texts.append(tokenizer.decode(tokens, skip_special_tokens=True))
     return texts
 
@@ -221,15 +293,17 @@ def evaluate(
     batch_size: int,
     temperature: float | None = None,
     performance: PerformanceConfig | None = None,
+    text: TextFormat | None = None,
 ) -> EvalResult:
-    """Greedy (default) or sampled decoding of every example, scored by the task."""
+    """Greedy (default) or sampled decoding of every example, scored by the task; `text` as in `generate`."""
     grades: list[Grade] = []
     lengths: list[float] = []
     was_training = model.training
     model.eval()
     for start in range(0, len(examples), batch_size):
         batch = examples[start : start + batch_size]
-        rollout = generate(model, tokenizer, [e.prompt for e in batch], max_new_tokens, temperature, performance)
+        prompts = [e.prompt for e in batch]
+        rollout = generate(model, tokenizer, prompts, max_new_tokens, temperature, performance, text=text)
         grades += grade_all(task, batch, rollout.completions, rollout.truncated)
         lengths += rollout.completion_mask.sum(1).tolist()
     model.train(was_training)

@@ -4,7 +4,7 @@ Compared with `model.generate` it
 - runs each distinct prompt once and copies its keys/values to every completion of its group,
 - returns the sampled tokens' log-probabilities and the entropy at the sampling temperature,
   computed from the very logits the tokens were drawn from (so no second forward is needed),
-- stops as soon as every row has produced <eos>.
+- stops as soon as every row has produced an end token (<eos>) or, if asked, a stop string.
 
 Tokens are drawn with `torch.multinomial(softmax(logits / T))`: exactly the model's
 distribution at temperature T, no top-k / top-p. `temperature=None` is greedy.
@@ -12,6 +12,7 @@ distribution at temperature T, no top-k / top-p. `temperature=None` is greedy.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class Sample:
-    completion_ids: torch.Tensor  # [N, T]: pad after the first <eos>
+    completion_ids: torch.Tensor  # [N, T]: pad after the first end token or stop string
     logprobs: torch.Tensor | None  # [N, T] float32: log softmax(logits / T)[token]
     entropy: torch.Tensor | None  # [N, T] float32: entropy of softmax(logits / T)
 
@@ -36,16 +37,21 @@ def sample_completions(
     prompt_index: torch.Tensor,
     max_new_tokens: int,
     temperature: float | None,
-    eos_id: int,
+    end_ids: int | Sequence[int],
     pad_id: int,
     with_logprobs: bool = True,
     stop_early: bool = True,
+    stopped: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Sample:
-    """Sample one completion per entry of `prompt_index` (rows of the distinct, left-padded prompts)."""
+    """Sample one completion per entry of `prompt_index` (rows of the distinct, left-padded prompts).
+
+    A row ends at any of `end_ids` (<eos>) or where `stopped` (tokens so far [N, t] -> bool [N]) says its text
+    holds a stop string; after that it gets `pad_id`."""
     import torch
 
     rows = prompt_index.shape[0]
     device = prompt_ids.device
+    ends = torch.tensor([end_ids] if isinstance(end_ids, int) else list(end_ids), device=device)
     cache = new_cache(model)
     cache_name = cache_kwarg(model)
     with torch.inference_mode():
@@ -70,8 +76,11 @@ def sample_completions(
         for step in range(max_new_tokens):
             token, logp, entropy = draw(logits, temperature, with_logprobs)
             token = torch.where(finished, torch.full_like(token, pad_id), token)
-            finished = finished | (token == eos_id)
+            ended = torch.isin(token, ends)
             tokens.append(token)
+            if stopped is not None:
+                ended = ended | (stopped(torch.stack(tokens, dim=1)) & ~finished)
+            finished = finished | ended
             if with_logprobs:
                 logprobs.append(logp)
                 entropies.append(entropy)

@@ -148,6 +148,7 @@ def prepare(
         check_tracking_uri(tracking_uri)
 
     from sspo_cli.models import check_generation_tokens, load_policy, set_offline_defaults
+    from sspo_cli.prompts import text_format
     from sspo_cli.tasks import build_task
 
     set_offline_defaults()
@@ -168,6 +169,7 @@ def prepare(
         from sspo_cli.models.lora import check_targets
 
         check_targets(recipe.model.lora, model)  # now: the adapters themselves come after the warm start
+    text_format(recipe, tokenizer)  # a prompt option the tokenizer cannot honour fails before anything is written
     warn_if_emulated_bf16(recipe, next(model.parameters()).device, observer)
     objective = build_objective(recipe.objective)
 

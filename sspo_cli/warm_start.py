@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from sspo_cli.prompts import TextFormat
     from sspo_cli.recipe import WarmStartConfig
     from sspo_cli.tasks import Example, Task
 
@@ -84,6 +85,7 @@ def warm_start_key(recipe: Recipe, task: Task) -> str:
             "task_data": task.fingerprint(),  # a data file edited in place changes the key
             "warm_start": recipe.train.warm_start.cache_fields(),
             "max_new_tokens": recipe.rollout.max_new_tokens,
+            "stop": recipe.rollout.stop,  # the dev checks that decide when it ends see them
         }
     )
 
@@ -136,9 +138,11 @@ def supervised_warm_start(
     import torch
 
     from sspo_cli.models.kv_cache import position_ids_for
+    from sspo_cli.prompts import text_format
     from sspo_cli.rollout import evaluate
 
     cfg = recipe.train.warm_start
+    text = text_format(recipe, tokenizer)
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / max(cfg.warmup_steps, 1)))
@@ -151,7 +155,7 @@ def supervised_warm_start(
         model.train()
         for step in range(1, cfg.max_steps + 1):
             rows = torch.randint(len(task.train), (cfg.batch_size,), generator=generator).tolist()
-            input_ids, attention_mask, loss_mask = supervised_batch(tokenizer, [task.train[i] for i in rows])
+            input_ids, attention_mask, loss_mask = supervised_batch(tokenizer, [task.train[i] for i in rows], text)
             input_ids, attention_mask, loss_mask = input_ids.to(device), attention_mask.to(device), loss_mask.to(device)
             logits = model(
                 input_ids=input_ids,
@@ -171,7 +175,7 @@ def supervised_warm_start(
             checked = step % cfg.eval_every == 0 or step == cfg.max_steps
             if checked:
                 dev_accuracy = evaluate(
-                    model, tokenizer, task, dev, recipe.rollout.max_new_tokens, recipe.eval.batch_size
+                    model, tokenizer, task, dev, recipe.rollout.max_new_tokens, recipe.eval.batch_size, text=text
                 ).accuracy
             if on_progress:
                 on_progress(step, cfg.max_steps, dev_accuracy if checked else None)
@@ -182,14 +186,18 @@ def supervised_warm_start(
 
 
 def supervised_batch(
-    tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example]
+    tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], text: TextFormat | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-padded `prompt + answer + <eos>` rows and a mask that is 1 on the answer and <eos>."""
+    """Left-padded `prompt + answer + <eos>` rows and a mask that is 1 on the answer and <eos>.
+
+    The prompt is rendered as rollouts render it (`text`, default: as it is)."""
     import torch
 
+    from sspo_cli.prompts import TextFormat
+
+    prompts = (text or TextFormat()).encode(tokenizer, [e.prompt for e in examples])["input_ids"]
     rows, masks = [], []
-    for example in examples:
-        prompt = tokenizer(example.prompt)["input_ids"]
+    for example, prompt in zip(examples, prompts):
         answer = tokenizer(example.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         rows.append(prompt + answer)
         masks.append([0] * len(prompt) + [1] * len(answer))

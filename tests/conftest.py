@@ -39,3 +39,11 @@ def tiny_overrides() -> list[str]:
 def sspo_command(*args: str) -> list[str]:
     """The real CLI, run as a user runs it (a subprocess of this interpreter)."""
     return [sys.executable, "-m", "sspo_cli.cli", *args]
+
+
+@pytest.fixture(scope="session")
+def model_folder(tmp_path_factory) -> Path:
+    """A small real model folder (byte-level BPE tokenizer with a chat template, tiny Qwen2): see tests/model_folder.py."""
+    from model_folder import build_model_folder
+
+    return build_model_folder(tmp_path_factory.mktemp("model") / "tiny-chat-qwen2")

@@ -32,6 +32,7 @@ RECIPE_CASES = {
     "unknown_task.yaml": ["unknown_task.yaml", "task.name", "'multiplication'", "addition"],
     "lora_rank_zero.yaml": ["lora_rank_zero.yaml", "model.lora.rank", "greater than or equal to 1"],
     "lora_negative_dropout.yaml": ["lora_negative_dropout.yaml", "model.lora.dropout", "greater than or equal to 0"],
+    "prompt_template_unknown_field.yaml": ["prompt_template_unknown_field.yaml", "task.prompt_template", "{answer}"],
 }
 # Recipes that validate but whose data or model cannot be used: caught by `train`, before any write.
 INPUT_CASES = {
@@ -49,6 +50,12 @@ INPUT_CASES = {
         "model.lora.target_modules",
         "'query' matches no module",
         "q_proj",
+    ],
+    "chat_template_without_one.yaml": ["chat_template_without_one.yaml", "model.chat_template", "no chat template"],
+    "system_prompt_without_chat.yaml": [
+        "system_prompt_without_chat.yaml",
+        "task.system_prompt",
+        "task.prompt_template",
     ],
     "unreadable_gold_answer.yaml": [
         "task.reward[0]",

@@ -160,3 +160,11 @@ def test_shipped_accelerate_configs_load(name: str) -> None:
         )
     if name == "fsdp":
         assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+
+
+def test_truncation_masking_maps_to_trl_and_stop_strings_are_refused() -> None:
+    assert plan_trl_run(recipe()).config["mask_truncated_completions"] is False
+    assert plan_trl_run(recipe("rollout.mask_truncated_completions=true")).config["mask_truncated_completions"] is True
+    with pytest.raises(TrlEngineError) as info:
+        plan_trl_run(recipe("rollout.stop=['\\n\\n']"))
+    assert info.value.key == "rollout.stop"

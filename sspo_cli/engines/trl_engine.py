@@ -60,6 +60,7 @@ def run_training_trl(
     from accelerate import PartialState
 
     from sspo_cli.models import check_generation_tokens, load_policy
+    from sspo_cli.prompts import text_format
     from sspo_cli.run.folder import default_run_name, ensure_writable, final_checkpoint
     from sspo_cli.run.records import RunRecords, open_run
     from sspo_cli.run.state import TrainingObserver, TrainState
@@ -94,6 +95,7 @@ def run_training_trl(
     )
     model.to(device)
     check_generation_tokens(tokenizer)
+    text_format(recipe, tokenizer)  # a prompt option the tokenizer cannot honour fails before anything is written
     if main:
         open_client(tracking_uri)
 
@@ -154,13 +156,15 @@ def train_on_trl(recipe: Recipe, plan: TrlPlan, args, model, tokenizer, task, co
         task_reward_function,
         training_dataset,
     )
+    from sspo_cli.prompts import text_format
 
+    text = text_format(recipe, tokenizer)
     with reference_source(model, tokenizer, context.run_dir, recipe.objective.beta > 0):
         trainer = SspoGRPOTrainer(
             model=model,
-            reward_funcs=task_reward_function(task),
+            reward_funcs=task_reward_function(task, text.end_ids(tokenizer)),
             args=args,
-            train_dataset=training_dataset(task),
+            train_dataset=training_dataset(task, tokenizer, text),
             processing_class=tokenizer,
             callbacks=[NonFiniteUpdateGuard(context.state, recipe.train.max_skipped, context.run_dir)],
             recipe=recipe,

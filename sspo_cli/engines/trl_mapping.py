@@ -192,6 +192,12 @@ def plan_trl_run(
     options = trl_options(recipe)
     layout = batch_layout(recipe.rollout, world_size, options.gradient_accumulation_steps)
     use_cpu = uses_cpu(recipe, cuda_available)
+    if recipe.rollout.stop:
+        raise TrlEngineError(
+            "rollout.stop",
+            "stop strings are the native engine's (TRL's transformers sampler cannot end a completion at one and "
+            "cut its text); leave rollout.stop empty with engine: trl, or use engine: native",
+        )
     if options.use_vllm and use_cpu:
         raise TrlEngineError(
             "trl.use_vllm", "vLLM samples on GPUs only: it needs a GPU machine and model.device 'auto' or 'cuda'"
@@ -218,7 +224,7 @@ def plan_trl_run(
         "min_p": None,
         "repetition_penalty": 1.0,
         "scale_rewards": rollout.advantage_scale,
-        "mask_truncated_completions": False,
+        "mask_truncated_completions": rollout.mask_truncated_completions,
         "shuffle_dataset": True,
         # objective (our loss replaces TRL's; see trl_loss_settings)
         "beta": recipe.objective.beta,

@@ -17,6 +17,7 @@ TRL_TO_NATIVE = {
     "completions/mean_length": "train/response_length",
     "loss": "train/loss",
     "grad_norm": "train/grad_norm",
+    "completions/clipped_ratio": "rollout/truncated_frac",  # last token neither <eos> nor pad: cut off
 }
 NATIVE_PREFIXES = ("train/", "ratio/", "weight/", "grad_weight/", "kl/")
 # Replaced by the recorder's own values: the lr after the update (as the native engine logs it).

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ from sspo_cli.objectives import METRIC_KEYS, build_objective, compute_advantages
 from sspo_cli.run.metrics import merge_rows, merge_values
 
 if TYPE_CHECKING:
+    from sspo_cli.prompts import TextFormat
     from sspo_cli.recipe import Recipe
     from sspo_cli.run.records import RunRecords
     from sspo_cli.run.state import TrainState
@@ -151,20 +152,36 @@ class SspoGRPOTrainer(GRPOTrainer):
         return not (self.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3)
 
 
-def task_reward_function(task: Task) -> Callable[..., list[float]]:
-    """TRL reward function: the task's reward of each completion against its training example."""
+def task_reward_function(task: Task, end_ids: Sequence[int]) -> Callable[..., list[float]]:
+    """TRL reward function: the task's reward of each completion against its training example.
 
-    def task_reward(prompts: list[str], completions: list[str], example_index: list[int], **_: Any) -> list[float]:
-        return [task.reward(text, task.train[index]) for text, index in zip(completions, example_index)]
+    A completion whose tokens hold no end token (`end_ids`: <eos>) was cut off at max_completion_length."""
+
+    def task_reward(
+        prompts: list[Any], completions: list[Any], completion_ids: list[list[int]], example_index: list[int], **_: Any
+    ) -> list[float]:
+        return [
+            task.reward(completion_text(text), task.train[index], truncated=not any(t in end_ids for t in ids))
+            for text, ids, index in zip(completions, completion_ids, example_index)
+        ]
 
     return task_reward
 
 
-def training_dataset(task: Task):
-    """The train split as TRL reads it: a prompt column, and the row's index for the reward."""
+def completion_text(completion: Any) -> str:
+    """TRL hands a completion of a chat prompt over as its assistant message."""
+    return completion if isinstance(completion, str) else completion[-1]["content"]
+
+
+def training_dataset(task: Task, tokenizer, text: TextFormat):
+    """The train split as TRL reads it: a prompt column, and the row's index for the reward.
+
+    With the chat template on, the prompt is the messages of `TextFormat.messages`: TRL applies the tokenizer's
+    chat template to them as `TextFormat.prompt_text` does (generation prompt added, no second <bos>)."""
     from datasets import Dataset
 
-    return Dataset.from_dict({"prompt": [e.prompt for e in task.train], "example_index": list(range(len(task.train)))})
+    prompts = [text.messages(e.prompt) if text.chat else e.prompt for e in task.train]
+    return Dataset.from_dict({"prompt": prompts, "example_index": list(range(len(task.train)))})
 
 
 # --------------------------------------------------------------------------- callbacks

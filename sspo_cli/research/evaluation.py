@@ -22,6 +22,7 @@ from sspo_cli.research.stats import default_ks, mean, mean_pass_at_k
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from sspo_cli.prompts import TextFormat
     from sspo_cli.tasks import Example, Task
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -65,6 +66,7 @@ class EvalReport:
     pass_at: dict[int, float] = field(default_factory=dict)
     correct_per_prompt: list[int] | None = None  # how many of the `samples` completions of each prompt were correct
     prompts: list[str] | None = None  # the evaluated prompts, in the order of correct_per_prompt
+    prompt_sample: str | None = None  # the first prompt as the model read it (chat template applied where on)
     run_id: str | None = None
     eval_run_id: str | None = None
     file: str | None = None
@@ -196,6 +198,7 @@ def evaluate_target(target_text: str, target: EvalTarget, recipe: Recipe, option
 
     from sspo_cli.models import resolve_device, set_offline_defaults
     from sspo_cli.models.lora import load_trained
+    from sspo_cli.prompts import text_format
     from sspo_cli.tasks import build_task
 
     set_offline_defaults()
@@ -213,6 +216,7 @@ def evaluate_target(target_text: str, target: EvalTarget, recipe: Recipe, option
     model_cfg = recipe.model.model_copy(update={"device": options.device}) if options.device else recipe.model
     model, tokenizer = load_trained(model_cfg, target.checkpoint)
     model = model.to(resolve_device(model_cfg.device))
+    text = text_format(recipe, tokenizer)
     max_new = options.max_new_tokens or recipe.eval.max_new_tokens or recipe.rollout.max_new_tokens
     batch_size = options.batch_size or recipe.eval.batch_size
     common = dict(
@@ -231,7 +235,7 @@ def evaluate_target(target_text: str, target: EvalTarget, recipe: Recipe, option
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
         correct, rewards, lengths = sample_many(
-            model, tokenizer, task, examples, options.samples, max_new, batch_size, temperature
+            model, tokenizer, task, examples, options.samples, max_new, batch_size, temperature, text
         )
     accuracy = mean_pass_at_k(correct, options.samples, 1)
     pass_at = (
@@ -252,6 +256,7 @@ def evaluate_target(target_text: str, target: EvalTarget, recipe: Recipe, option
         pass_at=pass_at,
         correct_per_prompt=correct,
         prompts=[example.prompt for example in examples],
+        prompt_sample=text.prompt_text(tokenizer, examples[0].prompt),
     )
 
 
@@ -280,6 +285,7 @@ def sample_many(
     max_new_tokens: int,
     batch_size: int,
     temperature: float | None,
+    text: TextFormat | None = None,
 ) -> tuple[list[int], list[float], list[float]]:
     """`samples` completions per example (greedy when `temperature` is None): (correct count per example,
     every reward, every length). Batches as the trainer's eval does, so greedy results match it."""
@@ -294,7 +300,7 @@ def sample_many(
     for start in range(0, len(examples), per_batch):
         batch = examples[start : start + per_batch]
         repeated = [example for example in batch for _ in range(samples)]
-        rollout = generate(model, tokenizer, [e.prompt for e in repeated], max_new_tokens, temperature)
+        rollout = generate(model, tokenizer, [e.prompt for e in repeated], max_new_tokens, temperature, text=text)
         grades = grade_all(task, repeated, rollout.completions, rollout.truncated)
         rewards += [g.reward for g in grades]
         lengths += rollout.completion_mask.sum(1).tolist()

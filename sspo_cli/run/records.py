@@ -174,7 +174,9 @@ def eval_metrics(
     recipe: Recipe, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task
 ) -> dict[str, float]:
     """Greedy accuracy, mean reward and length on the held-out split, with the recipe's eval settings."""
+    from sspo_cli.prompts import text_format
     from sspo_cli.rollout import evaluate
 
     max_new = recipe.eval.max_new_tokens or recipe.rollout.max_new_tokens
-    return evaluate(model, tokenizer, task, task.eval, max_new, recipe.eval.batch_size).as_metrics("eval")
+    text = text_format(recipe, tokenizer)
+    return evaluate(model, tokenizer, task, task.eval, max_new, recipe.eval.batch_size, text=text).as_metrics("eval")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sspo_cli.tasks.base import Example, Task, TaskError, split_examples
+from sspo_cli.tasks.base import Example, Task, TaskError, fill_prompt, split_examples
 
 if TYPE_CHECKING:
     from sspo_cli.recipe import AdditionTask as AdditionConfig
@@ -34,6 +34,12 @@ def build_addition(cfg: AdditionConfig) -> Addition:
             f"max_operand - min_operand must be below {int(MAX_PAIRS**0.5)})",
         )
     operands = range(cfg.min_operand, cfg.max_operand + 1)
-    examples = [Example(prompt=f"{a}+{b}=", answer=str(a + b)) for a in operands for b in operands]
+    examples = [
+        Example(prompt=fill_prompt(cfg.prompt_template, f"{a}+{b}="), answer=str(a + b))
+        for a in operands
+        for b in operands
+    ]
     train, dev, eval_ = split_examples(examples, cfg.eval_size, cfg.dev_size, cfg.split_seed)
-    return Addition(name="addition", alphabet=ADDITION_ALPHABET, train=train, dev=dev, eval=eval_)
+    # A template's own characters join the fixed alphabet (the default template has none).
+    alphabet = "".join(sorted(set(ADDITION_ALPHABET + fill_prompt(cfg.prompt_template, ""))))
+    return Addition(name="addition", alphabet=alphabet, train=train, dev=dev, eval=eval_)

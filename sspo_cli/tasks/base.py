@@ -73,6 +73,11 @@ def split_examples(
     return shuffled[eval_size + dev_size :], shuffled[eval_size : eval_size + dev_size], shuffled[:eval_size]
 
 
+def fill_prompt(template: str, question: str) -> str:
+    """The recipe's `task.prompt_template` with the question in place of `{question}` (checked by the recipe)."""
+    return template.format(question=question)
+
+
 def unique_by_prompt(examples: Iterable[Example]) -> list[Example]:
     """Keep the first example of each distinct prompt, in order."""
     seen: set[str] = set()

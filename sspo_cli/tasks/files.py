@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING, Any
 from sspo_cli.rewards import Grade, Scorer, scorer
 from sspo_cli.rewards.extract import parse_number
 from sspo_cli.rewards.functions import numbers_equal
-from sspo_cli.tasks.base import Example, Task, TaskError, alphabet_of, short_reason, split_examples, unique_by_prompt
+from sspo_cli.tasks.base import (
+    Example,
+    Task,
+    TaskError,
+    alphabet_of,
+    fill_prompt,
+    short_reason,
+    split_examples,
+    unique_by_prompt,
+)
 
 if TYPE_CHECKING:
     from sspo_cli.recipe import FileTask as FileConfig
@@ -42,7 +51,9 @@ def build_file(cfg: FileConfig) -> LocalFile:
     path = _checked_path(cfg.path)
     read = _read_saved if path.is_dir() else _read_columns
     prompts, answers = read(path, cfg.prompt_column, cfg.answer_column)
-    examples = [Example(prompt=str(p), answer=str(a)) for p, a in zip(prompts, answers)]
+    examples = [
+        Example(prompt=fill_prompt(cfg.prompt_template, str(p)), answer=str(a)) for p, a in zip(prompts, answers)
+    ]
     rewards = scorer(cfg.reward)
     _check_gold_answers(examples, rewards, path, "task.match" if cfg.match is not None else "task.reward")
     train, dev, eval_ = split_examples(unique_by_prompt(examples), cfg.eval_size, cfg.dev_size, cfg.split_seed)

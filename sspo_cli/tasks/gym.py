@@ -12,6 +12,7 @@ from sspo_cli.tasks.base import (
     TaskError,
     alphabet_of,
     clamp_reward,
+    fill_prompt,
     short_reason,
     split_examples,
     unique_by_prompt,
@@ -44,7 +45,7 @@ def build_reasoning_gym(cfg: ReasoningGymConfig) -> ReasoningGym:
         raise TaskError(
             "task.config", f"reasoning-gym dataset {cfg.dataset!r} failed to generate examples: {short_reason(exc)}"
         ) from None
-    examples = unique_by_prompt(_to_example(entry, cfg.dataset) for entry in entries)
+    examples = unique_by_prompt(_to_example(entry, cfg.dataset, cfg.prompt_template) for entry in entries)
     train, dev, eval_ = split_examples(examples, cfg.eval_size, cfg.dev_size, cfg.split_seed)
     return ReasoningGym(
         name="reasoning_gym",
@@ -75,8 +76,8 @@ def _create_dataset(cfg: ReasoningGymConfig) -> Any:
         ) from None
 
 
-def _to_example(entry: dict[str, Any], dataset_name: str) -> Example:
+def _to_example(entry: dict[str, Any], dataset_name: str, template: str) -> Example:
     if entry.get("answer") is None:
         # Without a gold answer there is nothing to warm-start on or to report accuracy against.
         raise TaskError("task.dataset", f"reasoning-gym dataset {dataset_name!r} gives entries without a gold answer")
-    return Example(prompt=str(entry["question"]), answer=str(entry["answer"]), meta=entry)
+    return Example(prompt=fill_prompt(template, str(entry["question"])), answer=str(entry["answer"]), meta=entry)

@@ -72,6 +72,10 @@ def test_two_steps_from_the_same_state_are_identical(tiny_overrides, autocast_bf
         {"share_prompt_prefix": False},
         {"sampling_logprobs": False, "share_prompt_prefix": False},
         {"trim_padding": False},
+        {"micro_batch_size": 3},
+        {"micro_batch_size": 1, "share_prompt_prefix": False},
+        {"gradient_checkpointing": True},
+        {"gradient_checkpointing": True, "micro_batch_size": 5},
     ],
     ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()),
 )

@@ -30,6 +30,11 @@ RECIPE_CASES = {
     "unknown_objective.yaml": ["unknown_objective.yaml", "objective.name", "'ppo'", "sspo"],
     "unknown_gate.yaml": ["unknown_gate.yaml", "objective.gate", "'tanh'", "sigmoid"],
     "unknown_task.yaml": ["unknown_task.yaml", "task.name", "'multiplication'", "addition"],
+    "micro_batch_out_of_range.yaml": [
+        "micro_batch_out_of_range.yaml",
+        "performance.micro_batch_size",
+        "greater than or equal to 1",
+    ],
 }
 # Recipes that validate but whose data or model cannot be used: caught by `train`, before any write.
 INPUT_CASES = {
@@ -89,6 +94,20 @@ def test_a_relative_data_path_is_read_beside_the_recipe_from_any_folder(tmp_path
     out = tmp_path / "out"
     result = run_sspo("train", str(BAD_INPUTS / "unreadable_gold_answer.yaml"), "-o", str(out), cwd=tmp_path)
     assert_clean_failure(result, [f"'{BAD_INPUTS / 'gsm8k_gold_without_number.jsonl'}'", "data row 3"])
+    assert_nothing_written(out)
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("performance.micro_batch_size=-3", "greater than or equal to 1"),
+        ("performance.gradient_checkpointing=maybe", "'maybe'"),
+    ],
+)
+def test_bad_memory_setting(setting: str, expected: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_sspo("train", "base.yaml", "--set", setting, "-o", str(out), cwd=BAD_INPUTS)
+    assert_clean_failure(result, ["base.yaml", setting.split("=")[0], expected])
     assert_nothing_written(out)
 
 

@@ -26,16 +26,14 @@ def recipe(tiny_overrides, **performance):
     return recipe_from_dict({}, overrides)
 
 
-@pytest.fixture(scope="module")
-def model():
-    from tests.conftest import TINY_OVERRIDES
-
-    base = recipe(list(TINY_OVERRIDES))
+@pytest.fixture
+def model(tiny_overrides):
+    base = recipe(tiny_overrides)
     policy, _ = load_policy(base.model, "0123456789+=", base.seed)
     return policy
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def data(model) -> tuple[UpdateData, torch.Tensor]:
     """An off-policy rollout: grouped prompts, left padding, ragged and empty completions, a reference."""
     generator = torch.Generator().manual_seed(3)
@@ -132,3 +130,14 @@ def test_micro_batches_keep_groups_together():
     assert [p.tolist() for p in micro_batches(rows, 4, None)] == [[5, 0, 3, 1], [4, 2]]
     assert [p.tolist() for p in micro_batches(rows, None, prompt_index)] == [rows.tolist()]
     assert [p.tolist() for p in micro_batches(rows, 9, prompt_index)] == [rows.tolist()]
+
+
+def test_micro_batches_with_chunked_logprobs(tiny_overrides, model, data):
+    """A chunk of one completion (the LM head recomputed in backward) inside micro-batches of 3."""
+    objective = {"name": "sspo", "beta": 0.05}
+    whole, whole_grads = update_of(model, objective, data, recipe(tiny_overrides), shared=True)
+    chunked = recipe(tiny_overrides, micro_batch_size=3, logprob_chunk_mb=0.0001)
+    split, split_grads = update_of(model, objective, data, chunked, shared=True)
+    assert split.loss == pytest.approx(whole.loss, rel=1e-5, abs=1e-7)
+    for a, b in zip(split_grads, whole_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

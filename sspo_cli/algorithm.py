@@ -2,6 +2,7 @@
 
     sample G completions per prompt -> rewards -> group advantages -> behaviour log-probs
     -> `updates_per_rollout` optimiser updates on mini-batches through the objective
+       (each mini-batch optionally in micro-batches whose gradients add up to its own)
 
 Everything a step draws at random depends on (seed, step) alone, so a resumed run repeats
 exactly what an uninterrupted one does. `trainer.py` runs these steps; the run layer keeps the records.

@@ -18,20 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_common import current_rss_mb, peak_rss_mb, qwen2_model  # noqa: E402
+
 PROMPT_LEN, COMPLETION_LEN = 7, 8
-
-
-def current_rss_mb() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def naive_logprobs(logits, tokens, temperature: float):
@@ -43,23 +38,11 @@ def naive_logprobs(logits, tokens, temperature: float):
 def measure(variant: str, mode: str, vocab: int, rows: int, temperature: float, chunk_mb: float) -> dict[str, float]:
     """Runs in its own process: peak RSS is per process."""
     import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
 
     from sspo_cli.models.logprobs import completion_logits, completion_logprobs
 
     torch.set_num_threads(2)
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=vocab,
-        hidden_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        intermediate_size=128,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-    )
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    model = qwen2_model(vocab=vocab, hidden=64, layers=1, heads=2, kv_heads=1, intermediate=128, positions=64, seed=0)
     input_ids = torch.randint(0, vocab, (rows, PROMPT_LEN + COMPLETION_LEN))
     attention_mask = torch.ones_like(input_ids)
     tokens = input_ids[:, -COMPLETION_LEN:]
@@ -78,7 +61,7 @@ def measure(variant: str, mode: str, vocab: int, rows: int, temperature: float, 
     else:
         logp = logprobs()
         logp.sum().backward()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     logits_mb = rows * COMPLETION_LEN * vocab * 4 / 2**20
     return {
         "variant": variant,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml  # noqa: E402
+from bench_common import busy_cpu_seconds, others_cpu_share, peak_rss_mb  # noqa: E402
 
 from sspo_cli.recipe import PerformanceConfig, Recipe, recipe_from_dict  # noqa: E402
 
@@ -121,7 +121,7 @@ def run(recipe: Recipe, warmup: int, steps: int) -> dict[str, Any]:
         "step_s_max": max(walls),
         "completions_per_s": completions * len(rows) / total,
         "tokens_per_s": tokens / total,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "generate_frac": sum(r["train/sample_seconds"] for r in rows) / total,
         "objective_frac": sum(r["train/objective_seconds"] for r in rows) / total,
         "_first_step_s": first_step_s,
@@ -153,22 +153,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         else:
             switches.add_argument(flag, dest=name, default=None, type=yaml.safe_load, help=field.description)
     return parser.parse_args(argv)
-
-
-def busy_cpu_seconds() -> tuple[float, float]:
-    """(CPU seconds the whole machine has been busy, CPU seconds this process has used): their
-    growth over a run tells how much other processes competed with it."""
-    with open("/proc/stat") as stat:
-        fields = [int(v) for v in stat.readline().split()[1:]]
-    idle = fields[3] + fields[4]
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), usage.ru_utime + usage.ru_stime
-
-
-def others_cpu_share(start: tuple[float, float], end: tuple[float, float], wall: float) -> float:
-    """Share of the machine's cores that other processes kept busy during `wall` seconds."""
-    machine, ours = end[0] - start[0], end[1] - start[1]
-    return max(0.0, machine - ours) / (wall * (os.cpu_count() or 1))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,7 +10,8 @@ It prints, last, the same JSON keys as `benchmarks/rl_step.py`. One RL step is o
 of 128 completions and its 2 optimiser updates (`num_iterations=2`), i.e. 2 trainer steps.
 TRL's defaults that differ from the workload are turned off: bf16, activation checkpointing,
 its DAPO loss (-> "grpo"), linear lr decay (-> constant). The model and tokenizer are built
-exactly as `sspo_cli.models` builds them (copied here: this environment has no sspo_cli).
+exactly as `sspo_cli.models` builds them (rebuilt here: this environment has no sspo_cli; the
+model through `bench_common.py`, which needs only torch and transformers).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import argparse
 import json
 import os
 import random
-import resource
 import statistics
 import sys
 import tempfile
 import time
 from typing import Any
+
+from bench_common import busy_cpu_seconds, others_cpu_share, peak_rss_mb, qwen2_model
 
 PROMPTS, GROUP, NEW_TOKENS, UPDATES = 16, 8, 8, 2
 
@@ -49,24 +51,18 @@ def char_tokenizer():
 
 
 def tiny_model(tokenizer):
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=512,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
+    return qwen2_model(
+        vocab=len(tokenizer),
+        hidden=128,
+        layers=4,
+        heads=4,
+        kv_heads=2,
+        intermediate=512,
+        positions=64,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
 
 
 def addition_dataset(rows: int):
@@ -95,22 +91,6 @@ class Clock:
                 sink.append(time.perf_counter() - started)
 
         return wrapper
-
-
-def busy_cpu_seconds() -> tuple[float, float]:
-    """(CPU seconds the whole machine has been busy, CPU seconds this process has used): their
-    growth over a run tells how much other processes competed with it."""
-    with open("/proc/stat") as stat:
-        fields = [int(v) for v in stat.readline().split()[1:]]
-    idle = fields[3] + fields[4]
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), usage.ru_utime + usage.ru_stime
-
-
-def others_cpu_share(start: tuple[float, float], end: tuple[float, float], wall: float) -> float:
-    """Share of the machine's cores that other processes kept busy during `wall` seconds."""
-    machine, ours = end[0] - start[0], end[1] - start[1]
-    return max(0.0, machine - ours) / (wall * (os.cpu_count() or 1))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -207,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         "step_s_max": max(walls),
         "completions_per_s": PROMPTS * GROUP * len(walls) / total,
         "tokens_per_s": sum(clock.tokens[args.warmup :]) / total,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "generate_frac": generate / total,
         "objective_frac": objective / total,
     }

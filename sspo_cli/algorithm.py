@@ -2,6 +2,7 @@
 
     sample G completions per prompt -> rewards -> group advantages -> behaviour log-probs
     -> `updates_per_rollout` optimiser updates on mini-batches through the objective
+       (each mini-batch optionally in micro-batches whose gradients add up to its own)
 
 Everything a step draws at random depends on (seed, step) alone, so a resumed run repeats
 exactly what an uninterrupted one does. `trainer.py` runs these steps; the run layer keeps the records.
@@ -12,9 +13,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sspo_cli.recipe import Recipe, RolloutConfig, stable_hash
+from sspo_cli.recipe import PerformanceConfig, Recipe, RolloutConfig, stable_hash
 from sspo_cli.run.metrics import merge_rows
 
 if TYPE_CHECKING:
@@ -39,7 +41,7 @@ def rl_step(
     cfg, perf = recipe.rollout, recipe.performance
     started = time.perf_counter()
     torch.manual_seed(step_seed(recipe.seed, state.step))  # sampling depends on (seed, step) alone: resumable
-    model = prepared_model(policy.model, perf.compile)
+    model = prepared_model(policy.model, perf)
 
     # 1. Rollout: G completions for each of P prompts, grouped prompt by prompt.
     prompts = prompts_for_step(task.train, recipe.seed, state.step, cfg.prompts_per_step)
@@ -83,28 +85,17 @@ def rl_step(
             )
 
     # 4. Optimiser updates on mini-batches; the first is on-policy, later ones are not.
+    data = UpdateData(
+        rollout.input_ids, rollout.attention_mask, rollout.completion_len, old_logp, advantages, mask, ref_logp
+    )
     policy.model.train()
     update_metrics: list[dict[str, float]] = []
     objective_seconds = 0.0
     for rows in minibatches(rollout.input_ids.shape[0], cfg, recipe.seed, state.step):
-        rows = rows.to(device)
-        with autocast(device, perf.autocast_bf16):
-            logp, _ = completion_logprobs(
-                model,
-                rollout.input_ids[rows],
-                rollout.attention_mask[rows],
-                rollout.completion_len,
-                cfg.temperature,
-                None if shared_prompts is None else shared_prompts[rows],
-                perf.logprob_chunk_mb,
-            )
-        t0 = time.perf_counter()
-        out = objective(
-            logp, old_logp[rows], advantages[rows], mask[rows], ref_logp=None if ref_logp is None else ref_logp[rows]
-        )
-        objective_seconds += time.perf_counter() - t0
+        update = accumulate_gradients(model, objective, data, rows.to(device), shared_prompts, recipe)
+        objective_seconds += update.objective_seconds
         update_metrics.append(
-            {**out.metrics, **apply_update(out.loss, policy.model, optimizer, scheduler, recipe, state)}
+            {**update.metrics, **apply_update(update.loss, policy.model, optimizer, scheduler, recipe, state)}
         )
     policy.model.eval()
 
@@ -178,23 +169,116 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-def prepared_model(model, compile_model: bool):
-    """The policy itself; with `compile_model`, its decoder is compiled in place on first use (weights stay shared)."""
+def prepared_model(model, perf: PerformanceConfig):
+    """The policy itself, set up in place on first use: its decoder compiled (weights stay shared)
+    with `perf.compile`, gradient checkpointing on (it acts in train mode only) with `perf.gradient_checkpointing`."""
     decoder = getattr(model, "base_model", model)
-    if compile_model and getattr(decoder, "_compiled_call_impl", None) is None:
+    if perf.compile and getattr(decoder, "_compiled_call_impl", None) is None:
         decoder.compile(dynamic=True)
+    if perf.gradient_checkpointing and not model.is_activation_checkpointing:
+        # transformers' gradient checkpointing, under its v5 name (`gradient_checkpointing_enable` is deprecated)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 
-def apply_update(
-    loss: torch.Tensor, model, optimizer, scheduler, recipe: Recipe, state: TrainState
-) -> dict[str, float]:
-    """Backward, clip, step; a non-finite loss or gradient leaves weights and optimiser untouched."""
+@dataclass(frozen=True)
+class UpdateData:
+    """What the optimiser updates read of a rollout, one row per completion."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    completion_len: int
+    old_logp: torch.Tensor
+    advantages: torch.Tensor
+    mask: torch.Tensor
+    ref_logp: torch.Tensor | None
+
+    def objective_inputs(self, rows: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """The objective's arguments after `logp` for these rows."""
+        return {
+            "old_logp": self.old_logp[rows],
+            "advantages": self.advantages[rows],
+            "mask": self.mask[rows],
+            "ref_logp": None if self.ref_logp is None else self.ref_logp[rows],
+        }
+
+
+@dataclass(frozen=True)
+class AccumulatedUpdate:
+    loss: float
+    """The mini-batch's loss (non-finite: the update must be skipped)."""
+    metrics: dict[str, float]
+    """The objective's diagnostics over the whole mini-batch."""
+    objective_seconds: float
+
+
+def accumulate_gradients(
+    model, objective, data: UpdateData, rows: torch.Tensor, shared_prompts: torch.Tensor | None, recipe: Recipe
+) -> AccumulatedUpdate:
+    """Zero the gradients, then forward and backward the mini-batch `rows`, micro-batch by micro-batch.
+
+    Each micro-batch's loss is scaled by its share of the objective's normaliser over the whole
+    mini-batch (`Objective.normaliser`: non-empty completions, or tokens for a token mean), so the
+    scaled losses and their gradients add up to the un-split mini-batch's. A non-finite part is not
+    backpropagated; the loss returned is then non-finite. The diagnostics are taken once, over the
+    whole mini-batch's detached log-probs: the same numbers as without splitting.
+    """
     import torch
 
-    optimizer.zero_grad(set_to_none=True)
-    if torch.isfinite(loss):
-        loss.backward()
+    from sspo_cli.models.logprobs import completion_logprobs
+
+    perf = recipe.performance
+    device = data.input_ids.device
+    if perf.gradient_checkpointing:  # a layer replayed in backward cannot reuse the shared prompt's KV cache
+        shared_prompts = None
+    total = objective.normaliser(data.mask[rows]).clamp(min=1)
+    parts = micro_batches(rows, perf.micro_batch_size, shared_prompts)
+    model.zero_grad(set_to_none=True)
+    loss, seconds, logps = 0.0, 0.0, []
+    for part in parts:
+        with autocast(device, perf.autocast_bf16):
+            logp, _ = completion_logprobs(
+                model,
+                data.input_ids[part],
+                data.attention_mask[part],
+                data.completion_len,
+                recipe.rollout.temperature,
+                None if shared_prompts is None else shared_prompts[part],
+                perf.logprob_chunk_mb,
+            )
+        t0 = time.perf_counter()
+        inputs = data.objective_inputs(part)
+        part_loss = objective.loss(logp, **inputs) * (objective.normaliser(inputs["mask"]) / total)
+        seconds += time.perf_counter() - t0
+        if torch.isfinite(part_loss):
+            part_loss.backward()
+        loss += float(part_loss.detach())
+        logps.append(logp.detach())
+    t0 = time.perf_counter()
+    metrics = objective.metrics(torch.cat(logps), **data.objective_inputs(torch.cat(parts)))
+    return AccumulatedUpdate(loss, metrics, seconds + time.perf_counter() - t0)
+
+
+def micro_batches(rows: torch.Tensor, size: int | None, prompt_index: torch.Tensor | None) -> list[torch.Tensor]:
+    """`rows` in slices of at most `size` (None: one slice), the last one possibly smaller.
+
+    Rows of one prompt are put next to each other first, so that a slice holds whole groups where
+    it can and `share_prompt_prefix` still runs each of its prompts once.
+    """
+    import torch
+
+    if size is None or size >= rows.shape[0]:
+        return [rows]
+    if prompt_index is not None:
+        rows = rows[torch.argsort(prompt_index[rows], stable=True)]
+    return list(rows.split(size))
+
+
+def apply_update(loss: float, model, optimizer, scheduler, recipe: Recipe, state: TrainState) -> dict[str, float]:
+    """Clip and step on the accumulated gradients; a non-finite loss or gradient leaves weights and optimiser untouched."""
+    import torch
+
+    if math.isfinite(loss):
         max_norm = recipe.train.grad_clip if recipe.train.grad_clip is not None else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
     else:
@@ -206,7 +290,7 @@ def apply_update(
     state.count_applied_update()
     optimizer.step()
     scheduler.step()
-    return {"train/loss": float(loss.detach()), "train/grad_norm": grad_norm}
+    return {"train/loss": loss, "train/grad_norm": grad_norm}
 
 
 # --------------------------------------------------------------------------- small pure helpers

@@ -356,6 +356,15 @@ class PerformanceConfig(Strict):
         gt=0,
         description="Most MiB of float32 logits held at once when turning them into log-probs: the batch's full-vocabulary log-softmax is never built (for a 150k vocabulary it is gigabytes).",
     )
+    micro_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Most completions through the model's forward and backward at once in an optimiser update: each mini-batch runs in micro-batches of this size (the last may be smaller) whose gradients add up to the mini-batch's, then one optimiser step. Default: the whole mini-batch at once.",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Keep only each decoder layer's input for backward and recompute the layer there (transformers' gradient checkpointing, non-reentrant): less activation memory, about one more forward of time per update.",
+    )
 
 
 ObjectiveConfig = objective_config_union()  # every objective registered in sspo_cli.objectives

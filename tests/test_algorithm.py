@@ -72,6 +72,10 @@ def test_two_steps_from_the_same_state_are_identical(tiny_overrides, autocast_bf
         {"share_prompt_prefix": False},
         {"sampling_logprobs": False, "share_prompt_prefix": False},
         {"trim_padding": False},
+        {"micro_batch_size": 3},
+        {"micro_batch_size": 1, "share_prompt_prefix": False},
+        {"gradient_checkpointing": True},
+        {"gradient_checkpointing": True, "micro_batch_size": 5},
     ],
     ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()),
 )
@@ -104,12 +108,18 @@ def test_bf16_autocast_keeps_the_loss_float32_and_close(tiny_overrides):
     task, policy, objective, *rest = fresh_run(bf16)
     seen = []
 
-    def checked_objective(logp, old_logp, advantages, mask, ref_logp=None):
-        out = objective(logp, old_logp, advantages, mask, ref_logp=ref_logp)
-        seen.append((logp.dtype, out.loss.dtype))
-        return out
+    class CheckedObjective:
+        """The real objective, recording the dtypes of each loss it computes."""
 
-    bf16_metrics, _ = step_from(bf16, (task, policy, checked_objective, *rest), 1)
+        def loss(self, logp, **inputs):
+            loss = objective.loss(logp, **inputs)
+            seen.append((logp.dtype, loss.dtype))
+            return loss
+
+        def __getattr__(self, name):
+            return getattr(objective, name)
+
+    bf16_metrics, _ = step_from(bf16, (task, policy, CheckedObjective(), *rest), 1)
     assert seen and all(dtypes == (torch.float32, torch.float32) for dtypes in seen)
     assert bf16_metrics["train/reward"] == fp32_metrics["train/reward"]
     assert math.isfinite(bf16_metrics["train/loss"])

@@ -33,6 +33,11 @@ RECIPE_CASES = {
     "lora_rank_zero.yaml": ["lora_rank_zero.yaml", "model.lora.rank", "greater than or equal to 1"],
     "lora_negative_dropout.yaml": ["lora_negative_dropout.yaml", "model.lora.dropout", "greater than or equal to 0"],
     "prompt_template_unknown_field.yaml": ["prompt_template_unknown_field.yaml", "task.prompt_template", "{answer}"],
+    "micro_batch_out_of_range.yaml": [
+        "micro_batch_out_of_range.yaml",
+        "performance.micro_batch_size",
+        "greater than or equal to 1",
+    ],
 }
 # Recipes that validate but whose data or model cannot be used: caught by `train`, before any write.
 INPUT_CASES = {
@@ -104,6 +109,20 @@ def test_a_relative_data_path_is_read_beside_the_recipe_from_any_folder(tmp_path
     out = tmp_path / "out"
     result = run_sspo("train", str(BAD_INPUTS / "unreadable_gold_answer.yaml"), "-o", str(out), cwd=tmp_path)
     assert_clean_failure(result, [f"'{BAD_INPUTS / 'gsm8k_gold_without_number.jsonl'}'", "data row 3"])
+    assert_nothing_written(out)
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("performance.micro_batch_size=-3", "greater than or equal to 1"),
+        ("performance.gradient_checkpointing=maybe", "'maybe'"),
+    ],
+)
+def test_bad_memory_setting(setting: str, expected: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_sspo("train", "base.yaml", "--set", setting, "-o", str(out), cwd=BAD_INPUTS)
+    assert_clean_failure(result, ["base.yaml", setting.split("=")[0], expected])
     assert_nothing_written(out)
 
 

@@ -29,6 +29,10 @@ class ObjectiveOutput:
 
 
 class Aggregation(Protocol):
+    def normaliser(self, mask: Tensor) -> Tensor:
+        """What the loss divides its sum of per-completion terms by (0-dim; may be 0)."""
+        ...
+
     def reduce_tokens(self, batch: TokenBatch, terms: Tensor) -> Tensor: ...
     def reduce_sequences(self, batch: TokenBatch, terms: Tensor) -> Tensor: ...
     def vanilla_gradient_scale(self, batch: TokenBatch) -> Tensor:
@@ -39,6 +43,10 @@ class Aggregation(Protocol):
 class SequenceMeanTokenMean:
     """(1/B') * sum_b mean_t(.): every non-empty completion weighs the same (the default)."""
 
+    def normaliser(self, mask: Tensor) -> Tensor:
+        """B', the non-empty completions"""
+        return mask.any(-1).sum()
+
     def reduce_tokens(self, batch: TokenBatch, terms: Tensor) -> Tensor:
         return batch.sequence_mean(batch.mean_t(terms))
 
@@ -47,12 +55,16 @@ class SequenceMeanTokenMean:
 
     def vanilla_gradient_scale(self, batch: TokenBatch) -> Tensor:
         """1 / (B' * L_b)"""
-        completions = batch.non_empty.sum().to(batch.log_ratio.dtype).clamp(min=1)
+        completions = self.normaliser(batch.mask).to(batch.log_ratio.dtype).clamp(min=1)
         return 1.0 / (completions * batch.lengths.clamp(min=1))[:, None]
 
 
 class TokenMean:
     """sum_{b,t} mask * . / sum_{b,t} mask: every token weighs the same (DAPO)."""
+
+    def normaliser(self, mask: Tensor) -> Tensor:
+        """N, the counted tokens"""
+        return mask.sum()
 
     def reduce_tokens(self, batch: TokenBatch, terms: Tensor) -> Tensor:
         return batch.token_mean(terms)
@@ -62,7 +74,7 @@ class TokenMean:
 
     def vanilla_gradient_scale(self, batch: TokenBatch) -> Tensor:
         """1 / N with N = sum mask"""
-        return 1.0 / batch.mask.sum().to(batch.log_ratio.dtype).clamp(min=1)
+        return 1.0 / self.normaliser(batch.mask).to(batch.log_ratio.dtype).clamp(min=1)
 
 
 AGGREGATIONS: dict[str, Aggregation] = {
@@ -135,6 +147,28 @@ class Objective:
         inputs = self._check_inputs(logp, old_logp, advantages, mask, ref_logp)
         loss = self._loss_terms(inputs.logp, inputs).loss
         return ObjectiveOutput(loss=loss, metrics=self._metrics(inputs))
+
+    def loss(
+        self, logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *, ref_logp: Tensor | None = None
+    ) -> Tensor:
+        """``out.loss`` alone: no diagnostics (they cost a second autograd pass)."""
+        inputs = self._check_inputs(logp, old_logp, advantages, mask, ref_logp)
+        return self._loss_terms(inputs.logp, inputs).loss
+
+    def metrics(
+        self, logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *, ref_logp: Tensor | None = None
+    ) -> dict[str, float]:
+        """``out.metrics`` alone."""
+        return self._metrics(self._check_inputs(logp, old_logp, advantages, mask, ref_logp))
+
+    def normaliser(self, mask: Tensor) -> Tensor:
+        """What the loss divides by: B' (non-empty completions), or N (counted tokens) for token_mean.
+
+        The loss, KL term included, is a sum of per-completion terms over this number, so for any
+        split of a batch into row sets k: loss(all) = sum_k loss(k) * normaliser(k) / normaliser(all),
+        gradients included (a set with normaliser 0 has loss 0). Micro-batched updates rely on it.
+        """
+        return self._aggregation.normaliser(mask != 0)
 
     def _loss_terms(self, logp: Tensor, inputs: _Inputs) -> _LossTerms:
         """loss = -(1/B') * sum_b J_b  [+ beta * KL], aggregated as configured."""

@@ -1,11 +1,12 @@
 """The embedded default must really learn: the quickstart itself, from a cold warm-start cache, on two warm-start seeds.
 
-Where the warm start's accuracy jump falls, and how much RL then gains, depends on floating-point
-rounding (the CPU's matmul kernels, the thread count, bf16 or not) and on the seed, so one seed
-proves little. Held-out greedy accuracy after RL must beat the warm-started start by the
-quickstart's promise of 15 points. Seeds 0 and 2 are the two that failed under the old defaults
-(a warm start that crawled, RL that collapsed); the README's "Measured" section has the whole grid
-of seeds, thread counts and bf16 on and off.
+Where the warm start stops, and how much RL then gains, depends on floating-point rounding (the
+CPU's matmul kernels, the thread count, bf16 or not) and on the seed, so one seed proves little.
+Held-out greedy accuracy after RL must beat the warm-started start by the quickstart's promise of
+15 points. Seeds 3 and 4 are the ones that failed under earlier defaults: seed 4 missed the bar on an
+AVX2 EPYC, seed 3 on an AVX-512 EPYC (its warm start stopped on a 66% spike of dev accuracy) before
+the warm start checked its target every 5 steps. The README's "Measured" section has the whole
+grid of seeds, thread counts and bf16 on and off.
 """
 
 import json
@@ -19,7 +20,7 @@ MIN_GAIN = 0.15
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("warm_seed", [0, 2])
+@pytest.mark.parametrize("warm_seed", [3, 4])
 def test_quickstart_gains_15_points_of_held_out_accuracy(tmp_path: Path, warm_seed: int) -> None:
     command = sspo_command(
         "train",

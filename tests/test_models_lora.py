@@ -104,31 +104,14 @@ def test_eval_of_a_lora_run_gives_its_final_eval(tiny_run: Path) -> None:
     assert summary["eval_after"] != summary["eval_before"]  # the adapters changed what the model answers
 
 
-def test_lora_on_a_model_folder_saves_only_the_adapter_and_evaluates(tmp_path: Path) -> None:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from sspo_cli.models import build_char_tokenizer
-
-    folder = tmp_path / "model"
-    tokenizer = build_char_tokenizer("0123456789?")
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        intermediate_size=64,
-        max_position_embeddings=32,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    Qwen2ForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+def test_lora_on_a_model_folder_saves_only_the_adapter_and_evaluates(tmp_path: Path, model_folder: Path) -> None:
+    """The shared BPE model folder, its chat template on, with micro-batches and gradient checkpointing as well."""
     lora = {"rank": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]}
     recipe = lora_recipe(
-        tmp_path / "recipe.yaml", write_choice_task(tmp_path / "data.jsonl"), {"path": str(folder), "lora": lora}, 2
+        tmp_path / "recipe.yaml", write_choice_task(tmp_path / "data.jsonl"), {"path": str(model_folder), "lora": lora}, 2
     )
+    overrides = {"performance": {"micro_batch_size": 3, "gradient_checkpointing": True}}
+    recipe.write_text(json.dumps({**json.loads(recipe.read_text()), **overrides}))
     run_dir = train(recipe, tmp_path / "out")
 
     final = run_dir / "checkpoints" / "final"

@@ -108,7 +108,10 @@ def test_lora_on_a_model_folder_saves_only_the_adapter_and_evaluates(tmp_path: P
     """The shared BPE model folder, its chat template on, with micro-batches and gradient checkpointing as well."""
     lora = {"rank": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]}
     recipe = lora_recipe(
-        tmp_path / "recipe.yaml", write_choice_task(tmp_path / "data.jsonl"), {"path": str(model_folder), "lora": lora}, 2
+        tmp_path / "recipe.yaml",
+        write_choice_task(tmp_path / "data.jsonl"),
+        {"path": str(model_folder), "lora": lora},
+        2,
     )
     overrides = {"performance": {"micro_batch_size": 3, "gradient_checkpointing": True}}
     recipe.write_text(json.dumps({**json.loads(recipe.read_text()), **overrides}))

@@ -183,3 +183,56 @@ def test_bad_reward_lists_name_the_key(tmp_path: Path, task: str, expected: list
     message = info.value.render()
     for fragment in expected:
         assert fragment in message, message
+
+
+def test_the_gsm8k_style_recipe_trains_and_evaluates_on_a_local_model_folder(
+    tmp_path: Path, model_folder: Path
+) -> None:
+    """recipes/gsm8k_style.yaml as shipped (chat template, system prompt, boxed + format rewards, LoRA,
+    micro-batches, gradient checkpointing, truncation masking), shrunk to CPU size by --set alone.
+    (LoRA's exact resume is tested in test_reliability_resume.py.)"""
+    import json
+    import subprocess
+
+    from conftest import sspo_command
+
+    shrink = {
+        "model.path": str(model_folder),
+        "model.dtype": "float32",
+        "model.device": "cpu",
+        "rollout.prompts_per_step": "2",
+        "rollout.group_size": "3",
+        "rollout.max_new_tokens": "6",
+        "task.eval_size": "4",
+        "eval.batch_size": "4",
+        "eval.every": "2",
+        "train.steps": "3",
+        "train.checkpoint_every": "2",
+        "train.threads": "1",
+        "performance.micro_batch_size": "2",
+    }
+    sets = [arg for key, value in shrink.items() for arg in ("--set", f"{key}={value}")]
+    out = tmp_path / "runs"
+    trained = subprocess.run(
+        sspo_command("train", str(REPO / "recipes" / "gsm8k_style.yaml"), *sets, "-o", str(out), "--quiet"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert trained.returncode == 0, trained.stderr
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir() and p.name.startswith("gsm8k-style-")]
+    assert (run_dir / "checkpoints" / "final" / "adapter_model.safetensors").is_file()
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in history] == [1, 2, 3]
+    assert all(0.0 <= row["rollout/truncated_frac"] <= 1.0 for row in history)
+
+    evaluated = subprocess.run(
+        sspo_command("eval", str(run_dir), "--output-dir", str(out)), capture_output=True, text=True, timeout=300
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    (report_file,) = (run_dir / "evals").glob("eval-*.json")
+    report = json.loads(report_file.read_text())
+    assert report["prompt_sample"].startswith("<|im_start|>system\nYou are a careful maths tutor.")
+    assert report["prompt_sample"].endswith("Put the final number in \\boxed{}.<|im_end|>\n<|im_start|>assistant\n")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert report["accuracy"] == summary["eval_after"]["accuracy"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sspo_cli.errors import InputError
 
@@ -51,9 +51,21 @@ class TextFormat:
         # A chat template writes its own special tokens (a <bos> where the model has one): add none twice.
         return tokenizer(texts, add_special_tokens=not self.chat, **kwargs)
 
-    def end_ids(self, tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
-        """Tokens that end a completion (and are part of it): <eos> and the special-token stop strings."""
-        return (tokenizer.eos_token_id, *self.stop_ids)
+    def end_ids(self, tokenizer: PreTrainedTokenizerBase, model: Any = None) -> tuple[int, ...]:
+        """Tokens that end a completion (and are part of it): the tokenizer's <eos>, the model's own end
+        tokens (its generation config: an instruct model ends a turn at <|im_end|> and also at
+        <|endoftext|>, and a base model's tokenizer may name only one of them), then the special-token
+        stop strings. Each once, in that order."""
+        ids = (tokenizer.eos_token_id, *generation_end_ids(model), *self.stop_ids)
+        return tuple(dict.fromkeys(i for i in ids if i is not None))
+
+
+def generation_end_ids(model: Any) -> tuple[int, ...]:
+    """`model.generation_config.eos_token_id` as a tuple (it may be one id, a list or absent)."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        return ()
+    return (eos,) if isinstance(eos, int) else tuple(eos)
 
 
 def has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:

@@ -101,7 +101,7 @@ def generate(
 
     perf = performance or PerformanceConfig()
     fmt = text or TextFormat()
-    end_ids = fmt.end_ids(tokenizer)
+    end_ids = fmt.end_ids(tokenizer, model)
     device = next(model.parameters()).device
     distinct, prompt_index = distinct_prompts(prompts)
     prompt_index = prompt_index.to(device)

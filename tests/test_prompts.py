@@ -110,6 +110,25 @@ def test_a_special_token_stop_string_ends_like_eos(model_folder: Path, chat_poli
     assert text.end_ids(tokenizer) == (tokenizer.eos_token_id, *text.stop_ids)
 
 
+def test_the_models_own_end_tokens_end_a_completion_too(tmp_path: Path, model_folder: Path) -> None:
+    """An instruct model's generation config ends a turn at <|im_end|> and at <|endoftext|>; its tokenizer names one."""
+    import shutil
+
+    from sspo_cli.models import load_pretrained
+
+    folder = shutil.copytree(model_folder, tmp_path / "model")
+    cfg = recipe(model={"path": str(folder)})
+    _, tokenizer = load_pretrained(cfg.model)
+    im_end, endoftext = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    generation = json.loads((folder / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps({**generation, "eos_token_id": [im_end, endoftext]}))
+    model, tokenizer = load_pretrained(cfg.model)
+    assert tokenizer.eos_token_id == im_end
+    assert text_format(cfg, tokenizer).end_ids(tokenizer, model) == (im_end, endoftext)  # each once, <eos> first
+    assert TextFormat(stop_ids=(endoftext,)).end_ids(tokenizer, model) == (im_end, endoftext)
+    assert TextFormat().end_ids(tokenizer) == (im_end,)  # no model: the tokenizer's <eos> alone
+
+
 # --------------------------------------------------------------------------- stop strings
 
 

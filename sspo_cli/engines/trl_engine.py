@@ -162,7 +162,7 @@ def train_on_trl(recipe: Recipe, plan: TrlPlan, args, model, tokenizer, task, co
     with reference_source(model, tokenizer, context.run_dir, recipe.objective.beta > 0):
         trainer = SspoGRPOTrainer(
             model=model,
-            reward_funcs=task_reward_function(task, text.end_ids(tokenizer)),
+            reward_funcs=task_reward_function(task, text.end_ids(tokenizer, model)),
             args=args,
             train_dataset=training_dataset(task, tokenizer, text),
             processing_class=tokenizer,

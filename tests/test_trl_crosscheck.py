@@ -25,6 +25,7 @@ from sspo_cli.engines.trl_engine import grpo_config
 from sspo_cli.engines.trl_mapping import plan_trl_run
 from sspo_cli.engines.trl_trainer import SspoGRPOTrainer, task_reward_function, training_dataset
 from sspo_cli.models import load_policy, save_policy
+from sspo_cli.prompts import text_format
 from sspo_cli.recipe import load_recipe
 from sspo_cli.tasks import build_task
 
@@ -65,10 +66,11 @@ def trainer_pair(recipe, policy_and_task, tmp_path):
     if recipe.objective.beta > 0:  # TRL builds a reference model from this folder; the test feeds ref log-probs itself
         save_policy(model, tokenizer, tmp_path / "reference")
         reference_model.config._name_or_path = str(tmp_path / "reference")
+    text = text_format(recipe, tokenizer)
     common = dict(
-        reward_funcs=task_reward_function(task),
+        reward_funcs=task_reward_function(task, text.end_ids(tokenizer, model)),
         args=args,
-        train_dataset=training_dataset(task),
+        train_dataset=training_dataset(task, tokenizer, text),
         processing_class=tokenizer,
     )
     theirs = GRPOTrainer(model=reference_model, **common)

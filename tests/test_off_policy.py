@@ -10,7 +10,7 @@ import pytest
 from helpers_reliability import write_choice_task
 
 from sspo_cli.recipe import recipe_from_dict
-from sspo_cli.run.sampler_policy import LagSchedule
+from sspo_cli.run.sampler_policy import LaggedWeights, LagSchedule
 
 torch = pytest.importorskip("torch")
 
@@ -52,6 +52,18 @@ def choice_recipe(folder: Path, tiny_overrides: list[str], *overrides: str):
     )
 
 
+def test_the_copies_go_to_a_checkpoint_file_and_back() -> None:
+    copies = {3: {"model.embed.weight": torch.ones(2, 2)}, 5: {"model.embed.weight": torch.zeros(2, 2)}}
+    flat = LaggedWeights(copies).flat()
+    assert set(flat) == {"3/model.embed.weight", "5/model.embed.weight"}
+    back = LaggedWeights.from_flat(flat).copies
+    assert back.keys() == copies.keys() and all(
+        torch.equal(back[k]["model.embed.weight"], copies[k]["model.embed.weight"]) for k in copies
+    )
+    with pytest.raises(ValueError, match="step"):
+        LaggedWeights.from_flat({"model.embed.weight": torch.ones(1)})
+
+
 def run_steps(folder: Path, tiny_overrides: list[str], steps: int, *overrides: str) -> list[dict[str, float]]:
     """`steps` real RL steps of one policy, as the trainer runs them."""
     recipe = choice_recipe(folder, tiny_overrides, *overrides)
@@ -83,7 +95,7 @@ def test_a_lagged_sampler_puts_the_first_update_off_policy(tmp_path: Path, tiny_
         if steps_behind == 0:  # the sampling pass's log-probs: the learner's forward up to float rounding
             assert row["ratio/log_abs_mean"] < 1e-5, row
         else:
-            assert row["ratio/token_std"] > 1e-3 and row["ratio/log_abs_mean"] > 1e-3, row
+            assert row["ratio/token_std"] > 0.05 and row["ratio/log_abs_mean"] > 0.05, row
 
 
 def test_a_lagged_lora_policy_lags_its_adapters(tmp_path: Path, tiny_overrides: list[str]) -> None:

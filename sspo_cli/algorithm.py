@@ -1,6 +1,7 @@
 """One RL step of the algorithm, top to bottom.
 
-    sample G completions per prompt -> rewards -> group advantages -> behaviour log-probs
+    sample G completions per prompt (with the sampling weights: `run/sampler_policy.py`) and their behaviour
+    log-probs -> rewards -> group advantages -> the reference's log-probs
     -> `updates_per_rollout` optimiser updates on mini-batches through the objective
        (each mini-batch optionally in micro-batches whose gradients add up to its own)
 
@@ -37,27 +38,35 @@ def rl_step(
     from sspo_cli.objectives import compute_advantages
     from sspo_cli.prompts import text_format
     from sspo_cli.rollout import generate, grade_all, loss_mask, truncated_fraction
+    from sspo_cli.run.sampler_policy import LagSchedule
 
     cfg, perf = recipe.rollout, recipe.performance
     started = time.perf_counter()
     torch.manual_seed(step_seed(recipe.seed, state.step))  # sampling depends on (seed, step) alone: resumable
     model = prepared_model(policy.model, perf)
+    schedule = LagSchedule.of(cfg)
 
-    # 1. Rollout: G completions for each of P prompts, grouped prompt by prompt.
+    # 1. Rollout: G completions for each of P prompts, grouped prompt by prompt, by the sampling weights
+    #    (the current policy's, or older ones under a policy lag) and in the sampler's dtype.
     prompts = prompts_for_step(task.train, recipe.seed, state.step, cfg.prompts_per_step)
     examples = [e for e in prompts for _ in range(cfg.group_size)]
     policy.model.eval()
-    rollout = generate(
-        model,
-        policy.tokenizer,
-        [e.prompt for e in examples],
-        cfg.max_new_tokens,
-        cfg.temperature,
-        perf,
-        with_logprobs=perf.sampling_logprobs,
-        text=text_format(recipe, policy.tokenizer),
-    )
-    sampled = time.perf_counter()
+    with policy.lagged.sampling(policy.model, schedule, state.step):
+        with sampler_precision(next(model.parameters()).device, cfg.sampler_dtype):
+            rollout = generate(
+                model,
+                policy.tokenizer,
+                [e.prompt for e in examples],
+                cfg.max_new_tokens,
+                cfg.temperature,
+                perf,
+                with_logprobs=perf.sampling_logprobs,
+                text=text_format(recipe, policy.tokenizer),
+            )
+        sampled = time.perf_counter()
+        shared_prompts = rollout.prompt_index if perf.share_prompt_prefix else None
+        # 1b. Behaviour log-probs at the sampling temperature, with the sampling weights.
+        behaviour = behaviour_logprobs(model, rollout, cfg, perf, shared_prompts)
 
     # 2. Rewards and group-relative advantages.
     grades = grade_all(task, examples, rollout.completions, rollout.truncated)
@@ -65,10 +74,9 @@ def rl_step(
     advantages = compute_advantages(rewards, cfg.group_size, cfg.advantage_scale)
     device = rollout.input_ids.device
     advantages, mask = advantages.to(device), loss_mask(rollout, cfg.mask_truncated_completions)
-    shared_prompts = rollout.prompt_index if perf.share_prompt_prefix else None
 
-    # 3. Behaviour log-probs (and the reference's, for a KL penalty) at the sampling temperature.
-    old_logp, token_entropy = behaviour_logprobs(model, rollout, cfg.temperature, shared_prompts, perf.logprob_chunk_mb)
+    # 3. The reference's log-probs, for a KL penalty.
+    old_logp, token_entropy = behaviour.old_logp, behaviour.entropy
     sampled_mask = rollout.completion_mask  # every sampled token, masked-out truncated completions included
     entropy = (token_entropy * sampled_mask).sum() / sampled_mask.sum().clamp(min=1)
     ref_logp = None
@@ -106,6 +114,8 @@ def rl_step(
         "train/accuracy": sum(g.correct for g in grades) / max(len(grades), 1),
         "train/response_length": tokens / sampled_mask.shape[0],
         "rollout/truncated_frac": truncated_fraction(rollout),
+        "rollout/policy_lag": float(schedule.lag(state.step)),
+        **behaviour.mismatch(sampled_mask),
         "train/entropy": float(entropy),
         "train/lr": scheduler.get_last_lr()[0],
         "train/tokens_per_s": tokens / elapsed,
@@ -117,21 +127,64 @@ def rl_step(
     }
 
 
-def behaviour_logprobs(
-    model, rollout: Rollout, temperature: float, shared_prompts: torch.Tensor | None, chunk_mb: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of the sampled tokens and per-token entropy under the sampling policy. [N, Tc] each
+@dataclass(frozen=True)
+class Behaviour:
+    """The sampling policy's log-probs of the sampled tokens as the objective sees them, and its entropy. [N, Tc]"""
 
-    Taken from the sampling pass when it recorded them (the same numbers up to float rounding),
-    else from one more no-grad forward.
+    old_logp: torch.Tensor
+    entropy: torch.Tensor
+    sampler_logp: torch.Tensor | None = None
+    """The sampler's own, where it is another computation than the learner's (`rollout.sampler_dtype`)."""
+    learner_logp: torch.Tensor | None = None
+
+    def mismatch(self, tokens: torch.Tensor) -> dict[str, float]:
+        """The spec's `rollout/sampler_logp_diff_mean`/`_max` over the completion tokens `tokens` ([N, Tc] 0/1)."""
+        if self.sampler_logp is None or self.learner_logp is None:
+            return {"rollout/sampler_logp_diff_mean": 0.0, "rollout/sampler_logp_diff_max": 0.0}
+        diff = (self.sampler_logp - self.learner_logp).abs() * tokens
+        return {
+            "rollout/sampler_logp_diff_mean": float(diff.sum() / tokens.sum().clamp(min=1)),
+            "rollout/sampler_logp_diff_max": float(diff.max()) if diff.numel() else 0.0,
+        }
+
+
+def behaviour_logprobs(
+    model, rollout: Rollout, cfg: RolloutConfig, perf: PerformanceConfig, shared_prompts: torch.Tensor | None
+) -> Behaviour:
+    """The behaviour log-probs, taken with the weights `model` holds (the sampling weights).
+
+    With `sampler_dtype: same` the sampler is the learner's computation: its log-probs are the sampling
+    pass's where it recorded them (the same numbers up to float rounding), else one more no-grad forward.
+    Otherwise both are taken, the sampler's in its dtype and the learner's as the updates run it
+    (`performance.autocast_bf16`), and `rollout.behaviour_logprobs` picks the objective's.
     """
+    if cfg.sampler_dtype == "same":
+        if rollout.logprobs is not None and rollout.entropy is not None:
+            return Behaviour(rollout.logprobs, rollout.entropy)
+        return Behaviour(*forward_logprobs(model, rollout, cfg.temperature, shared_prompts, perf, None))
+    device = rollout.input_ids.device
+    learner_logp, entropy = forward_logprobs(
+        model, rollout, cfg.temperature, shared_prompts, perf, autocast(device, perf.autocast_bf16)
+    )
+    sampler_logp = rollout.logprobs
+    if sampler_logp is None:
+        precision = sampler_precision(device, cfg.sampler_dtype)
+        sampler_logp, _ = forward_logprobs(model, rollout, cfg.temperature, shared_prompts, perf, precision)
+    old_logp = learner_logp if cfg.behaviour_logprobs == "learner" else sampler_logp
+    return Behaviour(old_logp, entropy, sampler_logp, learner_logp)
+
+
+def forward_logprobs(
+    model, rollout: Rollout, temperature: float, shared_prompts: torch.Tensor | None, perf: PerformanceConfig, precision
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One no-grad forward: the sampled tokens' log-probs and the per-token entropy. [N, Tc] each"""
+    import contextlib
+
     import torch
 
     from sspo_cli.models.logprobs import completion_logprobs
 
-    if rollout.logprobs is not None and rollout.entropy is not None:
-        return rollout.logprobs, rollout.entropy
-    with torch.inference_mode():
+    with torch.inference_mode(), precision or contextlib.nullcontext():
         logp, entropy = completion_logprobs(
             model,
             rollout.input_ids,
@@ -139,11 +192,23 @@ def behaviour_logprobs(
             rollout.completion_len,
             temperature,
             shared_prompts,
-            chunk_mb,
+            perf.logprob_chunk_mb,
             with_entropy=True,
         )
     assert entropy is not None
     return logp, entropy
+
+
+def sampler_precision(device: torch.device, dtype: str):
+    """The sampler's dtype (`rollout.sampler_dtype`): 'same' changes nothing, 'bfloat16' autocasts the model to
+    bf16 (as a bf16 vLLM runs it), 'float32' keeps it in float32; the log-softmax stays float32 in all."""
+    import contextlib
+
+    import torch
+
+    if dtype == "same":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
 
 def autocast(device: torch.device, setting: bool | str):

@@ -2,6 +2,7 @@
 
     checkpoints/step-000040/   model weights (safetensors) + tokenizer, optimizer.pt, trainer_state.json
     checkpoints/final/         the last step's files again (hard links), for the MLflow artifact
+    checkpoints/step-*/sampler/weights.safetensors   under a policy lag, the older weights later steps sample with
 
 Under LoRA (`model.lora`) the weights are the adapter's (adapter_config.json and
 adapter_model.safetensors, peft's format); a tiny-model base is kept beside it in `base/`, hard
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 FINAL_NAME = "final"
+SAMPLER_FOLDER = "sampler"  # the lagged copies of the trained weights (`rollout.policy_lag`, `sync_interval`)
+SAMPLER_FILE = "weights.safetensors"
 STEP_PREFIX = "step-"
 STAGING_PREFIX = ".tmp-"
 TRASH_PREFIX = ".old-"  # a complete folder being replaced
@@ -53,6 +56,7 @@ class LoadedCheckpoint:
     rng: dict[str, Any]
     weights: dict[str, torch.Tensor]  # the whole model's, or under LoRA the adapter's
     base_weights: dict[str, torch.Tensor] | None = None  # LoRA on a tiny model: its frozen base (`base/`)
+    sampler_weights: dict[str, torch.Tensor] | None = None  # under a policy lag: LaggedWeights.flat()
 
     @property
     def step(self) -> int:
@@ -100,6 +104,13 @@ def save_checkpoint(
             save_policy(policy.model, policy.tokenizer, staging)
         else:
             save_lora_policy(policy, staging, latest_checkpoint(root))
+    if policy.lagged.copies:
+        from safetensors.torch import save_file
+
+        (staging / SAMPLER_FOLDER).mkdir()
+        save_file(
+            {k: v.contiguous() for k, v in policy.lagged.flat().items()}, str(staging / SAMPLER_FOLDER / SAMPLER_FILE)
+        )
     payload = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": capture_rng()}
     torch.save(payload, staging / OPTIMIZER_FILE)
     (staging / STATE_FILE).write_text(json.dumps(asdict(state)))
@@ -201,7 +212,9 @@ def load_checkpoint(folder: Path) -> LoadedCheckpoint:
     from sspo_cli.models.lora import BASE_FOLDER
 
     base = load_weights(folder / BASE_FOLDER) if (folder / BASE_FOLDER).is_dir() else None
-    return LoadedCheckpoint(folder, state, tensors["optimizer"], tensors["scheduler"], rng, load_weights(folder), base)
+    sampler = load_weights(folder / SAMPLER_FOLDER) if (folder / SAMPLER_FOLDER).is_dir() else None
+    weights = load_weights(folder)
+    return LoadedCheckpoint(folder, state, tensors["optimizer"], tensors["scheduler"], rng, weights, base, sampler)
 
 
 def load_training_state(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -256,12 +269,30 @@ def apply_policy_weights(policy: Policy, loaded: LoadedCheckpoint) -> None:
         raise CheckpointError("--resume", f"{loaded.folder} holds {held} but the recipe trains {wanted} (model.lora)")
     if policy.adapter is None:
         apply_weights(policy.model, loaded.weights, loaded.folder)
-        return
-    if loaded.base_weights is not None:
-        copy_weights(policy.adapter.base_weights, loaded.base_weights, loaded.folder / "base")
-    problem = adapter_weight_problems(policy.adapter, loaded.weights)
+    else:
+        if loaded.base_weights is not None:
+            copy_weights(policy.adapter.base_weights, loaded.base_weights, loaded.folder / "base")
+        problem = adapter_weight_problems(policy.adapter, loaded.weights)
+        if problem:
+            raise CheckpointError(
+                "--resume", f"the adapter in {loaded.folder} does not fit the recipe's model ({problem})"
+            )
+    apply_lagged_weights(policy, loaded)
+
+
+def apply_lagged_weights(policy: Policy, loaded: LoadedCheckpoint) -> None:
+    """The checkpoint's lagged copies (none: the run had no lag, or no later step needed one) into the policy."""
+    from sspo_cli.run.sampler_policy import LaggedWeights
+
+    source = loaded.folder / SAMPLER_FOLDER / SAMPLER_FILE
+    try:
+        lagged = LaggedWeights.from_flat(loaded.sampler_weights or {})
+    except ValueError as exc:
+        raise CheckpointError("--resume", f"{source} does not hold lagged weights: {exc}") from None
+    problem = lagged.fit_problem(policy.model)
     if problem:
-        raise CheckpointError("--resume", f"the adapter in {loaded.folder} does not fit the recipe's model ({problem})")
+        raise CheckpointError("--resume", f"{source} does not fit the recipe's model ({problem})")
+    policy.lagged = lagged
 
 
 def copy_weights(targets: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], source: Path) -> None:

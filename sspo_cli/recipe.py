@@ -279,6 +279,30 @@ class RolloutConfig(Strict):
         description="Leave completions cut off at max_new_tokens (no <eos>, no stop string) out of the loss, as TRL's "
         "option of that name and DAPO do; they still count in their group's reward mean and std.",
     )
+    policy_lag: int = Field(
+        0,
+        ge=0,
+        description="Sample each step with the weights of this many RL steps ago (the oldest there are before then: "
+        "the initial ones), as an asynchronous trainer does; its behaviour log-probs are that policy's. Holds this "
+        "many copies of the trained weights (the adapters only under LoRA). 0: the current policy. See docs/off_policy.md.",
+    )
+    sync_interval: int = Field(
+        1,
+        ge=1,
+        description="Refresh the sampling weights every this many RL steps, as a trainer syncing weights to its "
+        "inference server does (one extra copy of the trained weights). 1: every step, the current policy.",
+    )
+    sampler_dtype: Literal["same", "bfloat16", "float32"] = Field(
+        "same",
+        description="Sample (and take the sampler's log-probs) in this dtype, against the learner's own forward "
+        "(performance.autocast_bf16), like a bf16 vLLM sampler: logs rollout/sampler_logp_diff_*. 'same': one "
+        "computation, as without a separate sampler.",
+    )
+    behaviour_logprobs: Literal["learner", "sampler"] = Field(
+        "learner",
+        description="With a sampler_dtype other than 'same': the objective's old log-probs are the learner's "
+        "recomputation under the sampling weights (TRL's and verl's default) or the sampler's own.",
+    )
 
     @property
     def rollout_size(self) -> int:
@@ -288,6 +312,12 @@ class RolloutConfig(Strict):
     def _minibatch_fits(self) -> RolloutConfig:
         if self.minibatch_size is not None and self.minibatch_size > self.rollout_size:
             raise ValueError(f"minibatch_size {self.minibatch_size} exceeds the rollout size {self.rollout_size}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_lag_form(self) -> RolloutConfig:
+        if self.policy_lag > 0 and self.sync_interval > 1:
+            raise ValueError("policy_lag and sync_interval are two forms of lag: set one of them")
         return self
 
 

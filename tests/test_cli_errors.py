@@ -33,6 +33,8 @@ RECIPE_CASES = {
     "lora_rank_zero.yaml": ["lora_rank_zero.yaml", "model.lora.rank", "greater than or equal to 1"],
     "lora_negative_dropout.yaml": ["lora_negative_dropout.yaml", "model.lora.dropout", "greater than or equal to 0"],
     "prompt_template_unknown_field.yaml": ["prompt_template_unknown_field.yaml", "task.prompt_template", "{answer}"],
+    "policy_lag_negative.yaml": ["policy_lag_negative.yaml", "rollout.policy_lag", "greater than or equal to 0"],
+    "policy_lag_and_sync_interval.yaml": ["policy_lag_and_sync_interval.yaml", "rollout", "set one of them"],
     "micro_batch_out_of_range.yaml": [
         "micro_batch_out_of_range.yaml",
         "performance.micro_batch_size",

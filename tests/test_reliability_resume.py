@@ -173,6 +173,40 @@ def test_a_killed_lora_run_resumes_exactly(workspace: Path, tmp_path_factory: py
     assert json.loads((run_dir / "summary.json").read_text())["resumed_from"] == [int(checkpoint.name[5:])]
 
 
+@pytest.mark.parametrize("lag", ["rollout.policy_lag=3", "rollout.sync_interval=3"])
+def test_a_killed_lagged_run_resumes_exactly(
+    workspace: Path, tmp_path_factory: pytest.TempPathFactory, lag: str
+) -> None:
+    """Sampled by older weights: the checkpoint holds the copies later steps sample with, so the resumed run samples
+    what the uninterrupted one does. Checkpoints every 4 steps put the kill between refreshes of a 3-step sync."""
+    lagged = ["--set", lag, "--set", "train.steps=10", "-q"]
+    tag = lag.split(".")[1].split("=")[0]
+    runs = {}
+    for name in ("uninterrupted", "killed"):
+        out = workspace / f"{tag}-{name}"
+        store = mlflow_store(tmp_path_factory, out)
+        runs[name] = start_sspo(
+            "train", str(workspace / "recipe.yaml"), "-o", str(out), "--tracking-uri", f"sqlite:///{store}", *lagged
+        )
+    killed = workspace / f"{tag}-killed"
+    wait_for(lambda: (started := started_run(killed)) is not None and history_steps(started) >= 5, runs["killed"])
+    code, _, _ = interrupt(runs["killed"], signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    run_dir = only_run_dir(killed)
+    from sspo_cli.checkpoint import latest_checkpoint
+
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    assert checkpoint is not None and (checkpoint / "sampler" / "weights.safetensors").is_file()
+    result = run_sspo("train", "--resume", str(run_dir), "-q")
+    assert result.returncode == 0, result.stderr
+    out, err = runs["uninterrupted"].communicate(timeout=TIMEOUT_S)
+    assert runs["uninterrupted"].returncode == 0, out + err
+    assert_same_training(only_run_dir(workspace / f"{tag}-uninterrupted"), run_dir)
+    lags = [json.loads(line)["rollout/policy_lag"] for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert lags == ([0, 1, 2, 3, 3, 3, 3, 3, 3, 3] if tag == "policy_lag" else [0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    assert json.loads((run_dir / "summary.json").read_text())["resumed_from"] == [int(checkpoint.name[5:])]
+
+
 def test_resume_of_a_finished_run_is_refused(uninterrupted: Background) -> None:
     result = run_sspo("train", "--resume", str(uninterrupted.run_dir()))
     assert result.returncode == 2

@@ -168,3 +168,20 @@ def test_truncation_masking_maps_to_trl_and_stop_strings_are_refused() -> None:
     with pytest.raises(TrlEngineError) as info:
         plan_trl_run(recipe("rollout.stop=['\\n\\n']"))
     assert info.value.key == "rollout.stop"
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "rollout.policy_lag=2",
+        "rollout.sync_interval=4",
+        "rollout.sampler_dtype=bfloat16",
+        "rollout.sampler_dtype=bfloat16 rollout.behaviour_logprobs=sampler",
+    ],
+)
+def test_the_native_engines_off_policy_options_are_refused_not_ignored(override: str) -> None:
+    overrides = override.split()
+    with pytest.raises(TrlEngineError) as info:
+        plan_trl_run(recipe(*overrides))
+    assert info.value.key == overrides[0].split("=")[0]
+    assert "native" in str(info.value)

@@ -185,6 +185,21 @@ class TrlPlan:
     max_steps: int  # optimiser updates in the run
 
 
+NATIVE_OFF_POLICY_OPTIONS = ("policy_lag", "sync_interval", "sampler_dtype", "behaviour_logprobs")
+
+
+def check_native_off_policy_options(rollout: RolloutConfig) -> None:
+    """The lag and sampler-dtype options are the native engine's (docs/off_policy.md): refuse them rather than ignore them."""
+    defaults = type(rollout)()
+    for name in NATIVE_OFF_POLICY_OPTIONS:
+        if getattr(rollout, name) != getattr(defaults, name):
+            raise TrlEngineError(
+                f"rollout.{name}",
+                f"{getattr(rollout, name)!r} is an option of the native engine (docs/off_policy.md); TRL does not "
+                "read it yet: leave it at its default with engine: trl, or use engine: native",
+            )
+
+
 def plan_trl_run(
     recipe: Recipe, world_size: int = 1, cuda_available: bool = False, bf16_available: bool = False
 ) -> TrlPlan:
@@ -204,6 +219,7 @@ def plan_trl_run(
         )
     if recipe.model.lora is not None:
         raise TrlEngineError("model.lora", "LoRA adapters are trained by the native engine only: set engine: native")
+    check_native_off_policy_options(recipe.rollout)
     if options.use_vllm and not recipe.model.path:
         raise TrlEngineError(
             "trl.use_vllm", "vLLM loads the policy from a model folder: set model.path (the tiny model has none)"

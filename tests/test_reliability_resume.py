@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,30 +147,13 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(
 
 def test_a_killed_lora_run_resumes_exactly(workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """LoRA with a KL term: the checkpoint holds the adapter (and the tiny base); steps after it are trained again."""
-    lora = ["--set", "model.lora.rank=4", "--set", "objective.beta=0.1", "--set", "train.steps=10", "-q"]
-    runs = {}
-    for name in ("uninterrupted", "killed"):
-        out = workspace / f"lora-{name}"
-        store = mlflow_store(tmp_path_factory, out)
-        runs[name] = start_sspo(
-            "train", str(workspace / "recipe.yaml"), "-o", str(out), "--tracking-uri", f"sqlite:///{store}", *lora
-        )
-    killed = workspace / "lora-killed"
-    wait_for(lambda: (started := started_run(killed)) is not None and history_steps(started) >= 5, runs["killed"])
-    code, _, _ = interrupt(runs["killed"], signal.SIGKILL)
-    assert code == -signal.SIGKILL
-    run_dir = only_run_dir(killed)
-    from sspo_cli.checkpoint import latest_checkpoint
 
-    checkpoint = latest_checkpoint(run_dir / "checkpoints")
-    assert checkpoint is not None and (checkpoint / "adapter_model.safetensors").is_file()
-    assert not (checkpoint / "model.safetensors").exists()
-    result = run_sspo("train", "--resume", str(run_dir), "-q")
-    assert result.returncode == 0, result.stderr
-    out, err = runs["uninterrupted"].communicate(timeout=TIMEOUT_S)
-    assert runs["uninterrupted"].returncode == 0, out + err
-    assert_same_training(only_run_dir(workspace / "lora-uninterrupted"), run_dir)
-    assert json.loads((run_dir / "summary.json").read_text())["resumed_from"] == [int(checkpoint.name[5:])]
+    def holds_the_adapter(checkpoint: Path) -> None:
+        assert (checkpoint / "adapter_model.safetensors").is_file()
+        assert not (checkpoint / "model.safetensors").exists()
+
+    lora = ["--set", "model.lora.rank=4", "--set", "objective.beta=0.1"]
+    kill_resume_and_compare(workspace, tmp_path_factory, "lora", lora, holds_the_adapter)
 
 
 @pytest.mark.parametrize("lag", ["rollout.policy_lag=3", "rollout.sync_interval=3"])
@@ -179,32 +162,14 @@ def test_a_killed_lagged_run_resumes_exactly(
 ) -> None:
     """Sampled by older weights: the checkpoint holds the copies later steps sample with, so the resumed run samples
     what the uninterrupted one does. Checkpoints every 4 steps put the kill between refreshes of a 3-step sync."""
-    lagged = ["--set", lag, "--set", "train.steps=10", "-q"]
-    tag = lag.split(".")[1].split("=")[0]
-    runs = {}
-    for name in ("uninterrupted", "killed"):
-        out = workspace / f"{tag}-{name}"
-        store = mlflow_store(tmp_path_factory, out)
-        runs[name] = start_sspo(
-            "train", str(workspace / "recipe.yaml"), "-o", str(out), "--tracking-uri", f"sqlite:///{store}", *lagged
-        )
-    killed = workspace / f"{tag}-killed"
-    wait_for(lambda: (started := started_run(killed)) is not None and history_steps(started) >= 5, runs["killed"])
-    code, _, _ = interrupt(runs["killed"], signal.SIGKILL)
-    assert code == -signal.SIGKILL
-    run_dir = only_run_dir(killed)
-    from sspo_cli.checkpoint import latest_checkpoint
 
-    checkpoint = latest_checkpoint(run_dir / "checkpoints")
-    assert checkpoint is not None and (checkpoint / "sampler" / "weights.safetensors").is_file()
-    result = run_sspo("train", "--resume", str(run_dir), "-q")
-    assert result.returncode == 0, result.stderr
-    out, err = runs["uninterrupted"].communicate(timeout=TIMEOUT_S)
-    assert runs["uninterrupted"].returncode == 0, out + err
-    assert_same_training(only_run_dir(workspace / f"{tag}-uninterrupted"), run_dir)
+    def holds_the_sampler_copies(checkpoint: Path) -> None:
+        assert (checkpoint / "sampler" / "weights.safetensors").is_file()
+
+    tag = lag.split(".")[1].split("=")[0]
+    run_dir = kill_resume_and_compare(workspace, tmp_path_factory, tag, ["--set", lag], holds_the_sampler_copies)
     lags = [json.loads(line)["rollout/policy_lag"] for line in (run_dir / "history.jsonl").read_text().splitlines()]
     assert lags == ([0, 1, 2, 3, 3, 3, 3, 3, 3, 3] if tag == "policy_lag" else [0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
-    assert json.loads((run_dir / "summary.json").read_text())["resumed_from"] == [int(checkpoint.name[5:])]
 
 
 def test_resume_of_a_finished_run_is_refused(uninterrupted: Background) -> None:
@@ -214,6 +179,42 @@ def test_resume_of_a_finished_run_is_refused(uninterrupted: Background) -> None:
 
 
 # --------------------------------------------------------------------------- helpers
+def kill_resume_and_compare(
+    workspace: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    tag: str,
+    overrides: list[str],
+    check_checkpoint: Callable[[Path], None],
+) -> Path:
+    """A 10-step run with `overrides`, SIGKILLed after step 5 and resumed, equals the same run uninterrupted.
+
+    `check_checkpoint` looks at the checkpoint the resume starts from, before the resume replaces it.
+    Returns the resumed run's folder."""
+    from sspo_cli.checkpoint import latest_checkpoint
+
+    arguments = [*overrides, "--set", "train.steps=10", "-q"]
+    runs = {}
+    for name in ("uninterrupted", "killed"):
+        out = workspace / f"{tag}-{name}"
+        store = mlflow_store(tmp_path_factory, out)
+        runs[name] = start_sspo(
+            "train", str(workspace / "recipe.yaml"), "-o", str(out), "--tracking-uri", f"sqlite:///{store}", *arguments
+        )
+    killed = workspace / f"{tag}-killed"
+    wait_for(lambda: (started := started_run(killed)) is not None and history_steps(started) >= 5, runs["killed"])
+    code, _, _ = interrupt(runs["killed"], signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    run_dir = only_run_dir(killed)
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    assert checkpoint is not None
+    check_checkpoint(checkpoint)
+    result = run_sspo("train", "--resume", str(run_dir), "-q")
+    assert result.returncode == 0, result.stderr
+    out, err = runs["uninterrupted"].communicate(timeout=TIMEOUT_S)
+    assert runs["uninterrupted"].returncode == 0, out + err
+    assert_same_training(only_run_dir(workspace / f"{tag}-uninterrupted"), run_dir)
+    assert json.loads((run_dir / "summary.json").read_text())["resumed_from"] == [int(checkpoint.name[5:])]
+    return run_dir
 
 
 def kill_while_writing_checkpoint(run_dir: Path) -> bool:

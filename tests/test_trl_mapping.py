@@ -185,3 +185,16 @@ def test_the_native_engines_off_policy_options_are_refused_not_ignored(override:
         plan_trl_run(recipe(*overrides))
     assert info.value.key == overrides[0].split("=")[0]
     assert "native" in str(info.value)
+
+
+def test_trl_logs_get_the_specs_rollout_keys() -> None:
+    from sspo_cli.engines.trl_records import native_keys
+
+    plain = native_keys({"loss": 0.5, "completions/clipped_ratio": 0.25})
+    assert plain["rollout/truncated_frac"] == 0.25
+    assert plain["rollout/policy_lag"] == 0.0  # GRPOTrainer samples with the weights it updates next
+    assert plain["rollout/sampler_logp_diff_mean"] == plain["rollout/sampler_logp_diff_max"] == 0.0
+    vllm = {"loss": 0.5, "sampling/sampling_logp_difference/mean": 0.01, "sampling/sampling_logp_difference/max": 0.3}
+    mapped = native_keys(vllm, use_vllm=True)
+    assert (mapped["rollout/sampler_logp_diff_mean"], mapped["rollout/sampler_logp_diff_max"]) == (0.01, 0.3)
+    assert "rollout/sampler_logp_diff_mean" not in native_keys({"loss": 0.5}, use_vllm=True)  # unknown, not 0

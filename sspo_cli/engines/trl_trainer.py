@@ -222,7 +222,7 @@ class RunRecorder(TrainerCallback):
         if not logs or "train_runtime" in logs or state.global_step == self.last_logged_update:
             return
         self.last_logged_update = state.global_step
-        self.pending.append(native_keys(logs))
+        self.pending.append(native_keys(logs, use_vllm=bool(getattr(args, "use_vllm", False))))
         if state.global_step % self.updates_per_rollout:
             return
         step = state.global_step // self.updates_per_rollout

@@ -157,6 +157,11 @@ class TaskBase(Strict):
         check_prompt_template(value)
         return value
 
+    def character_lengths(self) -> tuple[int, int] | None:
+        """(longest prompt, gold completion with <eos>) in tokens of the tiny model's character tokenizer, where
+        every example has a known length (None: they vary)."""
+        return None
+
 
 class AdditionTask(TaskBase):
     """Embedded task: `AB+CD=` -> the exact sum."""
@@ -172,6 +177,43 @@ class AdditionTask(TaskBase):
             raise ValueError("max_operand must be >= min_operand")
         if pairs <= self.eval_size + self.dev_size:
             raise ValueError(f"only {pairs} operand pairs: not enough for eval_size + dev_size + a train split")
+        return self
+
+
+class SortTask(TaskBase):
+    """Embedded long-completion task: a string of digits -> the same digits in ascending order."""
+
+    name: Literal["sort"] = "sort"
+    length: int = Field(
+        64,
+        ge=2,
+        le=4096,
+        description="Digits per example: with the tiny model's character tokenizer each completion is this many "
+        "tokens plus <eos> (set rollout.max_new_tokens to at least length + 1 and model.tiny.max_positions to at "
+        "least 2 * length + 2).",
+    )
+    digits: int = Field(10, ge=2, le=10, description="The digits are drawn uniformly from 0 .. digits - 1.")
+    train_size: int = Field(20000, ge=1, description="Training examples generated (distinct from eval and dev).")
+    reward: Literal["similarity", "exact"] = Field(
+        "similarity",
+        description="'similarity': difflib's ratio of the completion to the sorted string (2 * matched characters / "
+        "total characters; a digit too many or too few costs one position, not the rest of the string), a dense "
+        "reward for long completions; 'exact': 1 for the sorted string, else 0. A completion counts as correct "
+        "(accuracy) only when it is exactly the sorted string, under either reward.",
+    )
+
+    def character_lengths(self) -> tuple[int, int]:
+        prompt = len(self.prompt_template.format(question="0" * self.length + "="))
+        return prompt, self.length + 1
+
+    @model_validator(mode="after")
+    def _enough_strings(self) -> SortTask:
+        needed = self.train_size + self.eval_size + self.dev_size
+        if self.digits**self.length < 2 * needed:
+            raise ValueError(
+                f"only {self.digits**self.length} strings of {self.length} digits: too few for "
+                f"{needed} distinct examples (raise length or digits, or lower the sizes)"
+            )
         return self
 
 
@@ -246,7 +288,7 @@ def _dumped(models: list[BaseModel]) -> list[dict[str, Any]]:
     return [m.model_dump() for m in models]
 
 
-TaskConfig = Annotated[Union[AdditionTask, ReasoningGymTask, FileTask], Field(discriminator="name")]
+TaskConfig = Annotated[Union[AdditionTask, SortTask, ReasoningGymTask, FileTask], Field(discriminator="name")]
 
 
 # --------------------------------------------------------------------------- rollout / train / eval
@@ -421,6 +463,25 @@ class Recipe(Strict):
         default_factory=TrlOptions,
         description="Options of engine: trl only (vLLM, micro-batching, gradient checkpointing).",
     )
+
+    @model_validator(mode="after")
+    def _room_for_the_answer(self) -> Recipe:
+        """Where a task's completions have a known length, limits below it could never score a correct answer."""
+        lengths = self.task.character_lengths()
+        if lengths is None or self.model.path is not None:
+            return self
+        prompt, completion = lengths
+        if self.rollout.max_new_tokens < completion:
+            raise ValueError(
+                f"rollout.max_new_tokens {self.rollout.max_new_tokens} is shorter than the task's answers "
+                f"({completion} tokens with <eos>): no completion could be correct"
+            )
+        if self.model.tiny.max_positions < prompt + completion:
+            raise ValueError(
+                f"model.tiny.max_positions {self.model.tiny.max_positions} is shorter than a prompt and its answer "
+                f"({prompt + completion} tokens)"
+            )
+        return self
 
     def resolved(self) -> dict[str, Any]:
         """Every option with defaults filled in, as plain YAML-able data (`name` first in each section)."""
@@ -613,6 +674,8 @@ def describe_error(err: dict[str, Any], data: dict[str, Any]) -> str:
     if kind == "literal_error":
         names = [t.strip(" '") for t in str(ctx.get("expected", "")).replace(" or ", ",").split(",")]
         return f"{key}: {got!r} is not allowed{_did_you_mean(str(got), names)} (choose from {', '.join(names)})"
+    if kind == "value_error" and not loc:  # a check across sections: its message starts with the key it is about
+        return str(err["msg"]).removeprefix("Value error, ")
     if got is not None and not isinstance(got, (dict, list)):
         return f"{key}: {err['msg']} (got {got!r})"
     return f"{key}: {err['msg']}"

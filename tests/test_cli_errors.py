@@ -35,6 +35,16 @@ RECIPE_CASES = {
     "prompt_template_unknown_field.yaml": ["prompt_template_unknown_field.yaml", "task.prompt_template", "{answer}"],
     "policy_lag_negative.yaml": ["policy_lag_negative.yaml", "rollout.policy_lag", "greater than or equal to 0"],
     "policy_lag_and_sync_interval.yaml": ["policy_lag_and_sync_interval.yaml", "rollout", "set one of them"],
+    "sort_answer_longer_than_max_new_tokens.yaml": [
+        "sort_answer_longer_than_max_new_tokens.yaml",
+        "rollout.max_new_tokens 16",
+        "65 tokens",
+    ],
+    "sort_longer_than_max_positions.yaml": [
+        "sort_longer_than_max_positions.yaml",
+        "model.tiny.max_positions 64",
+        "130 tokens",
+    ],
     "micro_batch_out_of_range.yaml": [
         "micro_batch_out_of_range.yaml",
         "performance.micro_batch_size",

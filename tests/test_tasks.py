@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sspo_cli.recipe import AdditionTask, FileTask, ReasoningGymTask, recipe_from_dict
+from sspo_cli.recipe import AdditionTask, FileTask, ReasoningGymTask, SortTask, recipe_from_dict
 from sspo_cli.tasks import ADDITION_ALPHABET, Example, Task, TaskError, build_task
 from sspo_cli.tasks.base import clamp_reward
 from sspo_cli.tasks.files import numbers_equal, parse_number
@@ -448,3 +448,64 @@ def test_bad_saved_dataset_folders(tmp_path: Path, make, key: str, fragment: str
     with pytest.raises(TaskError) as excinfo:
         file_task(folder, prompt_column="question", eval_size=1, dev_size=0)
     assert_task_error(excinfo, key, fragment)
+
+
+# --------------------------------------------------------------------------- sort (long completions)
+
+
+def sort_task(**options: object) -> Task:
+    return build_task(SortTask(length=options.pop("length", 64), eval_size=20, dev_size=10, train_size=200, **options))
+
+
+def test_sort_splits_are_disjoint_sized_and_gold_is_sorted() -> None:
+    task = sort_task(digits=4)
+    prompts = [e.prompt for split in (task.train, task.dev, task.eval) for e in split]
+    assert (len(task.train), len(task.dev), len(task.eval)) == (200, 10, 20)
+    assert len(set(prompts)) == len(prompts)
+    for example in task.train[:20]:
+        digits = example.prompt.removesuffix("=")
+        assert len(digits) == 64 and set(digits) <= set("0123")
+        assert example.answer == "".join(sorted(digits))
+        assert list(example.answer) == sorted(example.answer)
+
+
+def test_sort_length_is_the_completion_length() -> None:
+    task = sort_task(length=100)
+    assert {len(e.answer) for e in task.eval} == {100}
+
+
+def test_sort_is_deterministic_in_split_seed() -> None:
+    assert sort_task().eval == sort_task().eval
+    assert sort_task().eval != sort_task(split_seed=7).eval
+
+
+@pytest.mark.parametrize(
+    ("completion", "reward"),
+    [
+        ("0123", 1.0),
+        (" 0123 ", 1.0),
+        ("", 0.0),
+        ("9999", 0.0),
+        ("0113", 0.75),  # 3 of 4 characters match
+        ("01234", 8 / 9),  # one digit too many costs one character, not the rest
+        ("023", 6 / 7),  # one digit missing
+    ],
+)
+def test_sort_similarity_reward(completion: str, reward: float) -> None:
+    example = Example(prompt="3102=", answer="0123")
+    task = sort_task(length=8)
+    assert task.reward(completion, example) == pytest.approx(reward)
+    assert task.grade(completion, example).correct == (reward == 1.0)
+
+
+def test_sort_exact_reward_and_accuracy_is_exact_under_both() -> None:
+    example = Example(prompt="3102=", answer="0123")
+    exact = sort_task(length=8, reward="exact")
+    assert exact.reward("0113", example) == 0.0
+    assert exact.reward("0123", example) == 1.0
+    assert not sort_task(length=8).grade("0113", example).correct
+
+
+def test_sort_with_too_few_strings_names_the_key() -> None:
+    with pytest.raises(ValueError, match="too few"):
+        recipe_from_dict({"task": {"name": "sort", "length": 3, "digits": 2}}, [], "r.yaml")

@@ -13,10 +13,12 @@ from sspo_cli.tasks.addition import ADDITION_ALPHABET, Addition, build_addition
 from sspo_cli.tasks.base import Example, Task, TaskError
 from sspo_cli.tasks.files import LocalFile, build_file
 from sspo_cli.tasks.gym import ReasoningGym, build_reasoning_gym
+from sspo_cli.tasks.sort import Sort, build_sort
 
 # task.name -> builder taking that kind's config from sspo_cli.recipe.
 BUILDERS: dict[str, Callable[[Any], Task]] = {
     "addition": build_addition,
+    "sort": build_sort,
     "reasoning_gym": build_reasoning_gym,
     "file": build_file,
 }
@@ -37,6 +39,7 @@ __all__ = [
     "Example",
     "LocalFile",
     "ReasoningGym",
+    "Sort",
     "Task",
     "TaskError",
     "build_task",

@@ -260,3 +260,10 @@ def test_trls_importance_weight_defaults_are_trls() -> None:
         "vllm_importance_sampling_clip_min",
     ):
         assert getattr(TrlOptions(), name) == theirs[name], name
+
+
+def test_importance_weight_bounds_are_ordered() -> None:
+    from sspo_cli.recipe import RecipeError
+
+    with pytest.raises(RecipeError, match=r"trl: .*clip_min 3.0 must be below .*clip_max 2.0"):
+        recipe("trl.vllm_importance_sampling_clip_max=2", "trl.vllm_importance_sampling_clip_min=3")

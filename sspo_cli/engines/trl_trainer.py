@@ -205,37 +205,34 @@ class SamplerMismatch:
     """The spec's `rollout/sampler_logp_diff_mean`/`_max`: mean and max of |logp_sampler - logp_learner|, both with
     the sampling weights, over the rollout's counted completion tokens on every process.
 
-    Tokens vLLM could not score (NaN) are left out, as TRL does. Without sampler log-probs the trained model
-    sampled: one computation, 0 by definition. `pop` hands the figures over once, with the next log."""
+    Tokens vLLM could not score (NaN) are left out, as in TRL's own figure. Without sampler log-probs the
+    trained model sampled: one computation, 0 by definition. `pop` hands the figures over once, with the next log."""
 
     def __init__(self) -> None:
-        self._pending: dict[str, float] = {}
+        self._sums: tuple[float, float, float] | None = None  # |difference| summed, tokens, largest; since the last log
 
     def add(self, gather: Callable[[torch.Tensor], torch.Tensor], learner, sampler, mask: torch.Tensor) -> None:
+        """One batch of the rollout on this process (all processes call it together); batches add up."""
         diff = (sampler.float() - learner.float()).abs()
         counted = mask.bool() & ~torch.isnan(diff)
         diff = torch.where(counted, diff, 0.0)
         largest = diff.amax() if diff.numel() else diff.new_zeros(())
-        local = torch.stack([diff.sum(), counted.sum().float(), largest])
-        total, tokens, largest = gather(local[None]).view(-1, 3).cpu().unbind(-1)
-        previous = self._pending or {"sum": 0.0, "tokens": 0.0, "max": 0.0}  # micro-batches of one rollout add up
-        self._pending = {
-            "sum": previous["sum"] + float(total.sum()),
-            "tokens": previous["tokens"] + float(tokens.sum()),
-            "max": max(previous["max"], float(largest.max())),
-        }
+        total, tokens, largest = gather(torch.stack([diff.sum(), counted.sum().float(), largest])[None]).view(-1, 3).T
+        before = self._sums or (0.0, 0.0, 0.0)
+        self._sums = (
+            before[0] + float(total.sum()),
+            before[1] + float(tokens.sum()),
+            max(before[2], float(largest.max())),
+        )
 
     def same_computation(self) -> None:
-        self._pending = {"sum": 0.0, "tokens": 0.0, "max": 0.0}
+        self._sums = (0.0, 0.0, 0.0)
 
     def pop(self) -> dict[str, float]:
-        if not self._pending:
+        if self._sums is None:
             return {}
-        found, self._pending = self._pending, {}
-        return {
-            "rollout/sampler_logp_diff_mean": found["sum"] / max(found["tokens"], 1.0),
-            "rollout/sampler_logp_diff_max": found["max"],
-        }
+        (total, tokens, largest), self._sums = self._sums, None
+        return {"rollout/sampler_logp_diff_mean": total / max(tokens, 1.0), "rollout/sampler_logp_diff_max": largest}
 
 
 def task_reward_function(task: Task, end_ids: Sequence[int]) -> Callable[..., list[float]]:

@@ -342,7 +342,8 @@ class RolloutConfig(Strict):
     )
     behaviour_logprobs: Literal["learner", "sampler"] = Field(
         "learner",
-        description="With a sampler_dtype other than 'same': the objective's old log-probs are the learner's "
+        description="Where the sampler is another computation than the learner (native engine: a sampler_dtype "
+        "other than 'same'; engine: trl: vLLM, trl.use_vllm): the objective's old log-probs are the learner's "
         "recomputation under the sampling weights (TRL's and verl's default) or the sampler's own.",
     )
 

@@ -50,6 +50,12 @@ RECIPE_CASES = {
         "performance.micro_batch_size",
         "greater than or equal to 1",
     ],
+    "trl_importance_mode_unknown.yaml": [
+        "trl_importance_mode_unknown.yaml",
+        "trl.vllm_importance_sampling_mode",
+        "'per_token'",
+        "token_truncate",
+    ],
 }
 # Recipes that validate but whose data or model cannot be used: caught by `train`, before any write.
 INPUT_CASES = {
@@ -341,6 +347,8 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
         (["engine=trl", "trl.use_vllm=true"], "trl.use_vllm"),  # sections the CLI once listed by hand lacked
         (["engine=trl", "rollout.updates_per_rollout=3"], "rollout.updates_per_rollout"),
         (["engine=trl", "model.lora.rank=4"], "model.lora"),
+        (["engine=trl", "rollout.behaviour_logprobs=sampler"], "rollout.behaviour_logprobs"),  # vLLM's only
+        (["engine=trl", "trl.vllm_importance_sampling_correction=true"], "trl.vllm_importance_sampling_correction"),
     ],
 )
 def test_an_engine_refusal_names_the_recipe_file_and_key(overrides: list[str], key: str) -> None:

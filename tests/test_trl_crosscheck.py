@@ -10,6 +10,10 @@ Conditions under which they agree (docs/engines.md): no empty completion (TRL di
 row, the spec by the non-empty ones: test_empty_completion_is_where_they_differ), token log-ratios
 within +-objective.log_ratio_clamp, TRL's `use_bias_correction_kl=False` when beta > 0, and TRL's
 `delta` (two-sided clip), entropy mask/bonus, off-policy mask and vLLM importance correction off.
+
+With TRL's vLLM importance weight on (`trl.vllm_importance_sampling_correction`), TRL weighs its
+per-token loss and we weigh each token's gradient (`weighted_gradient`): the same gradient for
+token-level objectives and for per-sequence weights (test_trls_importance_weight_gives_trls_gradient).
 """
 
 import copy
@@ -173,3 +177,51 @@ def test_empty_completion_is_where_they_differ(policy_and_task, tmp_path) -> Non
     torch.testing.assert_close(our_loss, their_loss * factor, rtol=1e-5, atol=1e-7)
     for name, grad in their_grads.items():
         torch.testing.assert_close(our_grads[name], grad * factor, rtol=1e-4, atol=1e-7)
+
+
+def importance_weight(old_logp, sampling_logp, mask, mode: str, cap: float) -> torch.Tensor:
+    """TRL's documented weight: exp(old - sampling) per token or summed per sequence, truncated at cap or zeroed above."""
+    log_weight = (old_logp - sampling_logp) * mask
+    if mode.startswith("sequence"):
+        log_weight = log_weight.sum(-1, keepdim=True)
+    weight = torch.exp(log_weight)
+    return weight.clamp(max=cap) if mode.endswith("truncate") else weight.masked_fill(weight > cap, 0.0)
+
+
+CORRECTED = {
+    "grpo, token_truncate": (["objective.name=grpo"], "token_truncate", 1.1),
+    "sapo, token_mask": (["objective.name=sapo"], "token_mask", 1.1),
+    "gspo, sequence_mask": (
+        ["objective.name=gspo", "objective.eps_low=0.02", "objective.eps_high=0.03"],
+        "sequence_mask",
+        1.3,
+    ),
+    "grpo token_mean, sequence_truncate": (
+        ["objective.name=grpo", "objective.agg=token_mean"],
+        "sequence_truncate",
+        1.2,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRECTED))
+def test_trls_importance_weight_gives_trls_gradient(case: str, policy_and_task, tmp_path) -> None:
+    overrides, mode, cap = CORRECTED[case]
+    theirs, ours = trainer_pair(recipe_for(*overrides), policy_and_task, tmp_path)
+    batch = off_policy_batch(theirs, policy_and_task[1], FULL_LENGTHS)
+    unweighted_loss, unweighted_grads = loss_and_grads(ours, batch)
+    generator = torch.Generator().manual_seed(1)
+    sampling = batch["old_per_token_logps"] + (torch.rand(BATCH, COMPLETION_LEN, generator=generator) - 0.5) * 0.6
+    weight = importance_weight(batch["old_per_token_logps"], sampling, batch["completion_mask"], mode, cap)
+    assert (weight < cap).any() and (weight == (cap if mode.endswith("truncate") else 0.0)).any()  # both regimes
+    weighted = {**batch, "sampling_per_token_logps": sampling, "importance_sampling_ratio": weight}
+    theirs.use_vllm = theirs.vllm_importance_sampling_correction = True  # TRL's loss reads the weight only then
+    _, their_grads = loss_and_grads(theirs, weighted)
+    our_loss, our_grads = loss_and_grads(ours, weighted)
+
+    torch.testing.assert_close(our_loss, unweighted_loss)  # the objective's value; the weight is in the gradient
+    for name, grad in their_grads.items():
+        torch.testing.assert_close(
+            our_grads[name], grad, rtol=1e-4, atol=1e-7, msg=lambda m, name=name: f"{case}: {name}: {m}"
+        )
+    assert any(not torch.allclose(our_grads[n], unweighted_grads[n]) for n in our_grads)

@@ -105,6 +105,9 @@ def test_both_engines_write_the_same_records(tmp_path: Path, store: str) -> None
     native_keys = set(history_of(native_summary)[0])
     assert native_keys <= trl_keys
     assert all(key.startswith("trl/") for key in trl_keys - native_keys)
+    for row in history_of(trl_summary):  # transformers samples: the trained model, one computation
+        assert row["rollout/sampler_logp_diff_mean"] == row["rollout/sampler_logp_diff_max"] == 0.0
+        assert row["rollout/policy_lag"] == 0.0
 
 
 def test_same_seed_same_metrics(tmp_path: Path, store: str) -> None:

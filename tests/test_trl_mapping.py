@@ -193,8 +193,77 @@ def test_trl_logs_get_the_specs_rollout_keys() -> None:
     plain = native_keys({"loss": 0.5, "completions/clipped_ratio": 0.25})
     assert plain["rollout/truncated_frac"] == 0.25
     assert plain["rollout/policy_lag"] == 0.0  # GRPOTrainer samples with the weights it updates next
-    assert plain["rollout/sampler_logp_diff_mean"] == plain["rollout/sampler_logp_diff_max"] == 0.0
-    vllm = {"loss": 0.5, "sampling/sampling_logp_difference/mean": 0.01, "sampling/sampling_logp_difference/max": 0.3}
-    mapped = native_keys(vllm, use_vllm=True)
-    assert (mapped["rollout/sampler_logp_diff_mean"], mapped["rollout/sampler_logp_diff_max"]) == (0.01, 0.3)
-    assert "rollout/sampler_logp_diff_mean" not in native_keys({"loss": 0.5}, use_vllm=True)  # unknown, not 0
+    assert "rollout/sampler_logp_diff_mean" not in plain  # SspoGRPOTrainer's to log, once per rollout
+    ours = {"rollout/sampler_logp_diff_mean": 0.01, "rollout/sampler_logp_diff_max": 0.3}
+    assert native_keys(ours).items() >= ours.items()
+    # TRL's own figure (with its importance weight on) is a mean of per-process means: kept apart.
+    theirs = native_keys({"sampling/sampling_logp_difference/mean": 0.02})
+    assert (
+        theirs["trl/sampling/sampling_logp_difference/mean"] == 0.02 and "rollout/sampler_logp_diff_mean" not in theirs
+    )
+
+
+VLLM = ["model.path=/models/qwen", "trl.use_vllm=true"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["rollout.behaviour_logprobs=sampler"], "rollout.behaviour_logprobs"),  # no sampler but the trained model
+        (["trl.vllm_importance_sampling_correction=true"], "trl.vllm_importance_sampling_correction"),
+        (
+            [*VLLM, "rollout.behaviour_logprobs=sampler", "trl.vllm_importance_sampling_correction=true"],
+            "trl.vllm_importance_sampling_correction",
+        ),
+        ([*VLLM, "trl.vllm_importance_sampling_mode=token_truncate"], "trl.vllm_importance_sampling_mode"),
+        (["trl.vllm_importance_sampling_clip_max=2"], "trl.vllm_importance_sampling_clip_max"),
+        (["trl.vllm_importance_sampling_clip_min=0.5"], "trl.vllm_importance_sampling_clip_min"),
+    ],
+)
+def test_behaviour_logprobs_and_trls_importance_weight_refusals(overrides: list[str], key: str) -> None:
+    with pytest.raises(TrlEngineError) as info:
+        plan_trl_run(recipe(*overrides), cuda_available=True)
+    assert info.value.key == key
+
+
+def test_behaviour_logprobs_and_trls_importance_weight_mapping() -> None:
+    default = plan_trl_run(recipe(*VLLM), cuda_available=True).config
+    assert default["vllm_importance_sampling_correction"] is False  # our default: the objective alone
+    sampler = plan_trl_run(recipe(*VLLM, "rollout.behaviour_logprobs=sampler"), cuda_available=True).config
+    assert sampler["use_vllm"] is True and sampler["vllm_importance_sampling_correction"] is False
+    kept = plan_trl_run(
+        recipe(
+            *VLLM,
+            "trl.vllm_importance_sampling_correction=true",
+            "trl.vllm_importance_sampling_mode=token_truncate",
+            "trl.vllm_importance_sampling_clip_max=2",
+            "trl.vllm_importance_sampling_clip_min=0.5",
+        ),
+        cuda_available=True,
+    ).config
+    assert kept["vllm_importance_sampling_correction"] is True
+    assert kept["vllm_importance_sampling_mode"] == "token_truncate"
+    assert (kept["vllm_importance_sampling_clip_min"], kept["vllm_importance_sampling_clip_max"]) == (0.5, 2.0)
+
+
+def test_trls_importance_weight_defaults_are_trls() -> None:
+    """With the correction on and nothing else set, the weight is TRL 1.16's own default."""
+    pytest.importorskip("trl")
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    theirs = {field.name: field.default for field in dataclasses.fields(GRPOConfig)}
+    for name in (
+        "vllm_importance_sampling_mode",
+        "vllm_importance_sampling_clip_max",
+        "vllm_importance_sampling_clip_min",
+    ):
+        assert getattr(TrlOptions(), name) == theirs[name], name
+
+
+def test_importance_weight_bounds_are_ordered() -> None:
+    from sspo_cli.recipe import RecipeError
+
+    with pytest.raises(RecipeError, match=r"trl: .*clip_min 3.0 must be below .*clip_max 2.0"):
+        recipe("trl.vllm_importance_sampling_clip_max=2", "trl.vllm_importance_sampling_clip_min=3")

@@ -185,7 +185,7 @@ class TrlPlan:
     max_steps: int  # optimiser updates in the run
 
 
-NATIVE_OFF_POLICY_OPTIONS = ("policy_lag", "sync_interval", "sampler_dtype", "behaviour_logprobs")
+NATIVE_OFF_POLICY_OPTIONS = ("policy_lag", "sync_interval", "sampler_dtype")
 
 
 def check_native_off_policy_options(rollout: RolloutConfig) -> None:
@@ -197,6 +197,45 @@ def check_native_off_policy_options(rollout: RolloutConfig) -> None:
                 f"rollout.{name}",
                 f"{getattr(rollout, name)!r} is an option of the native engine (docs/off_policy.md); TRL does not "
                 "read it yet: leave it at its default with engine: trl, or use engine: native",
+            )
+
+
+IMPORTANCE_WEIGHT_SETTINGS = (
+    "vllm_importance_sampling_mode",
+    "vllm_importance_sampling_clip_max",
+    "vllm_importance_sampling_clip_min",
+)
+
+
+def check_behaviour_logprobs(rollout: RolloutConfig, options: TrlOptions) -> None:
+    """Where the objective's old log-probs come from (docs/engines.md, "Behaviour log-probs and vLLM").
+
+    vLLM is TRL's only sampler that is another computation than the trained model, so `sampler` and
+    TRL's importance weight need it; the weight corrects a mismatch that `sampler` already hands to
+    the objective's ratios, so the two exclude each other.
+    """
+    if rollout.behaviour_logprobs == "sampler" and not options.use_vllm:
+        raise TrlEngineError(
+            "rollout.behaviour_logprobs",
+            "'sampler' takes vLLM's log-probs as the behaviour policy and needs trl.use_vllm: true; without vLLM "
+            "the trained model samples, the same computation as the learner: leave 'learner'",
+        )
+    key = "trl.vllm_importance_sampling_correction"
+    if options.vllm_importance_sampling_correction and not options.use_vllm:
+        raise TrlEngineError(key, "TRL's importance weight corrects vLLM's mismatch and needs trl.use_vllm: true")
+    if options.vllm_importance_sampling_correction and rollout.behaviour_logprobs == "sampler":
+        raise TrlEngineError(
+            key,
+            "with rollout.behaviour_logprobs: sampler the objective's ratios already carry the vLLM mismatch; "
+            "TRL's weight would count it twice: use one of them",
+        )
+    defaults = TrlOptions()
+    for name in IMPORTANCE_WEIGHT_SETTINGS:
+        if not options.vllm_importance_sampling_correction and getattr(options, name) != getattr(defaults, name):
+            raise TrlEngineError(
+                f"trl.{name}",
+                f"{getattr(options, name)!r} is read only with {key}: true; leave it at its default or turn the "
+                "correction on",
             )
 
 
@@ -220,6 +259,7 @@ def plan_trl_run(
     if recipe.model.lora is not None:
         raise TrlEngineError("model.lora", "LoRA adapters are trained by the native engine only: set engine: native")
     check_native_off_policy_options(recipe.rollout)
+    check_behaviour_logprobs(recipe.rollout, options)
     if options.use_vllm and not recipe.model.path:
         raise TrlEngineError(
             "trl.use_vllm", "vLLM loads the policy from a model folder: set model.path (the tiny model has none)"
@@ -283,7 +323,8 @@ def plan_trl_run(
         "vllm_server_base_url": options.vllm_server_base_url,
         "vllm_gpu_memory_utilization": options.vllm_gpu_memory_utilization,
         "vllm_tensor_parallel_size": options.vllm_tensor_parallel_size,
-        # Our objectives take the trainer's recomputed log-probs as the behaviour policy.
-        "vllm_importance_sampling_correction": False,
+        # behaviour log-probs (rollout.behaviour_logprobs is read by SspoGRPOTrainer) and TRL's vLLM importance weight
+        "vllm_importance_sampling_correction": options.vllm_importance_sampling_correction,
+        **{name: getattr(options, name) for name in IMPORTANCE_WEIGHT_SETTINGS},
     }
     return TrlPlan(layout=layout, options=options, config=config, max_steps=max_steps)

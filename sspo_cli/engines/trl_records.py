@@ -10,38 +10,32 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-# TRL's name -> ours. Our objective's diagnostics, `train/accuracy`, `train/entropy` and the timings
-# are logged under our names by SspoGRPOTrainer and pass through unchanged.
+# TRL's name -> ours. Our objective's diagnostics, `train/accuracy`, `train/entropy`, the timings and
+# `rollout/sampler_logp_diff_*` are logged under our names by SspoGRPOTrainer and pass through unchanged.
 TRL_TO_NATIVE = {
     "reward": "train/reward",
     "completions/mean_length": "train/response_length",
     "loss": "train/loss",
     "grad_norm": "train/grad_norm",
     "completions/clipped_ratio": "rollout/truncated_frac",  # last token neither <eos> nor pad: cut off
-    # Logged by TRL with vLLM and its importance-sampling correction: |logp_vllm - logp_trained| over tokens.
-    "sampling/sampling_logp_difference/mean": "rollout/sampler_logp_diff_mean",
-    "sampling/sampling_logp_difference/max": "rollout/sampler_logp_diff_max",
 }
-NATIVE_PREFIXES = ("train/", "ratio/", "weight/", "grad_weight/", "kl/")
+NATIVE_PREFIXES = ("train/", "ratio/", "weight/", "grad_weight/", "kl/", "rollout/")
 # Replaced by the recorder's own values: the lr after the update (as the native engine logs it).
 DROPPED_TRL_KEYS = frozenset(
     {"learning_rate", "train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss"}
 )
 
 
-def rollout_defaults(use_vllm: bool) -> dict[str, float]:
-    """The spec's rollout keys TRL has no number for, where their value is known.
+def rollout_defaults() -> dict[str, float]:
+    """The spec's rollout keys TRL has no number for and whose value is known.
 
-    `rollout/policy_lag` is 0: GRPOTrainer generates with the weights its next update starts from.
-    Without vLLM the sampler is the trained model itself, the same computation, so the sampler/learner
-    log-prob difference is 0; with vLLM it is TRL's own figure when TRL logs one, else absent."""
-    same_computation = {} if use_vllm else {"rollout/sampler_logp_diff_mean": 0.0, "rollout/sampler_logp_diff_max": 0.0}
-    return {"rollout/policy_lag": 0.0, **same_computation}
+    `rollout/policy_lag` is 0: GRPOTrainer generates with the weights its next update starts from."""
+    return {"rollout/policy_lag": 0.0}
 
 
-def native_keys(logs: Mapping[str, float | None], use_vllm: bool = False) -> dict[str, float]:
+def native_keys(logs: Mapping[str, float | None]) -> dict[str, float]:
     """One TRL log under native names; numbers only."""
-    out: dict[str, float] = rollout_defaults(use_vllm)
+    out: dict[str, float] = rollout_defaults()
     for key, value in logs.items():
         if key in DROPPED_TRL_KEYS or not isinstance(value, (int, float)) or isinstance(value, bool):
             continue

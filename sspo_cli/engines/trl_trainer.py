@@ -2,11 +2,14 @@
 
 `SspoGRPOTrainer` is GRPOTrainer with small overrides and nothing copied from it:
 - `_compute_loss`: the loss is `build_objective(recipe.objective)` over TRL's per-token log-probs,
-  behaviour log-probs, advantages and completion mask; our diagnostics go into TRL's metrics,
-  and `log` merges them per update (min of `*_min`, max of `*_max`) where TRL would average;
+  behaviour log-probs (the trainer's or vLLM's, `rollout.behaviour_logprobs`), advantages and
+  completion mask, with TRL's vLLM importance weight on each token's gradient where TRL computed
+  one; our diagnostics go into TRL's metrics, and `log` merges them per update (min of `*_min`,
+  max of `*_max`) where TRL would average;
 - `_generate_and_score_completions`: advantages from our `compute_advantages` (TRL's differ
-  from the spec in the std epsilon, 1e-4 instead of 1e-6); `_calculate_rewards` and `_generate`
-  record `train/accuracy` and `train/sample_seconds`;
+  from the spec in the std epsilon, 1e-4 instead of 1e-6) and the spec's sampler/learner
+  mismatch (`SamplerMismatch`); `_calculate_rewards` and `_generate` record `train/accuracy`
+  and `train/sample_seconds`;
 - `create_scheduler` and `get_decay_parameter_names`: the native engine's learning-rate
   schedule, and weight decay on every parameter as the native AdamW does.
 `RunRecorder` turns TRL's logs into per-step rows for the run layer's `RunRecords` (history,
@@ -46,6 +49,7 @@ class SspoGRPOTrainer(GRPOTrainer):
         self.sspo_recipe = recipe
         self.sspo_objective = build_objective(recipe.objective)
         self._rollout_rewards: torch.Tensor | None = None
+        self._mismatch = SamplerMismatch()
         super().__init__(*args, **kwargs)
 
     # ----------------------------------------------------------------- loss
@@ -53,7 +57,7 @@ class SspoGRPOTrainer(GRPOTrainer):
     def _compute_loss(self, model, inputs):
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
-        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        mask = loss_mask(inputs)
         logp, entropies, aux_loss = self._get_per_token_logps_and_entropies(
             model,
             torch.cat([prompt_ids, completion_ids], dim=1),
@@ -62,12 +66,23 @@ class SspoGRPOTrainer(GRPOTrainer):
             compute_entropy=True,
             compute_aux_loss=self.aux_loss_enabled,
         )
-        # TRL leaves the behaviour log-probs out when every update of a rollout is on-policy.
-        old_logp = inputs.get("old_per_token_logps")
-        old_logp = logp.detach() if old_logp is None else old_logp
+        learner_logp = inputs.get("old_per_token_logps")  # the trainer's, with the sampling weights
+        sampler_logp = inputs.get("sampling_per_token_logps")  # vLLM's
+        if learner_logp is None:
+            # TRL skips that forward when every micro-batch of the rollout comes before its first update:
+            # the current log-probs are then the sampling weights' (and each token is scored once).
+            learner_logp = logp.detach()
+            if sampler_logp is not None:
+                self._mismatch.add(self.accelerator.gather, learner_logp, sampler_logp, mask)
+        old_logp = self._behaviour_logp(learner_logp, sampler_logp)
+        weight = inputs.get("importance_sampling_ratio")  # TRL's, with trl.vllm_importance_sampling_correction
         started = time.perf_counter()
         out = self.sspo_objective(
-            logp, old_logp, inputs["advantages"], mask.float(), ref_logp=inputs.get("ref_per_token_logps")
+            logp if weight is None else weighted_gradient(logp, weight),
+            old_logp,
+            inputs["advantages"],
+            mask.float(),
+            ref_logp=inputs.get("ref_per_token_logps"),
         )
         objective_seconds = time.perf_counter() - started
 
@@ -84,6 +99,17 @@ class SspoGRPOTrainer(GRPOTrainer):
         )
         return loss
 
+    def _behaviour_logp(self, learner_logp: torch.Tensor, sampler_logp: torch.Tensor | None) -> torch.Tensor:
+        """The objective's `old_logp` (`rollout.behaviour_logprobs`).
+
+        `sampler`: vLLM's, and the trainer's where vLLM gave none (a NaN, as TRL receives a token it could
+        not score)."""
+        if self.sspo_recipe.rollout.behaviour_logprobs == "learner":
+            return learner_logp
+        if sampler_logp is None:
+            raise RuntimeError("rollout.behaviour_logprobs 'sampler' needs vLLM's log-probs (trl.use_vllm)")
+        return torch.where(torch.isnan(sampler_logp), learner_logp, sampler_logp)
+
     def _record_update_metrics(self, mode: str, metrics: dict[str, float]) -> None:
         """Append one micro-batch's metrics, merged over processes (min of *_min, max of *_max, else mean)."""
         keys = list(metrics)
@@ -99,6 +125,7 @@ class SspoGRPOTrainer(GRPOTrainer):
         for key in UPDATE_KEYS:
             if key in self._metrics[mode]:
                 logs[key] = merge_values(key, self._metrics[mode].pop(key))
+        logs.update(self._mismatch.pop())  # once per rollout: with its first update
         super().log(logs, start_time)
 
     # ----------------------------------------------------------------- rewards and advantages
@@ -118,6 +145,11 @@ class SspoGRPOTrainer(GRPOTrainer):
         )
         start = self.accelerator.process_index * len(inputs)
         output["advantages"] = advantages[start : start + len(inputs)].to(output["advantages"].device)
+        sampler_logp, learner_logp = output.get("sampling_per_token_logps"), output.get("old_per_token_logps")
+        if sampler_logp is None:
+            self._mismatch.same_computation()
+        elif learner_logp is not None:  # else measured by _compute_loss, without another forward
+            self._mismatch.add(self.accelerator.gather, learner_logp, sampler_logp, loss_mask(output))
         return output
 
     def _generate(self, prompts):
@@ -150,6 +182,57 @@ class SspoGRPOTrainer(GRPOTrainer):
             return False
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
         return not (self.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3)
+
+
+def loss_mask(batch: dict[str, Any]) -> torch.Tensor:
+    """The completion tokens the loss counts: TRL's completion mask, times its tool mask where there is one."""
+    mask = batch["completion_mask"]
+    return mask if "tool_mask" not in batch else mask * batch["tool_mask"]
+
+
+def weighted_gradient(logp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`logp`'s values, with the gradient through each token multiplied by `weight` ([B, T], or [B, 1] per sequence).
+
+    TRL multiplies its per-token loss by its vLLM importance weight; our objectives give one loss, so the
+    weight goes onto each token's share of the gradient instead. For objectives whose per-token term
+    depends on that token alone (grpo, sapo), and for per-sequence weights, this is TRL's gradient; the
+    loss value and the diagnostics stay the objective's own."""
+    frozen = logp.detach()
+    return frozen + (logp - frozen) * weight.to(logp.dtype)
+
+
+class SamplerMismatch:
+    """The spec's `rollout/sampler_logp_diff_mean`/`_max`: mean and max of |logp_sampler - logp_learner|, both with
+    the sampling weights, over the rollout's counted completion tokens on every process.
+
+    Tokens vLLM could not score (NaN) are left out, as in TRL's own figure. Without sampler log-probs the
+    trained model sampled: one computation, 0 by definition. `pop` hands the figures over once, with the next log."""
+
+    def __init__(self) -> None:
+        self._sums: tuple[float, float, float] | None = None  # |difference| summed, tokens, largest; since the last log
+
+    def add(self, gather: Callable[[torch.Tensor], torch.Tensor], learner, sampler, mask: torch.Tensor) -> None:
+        """One batch of the rollout on this process (all processes call it together); batches add up."""
+        diff = (sampler.float() - learner.float()).abs()
+        counted = mask.bool() & ~torch.isnan(diff)
+        diff = torch.where(counted, diff, 0.0)
+        largest = diff.amax() if diff.numel() else diff.new_zeros(())
+        total, tokens, largest = gather(torch.stack([diff.sum(), counted.sum().float(), largest])[None]).view(-1, 3).T
+        before = self._sums or (0.0, 0.0, 0.0)
+        self._sums = (
+            before[0] + float(total.sum()),
+            before[1] + float(tokens.sum()),
+            max(before[2], float(largest.max())),
+        )
+
+    def same_computation(self) -> None:
+        self._sums = (0.0, 0.0, 0.0)
+
+    def pop(self) -> dict[str, float]:
+        if self._sums is None:
+            return {}
+        (total, tokens, largest), self._sums = self._sums, None
+        return {"rollout/sampler_logp_diff_mean": total / max(tokens, 1.0), "rollout/sampler_logp_diff_max": largest}
 
 
 def task_reward_function(task: Task, end_ids: Sequence[int]) -> Callable[..., list[float]]:
@@ -222,7 +305,7 @@ class RunRecorder(TrainerCallback):
         if not logs or "train_runtime" in logs or state.global_step == self.last_logged_update:
             return
         self.last_logged_update = state.global_step
-        self.pending.append(native_keys(logs, use_vllm=bool(getattr(args, "use_vllm", False))))
+        self.pending.append(native_keys(logs))
         if state.global_step % self.updates_per_rollout:
             return
         step = state.global_step // self.updates_per_rollout

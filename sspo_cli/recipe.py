@@ -509,6 +509,8 @@ def stable_hash(data: Any) -> str:
 
 
 SWEEP_SECTION = "sweep"
+COMPARE_SECTION = "compare"
+WORKFLOW_SECTIONS = (SWEEP_SECTION, COMPARE_SECTION)  # read by `sspo sweep` / `sspo compare`, not training options
 
 
 class RecipeError(InputError):
@@ -528,7 +530,8 @@ class RecipeError(InputError):
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a YAML recipe, apply `dotted.key=value` overrides, validate."""
     data = read_recipe_data(path)
-    data.pop(SWEEP_SECTION, None)  # read by `sspo sweep` only (and validated there); not a training option
+    for section in WORKFLOW_SECTIONS:  # validated by the command that reads it
+        data.pop(section, None)
     return recipe_from_dict(data, overrides or [], str(path))
 
 

@@ -178,7 +178,18 @@ def compare_command(
             show_default=False,
         ),
     ] = None,
-    seeds: Annotated[int, typer.Option(help="Seeds per method: the recipe's seed, +1, ...")] = 3,
+    seeds: Annotated[
+        Optional[int],
+        typer.Option(help="Seeds per method: the recipe's seed, +1, ... (default: the compare section's, else 3)."),
+    ] = None,
+    grid: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--grid",
+            "-g",
+            help="dotted.key=v1,v2,... (repeatable): a study, the whole comparison at every point of the grid.",
+        ),
+    ] = None,
     variants: Annotated[
         Optional[Path],
         typer.Option(help="YAML of named method variants (default: variants.yaml next to the recipe, if any)."),
@@ -203,7 +214,9 @@ def compare_command(
     debug: DebugOpt = False,
 ) -> None:
     """Compare methods over seeds: a table with 95% CIs, IQM and probability of improvement with bootstrap CIs,
-    paired differences over the held-out problems, learning curves, CSV/JSON and report.md.
+    paired differences over the held-out problems, learning curves, CSV/JSON and report.md. With --grid (or a
+    `compare: {grid: ...}` section in the recipe): the comparison at every grid point, and a study table and
+    figure against the grid.
 
     Runs whose resolved recipe matches a FINISHED run are reused, not trained again.
     """
@@ -211,8 +224,9 @@ def compare_command(
     def action() -> None:
         from sspo_cli.report import console
         from sspo_cli.research import ResearchError
-        from sspo_cli.research.compare import compare_existing, run_comparison
+        from sspo_cli.research.compare import compare_existing, read_compare_section, run_comparison
         from sspo_cli.research.progress import RichWorkflowProgress
+        from sspo_cli.research.study import run_study, study_axes
 
         positional = args or []
         if runs or experiment:
@@ -220,16 +234,30 @@ def compare_command(
                 raise ResearchError("--experiment", "give either --experiment NAME or --runs ID ..., not both")
             if runs and not positional:
                 raise ResearchError("--runs", "name at least one run id")
+            if grid:
+                raise ResearchError("--grid", "a study trains its runs: give a RECIPE, not --experiment or --runs")
             result = compare_existing(
                 experiment, positional, output_dir, tracking_uri, threshold, report_dir, group_by, interval
             )
+            _render_comparison(result)
+            return
+        if len(positional) != 1:
+            raise ResearchError("RECIPE", "give one recipe file (or --experiment NAME, or --runs ID ...)")
+        recipe = Path(positional[0])
+        section = read_compare_section(recipe)
+        methods_spec = methods or (",".join(section.methods) if section.methods else None)
+        seed_count = seeds if seeds is not None else section.seeds
+        axes = study_axes(grid or [], section.grid)
+        with RichWorkflowProgress(console, quiet) as progress:
+            workflow = (output_dir, tracking_uri, jobs, threshold, report_dir, progress, interval)
+            if axes:
+                study = run_study(recipe, set_ or [], methods_spec, seed_count, variants, axes, *workflow)
+            else:
+                result = run_comparison(recipe, set_ or [], methods_spec, seed_count, variants, *workflow)
+        if axes:
+            _render_study(study)
         else:
-            if len(positional) != 1:
-                raise ResearchError("RECIPE", "give one recipe file (or --experiment NAME, or --runs ID ...)")
-            with RichWorkflowProgress(console, quiet) as progress:
-                workflow = (output_dir, tracking_uri, jobs, threshold, report_dir, progress, interval)
-                result = run_comparison(Path(positional[0]), set_ or [], methods, seeds, variants, *workflow)
-        _render_comparison(result)
+            _render_comparison(result)
 
     guarded(debug, action, interrupted_hint=INTERRUPTED_HINT)
 
@@ -246,6 +274,36 @@ def _render_comparison(result) -> None:
         for note in result.inference.notes:
             console.print(f"[yellow]note[/yellow] {note}", highlight=False, soft_wrap=True)
     _render_footer(result)
+
+
+def _render_study(study) -> None:
+    """The table of every point, the separations found, where each point's comparison is."""
+    from rich.markup import escape
+
+    from sspo_cli.report import console
+    from sspo_cli.research.study import study_table
+    from sspo_cli.research.tables import print_table, text_table
+
+    table = study_table(study.plan, study.points)
+    print_table(console, text_table(table))
+    for line in study.separations or ["no pair of methods separated at any point (see report.md for the rules)"]:
+        console.print(f"[yellow]separation[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
+    for outcome in study.failed:
+        console.print(
+            f"[red]{outcome.state}[/red] {outcome.planned.display_name}: {escape(outcome.error or '')}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(f"outputs: {study.out_dir}  ({', '.join(p.name for p in study.files.values())})", soft_wrap=True)
+    console.print(f"MLflow study run {study.parent_run_id}; each point is a nested comparison run", highlight=False)
+    timing = study.timing
+    console.print(
+        f"[dim]time {timing['total_seconds']:.1f}s: training {timing['training_seconds']:.1f}s, "
+        f"workflow overhead {timing['overhead_seconds']:.2f}s ({timing['overhead_fraction']:.1%})[/dim]"
+    )
+    if study.failed:
+        console.print("[yellow]re-run the same command to retry the failed runs; finished ones are reused[/yellow]")
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _render_footer(result) -> None:

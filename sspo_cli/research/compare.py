@@ -8,16 +8,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from sspo_cli.recipe import Recipe, recipe_from_dict, stable_hash
 from sspo_cli.research import ResearchError
 from sspo_cli.research.execute import ExecutionContext, Outcome, PlannedRun, WorkflowObserver, execute
 from sspo_cli.research.inference import Inference
 from sspo_cli.research.metrics import GroupSummary, RunRecord, Threshold, auto_threshold, failed_record, summarize
 from sspo_cli.research.recipe_files import deep_merge, read_recipe_file, read_variants
+from sspo_cli.research.space import recipe_for_point
 from sspo_cli.research.stats import INTERVAL_METHODS, T_METHOD
 from sspo_cli.research.store import (
     MEMBERSHIP_TAG,
     METHOD_TAG,
+    POINT_TAG,
     add_membership,
     close_group_run,
     membership_filter,
@@ -31,6 +35,30 @@ if TYPE_CHECKING:
 
 DEFAULT_OBJECTIVE = "sspo"  # the Recipe's default objective when a recipe has no objective section
 VARIANTS_FILE = "variants.yaml"
+
+
+class CompareSection(BaseModel):
+    """The optional `compare:` section of a recipe file: what `sspo compare RECIPE` runs without options
+    (--methods, --seeds and --grid override it; a --grid key replaces the section's values for that key)."""
+
+    model_config = ConfigDict(extra="forbid")
+    methods: list[str] | None = Field(None, min_length=1, description="Methods: objectives or variant names")
+    seeds: int = Field(3, ge=1, description="Seeds per method (at each grid point)")
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict, description="dotted.key -> values: a study, the comparison at every point"
+    )
+
+
+def read_compare_section(recipe_path: Path) -> CompareSection:
+    from sspo_cli.recipe import COMPARE_SECTION, RecipeError
+    from sspo_cli.research.space import pydantic_problem
+
+    _, section = read_recipe_file(recipe_path, COMPARE_SECTION)
+    try:
+        return CompareSection.model_validate(section or {})
+    except ValidationError as exc:
+        problems = [f"{COMPARE_SECTION}.{pydantic_problem(err)}" for err in exc.errors()]
+        raise RecipeError(str(recipe_path), problems) from None
 
 
 @dataclass(frozen=True)
@@ -127,22 +155,32 @@ def recipe_data_for(base: dict[str, Any], method: Method) -> dict[str, Any]:
 
 
 def plan_comparison(
-    recipe_path: Path, overrides: Sequence[str], methods_spec: str | None, seeds: int, variants_path: Path | None
+    recipe_path: Path,
+    overrides: Sequence[str],
+    methods_spec: str | None,
+    seeds: int,
+    variants_path: Path | None,
+    point: dict[str, Any] | None = None,
+    point_label: str = "",
 ) -> tuple[list[PlannedRun], Recipe]:
-    """Every (method, seed) run, each recipe validated before anything trains."""
+    """Every (method, seed) run, each recipe validated before anything trains; at a study's grid `point`
+    (dotted key -> value, set after the method's patch), named and tagged with its label."""
     if seeds < 1:
         raise ResearchError("--seeds", f"must be at least 1, got {seeds}")
     base_data, _ = read_recipe_file(recipe_path)
     base = recipe_from_dict(base_data, list(overrides), str(recipe_path))
     variants = read_variants(variants_path) if variants_path else {}
+    at_point = f", grid point {point_label}" if point_label else ""
+    name_part = f"-{point_label.replace(' ', '-')}" if point_label else ""
     plan = []
     for method in parse_methods(methods_spec, variants):
         data = recipe_data_for(base_data, method)
         for seed in range(base.seed, base.seed + seeds):
-            recipe = recipe_from_dict(data, [*overrides, f"seed={seed}"], f"{recipe_path} (method {method.name})")
-            plan.append(
-                PlannedRun(method.name, seed, recipe, f"{recipe.name}-{method.name}-s{seed}", {METHOD_TAG: method.name})
-            )
+            source = f"{recipe_path} (method {method.name}{at_point})"
+            recipe = recipe_for_point(data, point or {}, overrides, seed, source)
+            tags = {METHOD_TAG: method.name, **({POINT_TAG: point_label} if point_label else {})}
+            display = f"{recipe.name}-{method.name}{name_part}-s{seed}"
+            plan.append(PlannedRun(method.name, seed, recipe, display, tags))
     return plan, base
 
 

@@ -1,5 +1,5 @@
 """Figures (matplotlib, Agg: no display needed): learning curves and weight variance, the statistics of a
-comparison, sweep heatmaps."""
+comparison, sweep heatmaps, a study's metrics against its grid."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sspo_cli.research.metrics import Curves, RunRecord
-from sspo_cli.research.stats import INTERVAL_NAME, Interval, t_interval
+from sspo_cli.research.metrics import Curves, GroupSummary, RunRecord
+from sspo_cli.research.stats import INTERVAL_NAME, T_METHOD, Interval, interval_name, t_interval
 
 if TYPE_CHECKING:
     from sspo_cli.research.inference import Inference, PairedComparison
+    from sspo_cli.research.space import GridAxis
 
 
 def agg_pyplot():
@@ -248,3 +249,67 @@ def _interval_bar(axis, y: float, interval: Interval, colour: str, label: str | 
         axis.errorbar([centre], [y], xerr=errors, fmt="o", color=colour, capsize=3, label=label, markersize=5)
     else:
         axis.plot([centre], [y], "o", color=colour, label=label, markersize=5)
+
+
+def study_figure(
+    axes_of_grid: Sequence[GridAxis],
+    labels: Sequence[str],
+    points: Sequence[dict],
+    methods: Sequence[str],
+    summaries: dict[str, Sequence[GroupSummary]],
+    path: Path,
+    title: str,
+    interval: str = T_METHOD,
+) -> Path:
+    """1x3 against the grid: final held-out accuracy, weight/seq_var (log), gate saturation; a line per method,
+    each point the mean over seeds with its interval. One numeric axis is the x axis; otherwise the points in order."""
+    plt = agg_pyplot()
+    numeric = len(axes_of_grid) == 1 and all(isinstance(v, (int, float)) for v in axes_of_grid[0].values)
+    positions = [float(point[axes_of_grid[0].key]) for point in points] if numeric else list(range(len(points)))
+    panels = (
+        ("final_accuracy", "final held-out accuracy (greedy)", 100.0, False),
+        ("seq_var", "weight/seq_var: importance-weight variance", 1.0, True),
+        ("saturated_frac", "grad_weight/saturated_frac: gate saturation", 100.0, False),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), constrained_layout=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    spread = 0.012 * (max(positions) - min(positions) or 1.0)  # side by side, so the bars do not hide each other
+    for axis, (key, label, scale, log_scale) in zip(axes, panels):
+        for index, method in enumerate(methods):
+            xs, ys, errors = [], [], [[], []]
+            for position, point_label in zip(positions, labels):
+                summary = next((s for s in summaries.get(point_label, []) if s.name == method), None)
+                interval = summary.metrics[key] if summary is not None else None
+                if interval is None or not math.isfinite(interval.estimate):
+                    continue
+                xs.append(position + (index - (len(methods) - 1) / 2) * spread)
+                ys.append(scale * interval.estimate)
+                low, high = (interval.low, interval.high) if interval.defined else (interval.estimate,) * 2
+                if log_scale:
+                    low = max(low, interval.estimate * 1e-3)  # a t interval can reach below 0
+                errors[0].append(scale * (interval.estimate - low))
+                errors[1].append(scale * (high - interval.estimate))
+            if xs:
+                axis.errorbar(
+                    xs, ys, yerr=errors, marker="o", capsize=3, color=colours[index % len(colours)], label=method
+                )
+        axis.set_title(label + (" (%)" if scale == 100.0 else ""), fontsize=10)
+        axis.set_xlabel(axes_of_grid[0].key if numeric else "grid point")
+        if (
+            numeric
+            and all(p >= 0 for p in positions)
+            and max(positions) >= 8 * max(min(p for p in positions if p > 0), 1)
+        ):
+            axis.set_xscale("symlog", linthresh=1.0)
+        axis.set_xticks(positions)
+        axis.set_xticklabels(
+            [str(point[axes_of_grid[0].key]) if numeric else lbl for point, lbl in zip(points, labels)]
+        )
+        if log_scale:
+            axis.set_yscale("log")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{title}\npoints: mean over seeds; bars: {interval_name(interval)}", fontsize=11)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -7,7 +7,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from sspo_cli.recipe import SWEEP_SECTION, RecipeError, read_recipe_data
+from sspo_cli.recipe import SWEEP_SECTION, WORKFLOW_SECTIONS, RecipeError, read_recipe_data
 from sspo_cli.research import ResearchError
 
 
@@ -21,13 +21,14 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
         raise ResearchError(what, f"{path}: {'; '.join(exc.problems)}") from None
 
 
-def read_recipe_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """(recipe data without the sweep section, the sweep section or None)."""
+def read_recipe_file(path: str | Path, section: str = SWEEP_SECTION) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(recipe data without the workflow sections, the `section` one (`sweep` or `compare`) or None)."""
     data = read_yaml_mapping(path, "recipe")
-    sweep = data.pop(SWEEP_SECTION, None)
-    if sweep is not None and not isinstance(sweep, dict):
-        raise RecipeError(str(path), [f"{SWEEP_SECTION}: must be a mapping (grid, seeds, metric)"])
-    return data, sweep
+    sections = {name: data.pop(name, None) for name in WORKFLOW_SECTIONS}
+    found = sections[section]
+    if found is not None and not isinstance(found, dict):
+        raise RecipeError(str(path), [f"{section}: must be a mapping"])
+    return data, found
 
 
 def deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:

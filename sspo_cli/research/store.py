@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from sspo_cli.tracking import Tracker
 
 FINGERPRINT_TAG = "sspo.fingerprint"
-KIND_TAG = "sspo.kind"  # on workflow runs only: "comparison", "sweep" or "eval"
+KIND_TAG = "sspo.kind"  # on workflow runs only: "comparison", "sweep", "study" or "eval"
 GROUP_ID_TAG = "sspo.group"  # on a comparison/sweep parent run: its id
 MEMBERSHIP_TAG = "sspo.groups"  # on training runs: space-separated ids of the comparisons/sweeps using them
 METHOD_TAG = "sspo.method"
@@ -106,8 +106,10 @@ def open_group_run(
     run_name: str,
     params: Mapping[str, Any],
     artifact_root: Path,
+    parent_run_id: str | None = None,
 ) -> Tracker:
-    """The parent run of a comparison or sweep: the same one again when the same group is re-run."""
+    """The parent run of a comparison or sweep (nested under `parent_run_id`, a study's, if given): the same
+    one again when the same group is re-run."""
     from sspo_cli.tracking import Tracker, open_client
 
     client = open_client(tracking_uri)
@@ -117,7 +119,13 @@ def open_group_run(
         if existing:
             return Tracker.resume(tracking_uri, existing[0].info.run_id)
     return Tracker.start(
-        tracking_uri, experiment, run_name, params, {KIND_TAG: kind, GROUP_ID_TAG: group_id}, artifact_root
+        tracking_uri,
+        experiment,
+        run_name,
+        params,
+        {KIND_TAG: kind, GROUP_ID_TAG: group_id},
+        artifact_root,
+        parent_run_id,
     )
 
 

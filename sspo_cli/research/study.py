@@ -1,0 +1,347 @@
+"""`sspo compare RECIPE --grid key=v1,v2`: the comparison of methods x seeds repeated at every grid point.
+
+Every run of every point trains in one pool (so `--jobs` keeps its workers busy across points) under
+one study run in MLflow; each point then gets the full comparison of `compare.py` (table, statistics,
+figures, report.md) as a nested run of its own, and the study adds the table of all points, with
+collapse counts, and one figure of accuracy, importance-weight variance and gate saturation against
+the grid.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sspo_cli.research import ResearchError
+from sspo_cli.research.compare import (
+    Analysis,
+    ComparisonResult,
+    check_interval,
+    finish_comparison,
+    group_id_of,
+    plan_comparison,
+)
+from sspo_cli.research.execute import ExecutionContext, PlannedRun, WorkflowObserver, execute
+from sspo_cli.research.metrics import METRICS
+from sspo_cli.research.statistics_text import TextTable
+from sspo_cli.research.stats import T_METHOD
+from sspo_cli.research.store import POINT_TAG, close_group_run, membership_filter, open_group_run
+from sspo_cli.research.sweep import GridAxis, grid_points, merge_axes, parse_grid_option, point_label, short_keys
+from sspo_cli.research.timing import PhaseTimer
+from sspo_cli.tracking import failure_marked
+
+if TYPE_CHECKING:
+    from sspo_cli.recipe import Recipe
+
+SEPARATION_PROBABILITY = 0.9  # P(X > Y) at or above this, with its interval above 0.5, counts as a separation
+
+
+@dataclass
+class StudyPlan:
+    base: Recipe
+    axes: list[GridAxis]
+    labels: list[str]  # one per point, in grid order
+    points: list[dict[str, Any]]
+    methods: list[str]
+    seeds: int
+    runs: dict[str, list[PlannedRun]]  # point label -> its methods x seeds
+
+
+@dataclass
+class StudyResult:
+    title: str
+    plan: StudyPlan
+    points: dict[str, ComparisonResult]  # point label -> its comparison
+    out_dir: Path
+    files: dict[str, Path]
+    parent_run_id: str
+    group_id: str
+    timing: dict[str, Any]
+    separations: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list:
+        return [outcome for result in self.points.values() for outcome in result.failed]
+
+
+def plan_study(
+    recipe_path: Path,
+    overrides: Sequence[str],
+    methods_spec: str | None,
+    seeds: int,
+    variants_path: Path | None,
+    axes: Sequence[GridAxis],
+) -> StudyPlan:
+    """Every (point, method, seed) run, each recipe validated before anything trains."""
+    names = short_keys([axis.key for axis in axes])
+    points = grid_points(axes)
+    labels = [point_label(point, names) for point in points]
+    runs: dict[str, list[PlannedRun]] = {}
+    base = None
+    for point, label in zip(points, labels):
+        plan, base = plan_comparison(recipe_path, overrides, methods_spec, seeds, variants_path, point, label)
+        runs[label] = plan
+    assert base is not None  # grid_points of at least one axis has at least one point
+    methods = list(dict.fromkeys(p.group for p in runs[labels[0]]))
+    return StudyPlan(base, list(axes), labels, points, methods, seeds, runs)
+
+
+def study_axes(grid_options: Sequence[str], section_grid: dict[str, list[Any]]) -> list[GridAxis]:
+    from sspo_cli.research.sweep import grid_axis
+
+    from_file = [grid_axis(key, values, "compare.grid") for key, values in section_grid.items()]
+    return merge_axes(from_file, [parse_grid_option(text) for text in grid_options])
+
+
+def run_study(
+    recipe_path: Path,
+    overrides: Sequence[str],
+    methods_spec: str | None,
+    seeds: int,
+    variants_path: Path | None,
+    axes: Sequence[GridAxis],
+    output_dir: Path,
+    tracking_uri: str | None = None,
+    jobs: int = 1,
+    threshold: float | None = None,
+    report_dir: Path | None = None,
+    observer: WorkflowObserver | None = None,
+    interval: str = T_METHOD,
+) -> StudyResult:
+    from sspo_cli.research.compare import default_variants_file
+    from sspo_cli.research.records import records_of_outcomes
+    from sspo_cli.run.folder import ensure_writable
+    from sspo_cli.tracking import default_tracking_uri
+
+    timer = PhaseTimer()
+    with timer.phase("planning"):
+        if jobs < 1:
+            raise ResearchError("--jobs", f"must be at least 1, got {jobs}")
+        check_interval(interval)
+        variants_path = variants_path or default_variants_file(recipe_path)
+        plan = plan_study(recipe_path, overrides, methods_spec, seeds, variants_path, axes)
+        every_run = [run for label in plan.labels for run in plan.runs[label]]
+        group_id = group_id_of("study", every_run)
+        grid_text = " x ".join(f"{a.key} ({', '.join(json.dumps(v) for v in a.values)})" for a in plan.axes)
+        title = f"{plan.base.name}: {', '.join(plan.methods)} x {seeds} seeds at {grid_text}"
+        ensure_writable(output_dir)
+        tracking_uri = tracking_uri or default_tracking_uri(output_dir)
+        out_dir = report_dir or output_dir / f"study-{plan.base.name}-{group_id}"
+    with timer.phase("group run"):
+        params = {
+            "recipe": str(recipe_path),
+            "methods": ",".join(plan.methods),
+            "seeds": seeds,
+            "grid": json.dumps({a.key: list(a.values) for a in plan.axes}),
+            "overrides": " ".join(overrides),
+        }
+        experiment = plan.base.tracking.experiment
+        study_run = open_group_run(
+            tracking_uri,
+            experiment,
+            "study",
+            group_id,
+            f"study-{plan.base.name}-{group_id[:6]}",
+            params,
+            output_dir / "mlartifacts",
+        )
+    with failure_marked(study_run):
+        ctx = ExecutionContext(
+            output_dir, tracking_uri, group_id, study_run.run_id, jobs, observer or WorkflowObserver(), timer
+        )
+        outcomes = execute(every_run, ctx)
+        results = {}
+        start = 0
+        for label in plan.labels:
+            point_outcomes = outcomes[start : start + len(plan.runs[label])]
+            start += len(point_outcomes)
+            with timer.phase("loading records"):
+                point_records = records_of_outcomes(study_run.client, point_outcomes)
+            analysis = Analysis(out_dir / f"point-{slug(label)}", output_dir, tracking_uri, threshold, interval)
+            results[label] = _finish_point(plan, label, point_outcomes, point_records, study_run.run_id, analysis)
+        return _finish_study(plan, title, group_id, results, out_dir, study_run, timer, tracking_uri)
+
+
+def slug(label: str) -> str:
+    return label.replace(" ", "-")
+
+
+def _finish_point(
+    plan: StudyPlan, label: str, outcomes: list, records: list, study_run_id: str, analysis: Analysis
+) -> ComparisonResult:
+    """The point's own comparison, as a run nested in the study; its training runs join its group."""
+    from sspo_cli.research.store import MEMBERSHIP_TAG, add_membership
+
+    timer = PhaseTimer()
+    group_id = group_id_of("comparison", plan.runs[label])
+    title = f"{plan.base.name} at {label}: {', '.join(plan.methods)} x {plan.seeds} seeds"
+    tracker = open_group_run(
+        analysis.tracking_uri,
+        plan.base.tracking.experiment,
+        "comparison",
+        group_id,
+        f"compare-{plan.base.name}-{slug(label)}",
+        {"point": label, "methods": ",".join(plan.methods), "seeds": plan.seeds},
+        analysis.output_dir / "mlartifacts",
+        parent_run_id=study_run_id,
+    )
+    for outcome in outcomes:
+        if outcome.run_id:
+            run = tracker.client.get_run(outcome.run_id)
+            add_membership(tracker.client, outcome.run_id, run.data.tags.get(MEMBERSHIP_TAG), group_id)
+    with failure_marked(tracker):
+        return finish_comparison(
+            "comparison", group_id, title, records, outcomes, plan.methods, analysis, tracker, timer
+        )
+
+
+def separations(plan: StudyPlan, results: dict[str, ComparisonResult]) -> list[str]:
+    """Every pair the study tells apart at some point: paired bootstrap excluding 0, non-overlapping t
+    intervals, or P(X > Y) >= 0.9 with its interval above 0.5. One line each; empty: none did."""
+    lines = []
+    for label in plan.labels:
+        inference = results[label].inference
+        if inference is None:
+            continue
+        for pair in inference.paired:
+            reasons = []
+            if pair.difference is not None and pair.difference.excludes(0.0):
+                d = pair.difference
+                reasons.append(f"paired difference {d.estimate:+.1%} [{d.low:+.1%}, {d.high:+.1%}]")
+            if not pair.unpaired_overlap:
+                reasons.append("95% t intervals over seeds do not overlap")
+            for x, y in ((pair.first, pair.second), (pair.second, pair.first)):
+                p = inference.improvement.get((x, y))
+                if p is not None and p.estimate >= SEPARATION_PROBABILITY and p.low > 0.5:
+                    reasons.append(f"P({x} > {y}) = {p.estimate:.2f} [{p.low:.2f}, {p.high:.2f}]")
+            if reasons:
+                lines.append(f"{label}: {pair.first} vs {pair.second}: {'; '.join(reasons)}")
+    return lines
+
+
+def _finish_study(
+    plan: StudyPlan,
+    title: str,
+    group_id: str,
+    results: dict[str, ComparisonResult],
+    out_dir: Path,
+    study_run,
+    timer: PhaseTimer,
+    tracking_uri: str,
+) -> StudyResult:
+    from sspo_cli.research.plots import study_figure
+
+    found = separations(plan, results)
+    with timer.phase("writing outputs"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = {"csv": write_study_csv(out_dir / "study.csv", plan, results)}
+        if any(not r.failed for result in results.values() for r in result.records):
+            summaries = {label: result.summaries for label, result in results.items()}
+            interval = next(iter(results.values())).interval
+            figure_path = out_dir / "study.png"
+            files["figure"] = study_figure(
+                plan.axes, plan.labels, plan.points, plan.methods, summaries, figure_path, title, interval
+            )
+        where = (tracking_uri, study_run.run_id, group_id)
+        files["report"] = write_study_report(out_dir / "report.md", plan, title, results, found, files, *where)
+    ok = all(not result.failed for result in results.values())
+    timing = close_group_run(study_run, files, timer, ok)
+    return StudyResult(title, plan, results, out_dir, files, study_run.run_id, group_id, timing, found)
+
+
+STUDY_COLUMNS = ("final_accuracy", "best_accuracy", "seq_var", "saturated_frac", "reward_auc")
+
+
+def study_rows(plan: StudyPlan, results: dict[str, ComparisonResult]) -> list[dict[str, Any]]:
+    """One row per (point, method): the point's values, runs, failed and collapsed counts, each metric's interval."""
+    rows = []
+    for label, point in zip(plan.labels, plan.points):
+        for summary in results[label].summaries:
+            row: dict[str, Any] = {**point, "method": summary.name, "runs": len(summary.run_ids)}
+            row |= {"failed": summary.failed, "collapsed": summary.collapsed}
+            for key in STUDY_COLUMNS:
+                interval = summary.metrics[key]
+                row |= {key: interval.estimate, f"{key}_low": interval.low, f"{key}_high": interval.high}
+            rows.append(row)
+    return rows
+
+
+def write_study_csv(path: Path, plan: StudyPlan, results: dict[str, ComparisonResult]) -> Path:
+    import csv
+
+    rows = study_rows(plan, results)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["method"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def study_table(plan: StudyPlan, results: dict[str, ComparisonResult]) -> TextTable:
+    """Every method at every point, with its collapsed and failed runs: one source for the terminal and report.md."""
+    from sspo_cli.research.formatting import format_interval, interval_caption
+
+    specs = {spec.key: spec for spec in METRICS}
+    rows = []
+    for label in plan.labels:
+        for summary in results[label].summaries:
+            runs = len(summary.run_ids)
+            cells = [format_interval(specs[key].kind, summary.metrics[key]) for key in STUDY_COLUMNS[:4]]
+            rows.append((label, summary.name, *cells, f"{summary.collapsed}/{runs}", f"{summary.failed}/{runs}"))
+    interval = next(iter(results.values())).interval if results else T_METHOD
+    headers = ("point", "method", "final acc", "best acc", "weight/seq_var", "saturated", "collapsed", "failed")
+    caption = f"{interval_caption(interval)}; collapsed: final held-out accuracy below half its start"
+    return TextTable(title="", headers=headers, rows=rows, caption=caption, left_columns=2)
+
+
+def write_study_report(
+    path: Path,
+    plan: StudyPlan,
+    title: str,
+    results: dict[str, ComparisonResult],
+    found: list[str],
+    files: dict[str, Path],
+    tracking_uri: str,
+    parent_run_id: str,
+    group_id: str,
+) -> Path:
+    from sspo_cli.research.metrics import COLLAPSE_RULE, FAILED_RULE
+
+    table = study_table(plan, results)
+    lines = [f"# {title}", "", "| " + " | ".join(table.headers) + " |", "|" + "---|" * len(table.headers)]
+    lines += ["| " + " | ".join(row) + " |" for row in table.rows]
+    lines += [
+        "",
+        f"Each cell: {table.caption}. {COLLAPSE_RULE[0].upper() + COLLAPSE_RULE[1:]}; {FAILED_RULE}.",
+        "",
+        "## Separations",
+        "",
+    ]
+    lines += [f"- {line}" for line in found] or [
+        "None: at no point did a pair of methods separate (paired bootstrap excluding 0, non-overlapping 95% "
+        f"t intervals, or P(X > Y) >= {SEPARATION_PROBABILITY} with its interval above 0.5)."
+    ]
+    lines += ["", "Uncorrected for the number of pairs and points: read a separation as a lead, not a ranking.", ""]
+    if "figure" in files:
+        lines += [f"![study]({files['figure'].name})", ""]
+    lines += ["## Points", ""]
+    for label in plan.labels:
+        report = results[label].files.get("report")
+        if report is not None:
+            lines.append(f"- {label}: [{report.parent.name}/report.md]({report.parent.name}/report.md)")
+    lines += [
+        "",
+        "## Where",
+        "",
+        f"MLflow store `{tracking_uri}`, study run `{parent_run_id}`; each point's comparison is a nested run, every "
+        f"training run is nested under the study; search ``{membership_filter(group_id)}`` in the MLflow UI.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+    return path
+
+
+__all__ = ["POINT_TAG", "StudyPlan", "StudyResult", "plan_study", "run_study", "separations", "study_axes"]

@@ -421,8 +421,8 @@ def test_bad_values_are_refused_naming_the_verl_key() -> None:
         SspoPolicyLossConfig(loss_mode="sspo", gate="tanh")
     with pytest.raises(VerlSettingError, match=r"actor_rollout_ref\.actor\.policy_loss\.gate: Extra inputs"):
         SspoPolicyLossConfig(loss_mode="gmpo", gate="arctan")
-    with pytest.raises(VerlSettingError, match="not 'bypass_mode' .*bypass_mode=true replaces the loss"):
-        SspoPolicyLossConfig(loss_mode="bypass_mode")
+    with pytest.raises(VerlSettingError, match=r"not 'vanilla': set actor_rollout_ref\.actor\.policy_loss\.loss_mode"):
+        SspoPolicyLossConfig(loss_mode="vanilla")
     with pytest.raises(VerlSettingError, match="dp_size=2 needs global_batch_info\\['global_batch_size'\\]"):
         verl_loss(batch, actor_config("sspo"), batch.logp, dp_size=2)
 
@@ -431,24 +431,51 @@ def test_bad_values_are_refused_naming_the_verl_key() -> None:
 
 
 def compose_actor(*overrides: str):
+    """The actor config a verl worker builds from `python -m verl.trainer.main_ppo OVERRIDES`."""
     import verl
     from hydra import compose, initialize_config_dir
     from verl.utils.config import omega_conf_to_dataclass
 
     config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
     with initialize_config_dir(config_dir=config_dir, version_base=None):
-        config = compose(
-            config_name="ppo_trainer", overrides=["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2", *overrides]
-        )
+        config = compose(config_name="ppo_trainer", overrides=list(overrides))
     return omega_conf_to_dataclass(config.actor_rollout_ref.actor)
 
 
 LAUNCH = (
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
     "actor_rollout_ref.actor.policy_loss._target_=sspo_cli.integrations.verl_plugin.SspoPolicyLossConfig",
     "actor_rollout_ref.actor.policy_loss.loss_mode=sspo",
     "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean",
     "actor_rollout_ref.actor.tau_pos=2.0",
 )
+
+
+def documented_launch_overrides() -> list[str]:
+    """The overrides of the launch example in docs/engines.md (the block after <!-- verl-launch -->)."""
+    import shlex
+
+    text = (REPO / "docs" / "engines.md").read_text().split("<!-- verl-launch -->", 1)[1]
+    block = text.split("```bash\n", 1)[1].split("```", 1)[0]
+    command = block.split("verl.trainer.main_ppo", 1)[1].replace("\\\n", " ")
+    return shlex.split(command)
+
+
+def test_the_documented_launch_builds_the_actor_config_of_our_loss() -> None:
+    overrides = documented_launch_overrides()
+    assert "actor_rollout_ref.actor.policy_loss.loss_mode=sspo" in overrides
+    actor = compose_actor(*overrides)
+    assert isinstance(actor.policy_loss, SspoPolicyLossConfig)
+    assert (actor.policy_loss.loss_mode, actor.policy_loss.gate, actor.loss_agg_mode) == (
+        "sspo",
+        "sigmoid",
+        "seq-mean-token-mean",
+    )
+    batch = random_batch(0)
+    assert_same(
+        loss_and_gradient(batch, lambda logp: verl_loss(batch, actor, logp)),
+        loss_and_gradient(batch, native(batch, {"name": "sspo", "tau_pos": actor.tau_pos, "tau_neg": actor.tau_neg})),
+    )
 
 
 def padded_micro_batch(batch: Batch, logp: torch.Tensor):
@@ -501,7 +528,9 @@ def test_a_bad_key_in_the_launch_config_fails_when_verl_builds_it() -> None:
         compose_actor(*LAUNCH, "+actor_rollout_ref.actor.policy_loss.gate=tanh")
     with pytest.raises(Exception, match="gate"):  # verl's own PolicyLossConfig has no field for it
         compose_actor(
-            "actor_rollout_ref.actor.policy_loss.loss_mode=sspo", "+actor_rollout_ref.actor.policy_loss.gate=erf"
+            LAUNCH[0],
+            "actor_rollout_ref.actor.policy_loss.loss_mode=sspo",
+            "+actor_rollout_ref.actor.policy_loss.gate=erf",
         )
 
 

@@ -126,7 +126,7 @@ def check_policy_loss_keys(loss_mode: str, values: Mapping[str, Any]) -> None:
     if loss_mode not in VERL_LOSS_MODES:
         raise VerlSettingError(
             f"{ACTOR}.policy_loss: SspoPolicyLossConfig serves loss_mode {' or '.join(VERL_LOSS_MODES)}, not "
-            f"{loss_mode!r} (algorithm.rollout_correction.bypass_mode=true replaces the loss with verl's bypass_mode)"
+            f"{loss_mode!r}: set {ACTOR}.policy_loss.loss_mode"
         )
     set_values = {key: value for key, value in values.items() if value is not None}
     _objective(tuple(sorted({"name": loss_mode, **set_values}.items())))

@@ -141,6 +141,19 @@ def test_the_maths_knows_nothing_of_the_rest() -> None:
         assert all(t.startswith(MATHS) for t in targets), module
 
 
+INTEGRATIONS = ("sspo_cli.integrations",)
+
+
+def test_the_integrations_stand_on_the_maths_alone() -> None:
+    """The framework plug-ins (verl) see only the objectives, and nothing of ours imports them: the
+    framework does."""
+    for module, targets in imports_of(INTEGRATIONS).items():
+        assert all(t.startswith(MATHS + INTEGRATIONS) for t in targets), module
+    for module, targets in import_graph().items():
+        if not module.startswith(INTEGRATIONS):
+            assert not {t for t in targets if t.startswith(INTEGRATIONS)}, module
+
+
 def test_the_rewards_know_nothing_of_the_rest() -> None:
     """Rewards are text against text: tasks and the recipe stand on them, never the other way round."""
     for module, targets in imports_of(("sspo_cli.rewards",)).items():

@@ -259,7 +259,7 @@ def study_figure(
     summaries: dict[str, Sequence[GroupSummary]],
     path: Path,
     title: str,
-    interval: str = T_METHOD,
+    interval_method: str = T_METHOD,
 ) -> Path:
     """1x3 against the grid: final held-out accuracy, weight/seq_var (log), gate saturation; a line per method,
     each point the mean over seeds with its interval. One numeric axis is the x axis; otherwise the points in order."""
@@ -309,7 +309,7 @@ def study_figure(
             axis.set_yscale("log")
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{title}\npoints: mean over seeds; bars: {interval_name(interval)}", fontsize=11)
+    fig.suptitle(f"{title}\npoints: mean over seeds; bars: {interval_name(interval_method)}", fontsize=11)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -275,6 +275,7 @@ class EvalResult:
     mean_reward: float
     mean_length: float  # completion tokens, <eos> included
     size: int
+    problems: tuple[tuple[str, bool], ...] = ()  # (prompt, graded correct) per example, in order
 
     def as_metrics(self, prefix: str) -> dict[str, float]:
         return {
@@ -313,4 +314,5 @@ def evaluate(
         mean_reward=sum(g.reward for g in grades) / n,
         mean_length=sum(lengths) / n,
         size=len(grades),
+        problems=tuple((e.prompt, g.correct) for e, g in zip(examples, grades)),
     )

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sspo_cli.recipe import Recipe
-from sspo_cli.run.records import RunRecords, eval_metrics, open_run
+from sspo_cli.run.records import PROBLEMS_FILE, RunRecords, eval_metrics, open_run
 from sspo_cli.run.state import Policy, TrainingObserver, TrainState
 
 if TYPE_CHECKING:
@@ -313,7 +313,8 @@ def rl_loop(prepared: Prepared, records: RunRecords, optimizer, scheduler, stop:
         return path
 
     def run_eval(step: int) -> None:
-        records.record_eval(step, eval_metrics(recipe, policy.model, policy.tokenizer, task))
+        problems = run_dir / PROBLEMS_FILE if step == recipe.train.steps else None  # the final weights' answers
+        records.record_eval(step, eval_metrics(recipe, policy.model, policy.tokenizer, task, problems))
 
     if not state.evals:
         run_eval(0)

@@ -72,6 +72,18 @@ def test_study_table_csv_report_and_figure(studied: dict) -> None:
     assert "policy_lag=2" in printed and "collapsed" in printed
 
 
+def test_each_runs_final_eval_leaves_its_per_problem_answers(studied: dict) -> None:
+    """The study pairs problems without evaluating any run again: the final eval wrote them."""
+    for run in training_runs(client_for(studied["out"])):
+        folder = Path(run.data.tags["sspo.run_dir"])
+        rows = [json.loads(line) for line in (folder / "eval_problems.jsonl").read_text().splitlines()]
+        summary = json.loads((folder / "summary.json").read_text())
+        assert len(rows) == TINY["task"]["eval_size"]
+        assert sum(r["correct"] for r in rows) / len(rows) == pytest.approx(summary["eval_after"]["accuracy"])
+    document = json.loads((studied["out"] / "study" / "point-policy_lag=0" / "compare.json").read_text())
+    assert document["timing"]["phases"]["per-problem eval"] < 1.0
+
+
 def test_second_study_trains_nothing(studied: dict) -> None:
     again = cli(*studied["args"])
     assert again.returncode == 0, again.stderr

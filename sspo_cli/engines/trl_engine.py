@@ -134,7 +134,8 @@ def run_training_trl(
             del model
             free_accelerator_memory()
             if records:
-                records.record_eval(recipe.train.steps, context.evaluate(load_saved_policy(recipe, final).to(device)))
+                final_policy = load_saved_policy(recipe, final).to(device)
+                records.record_eval(recipe.train.steps, context.evaluate(final_policy, final_eval=True))
         elif main:
             from sspo_cli.models import save_policy
 
@@ -252,10 +253,10 @@ def shared_run_dir(output_dir: Path, run_name: str, main: bool) -> Path:
 
 def run_context(recipe: Recipe, task, tokenizer, state, run_dir: Path, records):
     from sspo_cli.engines.trl_trainer import RunContext
-    from sspo_cli.run.records import eval_metrics
+    from sspo_cli.run.records import PROBLEMS_FILE, eval_metrics
 
-    def evaluate(model) -> dict[str, float]:
-        return eval_metrics(recipe, model, tokenizer, task)
+    def evaluate(model, final_eval: bool = False) -> dict[str, float]:
+        return eval_metrics(recipe, model, tokenizer, task, run_dir / PROBLEMS_FILE if final_eval else None)
 
     return RunContext(recipe=recipe, state=state, run_dir=run_dir, records=records, evaluate=evaluate)
 

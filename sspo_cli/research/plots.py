@@ -307,6 +307,8 @@ def study_figure(
         )
         if log_scale:
             axis.set_yscale("log")
+        else:  # a t interval over few seeds can reach past the possible range
+            axis.set_ylim(0, 100 if key == "final_accuracy" else None)
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{title}\npoints: mean over seeds; bars: {interval_name(interval_method)}", fontsize=11)

@@ -1,9 +1,10 @@
 """Which held-out problems each run solves at its end: what the paired comparison resamples.
 
-Training logs only the eval accuracy. Here the research layer evaluates each run's final checkpoint
-once more on the eval split, greedily and in the trainer's batches (so with the trainer's answers:
-the accuracies are checked to agree), and keeps the result next to the run as `eval_problems.jsonl`,
-one line per problem. Later comparisons read that file instead of evaluating again.
+A run's final eval writes `eval_problems.jsonl` next to it, one line per held-out problem. For a run
+without it (trained by an older version, or whose folder is elsewhere) the research layer evaluates
+the final checkpoint once more on the eval split, greedily and in the trainer's batches (so with the
+trainer's answers: the accuracies are checked to agree), and keeps the result there; later
+comparisons read the file instead of evaluating again.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sspo_cli.research.metrics import RunRecord
-
-PROBLEMS_FILE = "eval_problems.jsonl"
+from sspo_cli.run.records import PROBLEMS_FILE, write_problems
 
 
 @dataclass(frozen=True)
@@ -40,14 +40,7 @@ def read_problem_scores(path: Path) -> ProblemScores | None:
 
 
 def write_problem_scores(path: Path, scores: ProblemScores) -> None:
-    from sspo_cli.run.folder import write_text_atomic
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = (
-        json.dumps({"prompt": prompt, "correct": int(correct)}) + "\n"
-        for prompt, correct in zip(scores.prompts, scores.correct)
-    )
-    write_text_atomic(path, "".join(lines))
+    write_problems(path, [(prompt, bool(correct)) for prompt, correct in zip(scores.prompts, scores.correct)])
 
 
 def problems_file(record: RunRecord, output_dir: Path) -> Path:

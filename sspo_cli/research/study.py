@@ -240,7 +240,7 @@ def _finish_study(
         files = {"csv": write_study_csv(out_dir / "study.csv", plan, results)}
         if any(not r.failed for result in results.values() for r in result.records):
             summaries = {label: result.summaries for label, result in results.items()}
-            interval = next(iter(results.values())).interval
+            interval = table_interval(results)
             figure_path = out_dir / "study.png"
             files["figure"] = study_figure(
                 plan.axes, plan.labels, plan.points, plan.methods, summaries, figure_path, title, interval
@@ -269,6 +269,10 @@ def study_rows(plan: StudyPlan, results: dict[str, ComparisonResult]) -> list[di
     return rows
 
 
+def table_interval(results: dict[str, ComparisonResult]) -> str:
+    return next(iter(results.values())).interval if results else T_METHOD
+
+
 def write_study_csv(path: Path, plan: StudyPlan, results: dict[str, ComparisonResult]) -> Path:
     import csv
 
@@ -291,7 +295,7 @@ def study_table(plan: StudyPlan, results: dict[str, ComparisonResult]) -> TextTa
             runs = len(summary.run_ids)
             cells = [format_interval(specs[key].kind, summary.metrics[key]) for key in STUDY_COLUMNS[:4]]
             rows.append((label, summary.name, *cells, f"{summary.collapsed}/{runs}", f"{summary.failed}/{runs}"))
-    interval = next(iter(results.values())).interval if results else T_METHOD
+    interval = table_interval(results)
     headers = ("point", "method", "final acc", "best acc", "weight/seq_var", "saturated", "collapsed", "failed")
     caption = f"{interval_caption(interval)}; collapsed: final held-out accuracy below half its start"
     return TextTable(title="", headers=headers, rows=rows, caption=caption, left_columns=2)
@@ -308,6 +312,7 @@ def write_study_report(
     parent_run_id: str,
     group_id: str,
 ) -> Path:
+    from sspo_cli.research.formatting import interval_caption
     from sspo_cli.research.metrics import COLLAPSE_RULE, FAILED_RULE
 
     table = study_table(plan, results)
@@ -315,7 +320,8 @@ def write_study_report(
     lines += ["| " + " | ".join(row) + " |" for row in table.rows]
     lines += [
         "",
-        f"Each cell: {table.caption}. {COLLAPSE_RULE[0].upper() + COLLAPSE_RULE[1:]}; {FAILED_RULE}.",
+        f"Each cell: {interval_caption(table_interval(results))}. {COLLAPSE_RULE[0].upper() + COLLAPSE_RULE[1:]}; "
+        f"{FAILED_RULE}.",
         "",
         "## Separations",
         "",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -170,13 +171,32 @@ def build_summary(records: RunRecords) -> dict[str, Any]:
     }
 
 
+PROBLEMS_FILE = "eval_problems.jsonl"  # the final eval's answer to each held-out problem: what `compare` pairs
+
+
 def eval_metrics(
-    recipe: Recipe, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task
+    recipe: Recipe,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    problems_file: Path | None = None,
 ) -> dict[str, float]:
-    """Greedy accuracy, mean reward and length on the held-out split, with the recipe's eval settings."""
+    """Greedy accuracy, mean reward and length on the held-out split, with the recipe's eval settings; with
+    `problems_file`, which problems were answered correctly too (the final eval writes it, so a comparison
+    need not evaluate each run again)."""
     from sspo_cli.prompts import text_format
     from sspo_cli.rollout import evaluate
 
     max_new = recipe.eval.max_new_tokens or recipe.rollout.max_new_tokens
     text = text_format(recipe, tokenizer)
-    return evaluate(model, tokenizer, task, task.eval, max_new, recipe.eval.batch_size, text=text).as_metrics("eval")
+    result = evaluate(model, tokenizer, task, task.eval, max_new, recipe.eval.batch_size, text=text)
+    if problems_file is not None:
+        write_problems(problems_file, result.problems)
+    return result.as_metrics("eval")
+
+
+def write_problems(path: Path, problems: Sequence[tuple[str, bool]]) -> None:
+    """One JSON line per problem: `{"prompt": ..., "correct": 0 or 1}`, written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = (json.dumps({"prompt": prompt, "correct": int(correct)}) + "\n" for prompt, correct in problems)
+    write_text_atomic(path, "".join(lines))

@@ -288,37 +288,23 @@ def _render_study(study) -> None:
     print_table(console, text_table(table))
     for line in study.separations or ["no pair of methods separated at any point (see report.md for the rules)"]:
         console.print(f"[yellow]separation[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
-    for outcome in study.failed:
-        console.print(
-            f"[red]{outcome.state}[/red] {outcome.planned.display_name}: {escape(outcome.error or '')}",
-            highlight=False,
-            soft_wrap=True,
-        )
+    _render_failures(study.failed)
     console.print(f"outputs: {study.out_dir}  ({', '.join(p.name for p in study.files.values())})", soft_wrap=True)
     console.print(f"MLflow study run {study.parent_run_id}; each point is a nested comparison run", highlight=False)
-    timing = study.timing
-    console.print(
-        f"[dim]time {timing['total_seconds']:.1f}s: training {timing['training_seconds']:.1f}s, "
-        f"workflow overhead {timing['overhead_seconds']:.2f}s ({timing['overhead_fraction']:.1%})[/dim]"
-    )
-    if study.failed:
-        console.print("[yellow]re-run the same command to retry the failed runs; finished ones are reused[/yellow]")
-        raise typer.Exit(EXIT_FAILED)
+    _render_timing(study.timing)
+    _exit_if_failed(study.failed)
 
 
 def _render_footer(result) -> None:
-    from rich.markup import escape
+    _render_failures(result.failed)
+    _render_where(result)
+    _exit_if_failed(result.failed)
 
+
+def _exit_if_failed(failed) -> None:
     from sspo_cli.report import console
 
-    for outcome in result.failed:
-        console.print(
-            f"[red]{outcome.state}[/red] {outcome.planned.display_name}: {escape(outcome.error or '')}",
-            highlight=False,
-            soft_wrap=True,
-        )
-    _render_where(result)
-    if result.failed:
+    if failed:
         console.print("[yellow]re-run the same command to retry the failed runs; finished ones are reused[/yellow]")
         raise typer.Exit(EXIT_FAILED)
 
@@ -334,7 +320,25 @@ def _render_where(result) -> None:
         highlight=False,
         soft_wrap=True,
     )
-    timing = result.timing
+    _render_timing(result.timing)
+
+
+def _render_failures(outcomes) -> None:
+    from rich.markup import escape
+
+    from sspo_cli.report import console
+
+    for outcome in outcomes:
+        console.print(
+            f"[red]{outcome.state}[/red] {outcome.planned.display_name}: {escape(outcome.error or '')}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _render_timing(timing) -> None:
+    from sspo_cli.report import console
+
     console.print(
         f"[dim]time {timing['total_seconds']:.1f}s: training {timing['training_seconds']:.1f}s, "
         f"workflow overhead {timing['overhead_seconds']:.2f}s ({timing['overhead_fraction']:.1%})[/dim]"

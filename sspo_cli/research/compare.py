@@ -78,6 +78,18 @@ class Analysis:
     interval: str = T_METHOD  # of the main table: "t" or "bootstrap"
 
 
+def check_workflow(jobs: int, interval: str, output_dir: Path, tracking_uri: str | None) -> str:
+    """The options every training workflow shares, checked before planning; the tracking URI to use."""
+    from sspo_cli.run.folder import ensure_writable
+    from sspo_cli.tracking import default_tracking_uri
+
+    if jobs < 1:
+        raise ResearchError("--jobs", f"must be at least 1, got {jobs}")
+    check_interval(interval)
+    ensure_writable(output_dir)
+    return tracking_uri or default_tracking_uri(output_dir)
+
+
 def check_interval(method: str) -> str:
     if method not in INTERVAL_METHODS:
         raise ResearchError("--interval", f"unknown interval {method!r} (choose from {', '.join(INTERVAL_METHODS)})")
@@ -211,21 +223,15 @@ def run_comparison(
     observer: WorkflowObserver | None = None,
     interval: str = T_METHOD,
 ) -> ComparisonResult:
-    from sspo_cli.run.folder import ensure_writable
-    from sspo_cli.tracking import default_tracking_uri
 
     timer = PhaseTimer()
     with timer.phase("planning"):
-        if jobs < 1:
-            raise ResearchError("--jobs", f"must be at least 1, got {jobs}")
-        check_interval(interval)
+        tracking_uri = check_workflow(jobs, interval, output_dir, tracking_uri)
         variants_path = variants_path or default_variants_file(recipe_path)
         plan, base = plan_comparison(recipe_path, overrides, methods_spec, seeds, variants_path)
         group_id = group_id_of("comparison", plan)
         methods = list(dict.fromkeys(p.group for p in plan))
         title = f"{base.name}: {', '.join(methods)} x {seeds} seed{'s' if seeds > 1 else ''}"
-        ensure_writable(output_dir)
-        tracking_uri = tracking_uri or default_tracking_uri(output_dir)
         out_dir = report_dir or output_dir / f"compare-{base.name}-{group_id}"
     with timer.phase("group run"):
         params = {

@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sspo_cli.research import ResearchError
 from sspo_cli.research.compare import (
     Analysis,
     ComparisonResult,
-    check_interval,
+    check_workflow,
     finish_comparison,
     group_id_of,
     plan_comparison,
@@ -113,22 +112,16 @@ def run_study(
 ) -> StudyResult:
     from sspo_cli.research.compare import default_variants_file
     from sspo_cli.research.records import records_of_outcomes
-    from sspo_cli.run.folder import ensure_writable
-    from sspo_cli.tracking import default_tracking_uri
 
     timer = PhaseTimer()
     with timer.phase("planning"):
-        if jobs < 1:
-            raise ResearchError("--jobs", f"must be at least 1, got {jobs}")
-        check_interval(interval)
+        tracking_uri = check_workflow(jobs, interval, output_dir, tracking_uri)
         variants_path = variants_path or default_variants_file(recipe_path)
         plan = plan_study(recipe_path, overrides, methods_spec, seeds, variants_path, axes)
         every_run = [run for label in plan.labels for run in plan.runs[label]]
         group_id = group_id_of("study", every_run)
         grid_text = " x ".join(f"{a.key} ({', '.join(json.dumps(v) for v in a.values)})" for a in plan.axes)
         title = f"{plan.base.name}: {', '.join(plan.methods)} x {seeds} seeds at {grid_text}"
-        ensure_writable(output_dir)
-        tracking_uri = tracking_uri or default_tracking_uri(output_dir)
         out_dir = report_dir or output_dir / f"study-{plan.base.name}-{group_id}"
     with timer.phase("group run"):
         params = {

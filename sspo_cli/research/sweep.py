@@ -198,22 +198,16 @@ def run_sweep(
     observer: WorkflowObserver | None = None,
     interval: str = T_METHOD,
 ) -> ComparisonResult:
-    from sspo_cli.research.compare import check_interval
+    from sspo_cli.research.compare import check_workflow
     from sspo_cli.research.records import records_of_outcomes
-    from sspo_cli.run.folder import ensure_writable
-    from sspo_cli.tracking import default_tracking_uri
 
     timer = PhaseTimer()
     with timer.phase("planning"):
-        if jobs < 1:
-            raise ResearchError("--jobs", f"must be at least 1, got {jobs}")
-        check_interval(interval)
+        tracking_uri = check_workflow(jobs, interval, output_dir, tracking_uri)
         plan = plan_sweep(recipe_path, overrides, grid_options, seeds, metric)
         group_id = group_id_of("sweep", plan.runs)
         axes_text = " x ".join(f"{a.key} ({len(a.values)})" for a in plan.axes)
         title = f"sweep {plan.base.name}: {axes_text}, {plan.seeds} seed{'s' if plan.seeds > 1 else ''} per point"
-        ensure_writable(output_dir)
-        tracking_uri = tracking_uri or default_tracking_uri(output_dir)
         out_dir = report_dir or output_dir / f"sweep-{plan.base.name}-{group_id}"
     with timer.phase("group run"):
         params = {

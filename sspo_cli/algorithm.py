@@ -258,14 +258,20 @@ class UpdateData:
     mask: torch.Tensor
     ref_logp: torch.Tensor | None
 
-    def objective_inputs(self, rows: torch.Tensor) -> dict[str, torch.Tensor | None]:
-        """The objective's arguments after `logp` for these rows."""
+    def objective_inputs(self, rows: torch.Tensor, width: int | None = None) -> dict[str, torch.Tensor | None]:
+        """The objective's arguments after `logp` for these rows (their first `width` completion columns)."""
+        cols = slice(None, width)
         return {
-            "old_logp": self.old_logp[rows],
+            "old_logp": self.old_logp[rows, cols],
             "advantages": self.advantages[rows],
-            "mask": self.mask[rows],
-            "ref_logp": None if self.ref_logp is None else self.ref_logp[rows],
+            "mask": self.mask[rows, cols],
+            "ref_logp": None if self.ref_logp is None else self.ref_logp[rows, cols],
         }
+
+    def width_of(self, rows: torch.Tensor) -> int:
+        """Completion columns up to the last one these rows count in the loss (at least 1)."""
+        counted = (self.mask[rows] != 0).any(0).nonzero()
+        return int(counted[-1]) + 1 if counted.numel() else 1
 
 
 @dataclass(frozen=True)
@@ -287,6 +293,10 @@ def accumulate_gradients(
     scaled losses and their gradients add up to the un-split mini-batch's. A non-finite part is not
     backpropagated; the loss returned is then non-finite. The diagnostics are taken once, over the
     whole mini-batch's detached log-probs: the same numbers as without splitting.
+
+    With `trim_padding` each micro-batch runs only up to its own longest counted completion (the
+    columns after it are padding in all its rows: the loss gives them weight 0), and with
+    `length_buckets` an un-split mini-batch is cut into micro-batches of similar completion lengths.
     """
     import torch
 
@@ -298,30 +308,91 @@ def accumulate_gradients(
         shared_prompts = None
     total = objective.normaliser(data.mask[rows]).clamp(min=1)
     parts = micro_batches(rows, perf.micro_batch_size, shared_prompts)
+    if len(parts) == 1:
+        count = bucket_count(perf, device)
+        price = micro_batch_price(model) if count is None else 0.0
+        parts = length_bucket_parts(rows, data, shared_prompts, count, price)
+    prompt_len = data.input_ids.shape[1] - data.completion_len
     model.zero_grad(set_to_none=True)
     loss, seconds, logps = 0.0, 0.0, []
     for part in parts:
+        width = data.width_of(part) if perf.trim_padding else data.completion_len
         with autocast(device, perf.autocast_bf16):
             logp, _ = completion_logprobs(
                 model,
-                data.input_ids[part],
-                data.attention_mask[part],
-                data.completion_len,
+                data.input_ids[part, : prompt_len + width],
+                data.attention_mask[part, : prompt_len + width],
+                width,
                 recipe.rollout.temperature,
                 None if shared_prompts is None else shared_prompts[part],
                 perf.logprob_chunk_mb,
             )
         t0 = time.perf_counter()
-        inputs = data.objective_inputs(part)
+        inputs = data.objective_inputs(part, width)
         part_loss = objective.loss(logp, **inputs) * (objective.normaliser(inputs["mask"]) / total)
         seconds += time.perf_counter() - t0
         if torch.isfinite(part_loss):
             part_loss.backward()
         loss += float(part_loss.detach())
-        logps.append(logp.detach())
+        # the trimmed columns are padding (weight 0) for the diagnostics too
+        logps.append(torch.nn.functional.pad(logp.detach(), (0, data.completion_len - width)))
     t0 = time.perf_counter()
     metrics = objective.metrics(torch.cat(logps), **data.objective_inputs(torch.cat(parts)))
     return AccumulatedUpdate(loss, metrics, seconds + time.perf_counter() - t0)
+
+
+# Per-micro-batch cost of an update (Python and operator dispatch of one forward and backward), per decoder
+# layer, and the CPU's float32 throughput on the update's matrix products: their ratio prices one more
+# micro-batch in tokens (`bucket_count`). Rough figures of the 2-core AMD EPYC (Zen 4) of docs/performance.md.
+MICRO_BATCH_OVERHEAD_S_PER_LAYER = 1e-3
+CPU_UPDATE_FLOPS = 1e11
+
+
+def bucket_count(perf: PerformanceConfig, device: torch.device) -> int | None:
+    """`performance.length_buckets` resolved: a number of buckets, or None where 'auto' chooses by cost
+    (`length_bucket_parts`). 'auto' does not split on accelerators (not measured there)."""
+    if perf.length_buckets != "auto":
+        return int(perf.length_buckets)
+    return None if device.type == "cpu" else 1
+
+
+def micro_batch_price(model) -> float:
+    """One more micro-batch's fixed cost, in tokens of forward + backward (6 FLOPs per parameter per token)."""
+    layers = getattr(model.config, "num_hidden_layers", 1)
+    params = sum(p.numel() for p in model.parameters())
+    return layers * MICRO_BATCH_OVERHEAD_S_PER_LAYER * CPU_UPDATE_FLOPS / (6 * max(params, 1))
+
+
+MAX_LENGTH_BUCKETS = 8
+
+
+def length_bucket_parts(
+    rows: torch.Tensor, data: UpdateData, prompt_index: torch.Tensor | None, count: int | None, price: float = 0.0
+) -> list[torch.Tensor]:
+    """`rows` sorted by completion length (rows of one prompt together among equals) in `count` slices of equal
+    size; `count` None: the number (1 to MAX_LENGTH_BUCKETS) that costs fewest tokens of forward + backward,
+    one more micro-batch priced at `price` tokens. Each slice is later trimmed to its own longest completion."""
+    import torch
+
+    if count == 1 or rows.shape[0] < 2:
+        return [rows]
+    lengths = (data.mask[rows] != 0).sum(1)
+    key = lengths * (int(prompt_index.max()) + 1) + prompt_index[rows] if prompt_index is not None else lengths
+    order = torch.argsort(key, stable=True)
+    by_length, lengths = rows[order], lengths[order]
+    if count is not None:
+        return list(torch.tensor_split(by_length, min(count, rows.shape[0])))
+    prefix = data.input_ids.shape[1] - data.completion_len - 1  # the prompt but its last token
+    widths = [max(n, 1) + 1 for n in lengths.tolist()]  # + the last prompt token
+    prompts = by_length.tolist() if prompt_index is None else prompt_index[by_length].tolist()
+    best, best_cost = 1, math.inf
+    for k in range(1, min(MAX_LENGTH_BUCKETS, len(widths)) + 1):
+        cost = k * price
+        for start, end in slice_bounds(len(widths), k):
+            cost += (end - start) * widths[end - 1] + len(set(prompts[start:end])) * prefix
+        if cost < best_cost:
+            best, best_cost = k, cost
+    return [rows] if best == 1 else list(torch.tensor_split(by_length, best))  # one bucket: the rows' own order
 
 
 def micro_batches(rows: torch.Tensor, size: int | None, prompt_index: torch.Tensor | None) -> list[torch.Tensor]:
@@ -337,6 +408,17 @@ def micro_batches(rows: torch.Tensor, size: int | None, prompt_index: torch.Tens
     if prompt_index is not None:
         rows = rows[torch.argsort(prompt_index[rows], stable=True)]
     return list(rows.split(size))
+
+
+def slice_bounds(n: int, k: int) -> list[tuple[int, int]]:
+    """The (start, end) of `torch.tensor_split`'s k slices of n items: the first n % k are one longer."""
+    size, longer = divmod(n, k)
+    bounds, start = [], 0
+    for i in range(k):
+        end = start + size + (i < longer)
+        bounds.append((start, end))
+        start = end
+    return bounds
 
 
 def apply_update(loss: float, model, optimizer, scheduler, recipe: Recipe, state: TrainState) -> dict[str, float]:

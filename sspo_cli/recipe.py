@@ -424,6 +424,10 @@ class PerformanceConfig(Strict):
     compile: bool = Field(
         False, description="torch.compile the model (pays only in long runs: compiling takes tens of seconds)."
     )
+    length_buckets: Union[Literal["auto"], Annotated[int, Field(ge=1, le=64)]] = Field(
+        "auto",
+        description="Run an un-split optimiser mini-batch as this many micro-batches of similar completion lengths, each only as wide as its own longest completion (with trim_padding), gradients adding up to the mini-batch's: fewer padding tokens through forward and backward when lengths vary. 1: off; 'auto': the count that costs fewest tokens, each micro-batch's fixed cost priced from the model's size (on CPU; 1 on accelerators).",
+    )
     logprob_chunk_mb: float = Field(
         64.0,
         gt=0,

@@ -413,6 +413,10 @@ class PerformanceConfig(Strict):
         True,
         description="Run each group's shared prompt once (in sampling and in the updates) and reuse its keys/values for the group's completions.",
     )
+    reserve_kv_cache: bool = Field(
+        True,
+        description="The sampler's KV cache keeps room for every new token and writes each one in place, instead of concatenating the whole cache at every token (same keys and values). Needs sampler 'kv_cache'.",
+    )
     trim_padding: bool = Field(
         True,
         description="Stop sampling when every completion has ended and drop completion columns that are padding in every row.",

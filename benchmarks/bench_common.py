@@ -45,12 +45,12 @@ WORKLOADS = {
     # issue 6: 16 prompts `AB+CD=` x 8, 8 new tokens, the tiny 1M-parameter model
     "standard": Workload(16, 8, 8, 128, 4, 4, 2, 512, 64, steps=30, warmup=3, task="addition"),
     # issue 16: realistic lengths. Prompts of 15 to 63 tokens (left padding), up to 96 new tokens; the
-    # random model ends a row with <eos> at about 1/82 per token (82 tokens), so most rows end early
-    # and about 31% run to the limit. 10.6M parameters.
+    # random model ends a row with <eos> at about 1/80 per token (80 tokens), so most rows end early
+    # and about a third run to the limit. 10,361,472 parameters.
     "long": Workload(8, 8, 96, 384, 6, 6, 2, 1152, 256, steps=4, warmup=1, task="copy"),
 }
 
-# The copy task's characters: letters, digits and punctuation; with the 4 special tokens, 82 tokens.
+# The copy task's characters: letters, digits and punctuation; with `copy: ` and the 4 special tokens, 80 tokens.
 COPY_ALPHABET = string.ascii_letters + string.digits + ".,;:!?-+*/()'"
 
 

@@ -145,7 +145,14 @@ def main(argv: list[str] | None = None) -> None:
     grouped: dict[str, float] = defaultdict(float)
     for key, us in self_us.items():
         op = key.removeprefix("aten::")
-        group = next((g for g, names in GROUPS.items() if any(op == n or op.startswith(n + "_") for n in names)), None)
+        group = next(
+            (
+                g
+                for g, names in GROUPS.items()
+                if any(op == n or op.startswith(n + "_") or (n in op and len(n) > 8) for n in names)
+            ),
+            None,
+        )
         grouped[group or "other operators"] += us
     total_ops = sum(self_us.values())
     print(

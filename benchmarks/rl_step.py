@@ -50,9 +50,11 @@ BASELINE_SWITCHES: dict[str, Any] = {
     "sampler": "hf_generate",
     "sampling_logprobs": False,
     "share_prompt_prefix": False,
+    "reserve_kv_cache": False,
     "trim_padding": False,
     "autocast_bf16": False,
     "compile": False,
+    "length_buckets": 1,
 }
 
 

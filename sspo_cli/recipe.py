@@ -425,12 +425,16 @@ class PerformanceConfig(Strict):
         "auto",
         description="bfloat16 autocast of the model in the optimiser updates (sampling, the log-softmax and the loss stay float32): true, false, or 'auto' = on where bf16 is native (CUDA with bf16, CPUs with AVX-512-BF16 or AMX), off elsewhere.",
     )
+    update_attention: Literal["same", "eager", "sdpa"] = Field(
+        "same",
+        description="Attention kernel of the optimiser updates' forward and backward, for models loaded with sdpa or eager: 'same' (the loaded one, sdpa by default), or 'eager'/'sdpa' there while sampling keeps the loaded one. Not a default: no clear gain measured on CPU (docs/performance.md).",
+    )
     compile: bool = Field(
         False, description="torch.compile the model (pays only in long runs: compiling takes tens of seconds)."
     )
     length_buckets: Union[Literal["auto"], Annotated[int, Field(ge=1, le=64)]] = Field(
-        "auto",
-        description="Run an un-split optimiser mini-batch as this many micro-batches of similar completion lengths, each only as wide as its own longest completion (with trim_padding), gradients adding up to the mini-batch's: fewer padding tokens through forward and backward when lengths vary. 1: off; 'auto': the count that costs fewest tokens, each micro-batch's fixed cost priced from the model's size (on CPU; 1 on accelerators).",
+        1,
+        description="Run an un-split optimiser mini-batch as this many micro-batches of similar completion lengths, each only as wide as its own longest completion (with trim_padding), gradients adding up to the mini-batch's: fewer padding tokens through forward and backward when lengths vary, but each group's prompt then runs once per micro-batch that holds part of it. 1: off (the default: on the long benchmark workload 2 buckets were slower, docs/performance.md); 'auto': the count that costs fewest tokens by a cost model, each micro-batch's fixed cost priced from the model's size (on CPU; 1 on accelerators).",
     )
     logprob_chunk_mb: float = Field(
         64.0,

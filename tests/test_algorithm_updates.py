@@ -203,7 +203,8 @@ def test_auto_length_buckets_choose_by_tokens_and_price():
 
 def test_length_bucket_setting_resolves_by_device():
     perf = recipe_from_dict({}, []).performance
-    assert perf.length_buckets == "auto"
+    assert perf.length_buckets == 1 and bucket_count(perf, torch.device("cpu")) == 1  # off by default
+    perf = perf.model_copy(update={"length_buckets": "auto"})
     assert bucket_count(perf, torch.device("cpu")) is None  # chosen by cost
     assert bucket_count(perf, torch.device("meta")) == 1  # not measured on accelerators: no split
     assert bucket_count(perf.model_copy(update={"length_buckets": 4}), torch.device("meta")) == 4

@@ -28,6 +28,14 @@ VARIANTS: dict[str, list[str]] = {
     "+ trim padding": ["--autocast-bf16", "false"],
     "+ bf16 autocast (= defaults here)": [],
 }
+# Issue 16: the defaults and each of their switches off in turn, on either workload.
+ISSUE16_VARIANTS: dict[str, list[str]] = {
+    "defaults": [],
+    "autocast_bf16 false": ["--autocast-bf16", "false"],
+    "length_buckets auto": ["--length-buckets", "auto"],
+    "reserve_kv_cache false": ["--no-reserve-kv-cache"],
+    "every switch off": ["--baseline"],
+}
 
 
 def run_json(command: list[str]) -> dict:
@@ -39,6 +47,7 @@ def run_json(command: list[str]) -> dict:
         **result,
         "load_1min": details.get("load_1min", os.getloadavg()[0]),
         "others_cpu_share": details.get("others_cpu_share"),
+        "cpu": details.get("cpu"),
     }
 
 
@@ -48,11 +57,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--objective", nargs="+", default=["grpo"], help="One or more objectives; each variant runs with each."
     )
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=None, help="Timed steps (default: the workload's).")
     parser.add_argument(
         "--trl-python", default=None, help="Python of a scratch environment with TRL (leave out to skip TRL)."
     )
     parser.add_argument("--only", nargs="*", default=None, help="Run only these variant names (substring match).")
+    parser.add_argument("--workload", default=None, help="rl_step.py's --workload, for ours and TRL.")
+    parser.add_argument("--issue16", action="store_true", help="The defaults and each switch off (ISSUE16_VARIANTS).")
     parser.add_argument("--log", default=str(HERE / "results" / "ablation.jsonl"))
     parser.add_argument("--summarize", action="store_true", help="Only print the table of every run in --log.")
     parser.add_argument(
@@ -66,22 +77,25 @@ def main(argv: list[str] | None = None) -> None:
         summarize(Path(args.log), args.max_others)
         return
 
-    variants = {name: extra for name, extra in VARIANTS.items() if not args.only or any(o in name for o in args.only)}
+    table = ISSUE16_VARIANTS if args.issue16 else VARIANTS
+    variants = {name: extra for name, extra in table.items() if not args.only or any(o in name for o in args.only)}
+    workload = ["--workload", args.workload] if args.workload else []
     commands = {
         f"{name} [{objective}]": [
             sys.executable,
             str(HERE / "rl_step.py"),
             "--objective",
             objective,
-            "--steps",
-            str(args.steps),
+            *(["--steps", str(args.steps)] if args.steps else []),
+            *workload,
             *extra,
         ]
         for name, extra in variants.items()
         for objective in args.objective
     }
     if args.trl_python:
-        commands["TRL GRPOTrainer"] = [args.trl_python, str(HERE / "trl_grpo_baseline.py"), "--steps", str(args.steps)]
+        steps = ["--steps", str(args.steps)] if args.steps else []
+        commands["TRL GRPOTrainer"] = [args.trl_python, str(HERE / "trl_grpo_baseline.py"), *steps, *workload]
     log = Path(args.log)
     log.parent.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict]] = {name: [] for name in commands}
@@ -90,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
             result = run_json(command)
             results[name].append(result)
             with log.open("a") as out:
-                out.write(json.dumps({"variant": name.split(" [")[0], "round": round_index, **result}) + "\n")
+                row = {"variant": name.split(" [")[0], "round": round_index, "workload": args.workload or "standard"}
+                out.write(json.dumps({**row, **result}) + "\n")
             print(
                 f"round {round_index} {name:34s} {result['step_s_median'] * 1000:7.1f} ms  load {result['load_1min']:.2f}  others {result['others_cpu_share']:.2f}",
                 file=sys.stderr,

@@ -7,10 +7,87 @@ benchmark runs as `python benchmarks/NAME.py`, which puts this folder first on `
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
+import random
 import resource
+import string
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One standard benchmark workload; both `rl_step.py` (ours) and `trl_grpo_baseline.py` (TRL) read it."""
+
+    prompts: int
+    group: int
+    new_tokens: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    positions: int
+    steps: int  # timed steps by default
+    warmup: int
+    task: str  # "addition": `AB+CD=` with 2-digit operands; "copy": `copy_rows` written to a JSONL file
+
+    @property
+    def completions(self) -> int:
+        return self.prompts * self.group
+
+
+WORKLOADS = {
+    # issue 6: 16 prompts `AB+CD=` x 8, 8 new tokens, the tiny 1M-parameter model
+    "standard": Workload(16, 8, 8, 128, 4, 4, 2, 512, 64, steps=30, warmup=3, task="addition"),
+    # issue 16: realistic lengths. Prompts of 15 to 63 tokens (left padding), up to 96 new tokens; the
+    # random model ends a row with <eos> at about 1/80 per token (80 tokens), so most rows end early
+    # and about a third run to the limit. 10,361,472 parameters.
+    "long": Workload(8, 8, 96, 384, 6, 6, 2, 1152, 256, steps=4, warmup=1, task="copy"),
+}
+
+# The copy task's characters: letters, digits and punctuation; with `copy: ` and the 4 special tokens, 80 tokens.
+COPY_ALPHABET = string.ascii_letters + string.digits + ".,;:!?-+*/()'"
+
+
+def add_workload_args(parser: argparse.ArgumentParser) -> None:
+    """`--workload` and overrides of its sizes (for smoke tests), shared with `trl_grpo_baseline.py`."""
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="standard", help="Standard workload.")
+    parser.add_argument("--steps", type=int, default=None, help="Timed steps (default: the workload's).")
+    parser.add_argument("--warmup", type=int, default=None, help="Untimed steps first (default: the workload's).")
+    sizes = parser.add_argument_group("workload sizes (default: the workload's own)")
+    for field in fields(Workload):
+        if field.type in ("int", int) and field.name not in ("steps", "warmup"):
+            sizes.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=int, default=None)
+
+
+def chosen_workload(args: argparse.Namespace) -> Workload:
+    """The workload with its sizes overridden where asked; fills in args.steps and args.warmup."""
+    base = WORKLOADS[args.workload]
+    changes = {f.name: getattr(args, f.name) for f in fields(Workload) if getattr(args, f.name, None) is not None}
+    workload = replace(base, **changes)
+    args.steps, args.warmup = workload.steps, workload.warmup
+    return workload
+
+
+def copy_rows(count: int, seed: int = 0) -> list[dict[str, str]]:
+    """Prompts `copy: <text>` with 8 to 56 random characters of COPY_ALPHABET; the answer is the text."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        text = "".join(rng.choice(COPY_ALPHABET) for _ in range(rng.randint(8, 56)))
+        rows.append({"prompt": f"copy: {text}", "answer": text})
+    return rows
+
+
+def write_copy_data(path: Path, count: int = 4096, seed: int = 0) -> Path:
+    """The copy task's data as JSONL at `path` (what the recipe's `task: {name: file}` reads)."""
+    path.write_text("".join(json.dumps(row) + "\n" for row in copy_rows(count, seed)))
+    return path
 
 
 def qwen2_model(
@@ -59,16 +136,29 @@ def peak_rss_mb() -> float:
 
 
 def cpu_name() -> str:
-    """The CPU's model name as lscpu prints it, and the vector extensions torch's kernels use."""
-    name = platform.processor() or "unknown CPU"
+    """The CPU's model name, family and model as /proc/cpuinfo has them, whether it has AVX-512-BF16 and AMX,
+    and the vector extensions torch's kernels use."""
+    info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as cpuinfo:
-            name = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+    except OSError:
         pass
+    flags = set(info.get("flags", "").split())
+    name = info.get("model name") or platform.processor() or "unknown CPU"
+    if "cpu family" in info:
+        name += f" family {info['cpu family']} model {info.get('model', '?')}"
     import torch
 
-    return f"{name} ({os.cpu_count()} cores, torch CPU capability {torch.backends.cpu.get_cpu_capability()})"
+    def has(flag: str) -> str:
+        return "yes" if flag in flags else "no"
+
+    return (
+        f"{name} ({os.cpu_count()} cores, AVX-512-BF16 {has('avx512_bf16')}, AMX {has('amx_tile')}, "
+        f"torch CPU capability {torch.backends.cpu.get_cpu_capability()})"
+    )
 
 
 def busy_cpu_seconds() -> tuple[float, float]:

@@ -1,23 +1,29 @@
-"""Time one RL step of the standard workload (issue 6) through the project's real code paths.
+"""Time one RL step of a standard workload through the project's real code paths.
 
     python benchmarks/rl_step.py --objective grpo
     python benchmarks/rl_step.py --objective sspo --no-share-prompt-prefix   # one switch off
     python benchmarks/rl_step.py --baseline                                  # every switch off
+    python benchmarks/rl_step.py --workload long                             # realistic lengths (issue 16)
 
-The workload: 16 prompts `AB+CD=` x group 8, 8 new tokens at temperature 1.0, the tiny
-Qwen2-style model (hidden 128, 4 layers, 4 heads, 2 KV heads, MLP 512, 64 positions, tied
-embeddings) from seed 0, 2 AdamW updates (lr 1e-4) over all 128 completions, beta 0; 3 warm-up
-steps, 30 timed steps, 2 torch threads. The last line printed is one JSON object with exactly the
-issue's keys; the line before it (`details {...}`) adds the switches, load and extras.
+`--workload standard` (issue 6): 16 prompts `AB+CD=` x group 8, 8 new tokens at temperature 1.0,
+the tiny Qwen2-style model (hidden 128, 4 layers, 4 heads, 2 KV heads, MLP 512, 64 positions,
+tied embeddings) from seed 0, 2 AdamW updates (lr 1e-4) over all 128 completions, beta 0; 3
+warm-up steps, 30 timed steps, 2 torch threads. `--workload long`: 8 prompts `copy: <text>` of
+15 to 63 tokens x group 8, up to 96 new tokens, a 10.4M-parameter Qwen2 (hidden 384, 6 layers,
+6 heads, 2 KV heads, MLP 1152), the same updates; 1 warm-up and 4 timed steps (see
+`bench_common.WORKLOADS`; `--hidden` etc. shrink it). The last line printed is one JSON object
+with exactly the issue's keys; the line before it (`details {...}`) adds the switches, load and extras.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +31,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml  # noqa: E402
-from bench_common import busy_cpu_seconds, others_cpu_share, peak_rss_mb  # noqa: E402
+from bench_common import (  # noqa: E402
+    WORKLOADS,
+    Workload,
+    add_workload_args,
+    busy_cpu_seconds,
+    chosen_workload,
+    cpu_name,
+    others_cpu_share,
+    peak_rss_mb,
+    write_copy_data,
+)
 
 from sspo_cli.recipe import PerformanceConfig, Recipe, recipe_from_dict  # noqa: E402
 
@@ -34,13 +50,28 @@ BASELINE_SWITCHES: dict[str, Any] = {
     "sampler": "hf_generate",
     "sampling_logprobs": False,
     "share_prompt_prefix": False,
+    "reserve_kv_cache": False,
     "trim_padding": False,
     "autocast_bf16": False,
     "compile": False,
+    "length_buckets": 1,
 }
 
 
-def workload_recipe(objective: str, switches: dict[str, Any], threads: int) -> Recipe:
+def workload_recipe(
+    objective: str,
+    switches: dict[str, Any],
+    threads: int,
+    workload: Workload | None = None,
+    data_dir: Path | None = None,
+) -> Recipe:
+    """The recipe of `workload` (default: the standard one); the copy task's data is written into `data_dir`."""
+    w = workload or WORKLOADS["standard"]
+    if w.task == "addition":
+        task: dict[str, Any] = {"name": "addition", "min_operand": 10, "max_operand": 99}
+    else:
+        folder = data_dir or Path(tempfile.mkdtemp(prefix="sspo-bench-"))
+        task = {"name": "file", "path": str(write_copy_data(folder / "copy.jsonl")), "eval_size": 64, "dev_size": 0}
     return recipe_from_dict(
         {
             "name": "bench",
@@ -49,22 +80,22 @@ def workload_recipe(objective: str, switches: dict[str, Any], threads: int) -> R
                 "device": "cpu",
                 "tiny": {
                     "architecture": "qwen2",
-                    "hidden_size": 128,
-                    "num_layers": 4,
-                    "num_heads": 4,
-                    "num_kv_heads": 2,
-                    "intermediate_size": 512,
-                    "max_positions": 64,
+                    "hidden_size": w.hidden,
+                    "num_layers": w.layers,
+                    "num_heads": w.heads,
+                    "num_kv_heads": w.kv_heads,
+                    "intermediate_size": w.intermediate,
+                    "max_positions": w.positions,
                 },
             },
-            "task": {"name": "addition", "min_operand": 10, "max_operand": 99},
+            "task": task,
             "rollout": {
-                "prompts_per_step": 16,
-                "group_size": 8,
-                "max_new_tokens": 8,
+                "prompts_per_step": w.prompts,
+                "group_size": w.group,
+                "max_new_tokens": w.new_tokens,
                 "temperature": 1.0,
                 "updates_per_rollout": 2,
-                "minibatch_size": 128,
+                "minibatch_size": w.completions,
             },
             "objective": {"name": objective, "beta": 0.0},
             "train": {"lr": 1e-4, "threads": threads, "warm_start": {"enabled": False}},
@@ -134,8 +165,7 @@ def run(recipe: Recipe, warmup: int, steps: int) -> dict[str, Any]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--objective", default="grpo", help="Objective name (grpo, sspo, gspo, gmpo, sapo).")
-    parser.add_argument("--steps", type=int, default=30, help="Timed steps.")
-    parser.add_argument("--warmup", type=int, default=3, help="Untimed steps first.")
+    add_workload_args(parser)
     parser.add_argument("--threads", type=int, default=2, help="torch threads.")
     parser.add_argument(
         "--baseline",
@@ -163,10 +193,19 @@ def main(argv: list[str] | None = None) -> None:
     switches |= {
         name: getattr(args, name) for name in PerformanceConfig.model_fields if getattr(args, name) is not None
     }
-    recipe = workload_recipe(args.objective, switches, args.threads)
-    result = run(recipe, args.warmup, args.steps)
+    workload = chosen_workload(args)
+    with tempfile.TemporaryDirectory(prefix="sspo-bench-") as data_dir:
+        recipe = workload_recipe(args.objective, switches, args.threads, workload, Path(data_dir))
+        result = run(recipe, args.warmup, args.steps)
     details = {key.lstrip("_"): result.pop(key) for key in [k for k in result if k.startswith("_")]}
-    details |= {"switches": recipe.performance.model_dump(), "load_1min": os.getloadavg()[0], "label": args.label}
+    details |= {
+        "workload": args.workload,
+        "sizes": dataclasses.asdict(workload),
+        "switches": recipe.performance.model_dump(),
+        "cpu": cpu_name(),
+        "load_1min": os.getloadavg()[0],
+        "label": args.label,
+    }
     print("details " + json.dumps(details))
     print(json.dumps(result))  # last line: exactly the keys of issue 6
 

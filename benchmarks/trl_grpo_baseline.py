@@ -1,4 +1,4 @@
-"""The issue-6 workload on Hugging Face TRL's GRPOTrainer, for a side-by-side comparison.
+"""The standard workloads (`--workload standard|long`) on Hugging Face TRL's GRPOTrainer, side by side with ours.
 
 TRL is not a dependency of sspo: run this from a scratch environment outside the repo,
 
@@ -7,7 +7,8 @@ TRL is not a dependency of sspo: run this from a scratch environment outside the
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 /tmp/trlvenv/bin/python benchmarks/trl_grpo_baseline.py
 
 It prints, last, the same JSON keys as `benchmarks/rl_step.py`. One RL step is one generation
-of 128 completions and its 2 optimiser updates (`num_iterations=2`), i.e. 2 trainer steps.
+of the workload's completions (128 for `standard`, 64 for `long`) and its 2 optimiser updates
+(`num_iterations=2`), i.e. 2 trainer steps. The workloads' sizes are `bench_common.WORKLOADS`.
 TRL's defaults that differ from the workload are turned off: bf16, activation checkpointing,
 its DAPO loss (-> "grpo"), linear lr decay (-> constant). The model and tokenizer are built
 exactly as `sspo_cli.models` builds them (rebuilt here: this environment has no sspo_cli; the
@@ -26,17 +27,28 @@ import tempfile
 import time
 from typing import Any
 
-from bench_common import busy_cpu_seconds, others_cpu_share, peak_rss_mb, qwen2_model
+from bench_common import (
+    Workload,
+    add_workload_args,
+    busy_cpu_seconds,
+    chosen_workload,
+    copy_rows,
+    cpu_name,
+    others_cpu_share,
+    peak_rss_mb,
+    qwen2_model,
+)
 
-PROMPTS, GROUP, NEW_TOKENS, UPDATES = 16, 8, 8, 2
+UPDATES = 2
+ADDITION_ALPHABET = "0123456789+-=* "
 
 
-def char_tokenizer():
-    """Character tokenizer over `0123456789+-=* ` plus <pad> <bos> <eos> <unk>; <bos> starts each prompt."""
+def char_tokenizer(alphabet: str = ADDITION_ALPHABET):
+    """Character tokenizer over `alphabet` plus <pad> <bos> <eos> <unk>; <bos> starts each prompt."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {t: i for i, t in enumerate(["<pad>", "<bos>", "<eos>", "<unk>", *sorted(set("0123456789+-=* "))])}
+    vocab = {t: i for i, t in enumerate(["<pad>", "<bos>", "<eos>", "<unk>", *sorted(set(alphabet))])}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     core.decoder = decoders.Fuse()
@@ -50,15 +62,15 @@ def char_tokenizer():
     return tokenizer
 
 
-def tiny_model(tokenizer):
+def tiny_model(tokenizer, workload: Workload):
     return qwen2_model(
         vocab=len(tokenizer),
-        hidden=128,
-        layers=4,
-        heads=4,
-        kv_heads=2,
-        intermediate=512,
-        positions=64,
+        hidden=workload.hidden,
+        layers=workload.layers,
+        heads=workload.heads,
+        kv_heads=workload.kv_heads,
+        intermediate=workload.intermediate,
+        positions=workload.positions,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -71,6 +83,23 @@ def addition_dataset(rows: int):
     rng = random.Random(0)
     pairs = [(rng.randint(10, 99), rng.randint(10, 99)) for _ in range(rows)]
     return Dataset.from_dict({"prompt": [f"{a}+{b}=" for a, b in pairs], "answer": [str(a + b) for a, b in pairs]})
+
+
+def copy_dataset(rows: int):
+    """The same rows as ours read (`bench_common.write_copy_data`): 4096 of them, repeated as needed."""
+    from datasets import Dataset
+
+    data = copy_rows(4096)
+    data = (data * (rows // len(data) + 1))[:rows]
+    return Dataset.from_dict({"prompt": [r["prompt"] for r in data], "answer": [r["answer"] for r in data]})
+
+
+def task_data(workload: Workload, rows: int):
+    """(tokenizer alphabet, dataset): the characters of every prompt and answer, as ours builds its tokenizer."""
+    if workload.task == "addition":
+        return ADDITION_ALPHABET, addition_dataset(rows)
+    data = copy_rows(4096)
+    return "".join(sorted({c for r in data for c in r["prompt"] + r["answer"]})), copy_dataset(rows)
 
 
 class Clock:
@@ -95,10 +124,11 @@ class Clock:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=3)
+    add_workload_args(parser)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    workload = chosen_workload(args)
+    prompts, group, new_tokens = workload.prompts, workload.group, workload.new_tokens
 
     import torch
     from transformers import TrainerCallback
@@ -106,11 +136,13 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     clock = Clock()
-    tokenizer = char_tokenizer()
-    model = tiny_model(tokenizer)
+    rl_steps = args.warmup + args.steps
+    alphabet, dataset = task_data(workload, rl_steps * prompts * 2)
+    tokenizer = char_tokenizer(alphabet)
+    model = tiny_model(tokenizer, workload)
     model.generate = clock.timed(clock.generate_s, model.generate)
 
-    def exact_sum(completions, answer, completion_ids, **_: Any) -> list[float]:
+    def exact_match(completions, answer, completion_ids, **_: Any) -> list[float]:
         clock.tokens.append(sum(len(ids) for ids in completion_ids))
         return [1.0 if c.strip() == a else 0.0 for c, a in zip(completions, answer)]
 
@@ -123,15 +155,14 @@ def main(argv: list[str] | None = None) -> None:
                 if len(clock.step_ends) in (args.warmup, rl_steps):  # the timed steps lie between these
                     cpu_marks.append(busy_cpu_seconds())
 
-    rl_steps = args.warmup + args.steps
     with tempfile.TemporaryDirectory() as out:
         config = GRPOConfig(
             output_dir=out,
-            per_device_train_batch_size=PROMPTS * GROUP,
-            num_generations=GROUP,
+            per_device_train_batch_size=prompts * group,
+            num_generations=group,
             steps_per_generation=1,
             num_iterations=UPDATES,
-            max_completion_length=NEW_TOKENS,
+            max_completion_length=new_tokens,
             temperature=1.0,
             top_k=0,
             top_p=1.0,
@@ -155,9 +186,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         trainer = GRPOTrainer(
             model=model,
-            reward_funcs=exact_sum,
+            reward_funcs=exact_match,
             args=config,
-            train_dataset=addition_dataset(rl_steps * PROMPTS * 2),
+            train_dataset=dataset,
             processing_class=tokenizer,
             callbacks=[StepClock()],
         )
@@ -185,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         "step_s_median": statistics.median(walls),
         "step_s_min": min(walls),
         "step_s_max": max(walls),
-        "completions_per_s": PROMPTS * GROUP * len(walls) / total,
+        "completions_per_s": prompts * group * len(walls) / total,
         "tokens_per_s": sum(clock.tokens[args.warmup :]) / total,
         "peak_rss_mb": peak_rss_mb(),
         "generate_frac": generate / total,
@@ -195,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     others = others_cpu_share(cpu_marks[0], cpu_marks[-1], total)
     details = {
         "first_step_s": ends[1] - ends[0],
+        "workload": args.workload,
+        "cpu": cpu_name(),
         "others_cpu_share": others,
         "load_1min": os.getloadavg()[0],
         "trl": __import__("trl").__version__,

@@ -11,6 +11,7 @@ exactly what an uninterrupted one does. `trainer.py` runs these steps; the run l
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Iterator
@@ -214,8 +215,7 @@ def sampler_precision(device: torch.device, dtype: str):
 def autocast(device: torch.device, setting: bool | str):
     """bfloat16 autocast of the model in the updates; the log-probs and the loss stay float32.
 
-    'auto' turns it on where bfloat16 matrix products run natively: CUDA with bf16 support, CPUs
-    with AVX-512-BF16 or AMX. Elsewhere bf16 is emulated and slower than float32.
+    'auto' turns it on where bfloat16 matrix products run natively (`bf16_autocast_pays`).
     """
     import torch
 
@@ -224,14 +224,33 @@ def autocast(device: torch.device, setting: bool | str):
 
 
 def native_bf16(device: torch.device) -> bool:
+    """`bf16_autocast_pays` for this machine's `device`."""
     import torch
 
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private: absent in some versions
-        return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
-    return False
+        return bf16_autocast_pays("cuda", cuda_bf16=torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    probes = {name: getattr(torch.cpu, f"_is_{name}_supported", lambda: False) for name in ("avx512_bf16", "amx_tile")}
+    return bf16_autocast_pays("cpu", avx512_bf16=probes["avx512_bf16"](), amx=probes["amx_tile"]())  # private probes
+
+
+def bf16_autocast_pays(
+    device_type: str, *, cuda_bf16: bool = False, avx512_bf16: bool = False, amx: bool = False
+) -> bool:
+    """The rule of `autocast_bf16: auto`, from what the device has.
+
+    - CUDA with bf16: on.
+    - CPU with AVX-512-BF16 (AMD Zen 4, Intel Cooper Lake and later): on. Measured on a 2-core AMD EPYC (Zen 4,
+      no AMX): the standard workload's step 1.2-1.4x faster (docs/performance.md).
+    - CPU with AMX (Intel Sapphire Rapids and later, which also have AVX-512-BF16): on. On a 2-core such Xeon the
+      standard workload's step was 0.300 s with it and 0.307 s without (issue 16): no gain at its tiny matrices,
+      no loss either, and AMX's bf16 tiles are its fastest path for larger ones.
+    - Elsewhere off: bf16 would be emulated, slower than float32.
+    """
+    if device_type == "cuda":
+        return cuda_bf16
+    return device_type == "cpu" and (avx512_bf16 or amx)
 
 
 def prepared_model(model, perf: PerformanceConfig):
@@ -258,14 +277,20 @@ class UpdateData:
     mask: torch.Tensor
     ref_logp: torch.Tensor | None
 
-    def objective_inputs(self, rows: torch.Tensor) -> dict[str, torch.Tensor | None]:
-        """The objective's arguments after `logp` for these rows."""
+    def objective_inputs(self, rows: torch.Tensor, width: int | None = None) -> dict[str, torch.Tensor | None]:
+        """The objective's arguments after `logp` for these rows (their first `width` completion columns)."""
+        cols = slice(None, width)
         return {
-            "old_logp": self.old_logp[rows],
+            "old_logp": self.old_logp[rows, cols],
             "advantages": self.advantages[rows],
-            "mask": self.mask[rows],
-            "ref_logp": None if self.ref_logp is None else self.ref_logp[rows],
+            "mask": self.mask[rows, cols],
+            "ref_logp": None if self.ref_logp is None else self.ref_logp[rows, cols],
         }
+
+    def width_of(self, rows: torch.Tensor) -> int:
+        """Completion columns up to the last one these rows count in the loss (at least 1)."""
+        counted = (self.mask[rows] != 0).any(0).nonzero()
+        return int(counted[-1]) + 1 if counted.numel() else 1
 
 
 @dataclass(frozen=True)
@@ -287,6 +312,10 @@ def accumulate_gradients(
     scaled losses and their gradients add up to the un-split mini-batch's. A non-finite part is not
     backpropagated; the loss returned is then non-finite. The diagnostics are taken once, over the
     whole mini-batch's detached log-probs: the same numbers as without splitting.
+
+    With `trim_padding` each micro-batch runs only up to its own longest counted completion (the
+    columns after it are padding in all its rows: the loss gives them weight 0), and with
+    `length_buckets` an un-split mini-batch is cut into micro-batches of similar completion lengths.
     """
     import torch
 
@@ -298,30 +327,108 @@ def accumulate_gradients(
         shared_prompts = None
     total = objective.normaliser(data.mask[rows]).clamp(min=1)
     parts = micro_batches(rows, perf.micro_batch_size, shared_prompts)
+    if len(parts) == 1:
+        count = bucket_count(perf, device)
+        price = micro_batch_price(model) if count is None else 0.0
+        parts = length_bucket_parts(rows, data, shared_prompts, count, price)
+    prompt_len = data.input_ids.shape[1] - data.completion_len
     model.zero_grad(set_to_none=True)
     loss, seconds, logps = 0.0, 0.0, []
     for part in parts:
-        with autocast(device, perf.autocast_bf16):
+        width = data.width_of(part) if perf.trim_padding else data.completion_len
+        with autocast(device, perf.autocast_bf16), attention_kernel(model, perf.update_attention):
             logp, _ = completion_logprobs(
                 model,
-                data.input_ids[part],
-                data.attention_mask[part],
-                data.completion_len,
+                data.input_ids[part, : prompt_len + width],
+                data.attention_mask[part, : prompt_len + width],
+                width,
                 recipe.rollout.temperature,
                 None if shared_prompts is None else shared_prompts[part],
                 perf.logprob_chunk_mb,
             )
         t0 = time.perf_counter()
-        inputs = data.objective_inputs(part)
+        inputs = data.objective_inputs(part, width)
         part_loss = objective.loss(logp, **inputs) * (objective.normaliser(inputs["mask"]) / total)
         seconds += time.perf_counter() - t0
         if torch.isfinite(part_loss):
             part_loss.backward()
         loss += float(part_loss.detach())
-        logps.append(logp.detach())
+        # the trimmed columns are padding (weight 0) for the diagnostics too
+        logps.append(torch.nn.functional.pad(logp.detach(), (0, data.completion_len - width)))
     t0 = time.perf_counter()
     metrics = objective.metrics(torch.cat(logps), **data.objective_inputs(torch.cat(parts)))
     return AccumulatedUpdate(loss, metrics, seconds + time.perf_counter() - t0)
+
+
+# Per-micro-batch cost of an update (Python and operator dispatch of one forward and backward), per decoder
+# layer, and the CPU's float32 throughput on the update's matrix products: their ratio prices one more
+# micro-batch in tokens (`bucket_count`). Rough figures of the 2-core AMD EPYC (Zen 4) of docs/performance.md.
+MICRO_BATCH_OVERHEAD_S_PER_LAYER = 1e-3
+CPU_UPDATE_FLOPS = 1e11
+
+
+def bucket_count(perf: PerformanceConfig, device: torch.device) -> int | None:
+    """`performance.length_buckets` resolved: a number of buckets, or None where 'auto' chooses by cost
+    (`length_bucket_parts`). 'auto' does not split on accelerators (not measured there)."""
+    if perf.length_buckets != "auto":
+        return int(perf.length_buckets)
+    return None if device.type == "cpu" else 1
+
+
+def micro_batch_price(model) -> float:
+    """One more micro-batch's fixed cost, in tokens of forward + backward (6 FLOPs per parameter per token)."""
+    layers = getattr(model.config, "num_hidden_layers", 1)
+    params = sum(p.numel() for p in model.parameters())
+    return layers * MICRO_BATCH_OVERHEAD_S_PER_LAYER * CPU_UPDATE_FLOPS / (6 * max(params, 1))
+
+
+MAX_LENGTH_BUCKETS = 8
+
+
+def length_bucket_parts(
+    rows: torch.Tensor, data: UpdateData, prompt_index: torch.Tensor | None, count: int | None, price: float = 0.0
+) -> list[torch.Tensor]:
+    """`rows` sorted by completion length (rows of one prompt together among equals) in `count` slices of equal
+    size; `count` None: the number (1 to MAX_LENGTH_BUCKETS) that costs fewest tokens of forward + backward,
+    one more micro-batch priced at `price` tokens. Each slice is later trimmed to its own longest completion."""
+    import torch
+
+    if count == 1 or rows.shape[0] < 2:
+        return [rows]
+    lengths = (data.mask[rows] != 0).sum(1)
+    key = lengths * (int(prompt_index.max()) + 1) + prompt_index[rows] if prompt_index is not None else lengths
+    order = torch.argsort(key, stable=True)
+    by_length, lengths = rows[order], lengths[order]
+    if count is not None:
+        return list(torch.tensor_split(by_length, min(count, rows.shape[0])))
+    prefix = data.input_ids.shape[1] - data.completion_len - 1  # the prompt but its last token
+    widths = [max(n, 1) + 1 for n in lengths.tolist()]  # + the last prompt token
+    prompts = by_length.tolist() if prompt_index is None else prompt_index[by_length].tolist()
+    best, best_cost = 1, math.inf
+    for k in range(1, min(MAX_LENGTH_BUCKETS, len(widths)) + 1):
+        cost = k * price
+        for start, end in slice_bounds(len(widths), k):
+            cost += (end - start) * widths[end - 1] + len(set(prompts[start:end])) * prefix
+        if cost < best_cost:
+            best, best_cost = k, cost
+    return [rows] if best == 1 else list(torch.tensor_split(by_length, best))  # one bucket: the rows' own order
+
+
+@contextlib.contextmanager
+def attention_kernel(model, name: str):
+    """The model's attention kernel set to `name` ('sdpa', 'eager'; 'same': as loaded) inside the block.
+
+    transformers' attention layers and mask builders read `config._attn_implementation` at every call."""
+    config = getattr(model, "config", None)
+    loaded = getattr(config, "_attn_implementation", None)
+    if name == "same" or loaded is None or loaded == name or loaded not in ("sdpa", "eager"):
+        yield
+        return
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = loaded
 
 
 def micro_batches(rows: torch.Tensor, size: int | None, prompt_index: torch.Tensor | None) -> list[torch.Tensor]:
@@ -337,6 +444,17 @@ def micro_batches(rows: torch.Tensor, size: int | None, prompt_index: torch.Tens
     if prompt_index is not None:
         rows = rows[torch.argsort(prompt_index[rows], stable=True)]
     return list(rows.split(size))
+
+
+def slice_bounds(n: int, k: int) -> list[tuple[int, int]]:
+    """The (start, end) of `torch.tensor_split`'s k slices of n items: the first n % k are one longer."""
+    size, longer = divmod(n, k)
+    bounds, start = [], 0
+    for i in range(k):
+        end = start + size + (i < longer)
+        bounds.append((start, end))
+        start = end
+    return bounds
 
 
 def apply_update(loss: float, model, optimizer, scheduler, recipe: Recipe, state: TrainState) -> dict[str, float]:

@@ -413,6 +413,10 @@ class PerformanceConfig(Strict):
         True,
         description="Run each group's shared prompt once (in sampling and in the updates) and reuse its keys/values for the group's completions.",
     )
+    reserve_kv_cache: bool = Field(
+        True,
+        description="The sampler's KV cache keeps room for every new token and writes each one in place, instead of concatenating the whole cache at every token (same keys and values). Needs sampler 'kv_cache'.",
+    )
     trim_padding: bool = Field(
         True,
         description="Stop sampling when every completion has ended and drop completion columns that are padding in every row.",
@@ -421,8 +425,16 @@ class PerformanceConfig(Strict):
         "auto",
         description="bfloat16 autocast of the model in the optimiser updates (sampling, the log-softmax and the loss stay float32): true, false, or 'auto' = on where bf16 is native (CUDA with bf16, CPUs with AVX-512-BF16 or AMX), off elsewhere.",
     )
+    update_attention: Literal["same", "eager", "sdpa"] = Field(
+        "same",
+        description="Attention kernel of the optimiser updates' forward and backward, for models loaded with sdpa or eager: 'same' (the loaded one, sdpa by default), or 'eager'/'sdpa' there while sampling keeps the loaded one. Not a default: no clear gain measured on CPU (docs/performance.md).",
+    )
     compile: bool = Field(
         False, description="torch.compile the model (pays only in long runs: compiling takes tens of seconds)."
+    )
+    length_buckets: Union[Literal["auto"], Annotated[int, Field(ge=1, le=64)]] = Field(
+        1,
+        description="Run an un-split optimiser mini-batch as this many micro-batches of similar completion lengths, each only as wide as its own longest completion (with trim_padding), gradients adding up to the mini-batch's: fewer padding tokens through forward and backward when lengths vary, but each group's prompt then runs once per micro-batch that holds part of it. 1: off (the default: on the long benchmark workload 2 buckets were slower, docs/performance.md); 'auto': the count that costs fewest tokens by a cost model, each micro-batch's fixed cost priced from the model's size (on CPU; 1 on accelerators).",
     )
     logprob_chunk_mb: float = Field(
         64.0,

@@ -128,6 +128,7 @@ def generate(
             with_logprobs=with_logprobs,
             stop_early=perf.trim_padding,
             stopped=stop_test(tokenizer, fmt.stop),
+            reserve_cache=perf.reserve_kv_cache,
         )
         prompt_ids, prompt_mask = enc["input_ids"][rows], enc["attention_mask"][rows]
         completion, logprobs, entropy = sample.completion_ids, sample.logprobs, sample.entropy

@@ -42,17 +42,19 @@ def sample_completions(
     with_logprobs: bool = True,
     stop_early: bool = True,
     stopped: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    reserve_cache: bool = True,
 ) -> Sample:
     """Sample one completion per entry of `prompt_index` (rows of the distinct, left-padded prompts).
 
     A row ends at any of `end_ids` (<eos>) or where `stopped` (tokens so far [N, t] -> bool [N]) says its text
-    holds a stop string; after that it gets `pad_id`."""
+    holds a stop string; after that it gets `pad_id`. `reserve_cache`: the KV cache keeps room for the new tokens
+    (written in place, not concatenated at every token)."""
     import torch
 
     rows = prompt_index.shape[0]
     device = prompt_ids.device
     ends = torch.tensor([end_ids] if isinstance(end_ids, int) else list(end_ids), device=device)
-    cache = new_cache(model)
+    cache = new_cache(model, max_new_tokens if reserve_cache else 0)
     cache_name = cache_kwarg(model)
     with torch.inference_mode():
         out = model(

@@ -7,7 +7,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sspo_cli.algorithm import UpdateData, accumulate_gradients, micro_batches, prepared_model  # noqa: E402
+from sspo_cli.algorithm import (  # noqa: E402
+    UpdateData,
+    accumulate_gradients,
+    bucket_count,
+    length_bucket_parts,
+    micro_batches,
+    prepared_model,
+    slice_bounds,
+)
 from sspo_cli.models import load_policy  # noqa: E402
 from sspo_cli.models.logprobs import completion_logprobs  # noqa: E402
 from sspo_cli.objectives import build_objective, objective_names  # noqa: E402
@@ -141,3 +149,64 @@ def test_micro_batches_with_chunked_logprobs(tiny_overrides, model, data):
     assert split.loss == pytest.approx(whole.loss, rel=1e-5, abs=1e-7)
     for a, b in zip(split_grads, whole_grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES, ids=lambda c: "-".join(map(str, c.values())))
+@pytest.mark.parametrize("buckets", [2, 3, 10])
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-prompts", "no-sharing"])
+def test_length_buckets_give_the_unsplit_update(tiny_overrides, model, data, objective, buckets, shared):
+    """Micro-batches of similar lengths, each trimmed to its own longest completion (10: every row alone),
+    against the whole mini-batch at full width."""
+    whole, whole_grads = update_of(
+        model, objective, data, recipe(tiny_overrides, length_buckets=1, trim_padding=False), shared
+    )
+    split, split_grads = update_of(model, objective, data, recipe(tiny_overrides, length_buckets=buckets), shared)
+    assert split.loss == pytest.approx(whole.loss, rel=1e-5, abs=1e-7)
+    assert split.metrics.keys() == whole.metrics.keys()
+    for key, value in whole.metrics.items():
+        assert split.metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-6, nan_ok=True), key
+    for name, (a, b) in zip([n for n, _ in model.named_parameters()], zip(split_grads, whole_grads)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_trimmed_micro_batches_give_the_untrimmed_update(tiny_overrides, model, data):
+    objective = {"name": "sspo", "beta": 0.05}
+    untrimmed, untrimmed_grads = update_of(
+        model, objective, data, recipe(tiny_overrides, micro_batch_size=3, trim_padding=False), shared=True
+    )
+    trimmed, trimmed_grads = update_of(model, objective, data, recipe(tiny_overrides, micro_batch_size=3), True)
+    assert trimmed.loss == pytest.approx(untrimmed.loss, rel=1e-5, abs=1e-7)
+    for a, b in zip(trimmed_grads, untrimmed_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def lengths_data(lengths: list[int], prompt_len: int = 4) -> UpdateData:
+    width = max(lengths)
+    mask = (torch.arange(width) < torch.tensor(lengths)[:, None]).float()
+    ids = torch.zeros(len(lengths), prompt_len + width, dtype=torch.long)
+    zeros = torch.zeros(len(lengths), width)
+    return UpdateData(ids, torch.ones_like(ids), width, zeros, torch.zeros(len(lengths)), mask, None)
+
+
+def test_auto_length_buckets_choose_by_tokens_and_price():
+    rows = torch.arange(8)
+    even = lengths_data([5] * 8)
+    assert length_bucket_parts(rows, even, None, None, price=0.0) == [rows]  # nothing to save: kept whole, in order
+    ragged = lengths_data([40, 1, 40, 1, 40, 1, 40, 1])
+    parts = length_bucket_parts(rows, ragged, None, None, price=10.0)
+    assert [p.tolist() for p in parts] == [[1, 3, 5, 7], [0, 2, 4, 6]]  # 4 x 2 + 4 x 41 + 10 < 8 x 41
+    assert length_bucket_parts(rows, ragged, None, None, price=1000.0) == [rows]  # a micro-batch costs too much
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])  # rows of one prompt stay together among equal lengths
+    assert [p.tolist() for p in length_bucket_parts(rows, ragged, groups, 2)] == [[1, 3, 5, 7], [0, 2, 4, 6]]
+    assert [p.tolist() for p in length_bucket_parts(rows, even, groups, 3)] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+
+
+def test_length_bucket_setting_resolves_by_device():
+    perf = recipe_from_dict({}, []).performance
+    assert perf.length_buckets == 1 and bucket_count(perf, torch.device("cpu")) == 1  # off by default
+    perf = perf.model_copy(update={"length_buckets": "auto"})
+    assert bucket_count(perf, torch.device("cpu")) is None  # chosen by cost
+    assert bucket_count(perf, torch.device("meta")) == 1  # not measured on accelerators: no split
+    assert bucket_count(perf.model_copy(update={"length_buckets": 4}), torch.device("meta")) == 4
+    assert slice_bounds(10, 3) == [(0, 4), (4, 7), (7, 10)]
+    assert [len(p) for p in torch.tensor_split(torch.arange(10), 3)] == [4, 3, 3]

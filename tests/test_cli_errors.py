@@ -31,6 +31,17 @@ RECIPE_CASES = {
     "unknown_gate.yaml": ["unknown_gate.yaml", "objective.gate", "'tanh'", "sigmoid"],
     "unknown_task.yaml": ["unknown_task.yaml", "task.name", "'multiplication'", "addition"],
     "lora_rank_zero.yaml": ["lora_rank_zero.yaml", "model.lora.rank", "greater than or equal to 1"],
+    "length_buckets_zero.yaml": [
+        "length_buckets_zero.yaml",
+        "performance.length_buckets",
+        "greater than or equal to 1",
+    ],
+    "update_attention_unknown.yaml": [
+        "update_attention_unknown.yaml",
+        "performance.update_attention",
+        "'flash'",
+        "eager",
+    ],
     "lora_negative_dropout.yaml": ["lora_negative_dropout.yaml", "model.lora.dropout", "greater than or equal to 0"],
     "prompt_template_unknown_field.yaml": ["prompt_template_unknown_field.yaml", "task.prompt_template", "{answer}"],
     "policy_lag_negative.yaml": ["policy_lag_negative.yaml", "rollout.policy_lag", "greater than or equal to 0"],

@@ -58,3 +58,39 @@ def test_switch_flags_reach_the_recipe():
         "trim_padding": False,
         "autocast_bf16": "auto",
     }
+
+
+TINY_LONG = ["--workload", "long", "--hidden", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1"]
+TINY_LONG += ["--intermediate", "64", "--prompts", "2", "--group", "4", "--new-tokens", "12"]
+
+
+def test_long_workload_builds_and_runs_a_step():
+    """The long workload (copy task from a JSONL file, left-padded prompts of varying length) at tiny sizes."""
+    lines = run_benchmark(*TINY_LONG, "--steps", "1")
+    result = json.loads(lines[-1])
+    assert list(result) == ISSUE_KEYS and result["steps"] == 1 and result["peak_rss_mb"] > 0
+    details = json.loads(lines[-2].removeprefix("details "))
+    assert details["workload"] == "long" and details["sizes"]["new_tokens"] == 12 and details["sizes"]["task"] == "copy"
+    assert "AVX-512-BF16" in details["cpu"] and "AMX" in details["cpu"]
+    assert 0 < details["response_length"] <= 12
+
+
+def test_long_workload_recipe_has_the_issue_sizes():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_common import WORKLOADS, copy_rows
+    from rl_step import workload_recipe
+
+    from sspo_cli.models import build_char_tokenizer, build_tiny_model
+    from sspo_cli.tasks import build_task
+
+    long = WORKLOADS["long"]
+    recipe = workload_recipe("grpo", {}, 1, long)
+    assert recipe.rollout.group_size == 8 and 64 <= recipe.rollout.max_new_tokens <= 128
+    assert recipe.rollout.updates_per_rollout == 2 and recipe.rollout.minibatch_size == long.completions
+    task = build_task(recipe.task)
+    prompt_lengths = {len(e.prompt) for e in task.train}
+    assert min(prompt_lengths) < max(prompt_lengths)  # varying lengths: left padding
+    model = build_tiny_model(recipe.model.tiny, build_char_tokenizer(task.alphabet), 0)
+    assert 10e6 <= sum(p.numel() for p in model.parameters()) <= 30e6
+    rows = copy_rows(4096)
+    assert task.alphabet == "".join(sorted({c for r in rows for c in r["prompt"] + r["answer"]}))  # TRL's tokenizer

@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_common import chosen_workload, cpu_name  # noqa: E402
-from rl_step import BASELINE_SWITCHES, parse_args, workload_recipe  # noqa: E402
+from rl_step import BASELINE_SWITCHES, parse_args, training_parts, workload_recipe  # noqa: E402
 
 from sspo_cli.recipe import PerformanceConfig  # noqa: E402
 
@@ -85,24 +85,13 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from sspo_cli.algorithm import rl_step
-    from sspo_cli.models import load_policy
-    from sspo_cli.objectives import build_objective
-    from sspo_cli.run.schedule import lr_multiplier
-    from sspo_cli.run.state import Policy, TrainState
-    from sspo_cli.tasks import build_task
 
     switches = dict(BASELINE_SWITCHES) if args.baseline else {}
     switches |= {n: getattr(args, n) for n in PerformanceConfig.model_fields if getattr(args, n) is not None}
     workload = chosen_workload(args)
     recipe = workload_recipe(args.objective, switches, args.threads, workload)
     torch.set_num_threads(args.threads)
-    task = build_task(recipe.task)
-    model, tokenizer = load_policy(recipe.model, task.alphabet, recipe.seed)
-    policy = Policy(model, tokenizer)
-    objective = build_objective(recipe.objective)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.train.lr, weight_decay=recipe.train.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(recipe))
-    state = TrainState()
+    task, policy, objective, optimizer, scheduler, state = training_parts(recipe)
     timer = Timer()
     instrument(timer, optimizer)
 

@@ -106,24 +106,31 @@ def workload_recipe(
     )
 
 
-def run(recipe: Recipe, warmup: int, steps: int) -> dict[str, Any]:
+def training_parts(recipe: Recipe) -> tuple[Any, Any, Any, Any, Any, Any]:
+    """What one RL step needs, built as the trainer builds it: (task, policy, objective, optimizer, scheduler, state)."""
     import torch
 
-    from sspo_cli.algorithm import rl_step
     from sspo_cli.models import load_policy
     from sspo_cli.objectives import build_objective
     from sspo_cli.run.schedule import lr_multiplier
     from sspo_cli.run.state import Policy, TrainState
     from sspo_cli.tasks import build_task
 
-    torch.set_num_threads(recipe.train.threads or torch.get_num_threads())
     task = build_task(recipe.task)
     model, tokenizer = load_policy(recipe.model, task.alphabet, recipe.seed)
-    policy = Policy(model, tokenizer)
     objective = build_objective(recipe.objective)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.train.lr, weight_decay=recipe.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(recipe))
-    state = TrainState()
+    return task, Policy(model, tokenizer), objective, optimizer, scheduler, TrainState()
+
+
+def run(recipe: Recipe, warmup: int, steps: int) -> dict[str, Any]:
+    import torch
+
+    from sspo_cli.algorithm import rl_step
+
+    torch.set_num_threads(recipe.train.threads or torch.get_num_threads())
+    task, policy, objective, optimizer, scheduler, state = training_parts(recipe)
 
     rows: list[dict[str, float]] = []
     first_step_s = None

@@ -28,7 +28,15 @@ from sspo_cli.research.metrics import METRICS
 from sspo_cli.research.statistics_text import TextTable
 from sspo_cli.research.stats import T_METHOD
 from sspo_cli.research.store import POINT_TAG, close_group_run, membership_filter, open_group_run
-from sspo_cli.research.sweep import GridAxis, grid_points, merge_axes, parse_grid_option, point_label, short_keys
+from sspo_cli.research.sweep import (
+    GridAxis,
+    grid_axis,
+    grid_points,
+    merge_axes,
+    parse_grid_option,
+    point_label,
+    short_keys,
+)
 from sspo_cli.research.timing import PhaseTimer
 from sspo_cli.tracking import failure_marked
 
@@ -89,8 +97,6 @@ def plan_study(
 
 
 def study_axes(grid_options: Sequence[str], section_grid: dict[str, list[Any]]) -> list[GridAxis]:
-    from sspo_cli.research.sweep import grid_axis
-
     from_file = [grid_axis(key, values, "compare.grid") for key, values in section_grid.items()]
     return merge_axes(from_file, [parse_grid_option(text) for text in grid_options])
 

@@ -32,6 +32,7 @@ VARIANTS: dict[str, list[str]] = {
 ISSUE16_VARIANTS: dict[str, list[str]] = {
     "defaults": [],
     "autocast_bf16 false": ["--autocast-bf16", "false"],
+    "update_attention same": ["--update-attention", "same"],
     "length_buckets auto": ["--length-buckets", "auto"],
     "reserve_kv_cache false": ["--no-reserve-kv-cache"],
     "every switch off": ["--baseline"],

@@ -53,6 +53,7 @@ BASELINE_SWITCHES: dict[str, Any] = {
     "reserve_kv_cache": False,
     "trim_padding": False,
     "autocast_bf16": False,
+    "update_attention": "same",
     "compile": False,
     "length_buckets": 1,
 }
@@ -106,31 +107,30 @@ def workload_recipe(
     )
 
 
-def training_parts(recipe: Recipe) -> tuple[Any, Any, Any, Any, Any, Any]:
-    """What one RL step needs, built as the trainer builds it: (task, policy, objective, optimizer, scheduler, state)."""
-    import torch
+def training_parts(recipe: Recipe, plain_adamw: bool = False) -> tuple[Any, Any, Any, Any, Any, Any]:
+    """What one RL step needs, built as the trainer builds it: (task, policy, objective, optimizer, scheduler, state).
 
+    `plain_adamw`: torch's per-tensor AdamW loop instead of the fused kernel the trainer picks (to measure it)."""
     from sspo_cli.models import load_policy
     from sspo_cli.objectives import build_objective
-    from sspo_cli.run.schedule import lr_multiplier
     from sspo_cli.run.state import Policy, TrainState
     from sspo_cli.tasks import build_task
+    from sspo_cli.trainer import make_optimizer
 
     task = build_task(recipe.task)
     model, tokenizer = load_policy(recipe.model, task.alphabet, recipe.seed)
     objective = build_objective(recipe.objective)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.train.lr, weight_decay=recipe.train.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(recipe))
+    optimizer, scheduler = make_optimizer(recipe, model, fused=False if plain_adamw else None)
     return task, Policy(model, tokenizer), objective, optimizer, scheduler, TrainState()
 
 
-def run(recipe: Recipe, warmup: int, steps: int) -> dict[str, Any]:
+def run(recipe: Recipe, warmup: int, steps: int, plain_adamw: bool = False) -> dict[str, Any]:
     import torch
 
     from sspo_cli.algorithm import rl_step
 
     torch.set_num_threads(recipe.train.threads or torch.get_num_threads())
-    task, policy, objective, optimizer, scheduler, state = training_parts(recipe)
+    task, policy, objective, optimizer, scheduler, state = training_parts(recipe, plain_adamw)
 
     rows: list[dict[str, float]] = []
     first_step_s = None
@@ -180,6 +180,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="Every speed switch off (the code before issue 6); explicit switch flags still apply.",
     )
     parser.add_argument("--label", default=None, help="Free text copied into the JSON line.")
+    parser.add_argument(
+        "--plain-adamw", action="store_true", help="torch's per-tensor AdamW loop instead of the fused kernel."
+    )
     switches = parser.add_argument_group("speed switches (recipe section `performance`)")
     for name, field in PerformanceConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
@@ -192,18 +195,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def chosen_switches(args: argparse.Namespace) -> dict[str, Any]:
+    """The `performance` section the flags ask for (`--baseline` first, then each switch flag)."""
+    switches = dict(BASELINE_SWITCHES) if args.baseline else {}
+    return switches | {
+        name: getattr(args, name) for name in PerformanceConfig.model_fields if getattr(args, name) is not None
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     args = parse_args(argv)
-    switches = dict(BASELINE_SWITCHES) if args.baseline else {}
-    switches |= {
-        name: getattr(args, name) for name in PerformanceConfig.model_fields if getattr(args, name) is not None
-    }
     workload = chosen_workload(args)
     with tempfile.TemporaryDirectory(prefix="sspo-bench-") as data_dir:
-        recipe = workload_recipe(args.objective, switches, args.threads, workload, Path(data_dir))
-        result = run(recipe, args.warmup, args.steps)
+        recipe = workload_recipe(args.objective, chosen_switches(args), args.threads, workload, Path(data_dir))
+        result = run(recipe, args.warmup, args.steps, args.plain_adamw)
     details = {key.lstrip("_"): result.pop(key) for key in [k for k in result if k.startswith("_")]}
     details |= {
         "workload": args.workload,

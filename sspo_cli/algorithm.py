@@ -336,22 +336,24 @@ def accumulate_gradients(
     loss, seconds, logps = 0.0, 0.0, []
     for part in parts:
         width = data.width_of(part) if perf.trim_padding else data.completion_len
-        with autocast(device, perf.autocast_bf16), attention_kernel(model, perf.update_attention):
-            logp, _ = completion_logprobs(
-                model,
-                data.input_ids[part, : prompt_len + width],
-                data.attention_mask[part, : prompt_len + width],
-                width,
-                recipe.rollout.temperature,
-                None if shared_prompts is None else shared_prompts[part],
-                perf.logprob_chunk_mb,
-            )
-        t0 = time.perf_counter()
-        inputs = data.objective_inputs(part, width)
-        part_loss = objective.loss(logp, **inputs) * (objective.normaliser(inputs["mask"]) / total)
-        seconds += time.perf_counter() - t0
-        if torch.isfinite(part_loss):
-            part_loss.backward()
+        # the backward pass too: gradient checkpointing replays the layers there
+        with attention_kernel(model, update_attention_for(perf, device, model, part.shape[0], prompt_len + width)):
+            with autocast(device, perf.autocast_bf16):
+                logp, _ = completion_logprobs(
+                    model,
+                    data.input_ids[part, : prompt_len + width],
+                    data.attention_mask[part, : prompt_len + width],
+                    width,
+                    recipe.rollout.temperature,
+                    None if shared_prompts is None else shared_prompts[part],
+                    perf.logprob_chunk_mb,
+                )
+            t0 = time.perf_counter()
+            inputs = data.objective_inputs(part, width)
+            part_loss = objective.loss(logp, **inputs) * (objective.normaliser(inputs["mask"]) / total)
+            seconds += time.perf_counter() - t0
+            if torch.isfinite(part_loss):
+                part_loss.backward()
         loss += float(part_loss.detach())
         # the trimmed columns are padding (weight 0) for the diagnostics too
         logps.append(torch.nn.functional.pad(logp.detach(), (0, data.completion_len - width)))
@@ -412,6 +414,24 @@ def length_bucket_parts(
         if cost < best_cost:
             best, best_cost = k, cost
     return [rows] if best == 1 else list(torch.tensor_split(by_length, best))  # one bucket: the rows' own order
+
+
+# Eager attention keeps every layer's rows x heads x L x L attention weights for the backward pass; above this
+# size per layer (float32) 'auto' leaves long sequences to SDPA, whose kernels never build them.
+EAGER_UPDATE_ATTENTION_MAX_MB = 64.0
+
+
+def update_attention_for(perf: PerformanceConfig, device: torch.device, model, rows: int, length: int) -> str:
+    """`performance.update_attention` resolved for a micro-batch of `rows` sequences of `length` tokens.
+
+    'auto': eager on CPU while one layer's attention weights fit in EAGER_UPDATE_ATTENTION_MAX_MB (ATen's CPU
+    flash kernel is slower at these lengths: 1.1-1.2x on both benchmark workloads, docs/performance.md), the
+    loaded kernel elsewhere."""
+    if perf.update_attention != "auto":
+        return perf.update_attention
+    heads = getattr(getattr(model, "config", None), "num_attention_heads", 1) or 1
+    weights_mb = rows * heads * length * length * 4 / 2**20
+    return "eager" if device.type == "cpu" and weights_mb <= EAGER_UPDATE_ATTENTION_MAX_MB else "same"
 
 
 @contextlib.contextmanager

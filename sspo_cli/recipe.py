@@ -425,9 +425,9 @@ class PerformanceConfig(Strict):
         "auto",
         description="bfloat16 autocast of the model in the optimiser updates (sampling, the log-softmax and the loss stay float32): true, false, or 'auto' = on where bf16 is native (CUDA with bf16, CPUs with AVX-512-BF16 or AMX), off elsewhere.",
     )
-    update_attention: Literal["same", "eager", "sdpa"] = Field(
-        "same",
-        description="Attention kernel of the optimiser updates' forward and backward, for models loaded with sdpa or eager: 'same' (the loaded one, sdpa by default), or 'eager'/'sdpa' there while sampling keeps the loaded one. Not a default: no clear gain measured on CPU (docs/performance.md).",
+    update_attention: Literal["auto", "same", "eager", "sdpa"] = Field(
+        "auto",
+        description="Attention kernel of the optimiser updates' forward and backward, for models loaded with sdpa or eager (sampling keeps the loaded one): 'same' (the loaded one, sdpa by default), 'eager', 'sdpa', or 'auto' = eager on CPU while one layer's attention weights of a micro-batch fit in 64 MiB (faster there at these lengths, docs/performance.md), the loaded kernel otherwise and on accelerators.",
     )
     compile: bool = Field(
         False, description="torch.compile the model (pays only in long runs: compiling takes tens of seconds)."

@@ -74,6 +74,8 @@ def test_two_steps_from_the_same_state_are_identical(tiny_overrides, autocast_bf
         {"trim_padding": False},
         {"length_buckets": "auto"},
         {"reserve_kv_cache": False},
+        {"update_attention": "same"},
+        {"update_attention": "sdpa"},
         {"update_attention": "eager"},
         {"length_buckets": 3},
         {"length_buckets": 2, "share_prompt_prefix": False},

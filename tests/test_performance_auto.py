@@ -30,3 +30,37 @@ def test_this_machine_follows_the_rule():
     amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     assert native_bf16(torch.device("cpu")) == bf16_autocast_pays("cpu", avx512_bf16=probe(), amx=amx())
     assert native_bf16(torch.device("meta")) is False
+
+
+def _model_with_heads(heads: int):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(config=SimpleNamespace(num_attention_heads=heads))
+
+
+@pytest.mark.parametrize(
+    ("device", "setting", "rows", "length", "expected"),
+    [
+        ("cpu", "auto", 128, 16, "eager"),  # the standard benchmark workload
+        ("cpu", "auto", 64, 160, "eager"),  # the long one: 64 x 6 x 160 x 160 x 4 bytes = 37.5 MiB per layer
+        ("cpu", "auto", 64, 1024, "same"),  # 1.5 GiB per layer: SDPA's kernels never build the weights
+        ("cpu", "auto", 1, 2048, "eager"),  # one row, one head: 16 MiB
+        ("cuda", "auto", 128, 16, "same"),  # accelerators keep the loaded kernel
+        ("cpu", "same", 128, 16, "same"),
+        ("cpu", "sdpa", 128, 16, "sdpa"),
+        ("cuda", "eager", 64, 1024, "eager"),  # an explicit choice is kept
+    ],
+)
+def test_update_attention_auto_rule(device, setting, rows, length, expected):
+    from sspo_cli.algorithm import update_attention_for
+    from sspo_cli.recipe import PerformanceConfig
+
+    heads = 1 if rows == 1 else 6
+    perf = PerformanceConfig(update_attention=setting)
+    assert update_attention_for(perf, torch.device(device), _model_with_heads(heads), rows, length) == expected
+
+
+def test_update_attention_auto_is_the_default():
+    from sspo_cli.recipe import PerformanceConfig
+
+    assert PerformanceConfig().update_attention == "auto"

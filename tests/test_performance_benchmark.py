@@ -94,3 +94,13 @@ def test_long_workload_recipe_has_the_issue_sizes():
     assert 10e6 <= sum(p.numel() for p in model.parameters()) <= 30e6
     rows = copy_rows(4096)
     assert task.alphabet == "".join(sorted({c for r in rows for c in r["prompt"] + r["answer"]}))  # TRL's tokenizer
+
+
+def test_interleaved_alternates_variants_in_one_process():
+    command = [sys.executable, str(REPO / "benchmarks" / "interleaved.py"), *TINY_LONG, "--steps", "2", "--warmup", "0"]
+    command += ["--threads", "1", "--variant", "defaults=", "--variant", "old=--update-attention same --plain-adamw"]
+    lines = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300).stdout.strip().splitlines()
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in lines[-2:]}
+    assert rows["defaults"][0] == "-" and rows["defaults"][-1] == "1.000x (1.000x)"
+    assert rows["old"][0] == "update_attention=same, adamw=per-tensor loop"
+    assert float(rows["old"][1]) > 0

@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from sspo_cli.recipe import Recipe, stable_hash
 from sspo_cli.research.store import MEMBERSHIP_TAG, add_membership, finished_runs_by_fingerprint
-from sspo_cli.research.timing import TRAINING, PhaseTimer
-
-if TYPE_CHECKING:
-    from sspo_cli.run.state import TrainingObserver
+from sspo_cli.research.timing import SHARED_WARM_START, TRAINING, PhaseTimer
+from sspo_cli.run.state import TrainingObserver
 
 State = Literal["reused", "trained", "failed", "cancelled", "pruned"]
 
@@ -60,6 +59,9 @@ class WorkflowObserver:
     def on_plan(self, total: int, reused: int, to_train: int, jobs: int) -> None: ...
     def on_run_start(self, planned: PlannedRun) -> None: ...
     def on_run_end(self, outcome: Outcome) -> None: ...
+    def on_run_progress(self, fingerprint: str, step: int, total: int) -> None:
+        """RL steps done of a run training in a worker process (in-process runs report to `training_observer`)."""
+
     def training_observer(self) -> TrainingObserver | None:
         return None
 
@@ -117,6 +119,7 @@ def execute(plan: Sequence[PlannedRun], ctx: ExecutionContext) -> list[Outcome]:
     finally:
         for planned in to_train:
             outcomes.setdefault(planned.fingerprint, Outcome(planned, "cancelled"))
+    ctx.timer.runs_trained += sum(o.state == "trained" for o in outcomes.values())
     with ctx.timer.phase("naming runs"):
         for outcome in outcomes.values():
             if outcome.state == "trained" and outcome.run_id:
@@ -202,15 +205,17 @@ def run_in_processes(plan: Sequence[PlannedRun], ctx: ExecutionContext, outcomes
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    prewarm(plan, ctx.output_dir)
+    with ctx.timer.phase(SHARED_WARM_START):  # inside `training`: the workers wait on it
+        prewarm(plan, ctx.output_dir, ctx.observer.training_observer())
     threads = threads_per_job(ctx.jobs)
     pending = list(plan)
     running: dict[Any, tuple[PlannedRun, float]] = {}
+    spawn = multiprocessing.get_context("spawn")
+    progress = spawn.SimpleQueue()
+    relay = threading.Thread(target=relay_progress, args=(progress, ctx.observer), daemon=True)
+    relay.start()
     pool = ProcessPoolExecutor(
-        max_workers=ctx.jobs,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=init_worker,
-        initargs=(threads,),
+        max_workers=ctx.jobs, mp_context=spawn, initializer=init_worker, initargs=(threads, progress)
     )
     try:
         while pending or running:
@@ -222,6 +227,7 @@ def run_in_processes(plan: Sequence[PlannedRun], ctx: ExecutionContext, outcomes
                     ctx.tracking_uri,
                     ctx.parent_run_id,
                     run_tags(planned, ctx.group_id),
+                    planned.fingerprint,
                 )
                 running[pool.submit(_train_in_worker, *args)] = (planned, time.perf_counter())
                 ctx.observer.on_run_start(planned)
@@ -239,7 +245,10 @@ def run_in_processes(plan: Sequence[PlannedRun], ctx: ExecutionContext, outcomes
             interrupt_workers(pool)
             pool.shutdown(wait=False, cancel_futures=True)
         raise
+    finally:
+        progress.put(None)  # ends the relay once the workers' last messages are read
     pool.shutdown(wait=True)
+    relay.join(timeout=5)
 
 
 def interrupt_workers(pool: Any) -> None:
@@ -264,8 +273,41 @@ def _outcome_of(future: Any, planned: PlannedRun, seconds: float) -> Outcome:
     return Outcome(planned, "trained", result["run_id"], result["run_dir"], seconds=seconds)
 
 
-def init_worker(threads: int) -> None:
+def relay_progress(queue: Any, observer: WorkflowObserver) -> None:
+    """In the parent: the workers' (fingerprint, step, total) messages to the observer, until None."""
+    while (message := queue.get()) is not None:
+        try:
+            observer.on_run_progress(*message)
+        except Exception:  # a display error must not stop the relay (and with it the workers' queue)
+            continue
+
+
+class _WorkerProgress(TrainingObserver):
+    """In a worker: the run's RL steps to the parent, at most a few messages a second."""
+
+    def __init__(self, queue: Any, fingerprint: str, min_interval_s: float = 0.5):
+        self.queue, self.fingerprint, self.min_interval_s = queue, fingerprint, min_interval_s
+        self.total, self.sent_at = 1, 0.0
+
+    def on_start(self, total_steps: int, run_name: str, run_dir: Any) -> None:
+        self.total = total_steps
+        self.queue.put((self.fingerprint, 0, total_steps))
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        now = time.monotonic()
+        if step >= self.total or now - self.sent_at >= self.min_interval_s:
+            self.sent_at = now
+            self.queue.put((self.fingerprint, step, self.total))
+
+
+_progress_queue: Any = None  # set in each worker by init_worker
+
+
+def init_worker(threads: int, progress: Any = None) -> None:
     import signal
+
+    global _progress_queue
+    _progress_queue = progress
 
     # Own process group: the terminal's Ctrl-C goes to the parent, which forwards it (see run_in_processes).
     # An idle worker ignores SIGINT; while training, the trainer's own handler takes it (checkpoint, stop).
@@ -281,7 +323,12 @@ def init_worker(threads: int) -> None:
 
 
 def _train_in_worker(
-    recipe_data: dict[str, Any], output_dir: str, tracking_uri: str, parent_run_id: str | None, tags: dict[str, str]
+    recipe_data: dict[str, Any],
+    output_dir: str,
+    tracking_uri: str,
+    parent_run_id: str | None,
+    tags: dict[str, str],
+    fingerprint: str = "",
 ) -> dict[str, Any]:
     """Runs in a worker process. Errors come back as text: some exception types do not survive pickling
     (and one that fails to unpickle breaks the whole pool)."""
@@ -294,6 +341,7 @@ def _train_in_worker(
             tracking_uri=tracking_uri,
             parent_run_id=parent_run_id,
             extra_tags=tags,
+            observer=None if _progress_queue is None else _WorkerProgress(_progress_queue, fingerprint),
         )
     except KeyboardInterrupt as exc:  # stopped on a forwarded SIGINT, after a checkpoint
         return {"error": f"interrupted ({describe_failure(exc)})", "interrupted": True}
@@ -302,8 +350,9 @@ def _train_in_worker(
     return {"run_id": summary["run_id"], "run_dir": summary["run_dir"]}
 
 
-def prewarm(plan: Sequence[PlannedRun], output_dir: Path) -> None:
-    """Compute each distinct warm start once, before the workers start, so they never race to train it.
+def prewarm(plan: Sequence[PlannedRun], output_dir: Path, observer: TrainingObserver | None = None) -> None:
+    """Compute each distinct warm start once, before the workers start, so they never race to train it;
+    its steps go to `observer.on_warm_start`, so the wait shows.
 
     A failure here is left for the run itself to report.
     """
@@ -325,12 +374,12 @@ def prewarm(plan: Sequence[PlannedRun], output_dir: Path) -> None:
             continue
         seen.add(key)
         try:
-            _warm_start_once(recipe, output_dir)
+            _warm_start_once(recipe, output_dir, observer)
         except Exception:
             continue
 
 
-def _warm_start_once(recipe: Recipe, output_dir: Path) -> None:
+def _warm_start_once(recipe: Recipe, output_dir: Path, observer: TrainingObserver | None) -> None:
     from sspo_cli.models import load_policy, set_offline_defaults
     from sspo_cli.tasks import build_task
     from sspo_cli.warm_start import cached_warm_start
@@ -338,7 +387,8 @@ def _warm_start_once(recipe: Recipe, output_dir: Path) -> None:
     set_offline_defaults()
     task = build_task(recipe.task)
     model, tokenizer = load_policy(recipe.model, task.alphabet, recipe.train.warm_start.seed)
-    cached_warm_start(recipe, model, tokenizer, task, Path(output_dir) / ".cache" / "warm_start")
+    on_progress = None if observer is None else observer.on_warm_start
+    cached_warm_start(recipe, model, tokenizer, task, Path(output_dir) / ".cache" / "warm_start", on_progress)
 
 
 def eta_seconds(durations: Sequence[float], remaining: int, jobs: int) -> float:

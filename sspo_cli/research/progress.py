@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -32,6 +34,10 @@ class RichWorkflowProgress(WorkflowObserver):
         self.total = self.done = self.failed = self.reused = 0
         self.running: dict[str, float] = {}
         self.durations: list[float] = []
+        self.worker_bars: dict[str, Any] = {}  # fingerprint -> progress task of a run training in a worker
+        self.names: dict[str, str] = {}
+        self.fraction_done: dict[str, float] = {}
+        self.lock = threading.RLock()
         self.jobs = 1
         self.to_train = 0
         self.step_task = None
@@ -52,10 +58,31 @@ class RichWorkflowProgress(WorkflowObserver):
 
     def on_run_start(self, planned: PlannedRun) -> None:
         self.running[planned.fingerprint] = time.perf_counter()
+        self.names[planned.fingerprint] = planned.display_name
         self._refresh()
 
+    def on_run_progress(self, fingerprint: str, step: int, total: int) -> None:
+        with self.lock:  # called from the thread that relays the workers' messages
+            if fingerprint not in self.running:  # a late message of a run that has ended
+                return
+            bar = self.worker_bars.get(fingerprint)
+            if bar is None:
+                bar = self.progress.add_task(f"RL {escape(self.names[fingerprint])}", total=total, info="")
+                self.worker_bars[fingerprint] = bar
+            self.progress.update(bar, completed=step, total=total)
+            self.fraction_done[fingerprint] = step / max(total, 1)
+            self._refresh()
+
     def on_run_end(self, outcome: Outcome) -> None:
-        self.running.pop(outcome.planned.fingerprint, None)
+        with self.lock:
+            fingerprint = outcome.planned.fingerprint
+            self.running.pop(fingerprint, None)
+            self.fraction_done.pop(fingerprint, None)
+            if (bar := self.worker_bars.pop(fingerprint, None)) is not None:
+                self.progress.remove_task(bar)
+            self._record_end(outcome)
+
+    def _record_end(self, outcome: Outcome) -> None:
         self.done += 1
         if outcome.state == "reused":
             self.reused += 1
@@ -85,9 +112,18 @@ class RichWorkflowProgress(WorkflowObserver):
         if self.overall is None:
             return
         remaining = self.to_train - (len(self.durations))
-        eta = eta_seconds(self.durations, remaining, self.jobs)
+        eta = eta_seconds(self.durations or self._projected_durations(), remaining, self.jobs)
         info = f"done {self.done - self.failed} · running {len(self.running)} · failed {self.failed} · reused {self.reused} · ETA {format_duration(eta)}"
         self.progress.update(self.overall, completed=self.done, info=info)
+
+    def _projected_durations(self) -> list[float]:
+        """Before any run has ended: the running runs' durations projected from their share of steps done."""
+        now = time.perf_counter()
+        return [
+            (now - self.running[fp]) / done
+            for fp, done in self.fraction_done.items()
+            if done >= 0.05 and fp in self.running
+        ]
 
     def training_observer(self) -> TrainingObserver | None:
         return _StepObserver(self)

@@ -670,7 +670,7 @@ def run_search(
                 quiet_library_progress_bars()
                 with timer.phase(TRAINING), worker_pool(jobs) as pool:
                     if pool is not None:
-                        prewarm(plan.runs_for({}, 0)[:1], output_dir)
+                        prewarm(plan.runs_for({}, 0)[:1], output_dir, observer.training_observer())
                     ctx = SearchContext(plan, setting, plan.study_name, output_dir, observer, pool)
                     study.optimize(make_objective(ctx), n_trials=remaining, n_jobs=jobs, catch=(TrialFailed,))
             return finish_search(

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 TRAINING = "training"
+SHARED_WARM_START = "shared warm start"  # part of training: the warm start the parallel runs share
 
 
 @dataclass
@@ -16,6 +17,7 @@ class PhaseTimer:
 
     started: float = field(default_factory=time.perf_counter)
     seconds: dict[str, float] = field(default_factory=dict)
+    runs_trained: int = 0
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -34,5 +36,7 @@ class PhaseTimer:
             "training_seconds": round(training, 3),
             "overhead_seconds": round(overhead, 3),
             "overhead_fraction": round(overhead / total, 5) if total > 0 else 0.0,
+            "runs_trained": self.runs_trained,
+            "runs_per_hour": round(self.runs_trained / total * 3600, 2) if total > 0 else 0.0,
             "phases": {name: round(value, 3) for name, value in sorted(self.seconds.items())},
         }

@@ -1,0 +1,98 @@
+"""Parallel execution: worker processes report their RL steps to the parent, and the shared warm start's
+training is shown while it runs (real tiny models, real spawned workers, a real MLflow sqlite store)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+for _name, _value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}.items():
+    os.environ.setdefault(_name, _value)
+
+from sspo_cli.recipe import recipe_from_dict  # noqa: E402
+from sspo_cli.research.execute import ExecutionContext, PlannedRun, WorkflowObserver, execute  # noqa: E402
+from sspo_cli.run.state import TrainingObserver  # noqa: E402
+
+STEPS = 6
+
+
+def tiny_recipe(seed: int) -> dict:
+    return {
+        "name": "tiny",
+        "seed": seed,
+        "model": {
+            "tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 64}
+        },
+        "task": {"name": "addition", "eval_size": 16, "dev_size": 16},
+        "rollout": {"prompts_per_step": 2, "group_size": 2},
+        "train": {
+            "steps": STEPS,
+            "checkpoint_every": STEPS,
+            "threads": 1,
+            "warm_start": {"enabled": True, "max_steps": 4, "eval_every": 2, "batch_size": 8, "on_miss": "warn"},
+        },
+        "eval": {"every": STEPS},
+        "tracking": {"experiment": "execute-test"},
+    }
+
+
+class WarmStartSteps(TrainingObserver):
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, int]] = []
+
+    def on_warm_start(self, step: int, total: int, dev_accuracy: float | None) -> None:
+        self.steps.append((step, total))
+
+    def on_warning(self, message: str) -> None: ...
+
+
+class Recording(WorkflowObserver):
+    def __init__(self) -> None:
+        self.progress: dict[str, list[tuple[int, int]]] = {}
+        self.events: list[str] = []
+        self.warm_start = WarmStartSteps()
+
+    def on_run_start(self, planned: PlannedRun) -> None:
+        self.events.append(f"start {planned.fingerprint}")
+
+    def on_run_progress(self, fingerprint: str, step: int, total: int) -> None:
+        self.progress.setdefault(fingerprint, []).append((step, total))
+
+    def on_run_end(self, outcome) -> None:
+        self.events.append(f"end {outcome.planned.fingerprint}")
+
+    def training_observer(self) -> TrainingObserver | None:
+        return self.warm_start
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, Recording, list[PlannedRun]]:
+    out = tmp_path_factory.mktemp("execute")
+    plan = [
+        PlannedRun("grpo", seed, recipe_from_dict(tiny_recipe(seed), [], "test.yaml"), f"grpo-seed{seed}")
+        for seed in (0, 1)
+    ]
+    observer = Recording()
+    ctx = ExecutionContext(out, f"sqlite:///{out / 'mlflow.db'}", "group", None, jobs=2, observer=observer)
+    return execute(plan, ctx), observer, plan
+
+
+def test_parallel_runs_are_trained(executed) -> None:
+    outcomes, _, _ = executed
+    assert [o.state for o in outcomes] == ["trained", "trained"], [o.error for o in outcomes]
+
+
+def test_workers_report_each_runs_steps_from_zero_to_the_last(executed) -> None:
+    _, observer, plan = executed
+    assert set(observer.progress) == {p.fingerprint for p in plan}
+    for planned in plan:
+        steps = observer.progress[planned.fingerprint]
+        assert steps[0] == (0, STEPS) and steps[-1] == (STEPS, STEPS)
+        assert [s for s, _ in steps] == sorted(s for s, _ in steps)
+
+
+def test_the_shared_warm_start_is_trained_once_in_the_parent_and_shown(executed) -> None:
+    _, observer, _ = executed
+    assert observer.warm_start.steps, "the prewarm reported no step"
+    assert observer.warm_start.steps[-1][0] == observer.warm_start.steps[-1][1] == 4

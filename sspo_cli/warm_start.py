@@ -90,6 +90,15 @@ def warm_start_key(recipe: Recipe, task: Task) -> str:
     )
 
 
+WEIGHTS_FILE = "model.safetensors"
+INFO_FILE = "warm_start.json"
+
+
+def is_cached(folder: Path) -> bool:
+    """Whether a warm start's cache folder is complete (it is moved into place whole, so both files or none)."""
+    return (folder / WEIGHTS_FILE).is_file() and (folder / INFO_FILE).is_file()
+
+
 def cached_warm_start(
     recipe: Recipe,
     model: PreTrainedModel,
@@ -105,9 +114,8 @@ def cached_warm_start(
 
     folder = cache_root / warm_start_key(recipe, task)
     target = recipe.train.warm_start.target_dev_accuracy
-    weights = folder / "model.safetensors"
-    info_file = folder / "warm_start.json"
-    if weights.is_file() and info_file.is_file():
+    weights, info_file = folder / WEIGHTS_FILE, folder / INFO_FILE
+    if is_cached(folder):
         model.load_state_dict(load_file(str(weights), device=str(next(model.parameters()).device)), strict=False)
         info = json.loads(info_file.read_text())
         return WarmStartResult(info["steps"], info["dev_accuracy"], cached=True, folder=folder, target=target)
@@ -116,10 +124,8 @@ def cached_warm_start(
     staging = cache_root / f".{folder.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    save_file(untied_state(model.state_dict()), str(staging / "model.safetensors"))
-    (staging / "warm_start.json").write_text(
-        json.dumps({"steps": steps, "dev_accuracy": dev_accuracy, "key": folder.name})
-    )
+    save_file(untied_state(model.state_dict()), str(staging / WEIGHTS_FILE))
+    (staging / INFO_FILE).write_text(json.dumps({"steps": steps, "dev_accuracy": dev_accuracy, "key": folder.name}))
     try:
         os.replace(staging, folder)
     except OSError:  # another process cached the same key first: theirs is identical

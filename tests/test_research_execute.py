@@ -4,6 +4,7 @@ training is shown while it runs (real tiny models, real spawned workers, a real 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -67,7 +68,7 @@ class Recording(WorkflowObserver):
 
 
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, Recording, list[PlannedRun]]:
+def executed(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, Recording, list[PlannedRun], Path]:
     out = tmp_path_factory.mktemp("execute")
     plan = [
         PlannedRun("grpo", seed, recipe_from_dict(tiny_recipe(seed), [], "test.yaml"), f"grpo-seed{seed}")
@@ -75,16 +76,16 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, Recording,
     ]
     observer = Recording()
     ctx = ExecutionContext(out, f"sqlite:///{out / 'mlflow.db'}", "group", None, jobs=2, observer=observer)
-    return execute(plan, ctx), observer, plan
+    return execute(plan, ctx), observer, plan, out
 
 
 def test_parallel_runs_are_trained(executed) -> None:
-    outcomes, _, _ = executed
+    outcomes, *_ = executed
     assert [o.state for o in outcomes] == ["trained", "trained"], [o.error for o in outcomes]
 
 
 def test_workers_report_each_runs_steps_from_zero_to_the_last(executed) -> None:
-    _, observer, plan = executed
+    _, observer, plan, _ = executed
     assert set(observer.progress) == {p.fingerprint for p in plan}
     for planned in plan:
         steps = observer.progress[planned.fingerprint]
@@ -93,6 +94,19 @@ def test_workers_report_each_runs_steps_from_zero_to_the_last(executed) -> None:
 
 
 def test_the_shared_warm_start_is_trained_once_in_the_parent_and_shown(executed) -> None:
-    _, observer, _ = executed
+    _, observer, *_ = executed
     assert observer.warm_start.steps, "the prewarm reported no step"
-    assert observer.warm_start.steps[-1][0] == observer.warm_start.steps[-1][1] == 4
+    last_step, last_total = observer.warm_start.steps[-1]
+    assert 0 < last_step <= 4 and last_step == last_total  # the bar is closed where the warm start ended
+
+
+def test_a_cached_warm_start_is_not_trained_again_or_shown(executed) -> None:
+    *_, out = executed
+    plan = [PlannedRun("grpo", 2, recipe_from_dict(tiny_recipe(2), [], "test.yaml"), "grpo-seed2")]
+    plan.append(PlannedRun("grpo", 3, recipe_from_dict(tiny_recipe(3), [], "test.yaml"), "grpo-seed3"))
+    observer = Recording()
+    ctx = ExecutionContext(out, f"sqlite:///{out / 'mlflow.db'}", "group2", None, jobs=2, observer=observer)
+    outcomes = execute(plan, ctx)
+    assert [o.state for o in outcomes] == ["trained", "trained"], [o.error for o in outcomes]
+    assert observer.warm_start.steps == []
+    assert len(observer.progress) == 2

@@ -380,15 +380,23 @@ def prewarm(plan: Sequence[PlannedRun], output_dir: Path, observer: TrainingObse
 
 
 def _warm_start_once(recipe: Recipe, output_dir: Path, observer: TrainingObserver | None) -> None:
-    from sspo_cli.models import load_policy, set_offline_defaults
+    """Train and cache the recipe's warm start unless it is cached; nothing is loaded (not even torch) if it is."""
     from sspo_cli.tasks import build_task
+    from sspo_cli.warm_start import is_cached, warm_start_key
+
+    task = build_task(recipe.task)
+    cache_root = Path(output_dir) / ".cache" / "warm_start"
+    if is_cached(cache_root / warm_start_key(recipe, task)):
+        return
+    from sspo_cli.models import load_policy, set_offline_defaults
     from sspo_cli.warm_start import cached_warm_start
 
     set_offline_defaults()
-    task = build_task(recipe.task)
     model, tokenizer = load_policy(recipe.model, task.alphabet, recipe.train.warm_start.seed)
     on_progress = None if observer is None else observer.on_warm_start
-    cached_warm_start(recipe, model, tokenizer, task, Path(output_dir) / ".cache" / "warm_start", on_progress)
+    result = cached_warm_start(recipe, model, tokenizer, task, cache_root, on_progress)
+    if observer is not None:  # the bar ends where the warm start ended (often before max_steps)
+        observer.on_warm_start(result.steps, result.steps, result.dev_accuracy)
 
 
 def eta_seconds(durations: Sequence[float], remaining: int, jobs: int) -> float:

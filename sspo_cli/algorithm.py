@@ -66,8 +66,10 @@ def rl_step(
             )
         sampled = time.perf_counter()
         shared_prompts = rollout.prompt_index if perf.share_prompt_prefix else None
+        # One attention kernel for every learner forward of this step (behaviour, reference, updates).
+        attention = learner_attention(recipe, model, rollout.input_ids.shape, rollout.input_ids.device)
         # 1b. Behaviour log-probs at the sampling temperature, with the sampling weights.
-        behaviour = behaviour_logprobs(model, rollout, cfg, perf, shared_prompts)
+        behaviour = behaviour_logprobs(model, rollout, cfg, perf, shared_prompts, attention)
 
     # 2. Rewards and group-relative advantages.
     grades = grade_all(task, examples, rollout.completions, rollout.truncated)
@@ -82,7 +84,7 @@ def rl_step(
     entropy = (token_entropy * sampled_mask).sum() / sampled_mask.sum().clamp(min=1)
     ref_logp = None
     if policy.has_reference:
-        with torch.inference_mode(), policy.reference_model() as reference:
+        with torch.inference_mode(), policy.reference_model() as reference, attention_kernel(reference, attention):
             ref_logp, _ = completion_logprobs(
                 reference,
                 rollout.input_ids,
@@ -101,7 +103,7 @@ def rl_step(
     update_metrics: list[dict[str, float]] = []
     objective_seconds = 0.0
     for rows in minibatches(rollout.input_ids.shape[0], cfg, recipe.seed, state.step):
-        update = accumulate_gradients(model, objective, data, rows.to(device), shared_prompts, recipe)
+        update = accumulate_gradients(model, objective, data, rows.to(device), shared_prompts, recipe, attention)
         objective_seconds += update.objective_seconds
         update_metrics.append(
             {**update.metrics, **apply_update(update.loss, policy.model, optimizer, scheduler, recipe, state)}
@@ -150,22 +152,28 @@ class Behaviour:
 
 
 def behaviour_logprobs(
-    model, rollout: Rollout, cfg: RolloutConfig, perf: PerformanceConfig, shared_prompts: torch.Tensor | None
+    model,
+    rollout: Rollout,
+    cfg: RolloutConfig,
+    perf: PerformanceConfig,
+    shared_prompts: torch.Tensor | None,
+    attention: str = "same",
 ) -> Behaviour:
     """The behaviour log-probs, taken with the weights `model` holds (the sampling weights).
 
     With `sampler_dtype: same` the sampler is the learner's computation: its log-probs are the sampling
     pass's where it recorded them (the same numbers up to float rounding), else one more no-grad forward.
     Otherwise both are taken, the sampler's in its dtype and the learner's as the updates run it
-    (`performance.autocast_bf16`), and `rollout.behaviour_logprobs` picks the objective's.
+    (`performance.autocast_bf16`), and `rollout.behaviour_logprobs` picks the objective's. The learner's
+    forwards use the updates' attention kernel `attention`; the sampler's, the loaded one.
     """
     if cfg.sampler_dtype == "same":
         if rollout.logprobs is not None and rollout.entropy is not None:
             return Behaviour(rollout.logprobs, rollout.entropy)
-        return Behaviour(*forward_logprobs(model, rollout, cfg.temperature, shared_prompts, perf, None))
+        return Behaviour(*forward_logprobs(model, rollout, cfg.temperature, shared_prompts, perf, None, attention))
     device = rollout.input_ids.device
     learner_logp, entropy = forward_logprobs(
-        model, rollout, cfg.temperature, shared_prompts, perf, autocast(device, perf.autocast_bf16)
+        model, rollout, cfg.temperature, shared_prompts, perf, autocast(device, perf.autocast_bf16), attention
     )
     sampler_logp = rollout.logprobs
     if sampler_logp is None:
@@ -176,7 +184,13 @@ def behaviour_logprobs(
 
 
 def forward_logprobs(
-    model, rollout: Rollout, temperature: float, shared_prompts: torch.Tensor | None, perf: PerformanceConfig, precision
+    model,
+    rollout: Rollout,
+    temperature: float,
+    shared_prompts: torch.Tensor | None,
+    perf: PerformanceConfig,
+    precision,
+    attention: str = "same",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One no-grad forward: the sampled tokens' log-probs and the per-token entropy. [N, Tc] each"""
     import contextlib
@@ -185,7 +199,7 @@ def forward_logprobs(
 
     from sspo_cli.models.logprobs import completion_logprobs
 
-    with torch.inference_mode(), precision or contextlib.nullcontext():
+    with torch.inference_mode(), precision or contextlib.nullcontext(), attention_kernel(model, attention):
         logp, entropy = completion_logprobs(
             model,
             rollout.input_ids,
@@ -303,7 +317,13 @@ class AccumulatedUpdate:
 
 
 def accumulate_gradients(
-    model, objective, data: UpdateData, rows: torch.Tensor, shared_prompts: torch.Tensor | None, recipe: Recipe
+    model,
+    objective,
+    data: UpdateData,
+    rows: torch.Tensor,
+    shared_prompts: torch.Tensor | None,
+    recipe: Recipe,
+    attention: str | None = None,
 ) -> AccumulatedUpdate:
     """Zero the gradients, then forward and backward the mini-batch `rows`, micro-batch by micro-batch.
 
@@ -316,6 +336,7 @@ def accumulate_gradients(
     With `trim_padding` each micro-batch runs only up to its own longest counted completion (the
     columns after it are padding in all its rows: the loss gives them weight 0), and with
     `length_buckets` an un-split mini-batch is cut into micro-batches of similar completion lengths.
+    `attention`: the step's attention kernel (`learner_attention`; None: decided here).
     """
     import torch
 
@@ -332,12 +353,14 @@ def accumulate_gradients(
         price = micro_batch_price(model) if count is None else 0.0
         parts = length_bucket_parts(rows, data, shared_prompts, count, price)
     prompt_len = data.input_ids.shape[1] - data.completion_len
+    if attention is None:
+        attention = learner_attention(recipe, model, data.input_ids.shape, device)
     model.zero_grad(set_to_none=True)
     loss, seconds, logps = 0.0, 0.0, []
     for part in parts:
         width = data.width_of(part) if perf.trim_padding else data.completion_len
         # the backward pass too: gradient checkpointing replays the layers there
-        with attention_kernel(model, update_attention_for(perf, device, model, part.shape[0], prompt_len + width)):
+        with attention_kernel(model, attention):
             with autocast(device, perf.autocast_bf16):
                 logp, _ = completion_logprobs(
                     model,
@@ -419,6 +442,15 @@ def length_bucket_parts(
 # Eager attention keeps every layer's rows x heads x L x L attention weights for the backward pass; above this
 # size per layer (float32) 'auto' leaves long sequences to SDPA, whose kernels never build them.
 EAGER_UPDATE_ATTENTION_MAX_MB = 64.0
+
+
+def learner_attention(recipe: Recipe, model, shape: tuple[int, int], device: torch.device) -> str:
+    """The attention kernel of an RL step's learner forwards: the behaviour log-probs where a forward takes them,
+    the reference's and every update's. One choice per step, so that the first update is exactly on-policy and
+    the KL starts at 0; made for the largest micro-batch of a rollout of `shape` (rows, tokens) at full length."""
+    rows, length = shape
+    largest = min(minibatch_rows(rows, recipe.rollout), recipe.performance.micro_batch_size or rows)
+    return update_attention_for(recipe.performance, device, model, largest, length)
 
 
 def update_attention_for(perf: PerformanceConfig, device: torch.device, model, rows: int, length: int) -> str:
@@ -518,11 +550,16 @@ def prompts_for_step(train: list[Example], seed: int, step: int, count: int) -> 
     return picked
 
 
+def minibatch_rows(n: int, cfg: RolloutConfig) -> int:
+    """Completions per optimiser update, of a rollout of `n`."""
+    return cfg.minibatch_size or math.ceil(n / cfg.updates_per_rollout)
+
+
 def minibatches(n: int, cfg: RolloutConfig, seed: int, step: int) -> Iterator[torch.Tensor]:
     """`updates_per_rollout` row sets of `minibatch_size`, cycling through reshuffled epochs."""
     import torch
 
-    size = cfg.minibatch_size or math.ceil(n / cfg.updates_per_rollout)
+    size = minibatch_rows(n, cfg)
     generator = torch.Generator().manual_seed(step_seed(seed, step) ^ 0x5EED)
     order = torch.randperm(n, generator=generator)
     offset = 0

@@ -427,7 +427,7 @@ class PerformanceConfig(Strict):
     )
     update_attention: Literal["auto", "same", "eager", "sdpa"] = Field(
         "auto",
-        description="Attention kernel of the optimiser updates' forward and backward, for models loaded with sdpa or eager (sampling keeps the loaded one): 'same' (the loaded one, sdpa by default), 'eager', 'sdpa', or 'auto' = eager on CPU while one layer's attention weights of a micro-batch fit in 64 MiB (faster there at these lengths, docs/performance.md), the loaded kernel otherwise and on accelerators.",
+        description="Attention kernel of the learner's forwards in an RL step (every update, forward and backward, and the behaviour and reference log-probs where a forward takes them), for models loaded with sdpa or eager; sampling keeps the loaded one. 'same' (the loaded one, sdpa by default), 'eager', 'sdpa', or 'auto' = eager on CPU while one layer's attention weights of the largest micro-batch fit in 64 MiB (faster there at these lengths, docs/performance.md), the loaded kernel otherwise and on accelerators.",
     )
     compile: bool = Field(
         False, description="torch.compile the model (pays only in long runs: compiling takes tens of seconds)."

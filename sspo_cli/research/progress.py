@@ -57,9 +57,10 @@ class RichWorkflowProgress(WorkflowObserver):
         )
 
     def on_run_start(self, planned: PlannedRun) -> None:
-        self.running[planned.fingerprint] = time.perf_counter()
-        self.names[planned.fingerprint] = planned.display_name
-        self._refresh()
+        with self.lock:
+            self.running[planned.fingerprint] = time.perf_counter()
+            self.names[planned.fingerprint] = planned.display_name
+            self._refresh()
 
     def on_run_progress(self, fingerprint: str, step: int, total: int) -> None:
         with self.lock:  # called from the thread that relays the workers' messages

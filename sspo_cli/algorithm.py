@@ -142,13 +142,11 @@ class Behaviour:
 
     def mismatch(self, tokens: torch.Tensor) -> dict[str, float]:
         """The spec's `rollout/sampler_logp_diff_mean`/`_max` over the completion tokens `tokens` ([N, Tc] 0/1)."""
-        if self.sampler_logp is None or self.learner_logp is None:
-            return {"rollout/sampler_logp_diff_mean": 0.0, "rollout/sampler_logp_diff_max": 0.0}
-        diff = (self.sampler_logp - self.learner_logp).abs() * tokens
-        return {
-            "rollout/sampler_logp_diff_mean": float(diff.sum() / tokens.sum().clamp(min=1)),
-            "rollout/sampler_logp_diff_max": float(diff.max()) if diff.numel() else 0.0,
-        }
+        from sspo_cli.models.logprobs import logp_difference_sums, sampler_mismatch_metrics
+
+        if self.sampler_logp is None or self.learner_logp is None:  # one computation: 0 by definition
+            return sampler_mismatch_metrics(0.0, 0.0, 0.0)
+        return sampler_mismatch_metrics(*logp_difference_sums(self.learner_logp, self.sampler_logp, tokens).tolist())
 
 
 def behaviour_logprobs(

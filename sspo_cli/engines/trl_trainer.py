@@ -30,6 +30,7 @@ from transformers import TrainerCallback
 from trl import GRPOTrainer
 
 from sspo_cli.engines.trl_records import native_keys
+from sspo_cli.models.logprobs import logp_difference_sums, sampler_mismatch_metrics
 from sspo_cli.objectives import METRIC_KEYS, build_objective, compute_advantages
 from sspo_cli.run.metrics import merge_rows, merge_values
 
@@ -213,11 +214,8 @@ class SamplerMismatch:
 
     def add(self, gather: Callable[[torch.Tensor], torch.Tensor], learner, sampler, mask: torch.Tensor) -> None:
         """One batch of the rollout on this process (all processes call it together); batches add up."""
-        diff = (sampler.float() - learner.float()).abs()
-        counted = mask.bool() & ~torch.isnan(diff)
-        diff = torch.where(counted, diff, 0.0)
-        largest = diff.amax() if diff.numel() else diff.new_zeros(())
-        total, tokens, largest = gather(torch.stack([diff.sum(), counted.sum().float(), largest])[None]).view(-1, 3).T
+        sums = logp_difference_sums(learner, sampler, mask)
+        total, tokens, largest = gather(sums[None]).view(-1, 3).T
         before = self._sums or (0.0, 0.0, 0.0)
         self._sums = (
             before[0] + float(total.sum()),
@@ -231,8 +229,8 @@ class SamplerMismatch:
     def pop(self) -> dict[str, float]:
         if self._sums is None:
             return {}
-        (total, tokens, largest), self._sums = self._sums, None
-        return {"rollout/sampler_logp_diff_mean": total / max(tokens, 1.0), "rollout/sampler_logp_diff_max": largest}
+        sums, self._sums = self._sums, None
+        return sampler_mismatch_metrics(*sums)
 
 
 def task_reward_function(task: Task, end_ids: Sequence[int]) -> Callable[..., list[float]]:

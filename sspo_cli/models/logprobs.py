@@ -224,3 +224,20 @@ def token_entropy(logits: torch.Tensor, temperature: float, chunk_rows: int = 16
 
     with torch.no_grad():
         return torch.cat([entropy_of(rows, temperature) for rows in logits.split(chunk_rows)])
+
+
+def logp_difference_sums(learner: torch.Tensor, sampler: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """|sampler - learner| over the tokens `mask` counts, tokens without a sampler figure (NaN) left out:
+    [sum, tokens, largest] in one tensor, which batches and processes add up (`sampler_mismatch_metrics`)."""
+    import torch
+
+    diff = (sampler.float() - learner.float()).abs()
+    counted = mask.bool() & ~torch.isnan(diff)
+    diff = torch.where(counted, diff, 0.0)
+    largest = diff.amax() if diff.numel() else diff.new_zeros(())
+    return torch.stack([diff.sum(), counted.sum().float(), largest])
+
+
+def sampler_mismatch_metrics(total: float, tokens: float, largest: float) -> dict[str, float]:
+    """The spec's `rollout/sampler_logp_diff_mean`/`_max` from the sums of `logp_difference_sums`."""
+    return {"rollout/sampler_logp_diff_mean": total / max(tokens, 1.0), "rollout/sampler_logp_diff_max": largest}

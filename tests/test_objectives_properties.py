@@ -63,9 +63,9 @@ def test_loss_and_gradient_are_finite_and_only_on_counted_tokens(config, batch, 
     assert all(isinstance(v, float) and not math.isinf(v) for v in out.metrics.values())
     saturated = out.metrics["grad_weight/saturated_frac"]
     assert math.isnan(saturated) or 0.0 <= saturated <= 1.0
-    if mask.any():
+    if mask.any():  # a float32 mean of ratios near e^20 may round past either end by a few ulps
         assert (
-            out.metrics["ratio/token_min"]
+            out.metrics["ratio/token_min"] * (1 - 1e-6)
             <= out.metrics["ratio/token_mean"]
             <= out.metrics["ratio/token_max"] * (1 + 1e-6)
         )

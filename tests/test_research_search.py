@@ -115,6 +115,7 @@ def test_search_writes_figures_tables_and_logs_them(searched: dict) -> None:
     document = json.loads((result.out_dir / "search.json").read_text())
     assert document["best"]["number"] == best.number and document["study"]["name"] == result.plan.study_name
     assert document["space"]["train.lr"]["log"] is True
+    assert "runs_trained" not in document["timing"]  # trials are not counted as runs: no false 0 is reported
     rows = list(csv.DictReader((result.out_dir / "trials.csv").open()))
     assert [int(r["trial"]) for r in rows] == list(range(6))
     assert {r["state"] for r in rows} == {"COMPLETE", "PRUNED"}

@@ -197,6 +197,8 @@ def test_second_compare_trains_nothing(compared: dict) -> None:
     assert sorted(r.info.run_id for r in training_runs(client)) == before  # no new training run in MLflow
     assert document["mlflow"]["parent_run_id"] == compared["document"]["mlflow"]["parent_run_id"]  # same group run
     assert "4 reused" in again.stdout and "0 to train" in again.stdout
+    assert compared["document"]["timing"]["runs_trained"] == 4 and document["timing"]["runs_trained"] == 0
+    assert compared["document"]["timing"]["runs_per_hour"] > 0
     run_dirs = [p for p in compared["out"].iterdir() if p.name.startswith("tiny-")]
     assert len(run_dirs) == 4
     assert {p: p.stat().st_mtime_ns for p in problem_files} == problem_files  # read back, not evaluated again

@@ -341,11 +341,13 @@ def _render_timing(timing) -> None:
     from sspo_cli.research.timing import SHARED_WARM_START
 
     shared = timing["phases"].get(SHARED_WARM_START)
+    runs = timing.get("runs_trained")
     console.print(
         f"[dim]time {timing['total_seconds']:.1f}s: training {timing['training_seconds']:.1f}s"
         + (f" (of which the shared warm start {shared:.1f}s)" if shared else "")
-        + f", workflow overhead {timing['overhead_seconds']:.2f}s ({timing['overhead_fraction']:.1%}); "
-        f"{timing['runs_trained']} runs trained, {timing['runs_per_hour']:.1f} per hour[/dim]"
+        + f", workflow overhead {timing['overhead_seconds']:.2f}s ({timing['overhead_fraction']:.1%})"
+        + (f"; {runs} runs trained, {timing['runs_per_hour']:.1f} per hour" if runs is not None else "")
+        + "[/dim]"
     )
 
 

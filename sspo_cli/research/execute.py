@@ -119,7 +119,7 @@ def execute(plan: Sequence[PlannedRun], ctx: ExecutionContext) -> list[Outcome]:
     finally:
         for planned in to_train:
             outcomes.setdefault(planned.fingerprint, Outcome(planned, "cancelled"))
-    ctx.timer.runs_trained += sum(o.state == "trained" for o in outcomes.values())
+    ctx.timer.runs_trained = (ctx.timer.runs_trained or 0) + sum(o.state == "trained" for o in outcomes.values())
     with ctx.timer.phase("naming runs"):
         for outcome in outcomes.values():
             if outcome.state == "trained" and outcome.run_id:

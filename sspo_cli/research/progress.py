@@ -120,11 +120,7 @@ class RichWorkflowProgress(WorkflowObserver):
     def _projected_durations(self) -> list[float]:
         """Before any run has ended: the running runs' durations projected from their share of steps done."""
         now = time.perf_counter()
-        return [
-            (now - self.running[fp]) / done
-            for fp, done in self.fraction_done.items()
-            if done >= 0.05 and fp in self.running
-        ]
+        return [(now - self.running[fp]) / done for fp, done in self.fraction_done.items() if done >= 0.05]
 
     def training_observer(self) -> TrainingObserver | None:
         return _StepObserver(self)

@@ -17,7 +17,7 @@ class PhaseTimer:
 
     started: float = field(default_factory=time.perf_counter)
     seconds: dict[str, float] = field(default_factory=dict)
-    runs_trained: int = 0
+    runs_trained: int | None = None  # set where runs go through `execute`; None: not counted (no figure reported)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -31,12 +31,14 @@ class PhaseTimer:
         total = time.perf_counter() - self.started
         training = self.seconds.get(TRAINING, 0.0)
         overhead = max(total - training, 0.0)
-        return {
+        report: dict[str, object] = {
             "total_seconds": round(total, 3),
             "training_seconds": round(training, 3),
             "overhead_seconds": round(overhead, 3),
             "overhead_fraction": round(overhead / total, 5) if total > 0 else 0.0,
-            "runs_trained": self.runs_trained,
-            "runs_per_hour": round(self.runs_trained / total * 3600, 2) if total > 0 else 0.0,
-            "phases": {name: round(value, 3) for name, value in sorted(self.seconds.items())},
         }
+        if self.runs_trained is not None:
+            report["runs_trained"] = self.runs_trained
+            report["runs_per_hour"] = round(self.runs_trained / total * 3600, 2) if total > 0 else 0.0
+        report["phases"] = {name: round(value, 3) for name, value in sorted(self.seconds.items())}
+        return report

@@ -352,42 +352,35 @@ def _train_in_worker(
 
 def prewarm(plan: Sequence[PlannedRun], output_dir: Path, observer: TrainingObserver | None = None) -> None:
     """Compute each distinct warm start once, before the workers start, so they never race to train it;
-    its steps go to `observer.on_warm_start`, so the wait shows.
+    its steps go to `observer.on_warm_start`, so the wait shows. Distinct by the cache's own key, each task
+    built once; a cached one is found by its folder alone (nothing loaded, not even torch).
 
     A failure here is left for the run itself to report.
     """
+    from sspo_cli.tasks import build_task
+    from sspo_cli.warm_start import is_cached, warm_start_key
+
+    cache_root = Path(output_dir) / ".cache" / "warm_start"
+    tasks: dict[str, Any] = {}
     seen: set[str] = set()
     for planned in plan:
         recipe = planned.recipe
         if not recipe.train.warm_start.enabled:
             continue
-        # What decides the warm start (the cache's own key also hashes the task data).
-        key = stable_hash(
-            [
-                recipe.model.model_dump(mode="json"),
-                recipe.task.model_dump(mode="json"),
-                recipe.train.warm_start.cache_fields(),
-                recipe.rollout.max_new_tokens,
-            ]
-        )
-        if key in seen:
-            continue
-        seen.add(key)
         try:
-            _warm_start_once(recipe, output_dir, observer)
+            task_id = stable_hash(recipe.task.model_dump(mode="json"))
+            if task_id not in tasks:
+                tasks[task_id] = build_task(recipe.task)
+            key = warm_start_key(recipe, tasks[task_id])
+            if key in seen or is_cached(cache_root / key):
+                continue
+            seen.add(key)
+            _train_warm_start(recipe, tasks[task_id], cache_root, observer)
         except Exception:
             continue
 
 
-def _warm_start_once(recipe: Recipe, output_dir: Path, observer: TrainingObserver | None) -> None:
-    """Train and cache the recipe's warm start unless it is cached; nothing is loaded (not even torch) if it is."""
-    from sspo_cli.tasks import build_task
-    from sspo_cli.warm_start import is_cached, warm_start_key
-
-    task = build_task(recipe.task)
-    cache_root = Path(output_dir) / ".cache" / "warm_start"
-    if is_cached(cache_root / warm_start_key(recipe, task)):
-        return
+def _train_warm_start(recipe: Recipe, task: Any, cache_root: Path, observer: TrainingObserver | None) -> None:
     from sspo_cli.models import load_policy, set_offline_defaults
     from sspo_cli.warm_start import cached_warm_start
 

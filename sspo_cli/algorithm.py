@@ -244,11 +244,21 @@ def native_bf16(device: torch.device) -> bool:
     if device.type != "cpu":
         return False
     probes = {name: getattr(torch.cpu, f"_is_{name}_supported", lambda: False) for name in ("avx512_bf16", "amx_tile")}
-    return bf16_autocast_pays("cpu", avx512_bf16=probes["avx512_bf16"](), amx=probes["amx_tile"]())  # private probes
+    return bf16_autocast_pays(  # private probes
+        "cpu",
+        avx512_bf16=probes["avx512_bf16"](),
+        amx=probes["amx_tile"](),
+        kernels=torch.backends.cpu.get_cpu_capability(),
+    )
 
 
 def bf16_autocast_pays(
-    device_type: str, *, cuda_bf16: bool = False, avx512_bf16: bool = False, amx: bool = False
+    device_type: str,
+    *,
+    cuda_bf16: bool = False,
+    avx512_bf16: bool = False,
+    amx: bool = False,
+    kernels: str = "AVX512",
 ) -> bool:
     """The rule of `autocast_bf16: auto`, from what the device has.
 
@@ -258,11 +268,13 @@ def bf16_autocast_pays(
     - CPU with AMX (Intel Sapphire Rapids and later, which also have AVX-512-BF16): on. On a 2-core such Xeon the
       standard workload's step was 0.300 s with it and 0.307 s without (issue 16): no gain at its tiny matrices,
       no loss either, and AMX's bf16 tiles are its fastest path for larger ones.
+    - Off where torch's CPU kernels run below AVX-512 (`kernels`, the ATen capability: `ATEN_CPU_CAPABILITY=avx2`
+      caps it), even on a CPU that has the instructions: the kernels would not use them.
     - Elsewhere off: bf16 would be emulated, slower than float32.
     """
     if device_type == "cuda":
         return cuda_bf16
-    return device_type == "cpu" and (avx512_bf16 or amx)
+    return device_type == "cpu" and (avx512_bf16 or amx) and kernels.upper().startswith("AVX512")
 
 
 def prepared_model(model, perf: PerformanceConfig):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -19,6 +23,9 @@ from sspo_cli.algorithm import bf16_autocast_pays, native_bf16  # noqa: E402
         ("cuda", {"cuda_bf16": True}, True),
         ("cuda", {}, False),
         ("mps", {"avx512_bf16": True, "amx": True}, False),  # CPU flags say nothing about another device
+        ("cpu", {"avx512_bf16": True, "kernels": "AVX2"}, False),  # ATEN_CPU_CAPABILITY=avx2 on an AVX-512 CPU
+        ("cpu", {"avx512_bf16": True, "amx": True, "kernels": "DEFAULT"}, False),
+        ("cpu", {"amx": True, "kernels": "AVX512"}, True),
     ],
 )
 def test_bf16_autocast_auto_rule(device, flags, expected):
@@ -28,8 +35,19 @@ def test_bf16_autocast_auto_rule(device, flags, expected):
 def test_this_machine_follows_the_rule():
     probe = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert native_bf16(torch.device("cpu")) == bf16_autocast_pays("cpu", avx512_bf16=probe(), amx=amx())
+    kernels = torch.backends.cpu.get_cpu_capability()
+    assert native_bf16(torch.device("cpu")) == bf16_autocast_pays(
+        "cpu", avx512_bf16=probe(), amx=amx(), kernels=kernels
+    )
     assert native_bf16(torch.device("meta")) is False
+
+
+def test_capping_the_kernels_at_avx2_turns_bf16_auto_off():
+    """The caps that reproduce an AVX2-only CPU's rounding on an AVX-512 one also reproduce its `auto` choice."""
+    code = "import torch; from sspo_cli.algorithm import native_bf16; print(native_bf16(torch.device('cpu')))"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
+    capped = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert capped.stdout.strip() == "False"
 
 
 def _model_with_heads(heads: int):

@@ -99,6 +99,12 @@ def test_every_relative_link_and_image_resolves(path):
     assert not broken_links(path), "broken links:\n" + "\n".join(broken_links(path))
 
 
+def test_the_readme_links_the_results_and_shows_images():
+    targets = [target for _, target in links(REPO / "README.md")]
+    assert any(target.startswith("docs/results.md") for target in targets)
+    assert any(target.startswith("docs/images/") for target in targets)
+
+
 def test_github_slugs():
     assert github_slug("Where results go") == "where-results-go"
     assert github_slug("Is SSPO better than GSPO here? `sspo compare`") == "is-sspo-better-than-gspo-here-sspo-compare"

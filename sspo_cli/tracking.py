@@ -18,6 +18,12 @@ if TYPE_CHECKING:
 
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
+# MLflow's experiment kind, the tag its UI's kind selector writes: "Machine learning" (runs and charts) rather than
+# "GenAI apps & agents" (traces). MLflow 3.17.2's UI reads it only with its workflow navigation off, which it ships
+# on: it opens an experiment by the sidebar's GenAI / Model training switch (or ?workflowType=machine_learning in
+# the URL), GenAI by default (README, "Where results go").
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 class TrackingError(InputError):
@@ -146,11 +152,17 @@ def check_store_writable(client: MlflowClient, uri: str, experiment: str, artifa
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
+    """The experiment's id, created if needed, tagged as model training (`EXPERIMENT_KIND_TAG`) if it lacks a kind."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = artifact_root.resolve().as_uri() if artifact_root is not None else None
-    return client.create_experiment(name, artifact_location=location)
+    if experiment is None:
+        location = artifact_root.resolve().as_uri() if artifact_root is not None else None
+        return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        try:
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        except Exception as exc:  # a label for the UI: never worth failing a run (a read-only or racing store)
+            logging.getLogger(__name__).debug("could not tag experiment %s: %s", name, exc)
+    return experiment.experiment_id
 
 
 class Tracker:

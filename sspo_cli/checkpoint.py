@@ -41,6 +41,11 @@ TRASH_PREFIX = ".old-"  # a complete folder being replaced
 DELETE_PREFIX = ".del-"  # a folder being deleted
 
 
+def step_folder_name(step: int) -> str:
+    """The name of step `step`'s checkpoint folder: `step-000150`."""
+    return f"{STEP_PREFIX}{step:06d}"
+
+
 class CheckpointError(InputError):
     """A run folder or checkpoint that cannot be used; names the option (`--resume`) and the file."""
 
@@ -95,7 +100,7 @@ def save_checkpoint(
     from sspo_cli.models import save_policy
 
     root.mkdir(parents=True, exist_ok=True)
-    name = f"{STEP_PREFIX}{state.step:06d}"
+    name = step_folder_name(state.step)
     staging = root / f"{STAGING_PREFIX}{name}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()

@@ -305,7 +305,7 @@ def rl_loop(prepared: Prepared, records: RunRecords, optimizer, scheduler, stop:
     non-finite updates in a row: checkpoint of the last good state, then TooManySkips.
     """
     from sspo_cli.algorithm import rl_step
-    from sspo_cli.checkpoint import save_checkpoint
+    from sspo_cli.checkpoint import save_checkpoint, step_folder_name
     from sspo_cli.run.folder import CHECKPOINTS, final_checkpoint
     from sspo_cli.run.state import TooManySkips
     from sspo_cli.signals import RunInterrupted
@@ -338,7 +338,7 @@ def rl_loop(prepared: Prepared, records: RunRecords, optimizer, scheduler, stop:
         run_eval(0)
     while state.step < recipe.train.steps:
         if stop is not None and stop.requested:
-            path = checkpoints / f"step-{state.step:06d}" if last_saved == state.step else save()
+            path = checkpoints / step_folder_name(state.step) if last_saved == state.step else save()
             raise RunInterrupted(stop.signal_name or "signal", state.step, run_dir, path)
         state.step += 1
         try:

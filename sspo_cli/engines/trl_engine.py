@@ -61,7 +61,7 @@ def run_training_trl(
 
     from sspo_cli.models import check_generation_tokens, load_policy
     from sspo_cli.prompts import text_format
-    from sspo_cli.run.folder import default_run_name, ensure_writable, final_checkpoint
+    from sspo_cli.run.folder import CHECKPOINTS, default_run_name, ensure_writable, final_checkpoint
     from sspo_cli.run.records import RunRecords, open_run
     from sspo_cli.run.state import TrainingObserver, TrainState
     from sspo_cli.tasks import build_task
@@ -109,7 +109,7 @@ def run_training_trl(
         check_target(warm_result, warm, observer.on_warning if main else lambda message: None)
 
     run_dir = shared_run_dir(output_dir, recipe.tracking.run_name or default_run_name(recipe), main)
-    args.output_dir = str(run_dir / "checkpoints")
+    args.output_dir = str(run_dir / CHECKPOINTS)
     state = TrainState()
     tags = {"sspo.trl_version": trl_version, **(extra_tags or {})}
     tracker = open_run(recipe, run_dir, output_dir, tracking_uri, parent_run_id, tags, warm_result) if main else None

@@ -18,6 +18,7 @@ from sspo_cli.recipe import Recipe, recipe_from_dict
 from sspo_cli.research import ResearchError
 from sspo_cli.research.recipe_files import read_yaml_mapping
 from sspo_cli.research.stats import default_ks, mean, mean_pass_at_k
+from sspo_cli.run.folder import CHECKPOINTS, RECIPE_FILE, SUMMARY_FILE, final_checkpoint
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -102,11 +103,11 @@ def resolve_target(target: str, tracking_uri: str | None, output_dir: Path) -> E
 def _target_from_folder(folder: Path) -> EvalTarget:
     from sspo_cli.models.lora import holds_model
 
-    if holds_model(folder / "checkpoints" / "final"):
-        return _target_in_run_dir(folder, folder / "checkpoints" / "final")
+    if holds_model(final_checkpoint(folder)):
+        return _target_in_run_dir(folder, final_checkpoint(folder))
     if holds_model(folder):
         for parent in list(folder.parents)[:3]:  # run_dir/checkpoints/<name>
-            if (parent / "recipe.yaml").is_file() and (parent / "checkpoints").is_dir():
+            if (parent / RECIPE_FILE).is_file() and (parent / CHECKPOINTS).is_dir():
                 return _target_in_run_dir(parent, folder)
         return EvalTarget(folder, None)
     raise ResearchError(
@@ -116,8 +117,8 @@ def _target_from_folder(folder: Path) -> EvalTarget:
 
 
 def _target_in_run_dir(run_dir: Path, checkpoint: Path) -> EvalTarget:
-    recipe_data = read_yaml_mapping(run_dir / "recipe.yaml", "recipe")
-    summary = _read_json(run_dir / "summary.json")
+    recipe_data = read_yaml_mapping(run_dir / RECIPE_FILE, "recipe")
+    summary = _read_json(run_dir / SUMMARY_FILE)
     return EvalTarget(checkpoint, recipe_data, summary.get("run_id"), run_dir, summary.get("tracking_uri"))
 
 
@@ -135,8 +136,8 @@ def _target_from_mlflow(run_id: str, tracking_uri: str | None, output_dir: Path)
     except MlflowException:
         raise ResearchError("TARGET", f"no MLflow run {run_id} in {uri}") from None
     run_dir = run.data.tags.get("sspo.run_dir")
-    if run_dir and holds_model(Path(run_dir) / "checkpoints" / "final"):
-        target = _target_in_run_dir(Path(run_dir), Path(run_dir) / "checkpoints" / "final")
+    if run_dir and holds_model(final_checkpoint(Path(run_dir))):
+        target = _target_in_run_dir(Path(run_dir), final_checkpoint(Path(run_dir)))
         target.tracking_uri = uri
         return target
     cache = output_dir / ".cache" / "eval" / run_id

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sspo_cli.research.metrics import RunRecord
+from sspo_cli.run.folder import final_checkpoint
 from sspo_cli.run.records import PROBLEMS_FILE, write_problems
 
 
@@ -45,7 +46,7 @@ def write_problem_scores(path: Path, scores: ProblemScores) -> None:
 
 def problems_file(record: RunRecord, output_dir: Path) -> Path:
     """In the run folder when the run has one here, else in the eval cache of the output dir."""
-    if record.run_dir and (Path(record.run_dir) / "checkpoints" / "final").is_dir():
+    if record.run_dir and final_checkpoint(Path(record.run_dir)).is_dir():
         return Path(record.run_dir) / PROBLEMS_FILE
     return output_dir / ".cache" / "eval" / record.run_id / PROBLEMS_FILE
 

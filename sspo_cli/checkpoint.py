@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sspo_cli.errors import InputError
+from sspo_cli.errors import InputError, first_line
 from sspo_cli.run.state import Policy, TrainState
 
 if TYPE_CHECKING:
@@ -187,7 +187,7 @@ def restore_rng(rng: dict[str, Any]) -> None:
         if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(rng["cuda"])
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError("--resume", f"the RNG state in {OPTIMIZER_FILE} is invalid: {_first_line(exc)}") from None
+        raise CheckpointError("--resume", f"the RNG state in {OPTIMIZER_FILE} is invalid: {first_line(exc)}") from None
 
 
 # --------------------------------------------------------------------------- reading
@@ -231,7 +231,7 @@ def load_training_state(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         state = json.loads((folder / STATE_FILE).read_text())
     except (OSError, ValueError) as exc:
-        raise CheckpointError("--resume", f"{folder / STATE_FILE} cannot be read: {_first_line(exc)}") from None
+        raise CheckpointError("--resume", f"{folder / STATE_FILE} cannot be read: {first_line(exc)}") from None
     if not isinstance(state, dict) or not isinstance(state.get("step"), int) or state["step"] < 0:
         raise CheckpointError("--resume", f"{folder / STATE_FILE} is not a trainer state (no step number)")
     try:
@@ -239,7 +239,7 @@ def load_training_state(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError, TypeError, AttributeError) as exc:
         raise CheckpointError(
             "--resume",
-            f"{folder / OPTIMIZER_FILE} was refused (only plain tensors are loaded, never code): {_first_line(exc)}",
+            f"{folder / OPTIMIZER_FILE} was refused (only plain tensors are loaded, never code): {first_line(exc)}",
         ) from None
     if not isinstance(tensors, dict):
         raise CheckpointError("--resume", f"{folder / OPTIMIZER_FILE} does not hold optimizer and scheduler states")
@@ -259,7 +259,7 @@ def load_weights(folder: Path) -> dict[str, torch.Tensor]:
         try:
             weights.update(load_file(str(file), device="cpu"))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError("--resume", f"{file} cannot be read as safetensors: {_first_line(exc)}") from None
+            raise CheckpointError("--resume", f"{file} cannot be read as safetensors: {first_line(exc)}") from None
     return weights
 
 
@@ -320,7 +320,7 @@ def apply_weights(model, weights: dict[str, torch.Tensor], source: Path) -> None
             result = model.load_state_dict(weights, strict=False)
     except RuntimeError as exc:
         raise CheckpointError(
-            "--resume", f"weights in {source} do not fit the recipe's model: {_first_line(exc)}"
+            "--resume", f"weights in {source} do not fit the recipe's model: {first_line(exc)}"
         ) from None
     current = model.state_dict()
     loaded = {current[name].data_ptr() for name in weights if name in current}
@@ -396,8 +396,3 @@ class _quiet_transformers:
             from transformers.utils import logging as hf_logging
 
             hf_logging.enable_progress_bar()
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__

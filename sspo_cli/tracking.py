@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sspo_cli.errors import InputError
+from sspo_cli.errors import InputError, first_line
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -310,14 +310,9 @@ def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
         yield items[start : start + size]
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
-
-
 def _reason(exc: BaseException) -> str:
     """A store error in one short line; a refused connection says so instead of a wall of urllib3 text."""
     text = str(exc)
     if "Failed to establish a new connection" in text or "Max retries exceeded" in text:
         return "the server cannot be reached (connection refused or timed out)"
-    return _first_line(exc)
+    return first_line(exc)

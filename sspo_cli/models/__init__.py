@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sspo_cli.errors import InputError
+from sspo_cli.errors import InputError, first_line
 from sspo_cli.recipe import ModelConfig, TinyModelConfig
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ def load_pretrained(
     try:
         config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(key, f"cannot read {folder}/config.json: {_first_line(exc)}") from None
+        raise ModelError(key, f"cannot read {folder}/config.json: {first_line(exc)}") from None
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING and not (
@@ -115,7 +115,7 @@ def load_pretrained(
             attn_implementation=cfg.attn_implementation,
         )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelError(key, f"cannot load {folder}: {_first_line(exc)}") from None
+        raise ModelError(key, f"cannot load {folder}: {first_line(exc)}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -169,7 +169,7 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise ModelError("model.device", f"unknown device {name!r} ({_first_line(exc)})") from None
+        raise ModelError("model.device", f"unknown device {name!r} ({first_line(exc)})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelError("model.device", f"{name!r} asked for, but no CUDA device is available")
     return device
@@ -179,11 +179,6 @@ def _torch_dtype(name: str) -> Any:
     import torch
 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def set_offline_defaults() -> None:

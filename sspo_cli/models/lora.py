@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sspo_cli.errors import first_line
 from sspo_cli.models import ModelError, load_pretrained
 from sspo_cli.recipe import LoraConfig, ModelConfig
 
@@ -113,7 +114,7 @@ def attach_lora(cfg: LoraConfig, model: PreTrainedModel, seed: int, base_in_chec
         try:
             peft_model = get_peft_model(model, peft_config(cfg))
         except ValueError as exc:  # a module type peft cannot adapt, or no match
-            raise ModelError(TARGETS_KEY, _first_line(exc)) from None
+            raise ModelError(TARGETS_KEY, first_line(exc)) from None
     # Reentrant gradient checkpointing passes no gradient through blocks whose inputs need none.
     model.enable_input_require_grads()
     return Adapter(peft_model, base_weights, base_in_checkpoint)
@@ -151,7 +152,7 @@ def adapter_weight_problems(adapter: Adapter, weights: dict[str, torch.Tensor]) 
     try:
         set_peft_model_state_dict(adapter.peft_model, weights)
     except RuntimeError as exc:
-        return _first_line(exc)
+        return first_line(exc)
     return None
 
 
@@ -185,11 +186,6 @@ def load_trained(cfg: ModelConfig, folder: Path) -> tuple[PreTrainedModel, PreTr
             peft_model = PeftModel.from_pretrained(model, folder, is_trainable=False)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(
-            "model.path", f"the adapter in {folder} does not fit {base_folder}: {_first_line(exc)}"
+            "model.path", f"the adapter in {folder} does not fit {base_folder}: {first_line(exc)}"
         ) from None
     return peft_model.get_base_model().eval(), tokenizer
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sspo_cli.recipe import Recipe, recipe_from_dict, stable_hash
 from sspo_cli.research import ResearchError
-from sspo_cli.research.execute import ExecutionContext, Outcome, PlannedRun, WorkflowObserver, execute
+from sspo_cli.research.execute import ExecutionContext, Outcome, PlannedRun, WorkflowObserver, check_execution, execute
 from sspo_cli.research.inference import Inference
 from sspo_cli.research.metrics import GroupSummary, RunRecord, Threshold, auto_threshold, failed_record, summarize
 from sspo_cli.research.recipe_files import deep_merge, read_recipe_file, read_variants
@@ -80,14 +80,8 @@ class Analysis:
 
 def check_workflow(jobs: int, interval: str, output_dir: Path, tracking_uri: str | None) -> str:
     """The options every training workflow shares, checked before planning; the tracking URI to use."""
-    from sspo_cli.run.folder import ensure_writable
-    from sspo_cli.tracking import default_tracking_uri
-
-    if jobs < 1:
-        raise ResearchError("--jobs", f"must be at least 1, got {jobs}")
     check_interval(interval)
-    ensure_writable(output_dir)
-    return tracking_uri or default_tracking_uri(output_dir)
+    return check_execution(jobs, output_dir, tracking_uri)
 
 
 def check_interval(method: str) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sspo_cli.recipe import Recipe, stable_hash
+from sspo_cli.research import ResearchError
 from sspo_cli.research.store import MEMBERSHIP_TAG, add_membership, finished_runs_by_fingerprint
 from sspo_cli.research.timing import SHARED_WARM_START, TRAINING, PhaseTimer
 from sspo_cli.run.state import TrainingObserver
@@ -75,6 +76,17 @@ class ExecutionContext:
     jobs: int = 1
     observer: WorkflowObserver = field(default_factory=WorkflowObserver)
     timer: PhaseTimer = field(default_factory=PhaseTimer)
+
+
+def check_execution(jobs: int, output_dir: Path, tracking_uri: str | None) -> str:
+    """`--jobs` and the output dir (created here), checked before anything is trained; the tracking URI to use."""
+    from sspo_cli.run.folder import ensure_writable
+    from sspo_cli.tracking import default_tracking_uri
+
+    if jobs < 1:
+        raise ResearchError("--jobs", f"must be at least 1, got {jobs}")
+    ensure_writable(output_dir)
+    return tracking_uri or default_tracking_uri(output_dir)
 
 
 def threads_per_job(jobs: int) -> int:

@@ -612,19 +612,14 @@ def run_search(
 ) -> SearchResult:
     import optuna
 
-    from sspo_cli.research.execute import prewarm, quiet_library_progress_bars
+    from sspo_cli.research.execute import check_execution, prewarm, quiet_library_progress_bars
     from sspo_cli.research.store import open_group_run
-    from sspo_cli.run.folder import ensure_writable
-    from sspo_cli.tracking import default_tracking_uri
 
     timer = PhaseTimer()
     observer = observer or WorkflowObserver()
     with timer.phase("planning"):
-        if jobs < 1:
-            raise ResearchError("--jobs", f"must be at least 1, got {jobs}")
         plan = plan_search(recipe_path, overrides, options)
-        ensure_writable(output_dir)
-        tracking_uri = tracking_uri or default_tracking_uri(output_dir)
+        tracking_uri = check_execution(jobs, output_dir, tracking_uri)
         out_dir = report_dir or output_dir / plan.study_name
         out_dir.mkdir(parents=True, exist_ok=True)
         title = search_title(plan)

@@ -191,8 +191,6 @@ def forward_logprobs(
     attention: str = "same",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One no-grad forward: the sampled tokens' log-probs and the per-token entropy. [N, Tc] each"""
-    import contextlib
-
     import torch
 
     from sspo_cli.models.logprobs import completion_logprobs
@@ -215,8 +213,6 @@ def forward_logprobs(
 def sampler_precision(device: torch.device, dtype: str):
     """The sampler's dtype (`rollout.sampler_dtype`): 'same' changes nothing, 'bfloat16' autocasts the model to
     bf16 (as a bf16 vLLM runs it), 'float32' keeps it in float32; the log-softmax stays float32 in all."""
-    import contextlib
-
     import torch
 
     if dtype == "same":

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from sspo_cli.signals import EXIT_INTERRUPTED
+from sspo_cli.signals import EXIT_INTERRUPTED, RunInterrupted, TermAsKeyboardInterrupt
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -42,7 +42,6 @@ def guarded(
     """
     from sspo_cli.errors import InputError
     from sspo_cli.run.state import TooManySkips
-    from sspo_cli.signals import RunInterrupted, TermAsKeyboardInterrupt
 
     try:
         with TermAsKeyboardInterrupt():

@@ -6,13 +6,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sspo_cli.prompts import cut_at_stop, stop_window, tails_contain_stop
+from sspo_cli.prompts import TextFormat, cut_at_stop, stop_window, tails_contain_stop
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from sspo_cli.prompts import TextFormat
     from sspo_cli.recipe import PerformanceConfig
     from sspo_cli.rewards import Grade
     from sspo_cli.tasks import Example, Task
@@ -96,7 +95,6 @@ def generate(
     """
     import torch
 
-    from sspo_cli.prompts import TextFormat
     from sspo_cli.recipe import PerformanceConfig
 
     perf = performance or PerformanceConfig()

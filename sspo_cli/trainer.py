@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from sspo_cli.recipe import Recipe
 from sspo_cli.run.records import PROBLEMS_FILE, RunRecords, eval_metrics, open_run
-from sspo_cli.run.state import Policy, TrainingObserver, TrainState
+from sspo_cli.run.state import Policy, TooManySkips, TrainingObserver, TrainState
 
 if TYPE_CHECKING:
     import torch
@@ -307,7 +307,6 @@ def rl_loop(prepared: Prepared, records: RunRecords, optimizer, scheduler, stop:
     from sspo_cli.algorithm import rl_step
     from sspo_cli.checkpoint import save_checkpoint, step_folder_name
     from sspo_cli.run.folder import CHECKPOINTS, final_checkpoint
-    from sspo_cli.run.state import TooManySkips
     from sspo_cli.signals import RunInterrupted
 
     recipe, policy, task, state, run_dir = (

@@ -34,11 +34,7 @@ def imported_modules(path: Path, importer: str, modules: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             named.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = importer.split(".")
-                anchor = parts[: len(parts) - node.level + (path.name == "__init__.py")]
-                base = ".".join([*anchor, base] if base else anchor)
+            base = from_module(node, importer, path)
             for alias in node.names:
                 named.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
     own_packages = {importer.rsplit(".", depth)[0] for depth in range(importer.count(".") + 1)}
@@ -47,6 +43,16 @@ def imported_modules(path: Path, importer: str, modules: set[str]) -> set[str]:
         parts = name.split(".")
         found.update(".".join(parts[:size]) for size in range(1, len(parts) + 1))
     return {name for name in found if name in modules and name not in own_packages}
+
+
+def from_module(node: ast.ImportFrom, importer: str, path: Path) -> str:
+    """The module `from X import ...` names, relative imports resolved."""
+    base = node.module or ""
+    if node.level:
+        parts = importer.split(".")
+        anchor = parts[: len(parts) - node.level + (path.name == "__init__.py")]
+        base = ".".join([*anchor, base] if base else anchor)
+    return base
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -102,6 +108,101 @@ def test_function_level_and_type_checking_imports_count(tmp_path: Path) -> None:
         "sspo_cli.models",
         "sspo_cli.models.kv_cache",
     }
+
+
+# --------------------------------------------------------------------------- imports at the top
+
+
+Imports = list[ast.Import | ast.ImportFrom]
+
+
+def top_level_imports(tree: ast.Module) -> Imports:
+    """The imports a module runs when it is imported: its body's, including those under a top-level
+    `try` or `if`, but not under `if TYPE_CHECKING:` (they do not exist at run time)."""
+    found: Imports = []
+
+    def visit(statements: list[ast.stmt]) -> None:
+        for node in statements:
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                found.append(node)
+            elif isinstance(node, ast.If):
+                if ast.unparse(node.test) not in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+                    visit(node.body)
+                visit(node.orelse)
+            elif isinstance(node, ast.Try):
+                for block in (node.body, node.orelse, node.finalbody, *(h.body for h in node.handlers)):
+                    visit(block)
+            elif isinstance(node, ast.With):
+                visit(node.body)
+
+    visit(tree.body)
+    return found
+
+
+def function_level_imports(tree: ast.Module) -> Imports:
+    """The imports inside functions and methods, at any depth."""
+    found: Imports = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if in_function and isinstance(child, ast.Import | ast.ImportFrom):
+                found.append(child)
+            visit(child, in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef))
+
+    visit(tree, False)
+    return found
+
+
+def redundant_function_imports(path: Path, importer: str, modules: set[str]) -> list[str]:
+    """`line: statement` for each function-level import of a module the file already imports at
+    its top: the name is there already (or belongs in the top-level import beside the others)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    at_top: set[str] = set()
+    for node in top_level_imports(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")  # `import a.b` imports a and a.b
+                at_top.update(".".join(parts[:size]) for size in range(1, len(parts) + 1))
+        else:
+            base = from_module(node, importer, path)
+            at_top.add(base)
+            at_top.update(f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in modules)
+    offenders = []
+    for node in function_level_imports(tree):
+        if isinstance(node, ast.Import):
+            named = {alias.name for alias in node.names}
+        else:
+            named = {from_module(node, importer, path)}
+        if named & at_top:
+            offenders.append(f"{node.lineno}: {ast.unparse(node)}")
+    return offenders
+
+
+def test_no_function_re_imports_a_module_the_file_imports_at_the_top() -> None:
+    """Lazy imports are for the heavy libraries (torch, transformers, mlflow, ...); a module already
+    imported at the top needs no second import inside a function."""
+    modules = package_modules()
+    offenders = [
+        f"{path.relative_to(ROOT.parent)}:{line}"
+        for name, path in modules.items()
+        for line in redundant_function_imports(path, name, set(modules))
+    ]
+    assert not offenders, "function-level imports of modules imported at the top:\n" + "\n".join(offenders)
+
+
+def test_the_re_import_finder_ignores_type_checking_imports(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text(
+        "import os\nfrom typing import TYPE_CHECKING\nfrom sspo_cli.run import folder\n"
+        "if TYPE_CHECKING:\n    from sspo_cli.recipe import Recipe\n"
+        "def f():\n    import os\n    import json\n    from sspo_cli.recipe import Recipe\n"
+        "class C:\n    def g(self):\n        from sspo_cli.run.folder import CHECKPOINTS\n"
+    )
+    found = redundant_function_imports(source, "sspo_cli.m", set(package_modules()))
+    assert found == ["7: import os", "12: from sspo_cli.run.folder import CHECKPOINTS"]
+
+
+# --------------------------------------------------------------------------- layers
 
 
 def imports_of(prefixes: tuple[str, ...]) -> dict[str, set[str]]:

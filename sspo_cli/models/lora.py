@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sspo_cli.errors import first_line
-from sspo_cli.models import ModelError, load_pretrained
+from sspo_cli.models import ModelError, load_pretrained, untied_state
 from sspo_cli.recipe import LoraConfig, ModelConfig
 
 if TYPE_CHECKING:
@@ -132,8 +132,6 @@ def save_adapter(adapter: Adapter, tokenizer: PreTrainedTokenizerBase, folder: P
 def save_base(adapter: Adapter, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
     """The frozen base as a Hugging Face model folder (config, safetensors weights, tokenizer)."""
     from safetensors.torch import save_file
-
-    from sspo_cli.models import untied_state
 
     folder.mkdir()
     save_file(untied_state(adapter.base_weights), str(folder / "model.safetensors"), metadata={"format": "pt"})

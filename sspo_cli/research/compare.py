@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sspo_cli.recipe import Recipe, recipe_from_dict, stable_hash
+from sspo_cli.recipe import COMPARE_SECTION, Recipe, RecipeError, recipe_from_dict, stable_hash
 from sspo_cli.research import ResearchError
 from sspo_cli.research.execute import ExecutionContext, Outcome, PlannedRun, WorkflowObserver, check_execution, execute
-from sspo_cli.research.inference import Inference
+from sspo_cli.research.inference import Inference, infer
 from sspo_cli.research.metrics import GroupSummary, RunRecord, Threshold, auto_threshold, failed_record, summarize
 from sspo_cli.research.recipe_files import deep_merge, read_recipe_file, read_variants
-from sspo_cli.research.space import recipe_for_point
+from sspo_cli.research.space import pydantic_problem, recipe_for_point
 from sspo_cli.research.stats import INTERVAL_METHODS, T_METHOD
 from sspo_cli.research.store import (
     MEMBERSHIP_TAG,
@@ -24,11 +24,14 @@ from sspo_cli.research.store import (
     POINT_TAG,
     add_membership,
     close_group_run,
+    failed_runs_of_experiment,
     membership_filter,
     open_group_run,
+    runs_by_id,
+    training_runs_of_experiment,
 )
 from sspo_cli.research.timing import PhaseTimer
-from sspo_cli.tracking import failure_marked
+from sspo_cli.tracking import default_tracking_uri, failure_marked, open_client
 
 if TYPE_CHECKING:
     from sspo_cli.tracking import Tracker
@@ -50,9 +53,6 @@ class CompareSection(BaseModel):
 
 
 def read_compare_section(recipe_path: Path) -> CompareSection:
-    from sspo_cli.recipe import COMPARE_SECTION, RecipeError
-    from sspo_cli.research.space import pydantic_problem
-
     _, section = read_recipe_file(recipe_path, COMPARE_SECTION)
     try:
         return CompareSection.model_validate(section or {})
@@ -360,7 +360,6 @@ def comparison_inference(
     records: Sequence[RunRecord], order: Sequence[str], analysis: Analysis, timer: PhaseTimer
 ) -> Inference | None:
     """The statistics of the final accuracy; with two methods or more, per-problem results for the paired comparison."""
-    from sspo_cli.research.inference import infer
     from sspo_cli.research.problems import load_problem_scores
 
     if not records:
@@ -392,8 +391,6 @@ def compare_existing(
     (metrics.FAILED_RULE); KILLED runs were interrupted or pruned, not failed, and are left out.
     """
     from sspo_cli.research.records import record_from_mlflow, task_label
-    from sspo_cli.research.store import failed_runs_of_experiment, runs_by_id, training_runs_of_experiment
-    from sspo_cli.tracking import default_tracking_uri, open_client
 
     timer = PhaseTimer()
     if bool(experiment) == bool(run_ids):

@@ -21,9 +21,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sspo_cli.recipe import Recipe
+from sspo_cli.recipe import Recipe, recipe_from_dict
 from sspo_cli.research import ResearchError
-from sspo_cli.research.execute import Outcome, PlannedRun, WorkflowObserver, describe_failure
+from sspo_cli.research.execute import (
+    Outcome,
+    PlannedRun,
+    WorkflowObserver,
+    check_execution,
+    describe_failure,
+    init_worker,
+    interrupt_workers,
+    prewarm,
+    quiet_library_progress_bars,
+    run_tags,
+    threads_per_job,
+)
 from sspo_cli.research.metrics import metric_spec, run_metrics
 from sspo_cli.research.recipe_files import read_recipe_file
 from sspo_cli.research.search_plan import SearchPlan, SearchResult
@@ -33,10 +45,10 @@ from sspo_cli.research.space import (
     parse_space_option,
     validated_space,
 )
-from sspo_cli.research.store import close_group_run
+from sspo_cli.research.store import close_group_run, finished_runs_by_fingerprint, open_group_run
 from sspo_cli.research.timing import TRAINING, PhaseTimer
 from sspo_cli.run.state import TrainingObserver
-from sspo_cli.tracking import failure_marked
+from sspo_cli.tracking import failure_marked, open_client
 
 if TYPE_CHECKING:
     import optuna
@@ -138,8 +150,6 @@ def check_metric(metric: str, pruner: str, threshold: float | None) -> None:
 
 
 def recipe_from_data(base_data: dict[str, Any], overrides: Sequence[str], recipe_path: Path) -> Recipe:
-    from sspo_cli.recipe import recipe_from_dict
-
     return recipe_from_dict(base_data, list(overrides), str(recipe_path))
 
 
@@ -347,9 +357,6 @@ def train_trial(
     trial: optuna.Trial, runs: Sequence[PlannedRun], setting: TrialSetting, observer: TrainingObserver | None
 ) -> TrialResult:
     """Train (or reuse) the trial's runs one after the other, reporting every eval; stop at a prune or a failure."""
-    from sspo_cli.research.execute import run_tags
-    from sspo_cli.research.store import finished_runs_by_fingerprint
-    from sspo_cli.tracking import open_client
     from sspo_cli.train import run_training
 
     client = open_client(setting.tracking_uri)
@@ -576,8 +583,6 @@ def worker_pool(jobs: int) -> Iterator[Any]:
     import signal
     from concurrent.futures import ProcessPoolExecutor
 
-    from sspo_cli.research.execute import init_worker, interrupt_workers, threads_per_job
-
     pool = ProcessPoolExecutor(
         max_workers=jobs,
         mp_context=multiprocessing.get_context("spawn"),
@@ -611,9 +616,6 @@ def run_search(
     observer: WorkflowObserver | None = None,
 ) -> SearchResult:
     import optuna
-
-    from sspo_cli.research.execute import check_execution, prewarm, quiet_library_progress_bars
-    from sspo_cli.research.store import open_group_run
 
     timer = PhaseTimer()
     observer = observer or WorkflowObserver()

@@ -19,15 +19,23 @@ from sspo_cli.research.compare import (
     Analysis,
     ComparisonResult,
     check_workflow,
+    default_variants_file,
     finish_comparison,
     group_id_of,
     plan_comparison,
 )
 from sspo_cli.research.execute import ExecutionContext, PlannedRun, WorkflowObserver, execute
-from sspo_cli.research.metrics import METRICS
+from sspo_cli.research.metrics import COLLAPSE_RULE, FAILED_RULE, METRICS
 from sspo_cli.research.statistics_text import TextTable
 from sspo_cli.research.stats import T_METHOD
-from sspo_cli.research.store import POINT_TAG, close_group_run, membership_filter, open_group_run
+from sspo_cli.research.store import (
+    MEMBERSHIP_TAG,
+    POINT_TAG,
+    add_membership,
+    close_group_run,
+    membership_filter,
+    open_group_run,
+)
 from sspo_cli.research.sweep import (
     GridAxis,
     grid_axis,
@@ -116,7 +124,6 @@ def run_study(
     observer: WorkflowObserver | None = None,
     interval: str = T_METHOD,
 ) -> StudyResult:
-    from sspo_cli.research.compare import default_variants_file
     from sspo_cli.research.records import records_of_outcomes
 
     timer = PhaseTimer()
@@ -172,8 +179,6 @@ def _finish_point(
     plan: StudyPlan, label: str, outcomes: list, records: list, study_run_id: str, analysis: Analysis
 ) -> ComparisonResult:
     """The point's own comparison, as a run nested in the study; its training runs join its group."""
-    from sspo_cli.research.store import MEMBERSHIP_TAG, add_membership
-
     timer = PhaseTimer()
     group_id = group_id_of("comparison", plan.runs[label])
     title = f"{plan.base.name} at {label}: {', '.join(plan.methods)} x {plan.seeds} seeds"
@@ -312,7 +317,6 @@ def write_study_report(
     group_id: str,
 ) -> Path:
     from sspo_cli.research.formatting import interval_caption
-    from sspo_cli.research.metrics import COLLAPSE_RULE, FAILED_RULE
 
     table = study_table(plan, results)
     lines = [f"# {title}", "", "| " + " | ".join(table.headers) + " |", "|" + "---|" * len(table.headers)]

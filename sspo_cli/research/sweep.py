@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sspo_cli.recipe import Recipe, RecipeError, recipe_from_dict
 from sspo_cli.research import ResearchError
-from sspo_cli.research.compare import ComparisonResult, group_id_of
+from sspo_cli.research.compare import ComparisonResult, check_workflow, group_id_of
 from sspo_cli.research.execute import ExecutionContext, Outcome, PlannedRun, WorkflowObserver, execute
 from sspo_cli.research.metrics import (
     METRIC_KEYS,
@@ -198,7 +198,6 @@ def run_sweep(
     observer: WorkflowObserver | None = None,
     interval: str = T_METHOD,
 ) -> ComparisonResult:
-    from sspo_cli.research.compare import check_workflow
     from sspo_cli.research.records import records_of_outcomes
 
     timer = PhaseTimer()

@@ -18,8 +18,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sspo_cli.models.logprobs import completion_logprobs, logp_difference_sums, sampler_mismatch_metrics
+from sspo_cli.prompts import text_format
 from sspo_cli.recipe import PerformanceConfig, Recipe, RolloutConfig, stable_hash
+from sspo_cli.rollout import generate, grade_all, loss_mask, truncated_fraction
 from sspo_cli.run.metrics import merge_rows
+from sspo_cli.run.sampler_policy import LagSchedule
 
 if TYPE_CHECKING:
     import torch
@@ -35,11 +39,7 @@ def rl_step(
     """One rollout and its `updates_per_rollout` optimiser updates."""
     import torch
 
-    from sspo_cli.models.logprobs import completion_logprobs
-    from sspo_cli.objectives import compute_advantages
-    from sspo_cli.prompts import text_format
-    from sspo_cli.rollout import generate, grade_all, loss_mask, truncated_fraction
-    from sspo_cli.run.sampler_policy import LagSchedule
+    from sspo_cli.objectives import compute_advantages  # its lazy attribute imports torch
 
     cfg, perf = recipe.rollout, recipe.performance
     started = time.perf_counter()
@@ -142,8 +142,6 @@ class Behaviour:
 
     def mismatch(self, tokens: torch.Tensor) -> dict[str, float]:
         """The spec's `rollout/sampler_logp_diff_mean`/`_max` over the completion tokens `tokens` ([N, Tc] 0/1)."""
-        from sspo_cli.models.logprobs import logp_difference_sums, sampler_mismatch_metrics
-
         if self.sampler_logp is None or self.learner_logp is None:  # one computation: 0 by definition
             return sampler_mismatch_metrics(0.0, 0.0, 0.0)
         return sampler_mismatch_metrics(*logp_difference_sums(self.learner_logp, self.sampler_logp, tokens).tolist())
@@ -192,8 +190,6 @@ def forward_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One no-grad forward: the sampled tokens' log-probs and the per-token entropy. [N, Tc] each"""
     import torch
-
-    from sspo_cli.models.logprobs import completion_logprobs
 
     with torch.inference_mode(), precision or contextlib.nullcontext(), attention_kernel(model, attention):
         logp, entropy = completion_logprobs(
@@ -345,8 +341,6 @@ def accumulate_gradients(
     `attention`: the step's attention kernel (`learner_attention`; None: decided here).
     """
     import torch
-
-    from sspo_cli.models.logprobs import completion_logprobs
 
     perf = recipe.performance
     device = data.input_ids.device

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sspo_cli.errors import InputError, first_line
+from sspo_cli.run.sampler_policy import LaggedWeights
 from sspo_cli.run.state import Policy, TrainState
 
 if TYPE_CHECKING:
@@ -287,8 +288,6 @@ def apply_policy_weights(policy: Policy, loaded: LoadedCheckpoint) -> None:
 
 def apply_lagged_weights(policy: Policy, loaded: LoadedCheckpoint) -> None:
     """The checkpoint's lagged copies (none: the run had no lag, or no later step needed one) into the policy."""
-    from sspo_cli.run.sampler_policy import LaggedWeights
-
     source = loaded.folder / SAMPLER_FOLDER / SAMPLER_FILE
     try:
         lagged = LaggedWeights.from_flat(loaded.sampler_weights or {})

@@ -6,7 +6,7 @@
     too many non-finite updates in a row -> where the last good state is, exit 1
 
 `--debug` lets the Python traceback through instead. Importing this module imports no more than
-typer; Rich, the recipe and the run layer load when a command fails.
+typer and our small error, signal and run-state modules; Rich and the recipe load when a command fails.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from sspo_cli.errors import InputError
+from sspo_cli.run.state import TooManySkips
 from sspo_cli.signals import EXIT_INTERRUPTED, RunInterrupted, TermAsKeyboardInterrupt
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from sspo_cli.errors import InputError
-    from sspo_cli.run.state import TooManySkips
 
 EXIT_FAILED = 1  # the run (or a run of a comparison) failed
 EXIT_BAD_INPUT = 2
@@ -40,9 +40,6 @@ def guarded(
     `recipe_file` goes in front of errors whose key is a recipe key. `interrupted_hint`, when given,
     is what any interruption prints (a comparison or sweep says how to continue it).
     """
-    from sspo_cli.errors import InputError
-    from sspo_cli.run.state import TooManySkips
-
     try:
         with TermAsKeyboardInterrupt():
             action()

@@ -13,6 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
+from sspo_cli.checkpoint import CheckpointError
+from sspo_cli.run.folder import RECIPE_FILE, read_run_folder
+
 if TYPE_CHECKING:
     from sspo_cli.recipe import Recipe
     from sspo_cli.run.folder import RunInfo
@@ -69,9 +72,7 @@ def resume_training(
     run_dir: str | Path, tracking_uri: str | None = None, observer: TrainingObserver | None = None
 ) -> dict[str, Any]:
     """Continue an interrupted run from its last complete checkpoint, in the same MLflow run, on its own recipe."""
-    from sspo_cli.checkpoint import CheckpointError
     from sspo_cli.recipe import load_recipe
-    from sspo_cli.run.folder import RECIPE_FILE, read_run_folder
 
     run_dir = Path(run_dir)
     info = read_run_folder(run_dir)

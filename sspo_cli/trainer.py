@@ -22,9 +22,48 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sspo_cli.algorithm import native_bf16, rl_step
+from sspo_cli.checkpoint import (
+    OPTIMIZER_FILE,
+    CheckpointError,
+    apply_policy_weights,
+    latest_checkpoint,
+    load_checkpoint,
+    recover_interrupted_writes,
+    restore_rng,
+    save_checkpoint,
+    step_folder_name,
+    train_state_of,
+)
+from sspo_cli.models import check_generation_tokens, load_policy, set_offline_defaults, trainable_parameters
+from sspo_cli.models.lora import attach_lora, check_targets
+from sspo_cli.prompts import text_format
 from sspo_cli.recipe import Recipe
+from sspo_cli.run.folder import (
+    CHECKPOINTS,
+    HISTORY_FILE,
+    RunLock,
+    check_output_dir,
+    default_run_name,
+    final_checkpoint,
+    new_run_dir,
+    write_text_atomic,
+)
 from sspo_cli.run.records import PROBLEMS_FILE, RunRecords, eval_metrics, open_run
+from sspo_cli.run.schedule import lr_multiplier
 from sspo_cli.run.state import Policy, TooManySkips, TrainingObserver, TrainState
+from sspo_cli.signals import RunInterrupted, StopRequest
+from sspo_cli.tasks import build_task
+from sspo_cli.tracking import (
+    Tracker,
+    check_store_writable,
+    check_tracking_uri,
+    default_tracking_uri,
+    failure_marked,
+    find_run,
+    open_client,
+)
+from sspo_cli.warm_start import cached_warm_start, check_target
 
 if TYPE_CHECKING:
     import torch
@@ -32,9 +71,7 @@ if TYPE_CHECKING:
 
     from sspo_cli.checkpoint import LoadedCheckpoint
     from sspo_cli.run.folder import RunInfo
-    from sspo_cli.signals import StopRequest
     from sspo_cli.tasks import Task
-    from sspo_cli.tracking import Tracker
     from sspo_cli.warm_start import WarmStartResult
 
 
@@ -63,8 +100,6 @@ def run_training_native(
     extra_tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train one recipe end to end and return its summary (also written to summary.json)."""
-    from sspo_cli.run.folder import RunLock, default_run_name, new_run_dir
-
     observer = observer or TrainingObserver()
     prepared = prepare(recipe, Path(output_dir), tracking_uri, observer)
     optimizer, scheduler = make_optimizer(recipe, prepared.policy.model)
@@ -89,17 +124,6 @@ def resume_training_native(
     The recipe is the run folder's own recipe.yaml, so the run ends exactly as it would have
     without the interruption. Without any checkpoint yet, the run starts again from step 0.
     """
-    from sspo_cli.checkpoint import (
-        CheckpointError,
-        latest_checkpoint,
-        load_checkpoint,
-        recover_interrupted_writes,
-        restore_rng,
-        train_state_of,
-    )
-    from sspo_cli.run.folder import CHECKPOINTS, HISTORY_FILE, RunLock, write_text_atomic
-    from sspo_cli.tracking import Tracker
-
     observer = observer or TrainingObserver()
     with RunLock(run_dir):
         recover_interrupted_writes(run_dir / CHECKPOINTS)
@@ -140,16 +164,9 @@ def prepare(
     Cheap checks of the output dir and tracking store come first, so a wrong path fails in
     a second; the store is created only once the task and model have loaded.
     """
-    from sspo_cli.run.folder import check_output_dir
-    from sspo_cli.tracking import check_store_writable, check_tracking_uri, default_tracking_uri, find_run, open_client
-
     check_output_dir(output_dir)
     if tracking_uri is not None:
         check_tracking_uri(tracking_uri)
-
-    from sspo_cli.models import check_generation_tokens, load_policy, set_offline_defaults
-    from sspo_cli.prompts import text_format
-    from sspo_cli.tasks import build_task
 
     set_offline_defaults()
     observer.on_phase("loading task and model")
@@ -157,8 +174,7 @@ def prepare(
 
     import torch
 
-    from sspo_cli.objectives import build_objective
-    from sspo_cli.warm_start import cached_warm_start, check_target
+    from sspo_cli.objectives import build_objective  # its lazy attribute imports torch
 
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
@@ -166,8 +182,6 @@ def prepare(
     model, tokenizer = load_policy(recipe.model, task.alphabet, warm.seed if warm.enabled else recipe.seed)
     check_generation_tokens(tokenizer)
     if recipe.model.lora is not None:
-        from sspo_cli.models.lora import check_targets
-
         check_targets(recipe.model.lora, model)  # now: the adapters themselves come after the warm start
     text_format(recipe, tokenizer)  # a prompt option the tokenizer cannot honour fails before anything is written
     warn_if_emulated_bf16(recipe, next(model.parameters()).device, observer)
@@ -195,8 +209,6 @@ def prepare(
 
 def warn_if_emulated_bf16(recipe: Recipe, device: torch.device, observer: TrainingObserver) -> None:
     """`autocast_bf16: true` where bf16 is not native still runs, only several times slower: say so."""
-    from sspo_cli.algorithm import native_bf16
-
     if recipe.performance.autocast_bf16 is True and not native_bf16(device):
         observer.on_warning(
             f"performance.autocast_bf16 is true but {device.type} here has no native bfloat16 "
@@ -211,7 +223,6 @@ def build_policy(recipe: Recipe, model: PreTrainedModel, tokenizer) -> Policy:
     kl = recipe.objective.beta > 0
     if recipe.model.lora is None:
         return Policy(model, tokenizer, reference=frozen_copy(model) if kl else None)
-    from sspo_cli.models.lora import attach_lora
 
     adapter = attach_lora(recipe.model.lora, model, recipe.seed, base_in_checkpoint=recipe.model.path is None)
     return Policy(model, tokenizer, adapter=adapter, kl_to_base=kl)
@@ -229,9 +240,6 @@ def make_optimizer(
     """AdamW over the trainable parameters and the recipe's schedule; `fused` None: the fused kernel where torch
     has one for these parameters."""
     import torch
-
-    from sspo_cli.models import trainable_parameters
-    from sspo_cli.run.schedule import lr_multiplier
 
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(
@@ -256,8 +264,6 @@ def fused_adamw_supported(params: list[torch.Tensor]) -> bool:
 
 def restore_from_checkpoint(loaded: LoadedCheckpoint, policy: Policy, optimizer, scheduler) -> None:
     """Weights, optimiser and scheduler as they were when the checkpoint was written."""
-    from sspo_cli.checkpoint import OPTIMIZER_FILE, CheckpointError, apply_policy_weights
-
     apply_policy_weights(policy, loaded)
     try:
         optimizer.load_state_dict(loaded.optimizer)
@@ -282,9 +288,6 @@ def execute(
     first_session: bool,
 ) -> dict[str, Any]:
     """Run the loop under a stop request, then write the summary; the MLflow status says how it ended."""
-    from sspo_cli.signals import StopRequest
-    from sspo_cli.tracking import failure_marked
-
     records = RunRecords(
         prepared.recipe, run_dir, tracker, prepared.tracking_uri, observer, state, prepared.warm_result
     )
@@ -304,11 +307,6 @@ def rl_loop(prepared: Prepared, records: RunRecords, optimizer, scheduler, stop:
     A stop request is honoured between steps: checkpoint, then RunInterrupted. Too many
     non-finite updates in a row: checkpoint of the last good state, then TooManySkips.
     """
-    from sspo_cli.algorithm import rl_step
-    from sspo_cli.checkpoint import save_checkpoint, step_folder_name
-    from sspo_cli.run.folder import CHECKPOINTS, final_checkpoint
-    from sspo_cli.signals import RunInterrupted
-
     recipe, policy, task, state, run_dir = (
         prepared.recipe,
         prepared.policy,

@@ -16,13 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sspo_cli.errors import InputError
+from sspo_cli.models import untied_state
+from sspo_cli.models.kv_cache import position_ids_for
+from sspo_cli.prompts import TextFormat, text_format
 from sspo_cli.recipe import Recipe, stable_hash
+from sspo_cli.rollout import evaluate
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from sspo_cli.prompts import TextFormat
     from sspo_cli.recipe import WarmStartConfig
     from sspo_cli.tasks import Example, Task
 
@@ -110,8 +113,6 @@ def cached_warm_start(
     """Load the warm-started weights from the cache, or train them and cache them atomically."""
     from safetensors.torch import load_file, save_file
 
-    from sspo_cli.models import untied_state
-
     folder = cache_root / warm_start_key(recipe, task)
     target = recipe.train.warm_start.target_dev_accuracy
     weights, info_file = folder / WEIGHTS_FILE, folder / INFO_FILE
@@ -142,10 +143,6 @@ def supervised_warm_start(
 ) -> tuple[int, float]:
     """Cross-entropy on answer tokens (and <eos>) until dev accuracy reaches the target."""
     import torch
-
-    from sspo_cli.models.kv_cache import position_ids_for
-    from sspo_cli.prompts import text_format
-    from sspo_cli.rollout import evaluate
 
     cfg = recipe.train.warm_start
     text = text_format(recipe, tokenizer)
@@ -198,8 +195,6 @@ def supervised_batch(
 
     The prompt is rendered as rollouts render it (`text`, default: as it is)."""
     import torch
-
-    from sspo_cli.prompts import TextFormat
 
     prompts = (text or TextFormat()).encode(tokenizer, [e.prompt for e in examples])["input_ids"]
     rows, masks = [], []

@@ -14,13 +14,18 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sspo_cli.engines.trl_mapping import TRL_INSTALL_HINT, TrlEngineError, TrlPlan, plan_trl_run, uses_cpu
+from sspo_cli.models import check_generation_tokens, load_policy, load_pretrained, save_policy, set_offline_defaults
+from sspo_cli.prompts import text_format
 from sspo_cli.recipe import Recipe
-
-if TYPE_CHECKING:
-    from sspo_cli.run.state import TrainingObserver
+from sspo_cli.run.folder import CHECKPOINTS, default_run_name, ensure_writable, final_checkpoint, new_run_dir
+from sspo_cli.run.records import PROBLEMS_FILE, RunRecords, eval_metrics, open_run
+from sspo_cli.run.state import TrainingObserver, TrainState
+from sspo_cli.tasks import build_task
+from sspo_cli.tracking import check_tracking_uri, default_tracking_uri, failure_marked, open_client
+from sspo_cli.warm_start import cached_warm_start, check_target
 
 SUPPORTED_TRL = ((1, 16), (1, 17))  # [from, to): the private GRPOTrainer methods we override are 1.16's
 
@@ -51,22 +56,11 @@ def run_training_trl(
     extra_tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train one recipe on TRL and return its summary (also written to summary.json), as `run_training` does."""
-    from sspo_cli.models import set_offline_defaults
-
     set_offline_defaults()
     trl_version = require_trl()
 
     import torch
     from accelerate import PartialState
-
-    from sspo_cli.models import check_generation_tokens, load_policy
-    from sspo_cli.prompts import text_format
-    from sspo_cli.run.folder import CHECKPOINTS, default_run_name, ensure_writable, final_checkpoint
-    from sspo_cli.run.records import RunRecords, open_run
-    from sspo_cli.run.state import TrainingObserver, TrainState
-    from sspo_cli.tasks import build_task
-    from sspo_cli.tracking import check_tracking_uri, default_tracking_uri, failure_marked, open_client
-    from sspo_cli.warm_start import cached_warm_start, check_target
 
     cuda = torch.cuda.is_available()
     # Everything that can fail on bad input happens before a run folder or MLflow run exists.
@@ -137,8 +131,6 @@ def run_training_trl(
                 final_policy = load_saved_policy(recipe, final).to(device)
                 records.record_eval(recipe.train.steps, context.evaluate(final_policy, final_eval=True))
         elif main:
-            from sspo_cli.models import save_policy
-
             save_policy(model, tokenizer, final)
         if not records:
             return {"run_dir": str(run_dir.resolve()), "main_process": False}
@@ -157,7 +149,6 @@ def train_on_trl(recipe: Recipe, plan: TrlPlan, args, model, tokenizer, task, co
         task_reward_function,
         training_dataset,
     )
-    from sspo_cli.prompts import text_format
 
     text = text_format(recipe, tokenizer)
     with reference_source(model, tokenizer, context.run_dir, recipe.objective.beta > 0):
@@ -205,8 +196,6 @@ class reference_source:
             return
         from accelerate import PartialState
 
-        from sspo_cli.models import save_policy
-
         processes = PartialState()
         if processes.is_main_process:
             save_policy(self.model, self.tokenizer, self.folder)
@@ -244,8 +233,6 @@ def shared_run_dir(output_dir: Path, run_name: str, main: bool) -> Path:
     """The main process creates the run folder; every process learns its path."""
     from accelerate.utils import broadcast_object_list
 
-    from sspo_cli.run.folder import new_run_dir
-
     names = [str(new_run_dir(output_dir, run_name)) if main else None]
     broadcast_object_list(names)
     return Path(names[0])
@@ -253,7 +240,6 @@ def shared_run_dir(output_dir: Path, run_name: str, main: bool) -> Path:
 
 def run_context(recipe: Recipe, task, tokenizer, state, run_dir: Path, records):
     from sspo_cli.engines.trl_trainer import RunContext
-    from sspo_cli.run.records import PROBLEMS_FILE, eval_metrics
 
     def evaluate(model, final_eval: bool = False) -> dict[str, float]:
         return eval_metrics(recipe, model, tokenizer, task, run_dir / PROBLEMS_FILE if final_eval else None)
@@ -263,8 +249,6 @@ def run_context(recipe: Recipe, task, tokenizer, state, run_dir: Path, records):
 
 def load_saved_policy(recipe: Recipe, folder: Path):
     """The final weights as saved: evaluating them works the same under DDP, ZeRO-3 and FSDP."""
-    from sspo_cli.models import load_pretrained
-
     model, _ = load_pretrained(recipe.model, folder)
     return model
 

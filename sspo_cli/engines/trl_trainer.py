@@ -33,6 +33,8 @@ from sspo_cli.engines.trl_records import native_keys
 from sspo_cli.models.logprobs import logp_difference_sums, sampler_mismatch_metrics
 from sspo_cli.objectives import METRIC_KEYS, build_objective, compute_advantages
 from sspo_cli.run.metrics import merge_rows, merge_values
+from sspo_cli.run.schedule import lr_multiplier
+from sspo_cli.run.state import TooManySkips
 
 if TYPE_CHECKING:
     from sspo_cli.prompts import TextFormat
@@ -163,8 +165,6 @@ class SspoGRPOTrainer(GRPOTrainer):
     # ----------------------------------------------------------------- optimiser
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
-        from sspo_cli.run.schedule import lr_multiplier
-
         if self.lr_scheduler is None:
             self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
                 optimizer or self.optimizer, lr_multiplier(self.sspo_recipe)
@@ -348,8 +348,6 @@ class NonFiniteUpdateGuard(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         from accelerate.utils import reduce
-
-        from sspo_cli.run.state import TooManySkips
 
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         if not grads:  # DeepSpeed: its own buffers hold the gradients

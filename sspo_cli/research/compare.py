@@ -10,12 +10,24 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sspo_cli.objectives.config import objective_names
 from sspo_cli.recipe import COMPARE_SECTION, Recipe, RecipeError, recipe_from_dict, stable_hash
 from sspo_cli.research import ResearchError
 from sspo_cli.research.execute import ExecutionContext, Outcome, PlannedRun, WorkflowObserver, check_execution, execute
 from sspo_cli.research.inference import Inference, infer
 from sspo_cli.research.metrics import GroupSummary, RunRecord, Threshold, auto_threshold, failed_record, summarize
+from sspo_cli.research.outputs import (
+    Findings,
+    comparison_document,
+    write_csv,
+    write_json,
+    write_pairs_csv,
+    write_report,
+)
+from sspo_cli.research.plots import comparison_figure, statistics_figure
+from sspo_cli.research.problems import load_problem_scores
 from sspo_cli.research.recipe_files import deep_merge, read_recipe_file, read_variants
+from sspo_cli.research.records import record_from_mlflow, records_of_outcomes, task_label
 from sspo_cli.research.space import pydantic_problem, recipe_for_point
 from sspo_cli.research.stats import INTERVAL_METHODS, T_METHOD
 from sspo_cli.research.store import (
@@ -118,8 +130,6 @@ class ComparisonResult:
 
 def parse_methods(spec: str | None, variants: dict[str, dict[str, Any]]) -> list[Method]:
     """`grpo,gspo,sspo-arctan`: objective names, or variant names from the variants file; None: every objective."""
-    from sspo_cli.objectives.config import objective_names
-
     names = list(objective_names()) if spec is None else [name.strip() for name in spec.split(",") if name.strip()]
     if not names:
         raise ResearchError("--methods", "name at least one method, e.g. --methods grpo,sspo")
@@ -261,8 +271,6 @@ def _run_and_finish(
     observer: WorkflowObserver | None,
 ) -> ComparisonResult:
     """Train (or reuse) the plan under the group run, then finish; the group run ends KILLED/FAILED if this does not."""
-    from sspo_cli.research.records import records_of_outcomes
-
     with failure_marked(tracker):
         ctx = ExecutionContext(
             analysis.output_dir,
@@ -291,16 +299,6 @@ def finish_comparison(
     timer: PhaseTimer,
 ) -> ComparisonResult:
     """Table numbers, statistics, figures, compare.csv/json, pairs.csv and report.md; all logged on the parent run."""
-    from sspo_cli.research.outputs import (
-        Findings,
-        comparison_document,
-        write_csv,
-        write_json,
-        write_pairs_csv,
-        write_report,
-    )
-    from sspo_cli.research.plots import comparison_figure, statistics_figure
-
     out_dir, tracking_uri = analysis.out_dir, analysis.tracking_uri
     with timer.phase("analysis"):
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -360,8 +358,6 @@ def comparison_inference(
     records: Sequence[RunRecord], order: Sequence[str], analysis: Analysis, timer: PhaseTimer
 ) -> Inference | None:
     """The statistics of the final accuracy; with two methods or more, per-problem results for the paired comparison."""
-    from sspo_cli.research.problems import load_problem_scores
-
     if not records:
         return None
     problems, notes = {}, []
@@ -390,8 +386,6 @@ def compare_existing(
     With --experiment, its FAILED training runs that were never retried successfully count too
     (metrics.FAILED_RULE); KILLED runs were interrupted or pruned, not failed, and are left out.
     """
-    from sspo_cli.research.records import record_from_mlflow, task_label
-
     timer = PhaseTimer()
     if bool(experiment) == bool(run_ids):
         raise ResearchError("--experiment", "give either RECIPE, --experiment NAME or --runs ID ...")

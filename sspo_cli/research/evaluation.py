@@ -14,11 +14,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sspo_cli.models import resolve_device, set_offline_defaults
+from sspo_cli.models.lora import holds_model, load_trained
+from sspo_cli.prompts import text_format
 from sspo_cli.recipe import Recipe, recipe_from_dict
 from sspo_cli.research import ResearchError
 from sspo_cli.research.recipe_files import read_yaml_mapping
 from sspo_cli.research.stats import default_ks, mean, mean_pass_at_k
+from sspo_cli.rollout import generate, grade_all
 from sspo_cli.run.folder import CHECKPOINTS, RECIPE_FILE, SUMMARY_FILE, final_checkpoint
+from sspo_cli.tasks import build_task
+from sspo_cli.tracking import Tracker, default_tracking_uri, flatten, open_client
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -101,8 +107,6 @@ def resolve_target(target: str, tracking_uri: str | None, output_dir: Path) -> E
 
 
 def _target_from_folder(folder: Path) -> EvalTarget:
-    from sspo_cli.models.lora import holds_model
-
     if holds_model(final_checkpoint(folder)):
         return _target_in_run_dir(folder, final_checkpoint(folder))
     if holds_model(folder):
@@ -125,9 +129,6 @@ def _target_in_run_dir(run_dir: Path, checkpoint: Path) -> EvalTarget:
 def _target_from_mlflow(run_id: str, tracking_uri: str | None, output_dir: Path) -> EvalTarget:
     """The run's folder if it is on this machine, else its logged checkpoint and recipe, downloaded once."""
     from mlflow.exceptions import MlflowException
-
-    from sspo_cli.models.lora import holds_model
-    from sspo_cli.tracking import default_tracking_uri, open_client
 
     uri = tracking_uri or default_tracking_uri(output_dir)
     client = open_client(uri)
@@ -196,11 +197,6 @@ def task_section(task: str) -> dict[str, Any]:
 
 def evaluate_target(target_text: str, target: EvalTarget, recipe: Recipe, options: EvalOptions) -> EvalReport:
     import torch
-
-    from sspo_cli.models import resolve_device, set_offline_defaults
-    from sspo_cli.models.lora import load_trained
-    from sspo_cli.prompts import text_format
-    from sspo_cli.tasks import build_task
 
     set_offline_defaults()
     _check_options(options)
@@ -290,8 +286,6 @@ def sample_many(
 ) -> tuple[list[int], list[float], list[float]]:
     """`samples` completions per example (greedy when `temperature` is None): (correct count per example,
     every reward, every length). Batches as the trainer's eval does, so greedy results match it."""
-    from sspo_cli.rollout import generate, grade_all
-
     was_training = model.training
     model.eval()
     per_batch = max(1, batch_size // samples)
@@ -324,8 +318,6 @@ def save_and_log(
     track: bool,
 ) -> EvalReport:
     """eval JSON next to the run (or under OUTPUT_DIR/evals), and an MLflow run nested under the trained run."""
-    from sspo_cli.tracking import Tracker, default_tracking_uri, flatten, open_client
-
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     folder = (target.run_dir / "evals") if target.run_dir else output_dir / "evals"
     folder.mkdir(parents=True, exist_ok=True)

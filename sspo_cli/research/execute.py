@@ -17,11 +17,17 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+from sspo_cli.models import load_policy, set_offline_defaults
 from sspo_cli.recipe import Recipe, stable_hash
 from sspo_cli.research import ResearchError
 from sspo_cli.research.store import MEMBERSHIP_TAG, add_membership, finished_runs_by_fingerprint
 from sspo_cli.research.timing import SHARED_WARM_START, TRAINING, PhaseTimer
+from sspo_cli.run.folder import ensure_writable
 from sspo_cli.run.state import TrainingObserver
+from sspo_cli.tasks import build_task
+from sspo_cli.tracking import default_tracking_uri, open_client
+from sspo_cli.train import run_training
+from sspo_cli.warm_start import cached_warm_start, is_cached, warm_start_key
 
 State = Literal["reused", "trained", "failed", "cancelled", "pruned"]
 
@@ -80,9 +86,6 @@ class ExecutionContext:
 
 def check_execution(jobs: int, output_dir: Path, tracking_uri: str | None) -> str:
     """`--jobs` and the output dir (created here), checked before anything is trained; the tracking URI to use."""
-    from sspo_cli.run.folder import ensure_writable
-    from sspo_cli.tracking import default_tracking_uri
-
     if jobs < 1:
         raise ResearchError("--jobs", f"must be at least 1, got {jobs}")
     ensure_writable(output_dir)
@@ -103,8 +106,6 @@ def available_cores() -> int:
 
 def execute(plan: Sequence[PlannedRun], ctx: ExecutionContext) -> list[Outcome]:
     """One outcome per planned run, in plan order."""
-    from sspo_cli.tracking import open_client
-
     with ctx.timer.phase("reuse check"):
         client = open_client(ctx.tracking_uri)
         finished = finished_runs_by_fingerprint(client, {p.recipe.tracking.experiment for p in plan})
@@ -167,8 +168,6 @@ def run_tags(planned: PlannedRun, group_id: str) -> dict[str, str]:
 
 
 def run_sequentially(plan: Sequence[PlannedRun], ctx: ExecutionContext, outcomes: dict[str, Outcome]) -> None:
-    from sspo_cli.train import run_training
-
     quiet_library_progress_bars()
     for planned in plan:
         ctx.observer.on_run_start(planned)
@@ -344,8 +343,6 @@ def _train_in_worker(
 ) -> dict[str, Any]:
     """Runs in a worker process. Errors come back as text: some exception types do not survive pickling
     (and one that fails to unpickle breaks the whole pool)."""
-    from sspo_cli.train import run_training
-
     try:
         summary = run_training(
             Recipe.model_validate(recipe_data),
@@ -369,9 +366,6 @@ def prewarm(plan: Sequence[PlannedRun], output_dir: Path, observer: TrainingObse
 
     A failure here is left for the run itself to report.
     """
-    from sspo_cli.tasks import build_task
-    from sspo_cli.warm_start import is_cached, warm_start_key
-
     cache_root = Path(output_dir) / ".cache" / "warm_start"
     tasks: dict[str, Any] = {}
     seen: set[str] = set()
@@ -393,9 +387,6 @@ def prewarm(plan: Sequence[PlannedRun], output_dir: Path, observer: TrainingObse
 
 
 def _train_warm_start(recipe: Recipe, task: Any, cache_root: Path, observer: TrainingObserver | None) -> None:
-    from sspo_cli.models import load_policy, set_offline_defaults
-    from sspo_cli.warm_start import cached_warm_start
-
     set_offline_defaults()
     model, tokenizer = load_policy(recipe.model, task.alphabet, recipe.train.warm_start.seed)
     on_progress = None if observer is None else observer.on_warm_start

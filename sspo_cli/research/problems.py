@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sspo_cli.research.evaluation import EvalOptions, eval_recipe, evaluate_target, resolve_target
+from sspo_cli.research.execute import describe_failure
 from sspo_cli.research.metrics import RunRecord
 from sspo_cli.run.folder import final_checkpoint
 from sspo_cli.run.records import PROBLEMS_FILE, write_problems
@@ -54,8 +56,6 @@ def problems_file(record: RunRecord, output_dir: Path) -> Path:
 def evaluate_problems(record: RunRecord, output_dir: Path, tracking_uri: str | None) -> ProblemScores:
     """The final checkpoint's greedy answers on the eval split (the checkpoint is downloaded from MLflow if
     its folder is not on this machine)."""
-    from sspo_cli.research.evaluation import EvalOptions, eval_recipe, evaluate_target, resolve_target
-
     where = record.run_dir if record.run_dir and Path(record.run_dir).is_dir() else record.run_id
     target = resolve_target(where, tracking_uri, output_dir)
     report = evaluate_target(where, target, eval_recipe(target, None, None, []), EvalOptions(split="eval"))
@@ -70,8 +70,6 @@ def load_problem_scores(
     A run that cannot be evaluated again (its checkpoint is gone) is left out of the paired
     comparison, with a note; it is never a reason to fail the whole comparison.
     """
-    from sspo_cli.research.execute import describe_failure
-
     found: dict[str, ProblemScores] = {}
     notes: list[str] = []
     for record in records:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from sspo_cli.research import ResearchError
 from sspo_cli.research.metrics import Curves, RunRecord, failed_record
+from sspo_cli.tracking import flatten
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -37,8 +38,6 @@ def task_label(params: Any) -> str:
 
 
 def recipe_task_label(recipe: Recipe) -> str:
-    from sspo_cli.tracking import flatten
-
     return task_label(flatten({"task": recipe.task.model_dump(mode="json")}))
 
 

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sspo_cli.checkpoint import CheckpointError
 from sspo_cli.recipe import Recipe, recipe_from_dict
 from sspo_cli.research import ResearchError
 from sspo_cli.research.execute import (
@@ -38,7 +39,9 @@ from sspo_cli.research.execute import (
 )
 from sspo_cli.research.metrics import metric_spec, run_metrics
 from sspo_cli.research.recipe_files import read_recipe_file
+from sspo_cli.research.records import record_from_mlflow, record_from_run_dir
 from sspo_cli.research.search_plan import SearchPlan, SearchResult
+from sspo_cli.research.search_report import search_figures, write_search_files
 from sspo_cli.research.space import (
     SpaceParam,
     merge_space,
@@ -46,9 +49,12 @@ from sspo_cli.research.space import (
     validated_space,
 )
 from sspo_cli.research.store import close_group_run, finished_runs_by_fingerprint, open_group_run
+from sspo_cli.research.sweep import grid_axis, parse_grid_option, read_sweep_section
 from sspo_cli.research.timing import TRAINING, PhaseTimer
+from sspo_cli.run.folder import RunLock, read_run_folder
 from sspo_cli.run.state import TrainingObserver
 from sspo_cli.tracking import failure_marked, open_client
+from sspo_cli.train import run_training
 
 if TYPE_CHECKING:
     import optuna
@@ -80,8 +86,6 @@ class SearchOptions:
 
 def plan_search(recipe_path: Path, overrides: Sequence[str], options: SearchOptions) -> SearchPlan:
     """The study's settings from the recipe's sweep section and the options (options win), all checked."""
-    from sspo_cli.research.sweep import grid_axis, parse_grid_option, read_sweep_section
-
     base_data, section_data = read_recipe_file(recipe_path)
     section = read_sweep_section(section_data, str(recipe_path))
     strategy = choose("--search", options.strategy or section.search, SEARCH_STRATEGIES)
@@ -357,8 +361,6 @@ def train_trial(
     trial: optuna.Trial, runs: Sequence[PlannedRun], setting: TrialSetting, observer: TrainingObserver | None
 ) -> TrialResult:
     """Train (or reuse) the trial's runs one after the other, reporting every eval; stop at a prune or a failure."""
-    from sspo_cli.train import run_training
-
     client = open_client(setting.tracking_uri)
     finished = finished_runs_by_fingerprint(client, {runs[0].recipe.tracking.experiment})
     result = TrialResult()
@@ -413,8 +415,6 @@ def train_trial(
 
 
 def run_value(run_dir: str, planned: PlannedRun, setting: TrialSetting) -> float:
-    from sspo_cli.research.records import record_from_run_dir
-
     return run_metrics(record_from_run_dir(run_dir, planned.group), setting.threshold)[setting.metric]
 
 
@@ -422,8 +422,6 @@ def reused_run(
     client: Any, run: Any, planned: PlannedRun, trial: optuna.Trial, offset: int, setting: TrialSetting
 ) -> TrialRun:
     """A run that finished before (same recipe): its evals are reported as if it had just trained."""
-    from sspo_cli.research.records import record_from_mlflow
-
     record = record_from_mlflow(client, run, planned.group, reused=True)
     for step, accuracy in zip(record.curves.eval_steps, record.curves.eval_accuracy):
         if step > 0:
@@ -436,8 +434,6 @@ def reused_run(
 
 def pruned_run(client: Any, planned: PlannedRun, run_dir: Path | None, step: int, seconds: float) -> TrialRun:
     """Tag the stopped run (the trainer has ended it KILLED) as pruned, and name it like the others."""
-    from sspo_cli.run.folder import read_run_folder
-
     run_id = read_run_folder(run_dir).run_id if run_dir is not None else None
     if run_id:
         client.set_tag(run_id, TRIAL_STATE_TAG, "PRUNED")
@@ -685,9 +681,6 @@ def search_title(plan: SearchPlan) -> str:
 @contextlib.contextmanager
 def study_lock(out_dir: Path) -> Iterator[None]:
     """One process per study: a second would take the first one's running trials for dead ones."""
-    from sspo_cli.checkpoint import CheckpointError
-    from sspo_cli.run.folder import RunLock
-
     try:
         with RunLock(out_dir):
             yield
@@ -711,8 +704,6 @@ def finish_search(
 ) -> SearchResult:
     """The trials table, the figures, trials.csv, search.json and report.md; all logged on the parent run."""
     from optuna.trial import TrialState
-
-    from sspo_cli.research.search_report import search_figures, write_search_files
 
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]

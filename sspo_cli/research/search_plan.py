@@ -11,6 +11,7 @@ from sspo_cli.research.execute import PlannedRun
 from sspo_cli.research.metrics import metric_spec
 from sspo_cli.research.space import SpaceParam, recipe_for_point
 from sspo_cli.research.store import POINT_TAG
+from sspo_cli.research.sweep import short_keys
 
 TRIAL_TAG = "sspo.trial"
 
@@ -57,8 +58,6 @@ class SearchPlan:
 
 
 def trial_label(number: int, params: dict[str, Any]) -> str:
-    from sspo_cli.research.sweep import short_keys
-
     names = short_keys(list(params))
     shown = " ".join(f"{names[k]}={v:.4g}" if isinstance(v, float) else f"{names[k]}={v}" for k, v in params.items())
     return f"t{number} {shown}"

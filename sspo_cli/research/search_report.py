@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from sspo_cli.research.formatting import MISSING, format_duration, format_value
 from sspo_cli.research.metrics import metric_spec
 from sspo_cli.research.outputs import clean, write_json
+from sspo_cli.research.plots import agg_pyplot
 from sspo_cli.research.statistics_text import TextTable
 from sspo_cli.research.sweep import short_keys
 
@@ -115,8 +116,6 @@ def search_figures(study: optuna.Study, out_dir: Path) -> tuple[dict[str, Path],
 
 def save_optuna_figure(plot: Callable[[Any], Any], study: optuna.Study, path: Path) -> Path:
     import warnings
-
-    from sspo_cli.research.plots import agg_pyplot
 
     plt = agg_pyplot()
     with warnings.catch_warnings():

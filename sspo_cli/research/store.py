@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sspo_cli.research import ResearchError
+from sspo_cli.tracking import Tracker, open_client
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
     from sspo_cli.research.timing import PhaseTimer
-    from sspo_cli.tracking import Tracker
 
 FINGERPRINT_TAG = "sspo.fingerprint"
 KIND_TAG = "sspo.kind"  # on workflow runs only: "comparison", "sweep", "study" or "eval"
@@ -110,8 +110,6 @@ def open_group_run(
 ) -> Tracker:
     """The parent run of a comparison or sweep (nested under `parent_run_id`, a study's, if given): the same
     one again when the same group is re-run."""
-    from sspo_cli.tracking import Tracker, open_client
-
     client = open_client(tracking_uri)
     ids = experiment_ids(client, [experiment])
     if ids:

@@ -25,7 +25,10 @@ from sspo_cli.research.compare import (
     plan_comparison,
 )
 from sspo_cli.research.execute import ExecutionContext, PlannedRun, WorkflowObserver, execute
+from sspo_cli.research.formatting import format_interval, interval_caption
 from sspo_cli.research.metrics import COLLAPSE_RULE, FAILED_RULE, METRICS
+from sspo_cli.research.plots import study_figure
+from sspo_cli.research.records import records_of_outcomes
 from sspo_cli.research.statistics_text import TextTable
 from sspo_cli.research.stats import T_METHOD
 from sspo_cli.research.store import (
@@ -124,8 +127,6 @@ def run_study(
     observer: WorkflowObserver | None = None,
     interval: str = T_METHOD,
 ) -> StudyResult:
-    from sspo_cli.research.records import records_of_outcomes
-
     timer = PhaseTimer()
     with timer.phase("planning"):
         tracking_uri = check_workflow(jobs, interval, output_dir, tracking_uri)
@@ -236,8 +237,6 @@ def _finish_study(
     timer: PhaseTimer,
     tracking_uri: str,
 ) -> StudyResult:
-    from sspo_cli.research.plots import study_figure
-
     found = separations(plan, results)
     with timer.phase("writing outputs"):
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -290,8 +289,6 @@ def write_study_csv(path: Path, plan: StudyPlan, results: dict[str, ComparisonRe
 
 def study_table(plan: StudyPlan, results: dict[str, ComparisonResult]) -> TextTable:
     """Every method at every point, with its collapsed and failed runs: one source for the terminal and report.md."""
-    from sspo_cli.research.formatting import format_interval, interval_caption
-
     specs = {spec.key: spec for spec in METRICS}
     rows = []
     for label in plan.labels:
@@ -316,8 +313,6 @@ def write_study_report(
     parent_run_id: str,
     group_id: str,
 ) -> Path:
-    from sspo_cli.research.formatting import interval_caption
-
     table = study_table(plan, results)
     lines = [f"# {title}", "", "| " + " | ".join(table.headers) + " |", "|" + "---|" * len(table.headers)]
     lines += ["| " + " | ".join(row) + " |" for row in table.rows]

@@ -17,6 +17,7 @@ from sspo_cli.recipe import Recipe, RecipeError, recipe_from_dict
 from sspo_cli.research import ResearchError
 from sspo_cli.research.compare import ComparisonResult, check_workflow, group_id_of
 from sspo_cli.research.execute import ExecutionContext, Outcome, PlannedRun, WorkflowObserver, execute
+from sspo_cli.research.formatting import format_spread, format_value, interval_caption
 from sspo_cli.research.metrics import (
     METRIC_KEYS,
     GroupSummary,
@@ -27,7 +28,10 @@ from sspo_cli.research.metrics import (
     rank,
     summarize,
 )
+from sspo_cli.research.outputs import Findings, comparison_document, write_csv, write_json, write_report
+from sspo_cli.research.plots import heatmap_figure
 from sspo_cli.research.recipe_files import SWEEP_SECTION, read_recipe_file
+from sspo_cli.research.records import records_of_outcomes
 from sspo_cli.research.space import GridAxis, SpaceParam, pydantic_problem, recipe_for_point
 from sspo_cli.research.stats import T_METHOD
 from sspo_cli.research.store import (
@@ -198,8 +202,6 @@ def run_sweep(
     observer: WorkflowObserver | None = None,
     interval: str = T_METHOD,
 ) -> ComparisonResult:
-    from sspo_cli.research.records import records_of_outcomes
-
     timer = PhaseTimer()
     with timer.phase("planning"):
         tracking_uri = check_workflow(jobs, interval, output_dir, tracking_uri)
@@ -264,8 +266,6 @@ def _finish_sweep(
     interval: str = T_METHOD,
 ) -> ComparisonResult:
     """Leaderboard (CSV, JSON, report.md), the heatmap for a 2-D grid; all logged on the sweep's parent run."""
-    from sspo_cli.research.outputs import Findings, comparison_document, write_csv, write_json, write_report
-
     ranked = rank(summaries, plan.metric)
     figures = []
     if len(plan.axes) == 2 and records:
@@ -318,9 +318,6 @@ def _finish_sweep(
 def sweep_heatmap(
     plan: SweepPlan, summaries: Sequence[GroupSummary], path: Path, title: str, method: str = T_METHOD
 ) -> Path:
-    from sspo_cli.research.formatting import format_spread, format_value, interval_caption
-    from sspo_cli.research.plots import heatmap_figure
-
     spec = metric_spec(plan.metric)
     x_axis, y_axis = plan.axes
     by_label = {s.name: s for s in summaries}

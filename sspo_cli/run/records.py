@@ -17,16 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sspo_cli.prompts import text_format
 from sspo_cli.recipe import Recipe, to_yaml
+from sspo_cli.rollout import evaluate
 from sspo_cli.run.folder import HISTORY_FILE, RECIPE_FILE, SUMMARY_FILE, RunInfo, final_checkpoint, write_text_atomic
 from sspo_cli.run.metrics import diagnostics_summary
 from sspo_cli.run.state import TrainingObserver, TrainState
+from sspo_cli.tracking import Tracker, absolute_uri, failure_status, flatten
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from sspo_cli.tasks import Task
-    from sspo_cli.tracking import Tracker
     from sspo_cli.warm_start import WarmStartResult
 
 
@@ -59,8 +61,6 @@ def open_run(
 ) -> Tracker:
     """Write recipe.yaml, start the MLflow run, write run.json. If any of it fails, the MLflow run is
     marked as ended and the run folder removed: no run folder without its run.json."""
-    from sspo_cli.tracking import Tracker, absolute_uri, failure_status, flatten
-
     tracker = None
     try:
         (run_dir / RECIPE_FILE).write_text(to_yaml(recipe))
@@ -184,9 +184,6 @@ def eval_metrics(
     """Greedy accuracy, mean reward and length on the held-out split, with the recipe's eval settings; with
     `problems_file`, which problems were answered correctly too (the final eval writes it, so a comparison
     need not evaluate each run again)."""
-    from sspo_cli.prompts import text_format
-    from sspo_cli.rollout import evaluate
-
     max_new = recipe.eval.max_new_tokens or recipe.rollout.max_new_tokens
     text = text_format(recipe, tokenizer)
     result = evaluate(model, tokenizer, task, task.eval, max_new, recipe.eval.batch_size, text=text)

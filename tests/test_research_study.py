@@ -103,3 +103,21 @@ def test_study_bad_input_exits_2_naming_the_key(studied: dict, tmp_path: Path) -
     bad.write_text(yaml.safe_dump({**TINY, "compare": {"seeds": 0, "methodz": ["grpo"]}}))
     code, output = cli_in_process("compare", str(bad), "-o", out)
     assert code == 2 and "compare.seeds" in output and "compare.methodz" in output, output
+
+
+@pytest.mark.parametrize("lags", [(0,), (0, 0), (0, 4, 32), (1, 2)])
+def test_study_figure_draws_any_numeric_grid_including_zeros_alone(tmp_path: Path, lags: tuple[int, ...]) -> None:
+    """A one-point study at lag 0 is valid input: its figure once failed on the smallest positive lag of none."""
+    from sspo_cli.research.metrics import GroupSummary
+    from sspo_cli.research.plots import spans_orders_of_magnitude, study_figure
+    from sspo_cli.research.space import GridAxis
+    from sspo_cli.research.stats import t_interval
+
+    axis = GridAxis("rollout.policy_lag", tuple(lags))
+    points = [{"rollout.policy_lag": lag} for lag in lags]
+    labels = [f"policy_lag={lag}-{i}" for i, lag in enumerate(lags)]
+    metrics = {key: t_interval([0.4, 0.5, 0.6]) for key in ("final_accuracy", "seq_var", "saturated_frac")}
+    summaries = {label: [GroupSummary("grpo", ["a", "b", "c"], [0, 1, 2], metrics, [])] for label in labels}
+    figure = study_figure([axis], labels, points, ["grpo"], summaries, tmp_path / "study.png", "lags")
+    assert figure.stat().st_size > 10_000
+    assert spans_orders_of_magnitude([float(lag) for lag in lags]) is (lags == (0, 4, 32))

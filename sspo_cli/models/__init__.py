@@ -69,17 +69,23 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase, s
 def load_pretrained(
     cfg: ModelConfig, path: str | Path | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a local folder (never the hub); refuses pickles, runs no remote code unless asked."""
+    """Load a local folder (never the hub); refuses pickles, runs no remote code unless asked.
+    A GGUF file (`.gguf`, `package:PKG/FILE.gguf`) loads as its cached conversion: see `models/gguf_cache.py`."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    folder = Path(path or cfg.path or "")
+    from sspo_cli.models.gguf_cache import gguf_model_folder, is_gguf_key
+
+    raw = str(path or cfg.path or "")
+    folder = gguf_model_folder(raw) if is_gguf_key(raw) else Path(raw)
     key = "model.path"
     if not folder.is_dir():
         raise ModelError(
             key, f"folder {str(folder)!r} does not exist" if not folder.exists() else f"{str(folder)!r} is not a folder"
         )
     if not (folder / "config.json").is_file():
-        raise ModelError(key, f"{str(folder)!r} has no config.json: not a Hugging Face model folder")
+        ggufs = sorted(p.name for p in folder.glob("*.gguf"))
+        hint = f" (to load a GGUF file, name it: {str(folder / ggufs[0])!r})" if ggufs else ""
+        raise ModelError(key, f"{str(folder)!r} has no config.json: not a Hugging Face model folder{hint}")
     if not any(folder.glob("*.safetensors")):
         raise ModelError(
             key, f"{str(folder)!r} has no .safetensors weights (pickled .bin weights are refused: they can run code)"

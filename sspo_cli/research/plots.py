@@ -251,6 +251,13 @@ def _interval_bar(axis, y: float, interval: Interval, colour: str, label: str | 
         axis.plot([centre], [y], "o", color=colour, label=label, markersize=5)
 
 
+def spans_orders_of_magnitude(positions: Sequence[float]) -> bool:
+    """Whether non-negative grid values reach 8x past their smallest positive one (or past 1): then a symlog x
+    axis keeps the small values apart. A grid of zeros alone (one lag-0 point) has nothing to spread."""
+    positive = [p for p in positions if p > 0]
+    return bool(positive) and all(p >= 0 for p in positions) and max(positive) >= 8 * max(min(positive), 1)
+
+
 def study_figure(
     axes_of_grid: Sequence[GridAxis],
     labels: Sequence[str],
@@ -295,11 +302,7 @@ def study_figure(
                 )
         axis.set_title(label + (" (%)" if scale == 100.0 else ""), fontsize=10)
         axis.set_xlabel(axes_of_grid[0].key if numeric else "grid point")
-        if (
-            numeric
-            and all(p >= 0 for p in positions)
-            and max(positions) >= 8 * max(min(p for p in positions if p > 0), 1)
-        ):
+        if numeric and spans_orders_of_magnitude(positions):
             axis.set_xscale("symlog", linthresh=1.0)
         axis.set_xticks(positions)
         axis.set_xticklabels(

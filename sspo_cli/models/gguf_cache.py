@@ -17,14 +17,22 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
 import time
 from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # no flock (Windows)
+    fcntl = None
+
+from sspo_cli.errors import first_line
 from sspo_cli.models import ModelError
 
 KEY = "model.path"
@@ -70,8 +78,6 @@ def resolve_gguf_file(value: str) -> Path:
 
 
 def _package_file(value: str) -> Path:
-    import importlib.util
-
     package, _, relative = value[len(PACKAGE_PREFIX) :].partition("/")
     parts = Path(relative).parts
     if not package.isidentifier() or not relative or Path(relative).is_absolute() or ".." in parts:
@@ -141,8 +147,6 @@ def _checked_config(value: str, path: Path) -> Any:
         raise ModelError(
             KEY, f"{value!r} is a GGUF file and reading one needs the gguf package: {INSTALL_HINT}"
         ) from None
-    import importlib.util
-
     if importlib.util.find_spec("accelerate") is None:  # transformers loads a GGUF file through accelerate
         raise ModelError(
             KEY, f"{value!r} is a GGUF file and transformers reads one with accelerate, not installed: {INSTALL_HINT}"
@@ -156,7 +160,7 @@ def _checked_config(value: str, path: Path) -> Any:
         end = max((tensor.data_offset + tensor.n_bytes for tensor in reader.tensors), default=0)
     except Exception as exc:  # the reader fails in its own ways on a cut file (struct, numpy, index errors)
         raise ModelError(
-            KEY, f"{value!r} is truncated or damaged: not a readable GGUF file ({_first_line(exc)})"
+            KEY, f"{value!r} is truncated or damaged: not a readable GGUF file ({first_line(exc)})"
         ) from exc
     size = path.stat().st_size
     if end > size:
@@ -172,7 +176,7 @@ def _checked_config(value: str, path: Path) -> Any:
                 f"{value!r} holds a GGUF model of architecture {architecture!r}, which transformers "
                 f"{_version('transformers')} cannot read (it reads: {', '.join(sorted(supported_architectures()))})",
             ) from exc
-        raise ModelError(KEY, f"cannot read the GGUF file {value!r}: {_first_line(exc)}") from exc
+        raise ModelError(KEY, f"cannot read the GGUF file {value!r}: {first_line(exc)}") from exc
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING or getattr(config, "is_encoder_decoder", False):
@@ -212,7 +216,7 @@ def _convert_into(value: str, path: Path, digest: str, config: Any, folder: Path
         try:
             _convert(path, config, staging)
         except Exception as exc:  # the file passed every check above; anything now is still the file's
-            raise ModelError(KEY, f"cannot convert the GGUF file {value!r}: {_first_line(exc)}") from exc
+            raise ModelError(KEY, f"cannot convert the GGUF file {value!r}: {first_line(exc)}") from exc
         info = {
             "format": CACHE_FORMAT,
             "sha256": digest,
@@ -285,9 +289,7 @@ def _quiet_transformers() -> Iterator[None]:
 def _conversion_lock(directory: Path) -> Iterator[None]:
     """One conversion at a time in the cache (parallel runs wait for the first and reuse its folder);
     the OS drops the lock when the process dies. No lock where there is no flock (Windows)."""
-    try:
-        import fcntl
-    except ImportError:
+    if fcntl is None:
         yield
         return
     handle = os.open(directory, os.O_RDONLY)
@@ -299,14 +301,7 @@ def _conversion_lock(directory: Path) -> Iterator[None]:
 
 
 def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(package)
     except PackageNotFoundError:
         return "unknown"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__

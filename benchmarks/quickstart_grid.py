@@ -87,6 +87,7 @@ def run_cell(cell: Cell, root: Path, recipe: Path, extra: list[str], shared_cach
         "cell": cell.name,
         **cell.__dict__,
         "extra": extra,
+        "fingerprint": summary["fingerprint"],  # of the resolved recipe: the same figure for the same settings
         "warm_steps": summary["warm_start"]["steps"],
         "warm_dev": summary["warm_start"]["dev_accuracy"],
         "warm_cached": summary["warm_start"]["cached"],

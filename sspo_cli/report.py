@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sspo_cli.run.state import TrainingObserver
+from sspo_cli.tracking import runs_view_url
 
 console = Console()
 err_console = Console(stderr=True)
@@ -115,6 +116,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     console.print(
         f"MLflow run [bold]{summary['run_id']}[/bold] in experiment '{summary['experiment']}' at {summary['tracking_uri']}"
     )
+    console.print(f"run folder: {summary['run_dir']}")
     console.print(
-        f"run folder: {summary['run_dir']}  (open the UI: mlflow ui --backend-store-uri {summary['tracking_uri']})"
+        f"open the UI: mlflow ui --backend-store-uri {summary['tracking_uri']}, then "
+        f"{runs_view_url(summary['experiment_id'])}",
+        soft_wrap=True,
     )

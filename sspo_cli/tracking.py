@@ -151,6 +151,12 @@ def check_store_writable(client: MlflowClient, uri: str, experiment: str, artifa
         raise TrackingError("--tracking-uri", f"cannot write to MLflow store {uri!r}: {_reason(exc)}") from None
 
 
+def runs_view_url(experiment_id: str, host: str = "http://127.0.0.1:5000") -> str:
+    """Where `mlflow ui` shows an experiment's runs and charts: MLflow 3.17 opens its GenAI overview unless the URL
+    (or the sidebar's Model training switch) asks for the machine-learning view; it does not read the kind tag."""
+    return f"{host}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
 def get_or_create_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
     """The experiment's id, created if needed, tagged as model training (`EXPERIMENT_KIND_TAG`) if it lacks a kind."""
     experiment = client.get_experiment_by_name(name)
@@ -172,6 +178,10 @@ class Tracker:
         self.client = client
         self.run_id = run_id
         self._logged_through: dict[str, int] = {}
+
+    @property
+    def experiment_id(self) -> str:
+        return self.client.get_run(self.run_id).info.experiment_id
 
     @classmethod
     def start(

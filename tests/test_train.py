@@ -91,6 +91,10 @@ def test_cli_train_writes_run_folder_summary_and_mlflow_run(tmp_path: Path) -> N
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/accuracy")] == [0, 2, 4]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"recipe.yaml", "summary.json", "final_checkpoint"} <= artifacts
+    # The closing lines land a user on the runs and charts, not on MLflow 3.17's GenAI overview.
+    assert summary["experiment_id"] == run.info.experiment_id
+    landing = f"/#/experiments/{run.info.experiment_id}?workflowType=machine_learning"
+    assert landing in result.stdout.replace("\n", ""), result.stdout[-800:]
 
 
 def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path: Path) -> None:

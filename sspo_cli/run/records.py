@@ -155,6 +155,7 @@ def build_summary(records: RunRecords) -> dict[str, Any]:
         "run_dir": str(run_dir.resolve()),
         "tracking_uri": records.tracking_uri,
         "experiment": recipe.tracking.experiment,
+        "experiment_id": records.tracker.experiment_id,
         "recipe": recipe.name,
         "fingerprint": recipe.fingerprint(),
         "objective": recipe.objective.name,

@@ -1,4 +1,6 @@
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -47,3 +49,22 @@ def model_folder(tmp_path_factory) -> Path:
     from model_folder import build_model_folder
 
     return build_model_folder(tmp_path_factory.mktemp("model") / "tiny-chat-qwen2")
+
+
+def write_sums_file(folder: Path) -> Path:
+    """A small data file of sums (prompt "a+b", answer the sum) for file-task recipes."""
+    data = folder / "sums.jsonl"
+    data.write_text(
+        "".join(json.dumps({"prompt": f"{a}+{b}", "answer": str(a + b)}) + "\n" for a in range(6) for b in range(6))
+    )
+    return data
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess[str], expected: list[str]) -> None:
+    """Bad input: exit code 2, one error message naming each of `expected`, no traceback."""
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "Traceback" not in output, output
+    assert result.stderr.count("error:") == 1, output
+    for text in expected:
+        assert text in result.stderr, f"{text!r} not in: {result.stderr}"

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import assert_clean_failure
 from helpers_reliability import BAD_INPUTS, count_runs, mlflow_store, run_sspo
 
 # file in tests/bad_inputs -> text the message must contain (the file, the key, the why)
@@ -99,15 +100,6 @@ INPUT_CASES = {
         "thirty",
     ],
 }
-
-
-def assert_clean_failure(result: subprocess.CompletedProcess[str], expected: list[str]) -> None:
-    output = result.stdout + result.stderr
-    assert result.returncode == 2, output
-    assert "Traceback" not in output, output
-    assert result.stderr.count("error:") == 1, output
-    for text in expected:
-        assert text in result.stderr, f"{text!r} not in: {result.stderr}"
 
 
 def assert_nothing_written(output_dir: Path, *stores: Path) -> None:

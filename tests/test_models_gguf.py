@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import sspo_command
+from conftest import assert_clean_failure, sspo_command, write_sums_file
 from helpers_reliability import ENV, TIMEOUT_S
 
 from sspo_cli.recipe import ModelConfig
@@ -67,10 +67,7 @@ def write_sums_recipe(
     folder: Path, model_path: str, steps: int = 2, eval_size: int = 4, max_new_tokens: int = 6
 ) -> Path:
     """A file task of small sums with a boxed answer, the chat template required, no warm start."""
-    data = folder / "sums.jsonl"
-    data.write_text(
-        "".join(json.dumps({"prompt": f"{a}+{b}", "answer": str(a + b)}) + "\n" for a in range(6) for b in range(6))
-    )
+    data = write_sums_file(folder)
     recipe = folder / "gguf.yaml"
     recipe.write_text(
         f"""
@@ -257,7 +254,7 @@ def test_a_bad_gguf_file_is_one_message_and_leaves_nothing(
     model_path = make(gguf_file, tmp_path)
     out = tmp_path / "runs"
     result = run_cli("train", str(write_sums_recipe(tmp_path, model_path)), "-o", str(out))
-    assert_one_message(result, ["gguf.yaml", "model.path", *expected])
+    assert_clean_failure(result, ["gguf.yaml", "model.path", *expected])
     assert not out.exists()
     assert leftovers(cache) in ([], ["gguf"])  # at most the empty cache folder a failed conversion was in
 
@@ -269,17 +266,8 @@ def test_without_the_gguf_package_the_message_says_what_to_install(cache: Path, 
     out = tmp_path / "runs"
     recipe = write_sums_recipe(tmp_path, str(target))
     result = run_cli("train", str(recipe), "-o", str(out), prelude="import sys\nsys.modules['gguf'] = None")
-    assert_one_message(result, ["model.path", "model.gguf", "gguf package", 'pip install "sspo-cli[gguf]"'])
+    assert_clean_failure(result, ["model.path", "model.gguf", "gguf package", 'pip install "sspo-cli[gguf]"'])
     assert not out.exists() and leftovers(cache) == []
-
-
-def assert_one_message(result: subprocess.CompletedProcess[str], expected: list[str]) -> None:
-    output = result.stdout + result.stderr
-    assert result.returncode == 2, output
-    assert "Traceback" not in output, output
-    assert result.stderr.count("error:") == 1, output
-    for text in expected:
-        assert text in result.stderr, f"{text!r} not in: {result.stderr}"
 
 
 # --------------------------------------------------------------------------- the real SmolLM2

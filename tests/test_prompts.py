@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import sspo_command
+from conftest import sspo_command, write_sums_file
 
 from sspo_cli.prompts import PromptError, TextFormat, text_format
 from sspo_cli.recipe import RecipeError, recipe_from_dict
@@ -197,10 +197,7 @@ def test_truncated_completions_are_counted_and_can_be_masked_out_of_the_gradient
 
 
 def test_train_and_eval_a_chat_model_folder_with_stop_strings(tmp_path: Path, model_folder: Path) -> None:
-    data = tmp_path / "sums.jsonl"
-    data.write_text(
-        "".join(json.dumps({"prompt": f"{a}+{b}", "answer": str(a + b)}) + "\n" for a in range(6) for b in range(6))
-    )
+    data = write_sums_file(tmp_path)
     recipe_file = tmp_path / "chat.yaml"
     recipe_file.write_text(
         f"""

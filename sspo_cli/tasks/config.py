@@ -23,6 +23,7 @@ class TaskBase(BaseModel):
     """Fields every task shares."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
     eval_size: int = Field(256, ge=1, description="Held-out eval examples (never trained on).")
     dev_size: int = Field(256, ge=0, description="Held-out dev examples (for choices such as stopping the warm start).")
     split_seed: int = Field(1234, description="Seed of the train/dev/eval split.")

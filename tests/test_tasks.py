@@ -13,13 +13,25 @@ import sys
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Literal
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sspo_cli.recipe import AdditionTask, FileTask, ReasoningGymTask, SortTask, recipe_from_dict
-from sspo_cli.tasks import ADDITION_ALPHABET, Example, Task, TaskError, build_task
+from sspo_cli.tasks import (
+    ADDITION_ALPHABET,
+    TASK_BUILDERS,
+    TASK_CONFIGS,
+    Example,
+    Task,
+    TaskBase,
+    TaskError,
+    build_task,
+    register_task,
+    task_names,
+)
 from sspo_cli.tasks.base import clamp_reward
 from sspo_cli.tasks.files import numbers_equal, parse_number
 
@@ -509,3 +521,91 @@ def test_sort_exact_reward_and_accuracy_is_exact_under_both() -> None:
 def test_sort_with_too_few_strings_names_the_key() -> None:
     with pytest.raises(ValueError, match="too few"):
         recipe_from_dict({"task": {"name": "sort", "length": 3, "digits": 2}}, [], "r.yaml")
+
+
+# --------------------------------------------------------------------------- the list of tasks
+
+# `toy_task.py` registers a fifth task from outside the package (a config model and its builder);
+# the real `sspo` then runs in a subprocess that imported it first, as a module of `sspo_cli.tasks` would be.
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+TOY_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)]), "COLUMNS": "200"}
+
+
+def python_with_toy_task(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "import toy_task\n" + code, *args],
+        cwd=REPO,
+        env=TOY_ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_registered_task_is_in_the_recipe_of_sspo_validate() -> None:
+    sets = [
+        a
+        for o in ("task.name=countdown", "task.largest=30", "task.eval_size=8", "task.dev_size=4")
+        for a in ("--set", o)
+    ]
+    code = "from sspo_cli.cli import main; main()"
+    result = python_with_toy_task(code, "validate", "recipes/quickstart.yaml", *sets)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "name: countdown" in result.stdout and "largest: 30" in result.stdout
+
+
+def test_a_registered_task_is_loaded_and_built(tmp_path: Path) -> None:
+    recipe = tmp_path / "countdown.yaml"
+    recipe.write_text("task:\n  name: countdown\n  largest: 20\n  eval_size: 5\n  dev_size: 3\n")
+    code = (
+        "import sys\nfrom sspo_cli.recipe import load_recipe\nfrom sspo_cli.tasks import build_task\n"
+        "task = build_task(load_recipe(sys.argv[1]).task)\n"
+        "example = task.eval[0]\n"
+        "print(type(task).__name__, task.name, len(task.train), len(task.dev), len(task.eval))\n"
+        "print(task.reward(example.answer, example), task.reward('x', example), example.answer.endswith(',1'))\n"
+    )
+    result = python_with_toy_task(code, str(recipe))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["Countdown", "countdown", "12", "3", "5", "1.0", "0.0", "True"]
+
+
+def test_without_it_the_task_name_is_unknown() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sspo_cli.cli", "validate", "recipes/quickstart.yaml", "--set", "task.name=countdown"],
+        cwd=REPO,
+        env=TOY_ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "task.name" in result.stderr and "'countdown'" in result.stderr
+
+
+def test_every_registered_task_has_a_builder() -> None:
+    assert set(TASK_BUILDERS) == set(TASK_CONFIGS.values())
+    assert task_names() == ("addition", "sort", "reasoning_gym", "file")
+
+
+def test_an_unknown_task_lists_the_registered_ones() -> None:
+    cfg = SimpleNamespace(name="chess")
+    with pytest.raises(TaskError) as excinfo:
+        build_task(cfg)
+    assert_task_error(excinfo, "task.name", "unknown task 'chess'", "addition, sort, reasoning_gym, file")
+
+
+def test_registering_a_task_once_the_recipe_model_exists_is_an_error() -> None:
+    import sspo_cli.recipe  # noqa: F401  (builds the recipe model from the tasks registered so far)
+
+    with pytest.raises(RuntimeError, match="before sspo_cli.recipe"):
+
+        @register_task
+        class Late(TaskBase):
+            name: Literal["late"] = "late"
+
+    assert "late" not in task_names()
+
+
+def test_a_task_name_is_registered_once() -> None:
+    with pytest.raises(ValueError, match="'addition' is registered twice"):
+        register_task(AdditionTask)

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from sspo_cli.tasks.base import Example, Task, TaskError, fill_prompt, split_examples
-
-if TYPE_CHECKING:
-    from sspo_cli.recipe import AdditionTask as AdditionConfig
+from sspo_cli.tasks.base import Example, Task, TaskError, fill_prompt, split_examples, task_builder
+from sspo_cli.tasks.config import AdditionTask as AdditionConfig
 
 # Fixed, not derived from the data, so the tokenizer is the same for every operand range.
 ADDITION_ALPHABET = "".join(sorted(set("0123456789+-=* ")))
@@ -22,6 +19,7 @@ class Addition(Task):
         return 1.0 if completion.strip() == example.answer else 0.0
 
 
+@task_builder(AdditionConfig)
 def build_addition(cfg: AdditionConfig) -> Addition:
     width = cfg.max_operand - cfg.min_operand + 1
     if width < 1:

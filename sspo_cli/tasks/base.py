@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sspo_cli.errors import InputError
 from sspo_cli.rewards import Grade
+
+if TYPE_CHECKING:
+    from sspo_cli.tasks.config import TaskBase
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,24 @@ def split_examples(
     random.Random(seed).shuffle(order)
     shuffled = [examples[i] for i in order]
     return shuffled[eval_size + dev_size :], shuffled[eval_size : eval_size + dev_size], shuffled[:eval_size]
+
+
+Builder = Callable[[Any], Task]
+
+TASK_BUILDERS: dict[type[TaskBase], Builder] = {}
+"""Each task's builder, by its config model (from ``sspo_cli.tasks.config``)."""
+
+
+def task_builder(config: type[TaskBase]) -> Callable[[Builder], Builder]:
+    """Decorator: the function builds the task whose config model is `config` (registered with ``@register_task``)."""
+
+    def register(function: Builder) -> Builder:
+        if config in TASK_BUILDERS:
+            raise ValueError(f"task {config.model_fields['name'].default!r} has two builders")
+        TASK_BUILDERS[config] = function
+        return function
+
+    return register
 
 
 def fill_prompt(template: str, question: str) -> str:

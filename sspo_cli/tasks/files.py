@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sspo_cli.rewards import Grade, Scorer, scorer
 from sspo_cli.rewards.extract import parse_number
@@ -22,11 +22,10 @@ from sspo_cli.tasks.base import (
     fill_prompt,
     short_reason,
     split_examples,
+    task_builder,
     unique_by_prompt,
 )
-
-if TYPE_CHECKING:
-    from sspo_cli.recipe import FileTask as FileConfig
+from sspo_cli.tasks.config import FileTask as FileConfig
 
 # File suffix -> `datasets` packaged builder.
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -47,6 +46,7 @@ class LocalFile(Task):
         return self.scorer.grade(completion, example.answer, truncated)
 
 
+@task_builder(FileConfig)
 def build_file(cfg: FileConfig) -> LocalFile:
     path = _checked_path(cfg.path)
     read = _read_saved if path.is_dir() else _read_columns

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sspo_cli.tasks.base import (
     Example,
@@ -15,11 +15,10 @@ from sspo_cli.tasks.base import (
     fill_prompt,
     short_reason,
     split_examples,
+    task_builder,
     unique_by_prompt,
 )
-
-if TYPE_CHECKING:
-    from sspo_cli.recipe import ReasoningGymTask as ReasoningGymConfig
+from sspo_cli.tasks.config import ReasoningGymTask as ReasoningGymConfig
 
 # create_dataset takes these from task.size and task.split_seed; in task.config they would clash.
 RESERVED_CONFIG_KEYS = ("size", "seed")
@@ -37,6 +36,7 @@ class ReasoningGym(Task):
         return clamp_reward(score)
 
 
+@task_builder(ReasoningGymConfig)
 def build_reasoning_gym(cfg: ReasoningGymConfig) -> ReasoningGym:
     dataset = _create_dataset(cfg)
     try:

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from sspo_cli.tasks.base import Example, Task, fill_prompt
-
-if TYPE_CHECKING:
-    from sspo_cli.recipe import SortTask as SortConfig
+from sspo_cli.tasks.base import Example, Task, fill_prompt, task_builder
+from sspo_cli.tasks.config import SortTask as SortConfig
 
 SORT_ALPHABET = "".join(sorted(set("0123456789=")))
 
@@ -36,6 +33,7 @@ def similarity(text: str, gold: str) -> float:
     return SequenceMatcher(None, text, gold, autojunk=False).ratio()
 
 
+@task_builder(SortConfig)
 def build_sort(cfg: SortConfig) -> Sort:
     """Distinct random digit strings for eval, dev and train (in that order, from task.split_seed)."""
     rng = random.Random(cfg.split_seed)

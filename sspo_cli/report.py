@@ -6,7 +6,15 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from sspo_cli.run.state import TrainingObserver
@@ -16,19 +24,26 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def progress_columns(eta: bool = True) -> tuple[ProgressColumn, ...]:
+    """The columns of every live bar: what, the bar, done of total, the latest figures, time; with `eta`, the
+    time left (a workflow's own ETA sits in its figures instead: its runs are of unequal length)."""
+    columns: list[ProgressColumn] = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+    ]
+    return tuple(columns + [TextColumn("eta"), TimeRemainingColumn()] if eta else columns)
+
+
 class RichProgress(TrainingObserver):
     """A live progress bar for the warm start and the RL steps, with reward and accuracy."""
 
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
+            *progress_columns(),
             console=console,
             disable=quiet,
             transient=False,

@@ -8,8 +8,9 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
+from sspo_cli.report import progress_columns
 from sspo_cli.research.execute import Outcome, PlannedRun, WorkflowObserver, eta_seconds
 from sspo_cli.research.formatting import format_duration
 from sspo_cli.run.state import TrainingObserver
@@ -22,11 +23,7 @@ class RichWorkflowProgress(WorkflowObserver):
         self.console = console
         self.quiet = quiet
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
+            *progress_columns(eta=False),
             console=console,
             disable=quiet,
         )

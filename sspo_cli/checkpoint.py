@@ -98,14 +98,14 @@ def save_checkpoint(
     """Write `root/step-NNNNNN` atomically (and `root/final` when `final`); keep the last `keep` steps."""
     import torch
 
-    from sspo_cli.models import save_policy
+    from sspo_cli.models import quiet_transformers, save_policy
 
     root.mkdir(parents=True, exist_ok=True)
     name = step_folder_name(state.step)
     staging = root / f"{STAGING_PREFIX}{name}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    with _quiet_transformers():
+    with quiet_transformers():
         if policy.adapter is None:
             save_policy(policy.model, policy.tokenizer, staging)
         else:
@@ -379,19 +379,3 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(descriptor)
-
-
-class _quiet_transformers:
-    """No 'Writing model shards' progress bar from transformers on every checkpoint."""
-
-    def __enter__(self) -> None:
-        from transformers.utils import logging as hf_logging
-
-        self._was_enabled = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
-
-    def __exit__(self, *exc: object) -> None:
-        if self._was_enabled:
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.enable_progress_bar()

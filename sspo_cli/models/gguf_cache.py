@@ -33,7 +33,7 @@ except ImportError:  # no flock (Windows)
     fcntl = None
 
 from sspo_cli.errors import first_line
-from sspo_cli.models import ModelError
+from sspo_cli.models import ModelError, quiet_transformers
 
 KEY = "model.path"
 PACKAGE_PREFIX = "package:"
@@ -243,13 +243,12 @@ def _convert_into(value: str, path: Path, digest: str, config: Any, folder: Path
 
 
 def _convert(path: Path, config: Any, staging: Path) -> None:
-    """Dequantise through transformers, then save as a plain model (a GGUF-quantised one refuses to save).
-    Quiet: transformers' load report and progress bars would bury the one line a failure gets."""
+    """Dequantise through transformers, then save as a plain model (a GGUF-quantised one refuses to save)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = dict(pretrained_model_name_or_path=path.parent, gguf_file=path.name, local_files_only=True)
-    with _quiet_transformers():
+    with quiet_transformers(logs=True):
         tokenizer = AutoTokenizer.from_pretrained(**source)
         quantized, loading = AutoModelForCausalLM.from_pretrained(
             **source, dtype=torch.float32, output_loading_info=True
@@ -268,21 +267,6 @@ def _convert(path: Path, config: Any, staging: Path) -> None:
         plain.tie_weights()
         plain.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    from transformers.utils import logging
-
-    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(verbosity)
-        if bars:
-            logging.enable_progress_bar()
 
 
 @contextlib.contextmanager

@@ -23,9 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from sspo_cli.algorithm import kernel_environment
+
 REPO = Path(__file__).resolve().parent.parent
-AVX2_CAPS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-CAPS = {"native": {}, "avx2": AVX2_CAPS}
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,7 @@ def integers(text: str) -> list[int]:
 
 
 def cell_env(cell: Cell) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in AVX2_CAPS}
-    return {**env, **CAPS[cell.caps], "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return kernel_environment(cell.caps, os.environ) | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 def sspo(*args: str) -> list[str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -242,6 +242,21 @@ def native_bf16(device: torch.device) -> bool:
         amx=probes["amx_tile"](),
         kernels=torch.backends.cpu.get_cpu_capability(),
     )
+
+
+# The environment that caps torch's CPU kernels (ATen, MKL, oneDNN) at an instruction set. On an AVX-512 CPU the AVX2
+# caps reproduce an AVX2-only CPU's rounding exactly (docs/results.md, the quickstart grid), and `kernels` below.
+KERNEL_CAPS: dict[str, dict[str, str]] = {
+    "native": {},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+}
+
+
+def kernel_environment(kernels: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` for a process whose CPU kernels run as `kernels` (a key of KERNEL_CAPS) says; any cap `environ`
+    held is dropped first, so 'native' is the machine's whole instruction set."""
+    capped = {name for caps in KERNEL_CAPS.values() for name in caps}
+    return {k: v for k, v in environ.items() if k not in capped} | KERNEL_CAPS[kernels]
 
 
 def bf16_autocast_pays(

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO, sspo_command
 
+from sspo_cli.algorithm import kernel_environment
+
 MIN_GAIN = 0.15
-AVX2_CAPS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 @pytest.mark.slow
@@ -37,8 +38,7 @@ def test_quickstart_gains_15_points_of_held_out_accuracy(tmp_path: Path, warm_se
         str(tmp_path),
         "--quiet",
     )
-    caps = AVX2_CAPS if kernels == "avx2" else {}
-    env = {k: v for k, v in os.environ.items() if k not in AVX2_CAPS} | caps
+    env = kernel_environment(kernels, os.environ)
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     (summary_file,) = tmp_path.glob("quickstart-sspo-s0-*/summary.json")

@@ -162,7 +162,14 @@ def get_or_create_experiment(client: MlflowClient, name: str, artifact_root: Pat
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         location = artifact_root.resolve().as_uri() if artifact_root is not None else None
-        return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        try:
+            return client.create_experiment(
+                name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
+        except Exception:  # parallel workers race to create it: the loser uses the winner's
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
     if EXPERIMENT_KIND_TAG not in experiment.tags:
         try:
             client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)

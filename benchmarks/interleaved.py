@@ -42,8 +42,9 @@ def parse_variant(text: str) -> tuple[str, argparse.Namespace]:
 def main(argv: list[str] | None = None) -> None:
     import torch
 
-    from sspo_cli.algorithm import rl_step
-    from sspo_cli.trainer import make_optimizer
+    from sspo_cli.engines.native.learner import Learner
+    from sspo_cli.engines.native.loop import make_optimizer
+    from sspo_cli.engines.native.step import rl_step
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", action="append", required=True, help="NAME=FLAGS of rl_step.py (repeat).")
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
                 optimizer, scheduler = optimisers[name]
                 state.step += 1
                 started = time.perf_counter()
-                rl_step(recipe, policy, task, objective, optimizer, scheduler, state)
+                rl_step(recipe, Learner(policy, optimizer, scheduler), task, objective, state)
                 if round_index >= args.warmup:
                     times[name].append(time.perf_counter() - started)
 

@@ -63,9 +63,9 @@ class Timer:
 def instrument(timer: Timer, optimizer) -> None:
     import torch
 
+    import sspo_cli.models.generation as sampling
     import sspo_cli.models.logprobs as logprobs
-    import sspo_cli.rollout as rollout
-    import sspo_cli.sampling as sampling
+    import sspo_cli.rollout.collect as rollout
 
     rollout.generate = timer.wrap("sampling", rollout.generate)
     sampling.draw = timer.wrap("sampling: draw tokens, log-probs, entropy", sampling.draw)
@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from sspo_cli.algorithm import rl_step
+    from sspo_cli.engines.native.learner import Learner
+    from sspo_cli.engines.native.step import rl_step
 
     switches = dict(BASELINE_SWITCHES) if args.baseline else {}
     switches |= {n: getattr(args, n) for n in PerformanceConfig.model_fields if getattr(args, n) is not None}
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     def step() -> dict[str, float]:
         state.step += 1
         started = time.perf_counter()
-        metrics = rl_step(recipe, policy, task, objective, optimizer, scheduler, state)
+        metrics = rl_step(recipe, Learner(policy, optimizer, scheduler), task, objective, state)
         wall = time.perf_counter() - started
         return {**timer.take(), "objective + diagnostics": metrics["train/objective_seconds"], "step": wall}
 

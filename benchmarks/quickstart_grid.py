@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from sspo_cli.algorithm import kernel_environment
+from sspo_cli.engines.native.step import kernel_environment
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,7 +53,7 @@ def cell_env(cell: Cell) -> dict[str, str]:
 
 
 def sspo(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sspo_cli.cli", *args]
+    return [sys.executable, "-m", "sspo_cli.cli.main", *args]
 
 
 def run_cell(cell: Cell, root: Path, recipe: Path, extra: list[str], shared_cache: Path | None) -> dict:

@@ -111,11 +111,11 @@ def training_parts(recipe: Recipe, plain_adamw: bool = False) -> tuple[Any, Any,
     """What one RL step needs, built as the trainer builds it: (task, policy, objective, optimizer, scheduler, state).
 
     `plain_adamw`: torch's per-tensor AdamW loop instead of the fused kernel the trainer picks (to measure it)."""
+    from sspo_cli.engines.native.loop import make_optimizer
     from sspo_cli.models import load_policy
     from sspo_cli.objectives import build_objective
     from sspo_cli.run.state import Policy, TrainState
     from sspo_cli.tasks import build_task
-    from sspo_cli.trainer import make_optimizer
 
     task = build_task(recipe.task)
     model, tokenizer = load_policy(recipe.model, task.alphabet, recipe.seed)
@@ -127,7 +127,8 @@ def training_parts(recipe: Recipe, plain_adamw: bool = False) -> tuple[Any, Any,
 def run(recipe: Recipe, warmup: int, steps: int, plain_adamw: bool = False) -> dict[str, Any]:
     import torch
 
-    from sspo_cli.algorithm import rl_step
+    from sspo_cli.engines.native.learner import Learner
+    from sspo_cli.engines.native.step import rl_step
 
     torch.set_num_threads(recipe.train.threads or torch.get_num_threads())
     task, policy, objective, optimizer, scheduler, state = training_parts(recipe, plain_adamw)
@@ -139,7 +140,7 @@ def run(recipe: Recipe, warmup: int, steps: int, plain_adamw: bool = False) -> d
             cpu_at_start, timed_from = busy_cpu_seconds(), time.perf_counter()
         state.step += 1
         started = time.perf_counter()
-        metrics = rl_step(recipe, policy, task, objective, optimizer, scheduler, state)
+        metrics = rl_step(recipe, Learner(policy, optimizer, scheduler), task, objective, state)
         wall = time.perf_counter() - started
         if index == 0:
             first_step_s = wall

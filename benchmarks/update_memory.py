@@ -9,7 +9,7 @@ printed). The mini-batch: `--rows` completions of each length in `--lengths`, in
 `--group` sharing a `--prompt-len`-token prompt, every completion token counted. The completion
 tokens are random ids standing in for sampled ones; the behaviour log-probs come from a no-grad
 pass of the same model. Each update goes through the project's real path:
-`sspo_cli.algorithm.accumulate_gradients` (chunked log-probs, the objective, backward, micro-batch
+`sspo_cli.engines.native.step.accumulate_gradients` (chunked log-probs, the objective, backward, micro-batch
 by micro-batch) and `apply_update` (clip, AdamW step), float32, no autocast unless asked.
 
 Each (length, variant) runs in a fresh process, which reports its peak RSS (`ru_maxrss`) and the
@@ -76,7 +76,7 @@ def synthetic_batch(model, args: argparse.Namespace, length: int):
     """A mini-batch as a rollout hands it to the updates: prompts in groups, random completion ids."""
     import torch
 
-    from sspo_cli.algorithm import UpdateData
+    from sspo_cli.engines.native.step import UpdateData
     from sspo_cli.models.logprobs import completion_logprobs
 
     generator = torch.Generator().manual_seed(1)
@@ -96,7 +96,7 @@ def measure(args: argparse.Namespace, length: int, variant: str) -> dict[str, fl
     """Runs in its own process: peak RSS is per process."""
     import torch
 
-    from sspo_cli.algorithm import accumulate_gradients, apply_update, prepared_model
+    from sspo_cli.engines.native.step import accumulate_gradients, apply_update, prepared_model
     from sspo_cli.objectives import build_objective
     from sspo_cli.run.state import TrainState
 

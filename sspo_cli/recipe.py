@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Union, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sspo_cli.engines.trl_options import TrlOptions
+from sspo_cli.engines.trl.options import TrlOptions
 from sspo_cli.errors import InputError
 from sspo_cli.objectives.config import SspoConfig, objective_config_union
 from sspo_cli.rewards.config import REWARD_CONFIGS

@@ -40,7 +40,7 @@ def tiny_overrides() -> list[str]:
 
 def sspo_command(*args: str) -> list[str]:
     """The real CLI, run as a user runs it (a subprocess of this interpreter)."""
-    return [sys.executable, "-m", "sspo_cli.cli", *args]
+    return [sys.executable, "-m", "sspo_cli.cli.main", *args]
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,7 @@ ENV = {
 
 
 def sspo_args(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sspo_cli.cli", *args]
+    return [sys.executable, "-m", "sspo_cli.cli.main", *args]
 
 
 def run_sspo(*args: str, cwd: Path | None = None, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess[str]:
@@ -77,7 +77,7 @@ def mlflow_store(tmp_path_factory: Any, folder: Path) -> Path:
     session (creating a store runs MLflow's migrations, seconds per store)."""
     template = tmp_path_factory.getbasetemp() / "mlflow-template" / "mlflow.db"
     if not template.is_file():
-        from sspo_cli.tracking import open_client
+        from sspo_cli.run.tracking import open_client
 
         template.parent.mkdir(exist_ok=True)
         open_client(f"sqlite:///{template}")

@@ -9,7 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sspo_cli.algorithm import rl_step  # noqa: E402
+from sspo_cli.engines.native.learner import Learner  # noqa: E402
+from sspo_cli.engines.native.step import rl_step  # noqa: E402
 from sspo_cli.models import load_policy  # noqa: E402
 from sspo_cli.objectives import build_objective  # noqa: E402
 from sspo_cli.recipe import recipe_from_dict  # noqa: E402
@@ -44,7 +45,7 @@ def step_from(recipe, run, step: int) -> tuple[dict[str, float], dict[str, torch
     scheduler_copy.load_state_dict(scheduler.state_dict())
     state = copy.deepcopy(state)
     state.step = step
-    metrics = rl_step(recipe, policy, task, objective, optimizer_copy, scheduler_copy, state)
+    metrics = rl_step(recipe, Learner(policy, optimizer_copy, scheduler_copy), task, objective, state)
     return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}, {
         k: v.clone() for k, v in policy.model.state_dict().items()
     }

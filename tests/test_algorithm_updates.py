@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sspo_cli.algorithm import (  # noqa: E402
+from sspo_cli.engines.native.step import (  # noqa: E402
     UpdateData,
     accumulate_gradients,
     bucket_count,

@@ -209,63 +209,123 @@ def imports_of(prefixes: tuple[str, ...]) -> dict[str, set[str]]:
     return {name: targets for name, targets in import_graph().items() if name.startswith(prefixes)}
 
 
-NATIVE = ("sspo_cli.trainer", "sspo_cli.algorithm")
-TRL = ("sspo_cli.engines",)
-MATHS = ("sspo_cli.objectives",)
+def in_folder(module: str, folders: tuple[str, ...]) -> bool:
+    """Whether `module` is one of `folders` (dotted, below the package) or inside one of them."""
+    return any(module == f"{PACKAGE}.{folder}" or module.startswith(f"{PACKAGE}.{folder}.") for folder in folders)
+
+
+# The layers, bottom to top, as folders (and the few top-level modules). Data flows upwards: recipe ->
+# task/model -> rollout -> objective -> engines -> run records -> research -> command lines. A module
+# may import its own layer and the layers below it, never one above.
+LAYERS: list[tuple[str, ...]] = [
+    ("errors", "signals"),
+    ("objectives", "rewards"),
+    ("tasks",),
+    ("recipe",),
+    ("models",),
+    ("rollout",),
+    ("run",),
+    ("engines",),
+    ("research",),
+    ("cli",),
+]
+# Allowed imports of a layer above, each with its reason.
+EXCEPTIONS = {
+    # The recipe holds every section's config, and the TRL engine's section lives with that engine
+    # (as tasks/config.py and objectives/config.py do); options.py imports nothing of ours.
+    ("sspo_cli.recipe", "sspo_cli.engines"),
+    ("sspo_cli.recipe", "sspo_cli.engines.trl"),
+    ("sspo_cli.recipe", "sspo_cli.engines.trl.options"),
+}
+
+
+def layer_of(module: str) -> int | None:
+    for index, folders in enumerate(LAYERS):
+        if in_folder(module, folders):
+            return index
+    return None
+
+
+def test_every_module_is_in_a_layer_or_an_integration() -> None:
+    outside = [
+        m for m in package_modules() if m != PACKAGE and layer_of(m) is None and not in_folder(m, ("integrations",))
+    ]
+    assert outside == []
+
+
+def test_no_layer_imports_a_layer_above_it() -> None:
+    upward = [
+        f"{module} -> {target}"
+        for module, targets in import_graph().items()
+        for target in targets
+        if (here := layer_of(module)) is not None
+        and (there := layer_of(target)) is not None
+        and there > here
+        and (module, target) not in EXCEPTIONS
+    ]
+    assert upward == []
+
+
+NATIVE, TRL, DISPATCH = "engines.native", "engines.trl", "engines.dispatch"
 
 
 def test_each_engine_stands_on_the_run_layer_not_on_the_other_engine() -> None:
-    for module, targets in imports_of(TRL).items():
-        assert not {t for t in targets if t.startswith(NATIVE)}, module
-    for module, targets in imports_of(NATIVE).items():
-        assert not {t for t in targets if t.startswith(TRL)}, module
-    for module, targets in imports_of(("sspo_cli.run",)).items():
-        assert not {t for t in targets if t.startswith(NATIVE + TRL + ("sspo_cli.train",))}, module
+    for module, targets in import_graph().items():
+        if in_folder(module, (TRL,)):
+            assert not [t for t in targets if in_folder(t, (NATIVE,))], module
+        if in_folder(module, (NATIVE,)):
+            assert not [t for t in targets if in_folder(t, (TRL, DISPATCH))], module
 
 
-def test_only_train_chooses_the_engine() -> None:
+def test_only_the_dispatch_chooses_the_engine() -> None:
+    """Above the engines, only `engines.dispatch` imports an engine's modules; research and the command
+    lines reach an engine through it (the recipe's TRL config section aside, see EXCEPTIONS)."""
     importers = {
         name
         for name, targets in import_graph().items()
-        if {"sspo_cli.trainer", "sspo_cli.engines.trl_engine"} & targets
+        if not in_folder(name, ("engines",))
+        and any(in_folder(t, (NATIVE, TRL)) and (name, t) not in EXCEPTIONS for t in targets)
     }
-    assert importers == {"sspo_cli.train"}
+    assert importers == set()
 
 
 def test_the_command_lines_know_nothing_of_maths_or_engines() -> None:
-    for module, targets in imports_of(("sspo_cli.cli", "sspo_cli.cli_guard", "sspo_cli.research.cli")).items():
-        assert not {t for t in targets if t.startswith(MATHS + NATIVE + TRL)}, module
+    for module, targets in imports_of((f"{PACKAGE}.cli",)).items():
+        assert not [t for t in targets if in_folder(t, ("objectives", NATIVE, TRL))], module
 
 
 def test_the_maths_knows_nothing_of_the_rest() -> None:
-    for module, targets in imports_of(MATHS).items():
-        assert all(t.startswith(MATHS) for t in targets), module
-
-
-INTEGRATIONS = ("sspo_cli.integrations",)
+    for module, targets in imports_of(("sspo_cli.objectives",)).items():
+        assert all(in_folder(t, ("objectives",)) for t in targets), module
 
 
 def test_the_integrations_stand_on_the_maths_alone() -> None:
     """The framework plug-ins (verl) see only the objectives, and nothing of ours imports them: the
     framework does."""
-    for module, targets in imports_of(INTEGRATIONS).items():
-        assert all(t.startswith(MATHS + INTEGRATIONS) for t in targets), module
+    for module, targets in imports_of(("sspo_cli.integrations",)).items():
+        assert all(in_folder(t, ("objectives", "integrations")) for t in targets), module
     for module, targets in import_graph().items():
-        if not module.startswith(INTEGRATIONS):
-            assert not {t for t in targets if t.startswith(INTEGRATIONS)}, module
+        if not in_folder(module, ("integrations",)):
+            assert not [t for t in targets if in_folder(t, ("integrations",))], module
 
 
 def test_the_rewards_know_nothing_of_the_rest() -> None:
     """Rewards are text against text: tasks and the recipe stand on them, never the other way round."""
     for module, targets in imports_of(("sspo_cli.rewards",)).items():
-        assert all(t.startswith("sspo_cli.rewards") for t in targets), module
+        assert all(in_folder(t, ("rewards",)) for t in targets), module
+
+
+def test_the_layer_checks_catch_an_upward_import() -> None:
+    assert layer_of("sspo_cli.run.records") < layer_of("sspo_cli.engines.native.loop")
+    assert layer_of("sspo_cli.run") == layer_of("sspo_cli.run.state")
+    assert not in_folder("sspo_cli.runs", ("run",)) and in_folder("sspo_cli.run.folder", ("run",))
 
 
 def test_the_engine_table_lists_the_recipes_engines() -> None:
     from typing import get_args
 
+    from sspo_cli.engines.dispatch import ENGINES
     from sspo_cli.recipe import Recipe
-    from sspo_cli.train import ENGINES
 
     assert set(ENGINES) == set(get_args(Recipe.model_fields["engine"].annotation))
 
@@ -276,7 +336,7 @@ def test_the_command_line_starts_without_the_heavy_libraries() -> None:
     import sys
 
     heavy = ("pydantic", "torch", "transformers", "mlflow", "rich", "sspo_cli.recipe", "sspo_cli.objectives")
-    code = f"import sys, sspo_cli.cli; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    code = f"import sys, sspo_cli.cli.main; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT.parent, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

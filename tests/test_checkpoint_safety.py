@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from helpers_reliability import BAD_INPUTS, run_sspo
 
+from sspo_cli.engines.native.learner import Learner
+
 RUN_ID = "0123456789abcdef0123456789abcdef"
 
 
@@ -49,7 +51,7 @@ def make_optimizer(policy):
 
 def fake_run_folder(root: Path, policy, step: int) -> Path:
     """A run folder as `sspo train` leaves it after an interruption at `step` (no MLflow needed to refuse it)."""
-    from sspo_cli.checkpoint import save_checkpoint
+    from sspo_cli.engines.native.checkpoint import save_checkpoint
     from sspo_cli.run.state import TrainState
 
     run_dir = root / "someone-elses-run"
@@ -66,7 +68,7 @@ def fake_run_folder(root: Path, policy, step: int) -> Path:
         )
     )
     optimizer, scheduler = make_optimizer(policy)
-    save_checkpoint(run_dir / "checkpoints", policy, optimizer, scheduler, TrainState(step=step), keep=2)
+    save_checkpoint(run_dir / "checkpoints", Learner(policy, optimizer, scheduler), TrainState(step=step), keep=2)
     return run_dir
 
 
@@ -98,7 +100,7 @@ def test_a_run_being_trained_cannot_be_resumed_by_a_second_process(tmp_path: Pat
 
 
 def test_damaged_checkpoint_files_are_named(tmp_path: Path, tiny_policy) -> None:
-    from sspo_cli.checkpoint import CheckpointError, load_checkpoint
+    from sspo_cli.engines.native.checkpoint import CheckpointError, load_checkpoint
 
     run_dir = fake_run_folder(tmp_path, tiny_policy, step=2)
     folder = run_dir / "checkpoints" / "step-000002"
@@ -124,7 +126,7 @@ def test_trust_remote_code_is_off_unless_a_recipe_sets_it_and_then_warns(tmp_pat
 def test_checkpoints_round_trip_and_keep_the_last_n(tmp_path: Path, tiny_policy) -> None:
     import torch
 
-    from sspo_cli.checkpoint import apply_weights, list_checkpoints, load_checkpoint, save_checkpoint
+    from sspo_cli.engines.native.checkpoint import apply_weights, list_checkpoints, load_checkpoint, save_checkpoint
     from sspo_cli.run.state import TrainState
 
     root = tmp_path / "checkpoints"
@@ -132,9 +134,7 @@ def test_checkpoints_round_trip_and_keep_the_last_n(tmp_path: Path, tiny_policy)
     for step in (1, 2, 3):
         save_checkpoint(
             root,
-            tiny_policy,
-            optimizer,
-            scheduler,
+            Learner(tiny_policy, optimizer, scheduler),
             TrainState(step=step, history=[{"step": step, "x": 0.5}]),
             keep=2,
             final=step == 3,
@@ -160,13 +160,18 @@ def test_recovery_after_a_kill_at_any_point_of_a_checkpoint_write(tmp_path: Path
     """The folders a kill can leave: a half-written staging folder, a folder renamed away for replacement,
     a folder renamed for deletion. None is ever listed as a checkpoint; recovery puts back the one
     caught mid-replacement and clears the rest."""
-    from sspo_cli.checkpoint import list_checkpoints, load_checkpoint, recover_interrupted_writes, save_checkpoint
+    from sspo_cli.engines.native.checkpoint import (
+        list_checkpoints,
+        load_checkpoint,
+        recover_interrupted_writes,
+        save_checkpoint,
+    )
     from sspo_cli.run.state import TrainState
 
     root = tmp_path / "checkpoints"
     optimizer, scheduler = make_optimizer(tiny_policy)
-    save_checkpoint(root, tiny_policy, optimizer, scheduler, TrainState(step=4), keep=3, final=True)
-    save_checkpoint(root, tiny_policy, optimizer, scheduler, TrainState(step=8), keep=3)
+    save_checkpoint(root, Learner(tiny_policy, optimizer, scheduler), TrainState(step=4), keep=3, final=True)
+    save_checkpoint(root, Learner(tiny_policy, optimizer, scheduler), TrainState(step=8), keep=3)
     os.replace(root / "final", root / ".old-final-4242")  # killed between the two renames of a replacement
     os.replace(root / "step-000004", root / ".del-step-000004-4242")  # killed while pruning
     (root / ".del-step-000004-4242" / "model.safetensors").unlink()

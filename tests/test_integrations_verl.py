@@ -24,8 +24,8 @@ import torch  # noqa: E402
 from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn, kl_penalty  # noqa: E402
 from verl.workers.config import ActorConfig, PolicyLossConfig  # noqa: E402
 
-from sspo_cli.integrations.verl_loss import VERL_LOSS_MODES, VerlSettingError  # noqa: E402
-from sspo_cli.integrations.verl_plugin import SspoPolicyLossConfig  # noqa: E402
+from sspo_cli.integrations.verl.loss import VERL_LOSS_MODES, VerlSettingError  # noqa: E402
+from sspo_cli.integrations.verl.plugin import SspoPolicyLossConfig  # noqa: E402
 from sspo_cli.objectives import METRIC_KEYS, build_objective  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,12 +136,12 @@ def test_the_installed_entry_point_registers_our_losses_when_verl_is_imported() 
     result = run_python(code)
     assert result.returncode == 0, result.stderr
     entry_points, modules = result.stdout.strip().splitlines()
-    assert "sspo=sspo_cli.integrations.verl_plugin" in entry_points
-    assert modules == str(["sspo_cli.integrations.verl_loss"] * len(VERL_LOSS_MODES))
+    assert "sspo=sspo_cli.integrations.verl.plugin" in entry_points
+    assert modules == str(["sspo_cli.integrations.verl.loss"] * len(VERL_LOSS_MODES))
 
 
 def test_the_check_command_passes_here_and_fails_loudly_without_the_plug_in() -> None:
-    check = [sys.executable, "-m", "sspo_cli.integrations.verl_check"]
+    check = [sys.executable, "-m", "sspo_cli.integrations.verl.check"]
     passed = subprocess.run(check, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert passed.returncode == 0, passed.stderr
     assert "loss_mode sspo, gmpo registered by sspo-cli" in passed.stdout
@@ -157,7 +157,7 @@ def test_verl_use_external_modules_registers_without_the_entry_point() -> None:
     code = "import verl\nfrom verl.trainer.ppo.core_algos import get_policy_loss_fn\nget_policy_loss_fn('sspo')\n"
     assert run_python(code, VERL_USE_EXTERNAL_PLUGINS="none").returncode == 1
     result = run_python(
-        code, VERL_USE_EXTERNAL_PLUGINS="none", VERL_USE_EXTERNAL_MODULES="sspo_cli.integrations.verl_plugin"
+        code, VERL_USE_EXTERNAL_PLUGINS="none", VERL_USE_EXTERNAL_MODULES="sspo_cli.integrations.verl.plugin"
     )
     assert result.returncode == 0, result.stderr
 
@@ -166,7 +166,7 @@ def test_a_plug_in_that_fails_to_import_says_so_at_warning_level() -> None:
     """verl logs a failed entry point at DEBUG only; ours warns before verl swallows the error."""
     code = (
         "import sys\n"
-        "sys.modules['sspo_cli.integrations.verl_loss'] = None  # its import now raises ImportError\n"
+        "sys.modules['sspo_cli.integrations.verl.loss'] = None  # its import now raises ImportError\n"
         "import verl\n"
         "from verl.trainer.ppo.core_algos import get_policy_loss_fn\n"
         "get_policy_loss_fn('sspo')\n"
@@ -444,7 +444,7 @@ def compose_actor(*overrides: str):
 
 LAUNCH = (
     "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
-    "actor_rollout_ref.actor.policy_loss._target_=sspo_cli.integrations.verl_plugin.SspoPolicyLossConfig",
+    "actor_rollout_ref.actor.policy_loss._target_=sspo_cli.integrations.verl.plugin.SspoPolicyLossConfig",
     "actor_rollout_ref.actor.policy_loss.loss_mode=sspo",
     "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean",
     "actor_rollout_ref.actor.tau_pos=2.0",
@@ -541,7 +541,7 @@ def test_verls_grpo_advantages_are_our_group_advantages_and_pass_as_one_per_comp
     import numpy as np
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 
-    from sspo_cli.integrations.verl_loss import sequence_advantages
+    from sspo_cli.integrations.verl.loss import sequence_advantages
     from sspo_cli.objectives import compute_advantages
 
     batch = random_batch(4, rows=8)

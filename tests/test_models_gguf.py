@@ -57,7 +57,7 @@ def run_cli(*args: str, prelude: str = "", timeout: float = TIMEOUT_S) -> subpro
         command = [
             sys.executable,
             "-c",
-            f"{prelude}\nimport sys\nfrom sspo_cli.cli import main\nsys.argv = ['sspo', *sys.argv[1:]]\nmain()",
+            f"{prelude}\nimport sys\nfrom sspo_cli.cli.main import main\nsys.argv = ['sspo', *sys.argv[1:]]\nmain()",
             *args,
         ]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)

@@ -133,10 +133,10 @@ def test_lora_on_a_model_folder_saves_only_the_adapter_and_evaluates(tmp_path: P
 
 
 def lora_policy(beta: float = 0.1, **lora: Any):
+    from sspo_cli.engines.native.loop import build_policy
     from sspo_cli.models import load_policy
     from sspo_cli.recipe import recipe_from_dict
     from sspo_cli.tasks import build_task
-    from sspo_cli.trainer import build_policy
 
     overrides = [f"model.tiny.{k}={v}" for k, v in TINY.items()]
     overrides += ["model.device=cpu", "objective.name=grpo", f"objective.beta={beta}", "model.lora={}"]
@@ -181,7 +181,7 @@ def load_base_like(recipe):
 
 
 def test_only_adapter_parameters_reach_the_optimiser() -> None:
-    from sspo_cli.trainer import make_optimizer
+    from sspo_cli.engines.native.loop import make_optimizer
 
     recipe, policy = lora_policy(target_modules=["q_proj"])
     optimizer, _ = make_optimizer(recipe, policy.model)
@@ -192,21 +192,27 @@ def test_only_adapter_parameters_reach_the_optimiser() -> None:
 
 
 def test_a_full_model_checkpoint_does_not_resume_a_lora_recipe(tmp_path: Path) -> None:
-    from sspo_cli.checkpoint import CheckpointError, apply_policy_weights, load_checkpoint, save_checkpoint
+    from sspo_cli.engines.native.checkpoint import (
+        CheckpointError,
+        apply_policy_weights,
+        load_checkpoint,
+        save_checkpoint,
+    )
+    from sspo_cli.engines.native.learner import Learner
+    from sspo_cli.engines.native.loop import make_optimizer
     from sspo_cli.run.state import Policy, TrainState
-    from sspo_cli.trainer import make_optimizer
 
     recipe, policy = lora_policy()
     full = Policy(*load_base_like(recipe))
-    save_checkpoint(tmp_path, full, *make_optimizer(recipe, full.model), TrainState(step=1), keep=1)
+    save_checkpoint(tmp_path, Learner(full, *make_optimizer(recipe, full.model)), TrainState(step=1), keep=1)
     with pytest.raises(CheckpointError, match="holds a whole model but the recipe trains LoRA adapters"):
         apply_policy_weights(policy, load_checkpoint(tmp_path / "step-000001"))
 
 
 def test_the_warm_start_cache_key_ignores_lora() -> None:
     from sspo_cli.recipe import recipe_from_dict
+    from sspo_cli.run.warm_start import warm_start_key
     from sspo_cli.tasks import build_task
-    from sspo_cli.warm_start import warm_start_key
 
     plain = recipe_from_dict({}, [])
     task = build_task(plain.task)

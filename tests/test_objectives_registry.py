@@ -24,7 +24,7 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)]), "OM
 
 def sspo_with_toy(*args: str) -> subprocess.CompletedProcess[str]:
     """`sspo ARGS` in a new interpreter that has registered the toy objective."""
-    code = "import toy_objective; from sspo_cli.cli import main; main()"
+    code = "import toy_objective; from sspo_cli.cli.main import main; main()"
     return subprocess.run(
         [sys.executable, "-c", code, *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600
     )
@@ -64,7 +64,15 @@ def test_a_registered_objective_is_in_the_recipe_and_the_default_methods(tmp_pat
 
 def test_without_it_the_name_is_unknown() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "sspo_cli.cli", "validate", "recipes/quickstart.yaml", "--set", "objective.name=toy"],
+        [
+            sys.executable,
+            "-m",
+            "sspo_cli.cli.main",
+            "validate",
+            "recipes/quickstart.yaml",
+            "--set",
+            "objective.name=toy",
+        ],
         cwd=REPO,
         env=ENV,
         capture_output=True,

@@ -1,6 +1,6 @@
 """Off-policy on purpose: a sampler that lags the learner (rollout.policy_lag, sync_interval), and
-one that runs in another dtype (rollout.sampler_dtype). Mirrors sspo_cli/run/sampler_policy.py and
-the sampling half of sspo_cli/algorithm.py."""
+one that runs in another dtype (rollout.sampler_dtype). Mirrors sspo_cli/engines/native/lag.py and
+the sampling half of sspo_cli/engines/native/step.py."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 from helpers_reliability import write_choice_task
 
+from sspo_cli.engines.native.lag import LaggedWeights, LagSchedule
 from sspo_cli.recipe import recipe_from_dict
-from sspo_cli.run.sampler_policy import LaggedWeights, LagSchedule
 
 torch = pytest.importorskip("torch")
 
-from sspo_cli.algorithm import rl_step  # noqa: E402
+from sspo_cli.engines.native.learner import Learner  # noqa: E402
+from sspo_cli.engines.native.step import rl_step  # noqa: E402
 from sspo_cli.models import load_policy  # noqa: E402
 from sspo_cli.objectives import build_objective  # noqa: E402
 from sspo_cli.run.schedule import lr_multiplier  # noqa: E402
@@ -72,10 +73,10 @@ def run_steps(folder: Path, tiny_overrides: list[str], steps: int, *overrides: s
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.train.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(recipe))
     policy, objective, state = Policy(model, tokenizer), build_objective(recipe.objective), TrainState()
-    rows = []
+    learner, rows = Learner(policy, optimizer, scheduler), []
     for _ in range(steps):
         state.step += 1
-        rows.append(rl_step(recipe, policy, task, objective, optimizer, scheduler, state))
+        rows.append(rl_step(recipe, learner, task, objective, state))
     return rows
 
 
@@ -111,12 +112,12 @@ def test_a_lagged_lora_policy_lags_its_adapters(tmp_path: Path, tiny_overrides: 
     optimizer = torch.optim.AdamW(trained, lr=recipe.train.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(recipe))
     policy, state = Policy(model, tokenizer, adapter=adapter), TrainState()
-    rows = []
+    learner, rows = Learner(policy, optimizer, scheduler), []
     for _ in range(3):
         state.step += 1
-        rows.append(rl_step(recipe, policy, task, build_objective(recipe.objective), optimizer, scheduler, state))
+        rows.append(rl_step(recipe, learner, task, build_objective(recipe.objective), state))
     assert [row["rollout/policy_lag"] for row in rows] == [0.0, 1.0, 1.0]
-    (copy,) = policy.lagged.copies.values()  # the weights after step 2, which sample step 3 ... of the adapters only
+    (copy,) = learner.lagged.copies.values()  # the weights after step 2, which sample step 3 ... of the adapters only
     assert copy.keys() == {name for name, p in model.named_parameters() if p.requires_grad}
     assert all("lora" in name for name in copy)
     assert rows[2]["ratio/log_abs_mean"] > 1e-4, rows[2]

@@ -6,12 +6,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sspo_cli.algorithm import attention_kernel  # noqa: E402
+from sspo_cli.engines.native.step import attention_kernel  # noqa: E402
 from sspo_cli.models import build_char_tokenizer, build_tiny_model  # noqa: E402
 from sspo_cli.models.kv_cache import new_cache, reserved_layer_class  # noqa: E402
 from sspo_cli.models.logprobs import completion_logprobs  # noqa: E402
 from sspo_cli.recipe import PerformanceConfig, TinyModelConfig  # noqa: E402
-from sspo_cli.rollout import generate  # noqa: E402
+from sspo_cli.rollout.collect import generate  # noqa: E402
 
 TINY = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64)
 PROMPTS = ["12+34=", "5+6=", "12+34=", "99+1=", "5+6=", "12+34="]  # repeats and unequal lengths (left padding)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import sspo_command, write_sums_file
 
-from sspo_cli.prompts import PromptError, TextFormat, text_format
 from sspo_cli.recipe import RecipeError, recipe_from_dict
-from sspo_cli.rollout import generate, loss_mask, truncated_fraction
+from sspo_cli.rollout.collect import generate, loss_mask, truncated_fraction
+from sspo_cli.rollout.prompts import PromptError, TextFormat, text_format
 from sspo_cli.tasks import ADDITION_ALPHABET, build_task
 
 SYSTEM = "You are terse."

@@ -190,7 +190,7 @@ def kill_resume_and_compare(
 
     `check_checkpoint` looks at the checkpoint the resume starts from, before the resume replaces it.
     Returns the resumed run's folder."""
-    from sspo_cli.checkpoint import latest_checkpoint
+    from sspo_cli.engines.native.checkpoint import latest_checkpoint
 
     arguments = [*overrides, "--set", "train.steps=10", "-q"]
     runs = {}
@@ -247,7 +247,7 @@ def assert_graceful_stop(process: Any, sig: signal.Signals, run_dir: Path, datab
 
 
 def assert_every_checkpoint_complete(run_dir: Path) -> None:
-    from sspo_cli.checkpoint import list_checkpoints, load_checkpoint
+    from sspo_cli.engines.native.checkpoint import list_checkpoints, load_checkpoint
 
     found = list_checkpoints(run_dir / "checkpoints")
     assert found

@@ -137,6 +137,6 @@ def test_the_commands_import_nothing_heavy() -> None:
     import subprocess
     import sys
 
-    code = "import sys, sspo_cli.research.cli; print(sorted(m for m in ('torch', 'transformers', 'mlflow', 'matplotlib') if m in sys.modules))"
+    code = "import sys, sspo_cli.cli.research; print(sorted(m for m in ('torch', 'transformers', 'mlflow', 'matplotlib') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr

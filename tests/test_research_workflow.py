@@ -51,7 +51,7 @@ def one_torch_thread():
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     """The CLI in a real subprocess, as a user runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "sspo_cli.research", *args], env=ENV, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "sspo_cli.cli", *args], env=ENV, capture_output=True, text=True, timeout=600
     )
 
 
@@ -59,9 +59,9 @@ def cli_in_process(*args: str) -> tuple[int, str]:
     """The same commands through Typer's test runner, without starting a new interpreter: (exit code, output)."""
     from typer.testing import CliRunner
 
-    from sspo_cli.research.__main__ import build_app
+    from sspo_cli.cli.main import app
 
-    result = CliRunner().invoke(build_app(), list(args))
+    result = CliRunner().invoke(app, list(args))
     return result.exit_code, " ".join(result.output.split())
 
 

@@ -9,10 +9,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from sspo_cli.models import build_char_tokenizer, build_tiny_model  # noqa: E402
+from sspo_cli.models.generation import draw  # noqa: E402
 from sspo_cli.models.logprobs import completion_logits, gather_logprobs, token_entropy  # noqa: E402
 from sspo_cli.recipe import PerformanceConfig, TinyModelConfig  # noqa: E402
-from sspo_cli.rollout import distinct_prompts, generate  # noqa: E402
-from sspo_cli.sampling import draw  # noqa: E402
+from sspo_cli.rollout.collect import distinct_prompts, generate  # noqa: E402
 
 ALPHABET = "0123456789+-=* "
 TINY = TinyModelConfig(

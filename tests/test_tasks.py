@@ -549,7 +549,7 @@ def test_a_registered_task_is_in_the_recipe_of_sspo_validate() -> None:
         for o in ("task.name=countdown", "task.largest=30", "task.eval_size=8", "task.dev_size=4")
         for a in ("--set", o)
     ]
-    code = "from sspo_cli.cli import main; main()"
+    code = "from sspo_cli.cli.main import main; main()"
     result = python_with_toy_task(code, "validate", "recipes/quickstart.yaml", *sets)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "name: countdown" in result.stdout and "largest: 30" in result.stdout
@@ -572,7 +572,15 @@ def test_a_registered_task_is_loaded_and_built(tmp_path: Path) -> None:
 
 def test_without_it_the_task_name_is_unknown() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "sspo_cli.cli", "validate", "recipes/quickstart.yaml", "--set", "task.name=countdown"],
+        [
+            sys.executable,
+            "-m",
+            "sspo_cli.cli.main",
+            "validate",
+            "recipes/quickstart.yaml",
+            "--set",
+            "task.name=countdown",
+        ],
         cwd=REPO,
         env=TOY_ENV,
         capture_output=True,

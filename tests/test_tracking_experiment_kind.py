@@ -1,6 +1,6 @@
 """Our experiments carry MLflow's experiment-kind tag for model training, on a real sqlite store (no mocks)."""
 
-from sspo_cli.tracking import (
+from sspo_cli.run.tracking import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     check_store_writable,

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO, TINY_OVERRIDES, sspo_command
 
+from sspo_cli.engines.dispatch import run_training
 from sspo_cli.objectives import objective_names
 from sspo_cli.recipe import load_recipe
-from sspo_cli.train import run_training
 
 SPEC_METRICS = [
     "ratio/token_mean",
@@ -151,7 +151,7 @@ def test_a_local_hugging_face_folder_trains_as_model_path(tmp_path: Path) -> Non
 def test_forced_bf16_warns_only_where_this_machine_has_no_native_bf16(tmp_path: Path, setting: str) -> None:
     import torch
 
-    from sspo_cli.algorithm import native_bf16
+    from sspo_cli.engines.native.step import native_bf16
 
     sets = [a for o in [*TINY_OVERRIDES, "train.steps=1", f"performance.autocast_bf16={setting}"] for a in ("--set", o)]
     result = subprocess.run(

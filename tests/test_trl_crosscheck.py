@@ -25,12 +25,12 @@ pytest.importorskip("trl")
 import torch
 from conftest import REPO, TINY_OVERRIDES
 
-from sspo_cli.engines.trl_engine import grpo_config
-from sspo_cli.engines.trl_mapping import plan_trl_run
-from sspo_cli.engines.trl_trainer import SspoGRPOTrainer, task_reward_function, training_dataset
+from sspo_cli.engines.trl.engine import grpo_config
+from sspo_cli.engines.trl.mapping import plan_trl_run
+from sspo_cli.engines.trl.trainer import SspoGRPOTrainer, task_reward_function, training_dataset
 from sspo_cli.models import load_policy, save_policy
-from sspo_cli.prompts import text_format
 from sspo_cli.recipe import load_recipe
+from sspo_cli.rollout.prompts import text_format
 from sspo_cli.tasks import build_task
 
 BATCH, PROMPT_LEN, COMPLETION_LEN = 8, 6, 5

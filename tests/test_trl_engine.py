@@ -9,7 +9,7 @@ pytest.importorskip("trl")
 
 from conftest import REPO, TINY_OVERRIDES
 
-from sspo_cli.engines.trl_engine import run_training_trl
+from sspo_cli.engines.trl.engine import run_training_trl
 from sspo_cli.objectives import METRIC_KEYS, objective_names
 from sspo_cli.recipe import load_recipe
 
@@ -93,7 +93,7 @@ def test_every_objective_trains_and_writes_a_normal_run(objective: str, tmp_path
 
 def test_both_engines_write_the_same_records(tmp_path: Path, store: str) -> None:
     """Same summary keys, same history keys (TRL's extra numbers only under `trl/`), same experiment."""
-    from sspo_cli.train import run_training
+    from sspo_cli.engines.dispatch import run_training
 
     trl_summary = run_training_trl(tiny_trl_recipe(), output_dir=tmp_path, tracking_uri=store)
     native_summary = run_training(tiny_trl_recipe("engine=native"), output_dir=tmp_path, tracking_uri=store)
@@ -134,7 +134,7 @@ def test_kl_penalty_trains_against_the_starting_policy(tmp_path: Path, store: st
 
 
 def test_unsupported_recipe_fails_before_any_run_exists(tmp_path: Path) -> None:
-    from sspo_cli.engines.trl_mapping import TrlEngineError
+    from sspo_cli.engines.trl.mapping import TrlEngineError
 
     with pytest.raises(TrlEngineError) as info:
         run_training_trl(tiny_trl_recipe("rollout.updates_per_rollout=3"), output_dir=tmp_path)

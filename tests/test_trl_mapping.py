@@ -5,11 +5,11 @@ import re
 import pytest
 from conftest import REPO
 
-from sspo_cli.engines.trl_mapping import TrlEngineError, batch_layout, plan_trl_run, trl_loss_settings
-from sspo_cli.engines.trl_options import TrlOptions
+from sspo_cli.engines.trl.mapping import TrlEngineError, batch_layout, plan_trl_run, trl_loss_settings
+from sspo_cli.engines.trl.options import TrlOptions
 from sspo_cli.objectives import objective_names
 from sspo_cli.recipe import Recipe, recipe_from_dict
-from sspo_cli.tracking import flatten
+from sspo_cli.run.tracking import flatten
 
 
 def recipe(*overrides: str) -> Recipe:
@@ -110,7 +110,7 @@ def test_loss_settings_follow_the_objective() -> None:
 
 def test_trl_accepts_the_config_and_derives_the_same_batch() -> None:
     pytest.importorskip("trl")
-    from sspo_cli.engines.trl_engine import grpo_config
+    from sspo_cli.engines.trl.engine import grpo_config
 
     r = recipe("rollout.minibatch_size=64", "rollout.updates_per_rollout=4", "model.device=cpu")
     plan = plan_trl_run(r)
@@ -188,7 +188,7 @@ def test_the_native_engines_off_policy_options_are_refused_not_ignored(override:
 
 
 def test_trl_logs_get_the_specs_rollout_keys() -> None:
-    from sspo_cli.engines.trl_records import native_keys
+    from sspo_cli.engines.trl.records import native_keys
 
     plain = native_keys({"loss": 0.5, "completions/clipped_ratio": 0.25})
     assert plain["rollout/truncated_frac"] == 0.25

@@ -16,7 +16,7 @@ from conftest import REPO, TINY_OVERRIDES, sspo_command
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
     """One MLflow store, migrated once here, for the child runs (creating one takes seconds)."""
-    from sspo_cli.tracking import open_client
+    from sspo_cli.run.tracking import open_client
 
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     open_client(uri)
@@ -37,9 +37,9 @@ ENGINES_WITHOUT_TRL = """
 import json, sys
 from pathlib import Path
 from sspo_cli.recipe import load_recipe
-from sspo_cli.train import run_training
-from sspo_cli.engines.trl_engine import run_training_trl
-from sspo_cli.engines.trl_mapping import TrlEngineError
+from sspo_cli.engines.dispatch import run_training
+from sspo_cli.engines.trl.engine import run_training_trl
+from sspo_cli.engines.trl.mapping import TrlEngineError
 
 out, store, overrides = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
 recipe = load_recipe("recipes/quickstart.yaml", overrides)

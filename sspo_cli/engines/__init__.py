@@ -1,7 +1,10 @@
-"""Training engines other than the native single-process loop (`sspo_cli.trainer`).
+"""The engines that train a recipe, and the one module that chooses between them.
 
-`engine: trl` runs a recipe on Hugging Face TRL's `GRPOTrainer` (multi-GPU and multi-node with
-`accelerate launch`, DeepSpeed ZeRO, FSDP, vLLM sampling) with our objectives, advantages and
-records. Nothing here imports torch or TRL at import time: `sspo validate` stays instant and a
-machine without the `trl` extra gets a clear error only when it asks for that engine.
+    dispatch.py   recipe.engine -> the engine; `run_training`, `resume_training`, `RunOptions`
+    native/       the single-process loop: the RL step, checkpoints, the sampler lag, CPU tuning rules
+    trl/          Hugging Face TRL's `GRPOTrainer` with our objectives, advantages and records
+
+Both engines stand on the engine-neutral run layer (`sspo_cli.run`) and neither imports the other.
+Nothing here imports torch or TRL at import time: `sspo validate` stays instant, and a machine
+without the `trl` extra gets a clear error only when it asks for that engine.
 """

@@ -1,6 +1,4 @@
-"""Our objectives inside other RL frameworks (verl). They stand on ``sspo_cli.objectives`` alone.
+"""Our objectives inside other RL frameworks, which import us (we never import them).
 
-- ``verl_loss``: SSPO and GMPO as verl policy-loss functions (no verl import).
-- ``verl_plugin``: the ``verl.plugins`` entry point that registers them with verl.
-- ``verl_check``: ``python -m sspo_cli.integrations.verl_check``, did verl load the plug-in?
+verl/   SSPO and GMPO as verl policy losses, registered through verl's plug-in entry point
 """

@@ -1,6 +1,6 @@
 """Incremental decoding of left-padded batches: positions, and a KV cache across transformers versions.
 
-The bottom layer of sampling (`sspo_cli.sampling`) and of the shared-prompt log-probs
+The bottom layer of sampling (`sspo_cli.models.generation`) and of the shared-prompt log-probs
 (`sspo_cli.models.logprobs`); it imports neither.
 """
 

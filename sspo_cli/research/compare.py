@@ -43,10 +43,10 @@ from sspo_cli.research.store import (
     training_runs_of_experiment,
 )
 from sspo_cli.research.timing import PhaseTimer
-from sspo_cli.tracking import default_tracking_uri, failure_marked, open_client
+from sspo_cli.run.tracking import default_tracking_uri, failure_marked, open_client
 
 if TYPE_CHECKING:
-    from sspo_cli.tracking import Tracker
+    from sspo_cli.run.tracking import Tracker
 
 DEFAULT_OBJECTIVE = "sspo"  # the Recipe's default objective when a recipe has no objective section
 VARIANTS_FILE = "variants.yaml"

@@ -16,20 +16,20 @@ from typing import TYPE_CHECKING, Any
 
 from sspo_cli.models import resolve_device, set_offline_defaults
 from sspo_cli.models.lora import holds_model, load_trained
-from sspo_cli.prompts import text_format
 from sspo_cli.recipe import Recipe, recipe_from_dict
 from sspo_cli.research import ResearchError
 from sspo_cli.research.recipe_files import read_yaml_mapping
 from sspo_cli.research.stats import default_ks, mean, mean_pass_at_k
-from sspo_cli.rollout import generate, grade_all
+from sspo_cli.rollout.collect import generate, grade_all
+from sspo_cli.rollout.prompts import text_format
 from sspo_cli.run.folder import CHECKPOINTS, RECIPE_FILE, SUMMARY_FILE, final_checkpoint
+from sspo_cli.run.tracking import Tracker, default_tracking_uri, flatten, open_client
 from sspo_cli.tasks import build_task
-from sspo_cli.tracking import Tracker, default_tracking_uri, flatten, open_client
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from sspo_cli.prompts import TextFormat
+    from sspo_cli.rollout.prompts import TextFormat
     from sspo_cli.tasks import Example, Task
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")

@@ -17,6 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+from sspo_cli.engines.dispatch import run_training
 from sspo_cli.models import load_policy, set_offline_defaults
 from sspo_cli.recipe import Recipe, stable_hash
 from sspo_cli.research import ResearchError
@@ -24,10 +25,9 @@ from sspo_cli.research.store import MEMBERSHIP_TAG, add_membership, finished_run
 from sspo_cli.research.timing import SHARED_WARM_START, TRAINING, PhaseTimer
 from sspo_cli.run.folder import ensure_writable
 from sspo_cli.run.state import TrainingObserver
+from sspo_cli.run.tracking import default_tracking_uri, open_client
+from sspo_cli.run.warm_start import cached_warm_start, is_cached, warm_start_key
 from sspo_cli.tasks import build_task
-from sspo_cli.tracking import default_tracking_uri, open_client
-from sspo_cli.train import run_training
-from sspo_cli.warm_start import cached_warm_start, is_cached, warm_start_key
 
 State = Literal["reused", "trained", "failed", "cancelled", "pruned"]
 

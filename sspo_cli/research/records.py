@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from sspo_cli.research import ResearchError
 from sspo_cli.research.metrics import Curves, RunRecord, failed_record
-from sspo_cli.tracking import flatten
+from sspo_cli.run.tracking import flatten
 
 if TYPE_CHECKING:
     from mlflow.entities import Run

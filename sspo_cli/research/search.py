@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sspo_cli.checkpoint import CheckpointError
+from sspo_cli.engines.dispatch import run_training
 from sspo_cli.recipe import Recipe, recipe_from_dict
 from sspo_cli.research import ResearchError
 from sspo_cli.research.execute import (
@@ -51,10 +51,9 @@ from sspo_cli.research.space import (
 from sspo_cli.research.store import close_group_run, finished_runs_by_fingerprint, open_group_run
 from sspo_cli.research.sweep import grid_axis, parse_grid_option, read_sweep_section
 from sspo_cli.research.timing import TRAINING, PhaseTimer
-from sspo_cli.run.folder import RunLock, read_run_folder
+from sspo_cli.run.folder import CheckpointError, RunLock, read_run_folder
 from sspo_cli.run.state import TrainingObserver
-from sspo_cli.tracking import failure_marked, open_client
-from sspo_cli.train import run_training
+from sspo_cli.run.tracking import failure_marked, open_client
 
 if TYPE_CHECKING:
     import optuna

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sspo_cli.research import ResearchError
-from sspo_cli.tracking import Tracker, open_client
+from sspo_cli.run.tracking import Tracker, open_client
 
 if TYPE_CHECKING:
     from mlflow.entities import Run

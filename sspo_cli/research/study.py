@@ -49,7 +49,7 @@ from sspo_cli.research.sweep import (
     short_keys,
 )
 from sspo_cli.research.timing import PhaseTimer
-from sspo_cli.tracking import failure_marked
+from sspo_cli.run.tracking import failure_marked
 
 if TYPE_CHECKING:
     from sspo_cli.recipe import Recipe

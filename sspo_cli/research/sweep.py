@@ -41,10 +41,10 @@ from sspo_cli.research.store import (
     open_group_run,
 )
 from sspo_cli.research.timing import PhaseTimer
-from sspo_cli.tracking import failure_marked
+from sspo_cli.run.tracking import failure_marked
 
 if TYPE_CHECKING:
-    from sspo_cli.tracking import Tracker
+    from sspo_cli.run.tracking import Tracker
 
 DEFAULT_METRIC = "final_accuracy"
 

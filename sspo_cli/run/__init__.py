@@ -6,6 +6,6 @@
     metrics.py   merging per-update metrics into a step, the summary's diagnostics (pure)
     schedule.py  the learning-rate schedule
 
-Both engines (`sspo_cli.trainer`, `sspo_cli.engines.trl_engine`) stand on these modules; nothing
+Both engines (`sspo_cli.engines.native.loop`, `sspo_cli.engines.trl.engine`) stand on these modules; nothing
 here imports an engine. Importing the package imports nothing.
 """

@@ -4,7 +4,7 @@
         run.json        MLflow run id, tracking URI, experiment (written when the run starts)
         recipe.yaml     the resolved recipe; `--resume` trains exactly this
         history.jsonl   one line of metrics per RL step
-        checkpoints/    step-NNNNNN/ ... and final/ (see checkpoint.py)
+        checkpoints/    step-NNNNNN/ ... and final/ (the native engine's: engines/native/checkpoint.py)
         summary.json    written when the run finishes
         .lock           held (flock) by the process training the run
 
@@ -21,7 +21,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sspo_cli.checkpoint import FINAL_NAME, CheckpointError
 from sspo_cli.errors import InputError
 
 if TYPE_CHECKING:
@@ -32,6 +31,8 @@ RECIPE_FILE = "recipe.yaml"
 SUMMARY_FILE = "summary.json"
 HISTORY_FILE = "history.jsonl"
 CHECKPOINTS = "checkpoints"
+FINAL_NAME = "final"  # checkpoints/final/: the last weights, whichever engine wrote them
+STEP_PREFIX = "step-"
 LOCK_FILE = ".lock"
 RUN_FORMAT = 1
 
@@ -39,6 +40,15 @@ RUN_FORMAT = 1
 def final_checkpoint(run_dir: Path) -> Path:
     """The final weights of a run, whichever engine wrote them: a Hugging Face model folder."""
     return run_dir / CHECKPOINTS / FINAL_NAME
+
+
+def step_folder_name(step: int) -> str:
+    """The name of step `step`'s checkpoint folder: `step-000150`."""
+    return f"{STEP_PREFIX}{step:06d}"
+
+
+class CheckpointError(InputError):
+    """A run folder or checkpoint that cannot be used; names the option (`--resume`) and the file."""
 
 
 class OutputError(InputError):

@@ -17,19 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sspo_cli.prompts import text_format
 from sspo_cli.recipe import Recipe, to_yaml
-from sspo_cli.rollout import evaluate
+from sspo_cli.rollout.evaluate import evaluate
+from sspo_cli.rollout.prompts import text_format
 from sspo_cli.run.folder import HISTORY_FILE, RECIPE_FILE, SUMMARY_FILE, RunInfo, final_checkpoint, write_text_atomic
 from sspo_cli.run.metrics import diagnostics_summary
 from sspo_cli.run.state import TrainingObserver, TrainState
-from sspo_cli.tracking import Tracker, absolute_uri, failure_status, flatten
+from sspo_cli.run.tracking import Tracker, absolute_uri, failure_status, flatten
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from sspo_cli.run.warm_start import WarmStartResult
     from sspo_cli.tasks import Task
-    from sspo_cli.warm_start import WarmStartResult
 
 
 def run_tags(

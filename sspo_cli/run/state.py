@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sspo_cli.run.sampler_policy import LaggedWeights
-
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -26,7 +24,6 @@ class Policy:
     reference: PreTrainedModel | None = None  # a frozen copy, for a KL term in full fine-tuning
     adapter: Adapter | None = None
     kl_to_base: bool = False  # under LoRA the KL reference is `model` with its adapters off: no copy
-    lagged: LaggedWeights = field(default_factory=LaggedWeights)  # older weights that sample (`rollout.policy_lag`)
 
     @property
     def has_reference(self) -> bool:

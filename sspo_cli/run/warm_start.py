@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 from sspo_cli.errors import InputError
 from sspo_cli.models import untied_state
 from sspo_cli.models.kv_cache import position_ids_for
-from sspo_cli.prompts import TextFormat, text_format
 from sspo_cli.recipe import Recipe, stable_hash
-from sspo_cli.rollout import evaluate
+from sspo_cli.rollout.evaluate import evaluate
+from sspo_cli.rollout.prompts import TextFormat, text_format
 
 if TYPE_CHECKING:
     import torch

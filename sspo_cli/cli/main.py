@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from sspo_cli.cli_guard import guarded
+from sspo_cli.cli.guard import guarded
+from sspo_cli.cli.research import register
 from sspo_cli.errors import InputError
 
 app = typer.Typer(
@@ -52,7 +53,7 @@ def validate(recipe: RecipeArg, set_: SetOpt = None, debug: DebugOpt = False) ->
     from sspo_cli.recipe import load_recipe, to_yaml
 
     def action() -> None:
-        from sspo_cli.train import check_engine_accepts
+        from sspo_cli.engines.dispatch import check_engine_accepts
 
         resolved = load_recipe(recipe, set_ or [])
         check_engine_accepts(resolved)
@@ -88,10 +89,10 @@ def train(
 
     def action() -> None:
         check_train_options(recipe, set_, output_dir, resume)
-        from sspo_cli.report import RichProgress, print_summary
+        from sspo_cli.run.report import RichProgress, print_summary
 
         if resume is not None:
-            from sspo_cli.train import resume_training
+            from sspo_cli.engines.dispatch import resume_training
 
             with RichProgress(quiet=quiet) as progress:
                 summary = resume_training(resume, tracking_uri=tracking_uri, observer=progress)
@@ -99,7 +100,7 @@ def train(
             from sspo_cli.recipe import load_recipe
 
             resolved = load_recipe(recipe, set_ or [])
-            from sspo_cli.train import run_training
+            from sspo_cli.engines.dispatch import run_training
 
             with RichProgress(quiet=quiet) as progress:
                 summary = run_training(
@@ -133,13 +134,7 @@ def check_train_options(
         raise UsageProblem("--resume", "takes no --output-dir: the run stays in its own folder")
 
 
-def _register_research_commands() -> None:
-    from sspo_cli.research.cli import register
-
-    register(app)
-
-
-_register_research_commands()
+register(app)  # eval, compare, sweep
 
 
 def main() -> None:

@@ -24,31 +24,23 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sspo_cli.errors import InputError, first_line
-from sspo_cli.run.sampler_policy import LaggedWeights
+from sspo_cli.engines.native.lag import LaggedWeights
+from sspo_cli.errors import first_line
+from sspo_cli.run.folder import FINAL_NAME, STEP_PREFIX, CheckpointError, step_folder_name
 from sspo_cli.run.state import Policy, TrainState
 
 if TYPE_CHECKING:
     import torch
 
+    from sspo_cli.engines.native.learner import Learner
+
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
-FINAL_NAME = "final"
 SAMPLER_FOLDER = "sampler"  # the lagged copies of the trained weights (`rollout.policy_lag`, `sync_interval`)
 SAMPLER_FILE = "weights.safetensors"
-STEP_PREFIX = "step-"
 STAGING_PREFIX = ".tmp-"
 TRASH_PREFIX = ".old-"  # a complete folder being replaced
 DELETE_PREFIX = ".del-"  # a folder being deleted
-
-
-def step_folder_name(step: int) -> str:
-    """The name of step `step`'s checkpoint folder: `step-000150`."""
-    return f"{STEP_PREFIX}{step:06d}"
-
-
-class CheckpointError(InputError):
-    """A run folder or checkpoint that cannot be used; names the option (`--resume`) and the file."""
 
 
 @dataclass
@@ -92,14 +84,13 @@ def train_state_of(loaded: LoadedCheckpoint) -> TrainState:
 # --------------------------------------------------------------------------- writing
 
 
-def save_checkpoint(
-    root: Path, policy: Policy, optimizer, scheduler, state: TrainState, keep: int, final: bool = False
-) -> Path:
+def save_checkpoint(root: Path, learner: Learner, state: TrainState, keep: int, final: bool = False) -> Path:
     """Write `root/step-NNNNNN` atomically (and `root/final` when `final`); keep the last `keep` steps."""
     import torch
 
     from sspo_cli.models import quiet_transformers, save_policy
 
+    policy = learner.policy
     root.mkdir(parents=True, exist_ok=True)
     name = step_folder_name(state.step)
     staging = root / f"{STAGING_PREFIX}{name}-{os.getpid()}"
@@ -110,14 +101,18 @@ def save_checkpoint(
             save_policy(policy.model, policy.tokenizer, staging)
         else:
             save_lora_policy(policy, staging, latest_checkpoint(root))
-    if policy.lagged.copies:
+    if learner.lagged.copies:
         from safetensors.torch import save_file
 
         (staging / SAMPLER_FOLDER).mkdir()
         save_file(
-            {k: v.contiguous() for k, v in policy.lagged.flat().items()}, str(staging / SAMPLER_FOLDER / SAMPLER_FILE)
+            {k: v.contiguous() for k, v in learner.lagged.flat().items()}, str(staging / SAMPLER_FOLDER / SAMPLER_FILE)
         )
-    payload = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": capture_rng()}
+    payload = {
+        "optimizer": learner.optimizer.state_dict(),
+        "scheduler": learner.scheduler.state_dict(),
+        "rng": capture_rng(),
+    }
     torch.save(payload, staging / OPTIMIZER_FILE)
     (staging / STATE_FILE).write_text(json.dumps(asdict(state)))
     _fsync_tree(staging)
@@ -283,20 +278,20 @@ def apply_policy_weights(policy: Policy, loaded: LoadedCheckpoint) -> None:
             raise CheckpointError(
                 "--resume", f"the adapter in {loaded.folder} does not fit the recipe's model ({problem})"
             )
-    apply_lagged_weights(policy, loaded)
 
 
-def apply_lagged_weights(policy: Policy, loaded: LoadedCheckpoint) -> None:
-    """The checkpoint's lagged copies (none: the run had no lag, or no later step needed one) into the policy."""
+def lagged_weights_of(loaded: LoadedCheckpoint, model) -> LaggedWeights:
+    """The checkpoint's lagged copies (none: the run had no lag, or no later step needed one), checked against
+    the model they lag."""
     source = loaded.folder / SAMPLER_FOLDER / SAMPLER_FILE
     try:
         lagged = LaggedWeights.from_flat(loaded.sampler_weights or {})
     except ValueError as exc:
         raise CheckpointError("--resume", f"{source} does not hold lagged weights: {exc}") from None
-    problem = lagged.fit_problem(policy.model)
+    problem = lagged.fit_problem(model)
     if problem:
         raise CheckpointError("--resume", f"{source} does not fit the recipe's model ({problem})")
-    policy.lagged = lagged
+    return lagged
 
 
 def copy_weights(targets: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], source: Path) -> None:

@@ -29,7 +29,7 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
-from sspo_cli.engines.trl_records import native_keys
+from sspo_cli.engines.trl.records import native_keys
 from sspo_cli.models.logprobs import logp_difference_sums, sampler_mismatch_metrics
 from sspo_cli.objectives import METRIC_KEYS, build_objective, compute_advantages
 from sspo_cli.run.metrics import merge_rows, merge_values
@@ -37,8 +37,8 @@ from sspo_cli.run.schedule import lr_multiplier
 from sspo_cli.run.state import TooManySkips
 
 if TYPE_CHECKING:
-    from sspo_cli.prompts import TextFormat
     from sspo_cli.recipe import Recipe
+    from sspo_cli.rollout.prompts import TextFormat
     from sspo_cli.run.records import RunRecords
     from sspo_cli.run.state import TrainState
     from sspo_cli.tasks import Task

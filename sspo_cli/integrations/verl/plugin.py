@@ -1,10 +1,10 @@
 """The verl plug-in: registers ``loss_mode=sspo`` and ``loss_mode=gmpo`` with verl's policy-loss registry.
 
 verl imports this module itself: through the ``verl.plugins`` entry point (on ``import verl``, in the driver and
-in every Ray worker), through ``VERL_USE_EXTERNAL_MODULES=sspo_cli.integrations.verl_plugin``, or when Hydra builds
+in every Ray worker), through ``VERL_USE_EXTERNAL_MODULES=sspo_cli.integrations.verl.plugin``, or when Hydra builds
 ``SspoPolicyLossConfig`` (the ``_target_`` of ``actor_rollout_ref.actor.policy_loss``). verl logs a plug-in that
 fails to import at DEBUG level only, so a failure here is logged at WARNING before it propagates;
-``python -m sspo_cli.integrations.verl_check`` says whether the registration took place.
+``python -m sspo_cli.integrations.verl.check`` says whether the registration took place.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ try:
     from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY, register_policy_loss
     from verl.workers.config import PolicyLossConfig
 
-    from sspo_cli.integrations.verl_loss import (
+    from sspo_cli.integrations.verl.loss import (
         POLICY_LOSS_KEYS,
         VERL_LOSS_MODES,
         check_policy_loss_keys,
@@ -29,7 +29,7 @@ try:
 except Exception as error:  # verl would swallow it: say it where a user looks
     logger.warning(
         "sspo-cli's verl plug-in failed to load, so loss_mode=sspo/gmpo are not registered: %s: %s "
-        "(python -m sspo_cli.integrations.verl_check shows the traceback)",
+        "(python -m sspo_cli.integrations.verl.check shows the traceback)",
         type(error).__name__,
         error,
     )
@@ -40,7 +40,7 @@ except Exception as error:  # verl would swallow it: say it where a user looks
 class SspoPolicyLossConfig(PolicyLossConfig):
     """verl's policy_loss config plus our keys that verl's ActorConfig lacks (None: the objective's default).
 
-    Select it with ``actor_rollout_ref.actor.policy_loss._target_=sspo_cli.integrations.verl_plugin.SspoPolicyLossConfig``
+    Select it with ``actor_rollout_ref.actor.policy_loss._target_=sspo_cli.integrations.verl.plugin.SspoPolicyLossConfig``
     and set a key with ``+actor_rollout_ref.actor.policy_loss.gate=arctan``; it is checked when verl builds the config.
     """
 

@@ -1,12 +1,12 @@
 """The native engine: a single-process training run, top to bottom.
 
     recipe -> task, policy, objective, output dir and MLflow store checked -> (cached) warm start
-    -> run folder + MLflow run -> for each step: `algorithm.rl_step` -> metrics to MLflow,
+    -> run folder + MLflow run -> for each step: `step.rl_step` -> metrics to MLflow,
     periodic eval, checkpoints -> summary.json
 
 `run_training_native` starts a run; `resume_training_native` continues one from its last
 checkpoint; `rl_loop` repeats the algorithm's step. The run's records, state types and summary
-are the engine-neutral run layer's (`sspo_cli.run`); `sspo_cli.train` chooses this engine.
+are the engine-neutral run layer's (`sspo_cli.run`); `sspo_cli.engines.dispatch` chooses this engine.
 Nothing here knows about the terminal: progress and warnings go to a `TrainingObserver`.
 
 Bad input (recipe, data, model, output dir, tracking store, run folder, checkpoint) raises
@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sspo_cli.algorithm import native_bf16, rl_step
-from sspo_cli.checkpoint import (
+from sspo_cli.engines.native.checkpoint import (
     OPTIMIZER_FILE,
     CheckpointError,
     apply_policy_weights,
+    lagged_weights_of,
     latest_checkpoint,
     load_checkpoint,
     recover_interrupted_writes,
@@ -35,10 +35,12 @@ from sspo_cli.checkpoint import (
     step_folder_name,
     train_state_of,
 )
+from sspo_cli.engines.native.learner import Learner
+from sspo_cli.engines.native.step import native_bf16, rl_step
 from sspo_cli.models import check_generation_tokens, load_policy, set_offline_defaults, trainable_parameters
 from sspo_cli.models.lora import attach_lora, check_targets
-from sspo_cli.prompts import text_format
 from sspo_cli.recipe import Recipe
+from sspo_cli.rollout.prompts import text_format
 from sspo_cli.run.folder import (
     CHECKPOINTS,
     HISTORY_FILE,
@@ -52,9 +54,7 @@ from sspo_cli.run.folder import (
 from sspo_cli.run.records import PROBLEMS_FILE, RunRecords, eval_metrics, open_run
 from sspo_cli.run.schedule import lr_multiplier
 from sspo_cli.run.state import Policy, TooManySkips, TrainingObserver, TrainState
-from sspo_cli.signals import RunInterrupted, StopRequest
-from sspo_cli.tasks import build_task
-from sspo_cli.tracking import (
+from sspo_cli.run.tracking import (
     Tracker,
     check_store_writable,
     check_tracking_uri,
@@ -63,16 +63,18 @@ from sspo_cli.tracking import (
     find_run,
     open_client,
 )
-from sspo_cli.warm_start import cached_warm_start, check_target
+from sspo_cli.run.warm_start import cached_warm_start, check_target
+from sspo_cli.signals import RunInterrupted, StopRequest
+from sspo_cli.tasks import build_task
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
-    from sspo_cli.checkpoint import LoadedCheckpoint
+    from sspo_cli.engines.native.checkpoint import LoadedCheckpoint
     from sspo_cli.run.folder import RunInfo
+    from sspo_cli.run.warm_start import WarmStartResult
     from sspo_cli.tasks import Task
-    from sspo_cli.warm_start import WarmStartResult
 
 
 @dataclass
@@ -102,14 +104,14 @@ def run_training_native(
     """Train one recipe end to end and return its summary (also written to summary.json)."""
     observer = observer or TrainingObserver()
     prepared = prepare(recipe, Path(output_dir), tracking_uri, observer)
-    optimizer, scheduler = make_optimizer(recipe, prepared.policy.model)
+    learner = Learner(prepared.policy, *make_optimizer(recipe, prepared.policy.model))
 
     run_dir = new_run_dir(prepared.output_dir, recipe.tracking.run_name or default_run_name(recipe))
     with RunLock(run_dir):
         tracker = open_run(
             recipe, run_dir, prepared.output_dir, prepared.tracking_uri, parent_run_id, extra_tags, prepared.warm_result
         )
-        return execute(prepared, run_dir, tracker, TrainState(), optimizer, scheduler, observer, first_session=True)
+        return execute(prepared, learner, run_dir, tracker, TrainState(), observer, first_session=True)
 
 
 def resume_training_native(
@@ -137,9 +139,9 @@ def resume_training_native(
             )
         tracking_uri = tracking_uri or info.tracking_uri
         prepared = prepare(recipe, run_dir.parent, tracking_uri, observer, run_id=info.run_id)
-        optimizer, scheduler = make_optimizer(recipe, prepared.policy.model)
+        learner = Learner(prepared.policy, *make_optimizer(recipe, prepared.policy.model))
         if loaded is not None:
-            restore_from_checkpoint(loaded, prepared.policy, optimizer, scheduler)
+            restore_from_checkpoint(loaded, learner)
             restore_rng(loaded.rng)
         tracker = Tracker.resume(prepared.tracking_uri, info.run_id, skip_logged_steps=True)
         state.resumed_from.append(state.step)
@@ -153,7 +155,7 @@ def resume_training_native(
             f"resuming {run_dir.name} from step {state.step}"
             + (f" ({folder.name})" if folder else " (no checkpoint yet: from the start)")
         )
-        return execute(prepared, run_dir, tracker, state, optimizer, scheduler, observer, first_session=loaded is None)
+        return execute(prepared, learner, run_dir, tracker, state, observer, first_session=loaded is None)
 
 
 def prepare(
@@ -262,12 +264,13 @@ def fused_adamw_supported(params: list[torch.Tensor]) -> bool:
     return bool(params) and all(p.device.type in supported and p.is_floating_point() for p in params)
 
 
-def restore_from_checkpoint(loaded: LoadedCheckpoint, policy: Policy, optimizer, scheduler) -> None:
-    """Weights, optimiser and scheduler as they were when the checkpoint was written."""
-    apply_policy_weights(policy, loaded)
+def restore_from_checkpoint(loaded: LoadedCheckpoint, learner: Learner) -> None:
+    """Weights, lagged sampler weights, optimiser and scheduler as they were when the checkpoint was written."""
+    apply_policy_weights(learner.policy, loaded)
+    learner.lagged = lagged_weights_of(loaded, learner.policy.model)
     try:
-        optimizer.load_state_dict(loaded.optimizer)
-        scheduler.load_state_dict(loaded.scheduler)
+        learner.optimizer.load_state_dict(loaded.optimizer)
+        learner.scheduler.load_state_dict(loaded.scheduler)
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
         raise CheckpointError(
             "--resume", f"{loaded.folder / OPTIMIZER_FILE} does not fit the recipe's model: {exc}"
@@ -279,11 +282,10 @@ def restore_from_checkpoint(loaded: LoadedCheckpoint, policy: Policy, optimizer,
 
 def execute(
     prepared: Prepared,
+    learner: Learner,
     run_dir: Path,
     tracker: Tracker,
     state: TrainState,
-    optimizer,
-    scheduler,
     observer: TrainingObserver,
     first_session: bool,
 ) -> dict[str, Any]:
@@ -294,14 +296,14 @@ def execute(
     with failure_marked(tracker):
         records.begin(first_session)
         with StopRequest(notify=observer.on_warning) as stop:
-            rl_loop(prepared, records, optimizer, scheduler, stop)
+            rl_loop(prepared, learner, records, stop)
         return records.finish()
 
 
 # --------------------------------------------------------------------------- the loop
 
 
-def rl_loop(prepared: Prepared, records: RunRecords, optimizer, scheduler, stop: StopRequest | None = None) -> None:
+def rl_loop(prepared: Prepared, learner: Learner, records: RunRecords, stop: StopRequest | None = None) -> None:
     """Steps from `state.step` to `train.steps`: record, evaluate and checkpoint on schedule.
 
     A stop request is honoured between steps: checkpoint, then RunInterrupted. Too many
@@ -321,9 +323,7 @@ def rl_loop(prepared: Prepared, records: RunRecords, optimizer, scheduler, stop:
     def save(final: bool = False) -> Path:
         nonlocal last_saved
         state.elapsed_seconds = elapsed_before + time.perf_counter() - session_started
-        path = save_checkpoint(
-            checkpoints, policy, optimizer, scheduler, state, recipe.train.keep_checkpoints, final=final
-        )
+        path = save_checkpoint(checkpoints, learner, state, recipe.train.keep_checkpoints, final=final)
         last_saved = state.step
         return path
 
@@ -339,7 +339,7 @@ def rl_loop(prepared: Prepared, records: RunRecords, optimizer, scheduler, stop:
             raise RunInterrupted(stop.signal_name or "signal", state.step, run_dir, path)
         state.step += 1
         try:
-            metrics = rl_step(recipe, policy, task, prepared.objective, optimizer, scheduler, state)
+            metrics = rl_step(recipe, learner, task, prepared.objective, state)
         except TooManySkips as exc:
             exc.step, exc.run_dir, exc.checkpoint = state.step, run_dir, save()
             raise

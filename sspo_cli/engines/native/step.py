@@ -18,30 +18,29 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sspo_cli.engines.native.lag import LagSchedule
 from sspo_cli.models.logprobs import completion_logprobs, logp_difference_sums, sampler_mismatch_metrics
-from sspo_cli.prompts import text_format
 from sspo_cli.recipe import PerformanceConfig, Recipe, RolloutConfig, stable_hash
-from sspo_cli.rollout import generate, grade_all, loss_mask, truncated_fraction
+from sspo_cli.rollout.collect import generate, grade_all, loss_mask, truncated_fraction
+from sspo_cli.rollout.prompts import text_format
 from sspo_cli.run.metrics import merge_rows
-from sspo_cli.run.sampler_policy import LagSchedule
 
 if TYPE_CHECKING:
     import torch
 
-    from sspo_cli.rollout import Rollout
-    from sspo_cli.run.state import Policy, TrainState
+    from sspo_cli.engines.native.learner import Learner
+    from sspo_cli.rollout.collect import Rollout
+    from sspo_cli.run.state import TrainState
     from sspo_cli.tasks import Example, Task
 
 
-def rl_step(
-    recipe: Recipe, policy: Policy, task: Task, objective, optimizer, scheduler, state: TrainState
-) -> dict[str, float]:
+def rl_step(recipe: Recipe, learner: Learner, task: Task, objective, state: TrainState) -> dict[str, float]:
     """One rollout and its `updates_per_rollout` optimiser updates."""
     import torch
 
     from sspo_cli.objectives import compute_advantages  # its lazy attribute imports torch
 
-    cfg, perf = recipe.rollout, recipe.performance
+    cfg, perf, policy = recipe.rollout, recipe.performance, learner.policy
     started = time.perf_counter()
     torch.manual_seed(step_seed(recipe.seed, state.step))  # sampling depends on (seed, step) alone: resumable
     model = prepared_model(policy.model, perf)
@@ -52,7 +51,7 @@ def rl_step(
     prompts = prompts_for_step(task.train, recipe.seed, state.step, cfg.prompts_per_step)
     examples = [e for e in prompts for _ in range(cfg.group_size)]
     policy.model.eval()
-    with policy.lagged.sampling(policy.model, schedule, state.step):
+    with learner.lagged.sampling(policy.model, schedule, state.step):
         with sampler_precision(next(model.parameters()).device, cfg.sampler_dtype):
             rollout = generate(
                 model,
@@ -106,7 +105,10 @@ def rl_step(
         update = accumulate_gradients(model, objective, data, rows.to(device), shared_prompts, recipe, attention)
         objective_seconds += update.objective_seconds
         update_metrics.append(
-            {**update.metrics, **apply_update(update.loss, policy.model, optimizer, scheduler, recipe, state)}
+            {
+                **update.metrics,
+                **apply_update(update.loss, policy.model, learner.optimizer, learner.scheduler, recipe, state),
+            }
         )
     policy.model.eval()
 
@@ -120,7 +122,7 @@ def rl_step(
         "rollout/policy_lag": float(schedule.lag(state.step)),
         **behaviour.mismatch(sampled_mask),
         "train/entropy": float(entropy),
-        "train/lr": scheduler.get_last_lr()[0],
+        "train/lr": learner.scheduler.get_last_lr()[0],
         "train/tokens_per_s": tokens / elapsed,
         "train/step_seconds": elapsed,
         "train/sample_seconds": sampled - started,

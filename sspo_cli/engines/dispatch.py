@@ -1,6 +1,6 @@
 """Which engine trains a recipe: the one place that knows every engine.
 
-    recipe.engine -> ENGINES[engine]: `native` (sspo_cli.trainer) or `trl` (sspo_cli.engines.trl_engine)
+    recipe.engine -> ENGINES[engine]: `native` (sspo_cli.engines.native.loop) or `trl` (sspo_cli.engines.trl.engine)
 
 Both engines stand on the run layer (`sspo_cli.run`) and neither imports the other. Everything
 that trains (`sspo train`, compare, sweep) comes through `run_training` or `resume_training`.
@@ -13,8 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
-from sspo_cli.checkpoint import CheckpointError
-from sspo_cli.run.folder import RECIPE_FILE, read_run_folder
+from sspo_cli.run.folder import RECIPE_FILE, CheckpointError, read_run_folder
 
 if TYPE_CHECKING:
     from sspo_cli.recipe import Recipe
@@ -33,26 +32,26 @@ class TrainOptions(TypedDict, total=False):
 
 
 def _train_native(recipe: Recipe, **options: Unpack[TrainOptions]) -> dict[str, Any]:
-    from sspo_cli.trainer import run_training_native
+    from sspo_cli.engines.native.loop import run_training_native
 
     return run_training_native(recipe, **options)
 
 
 def _train_trl(recipe: Recipe, **options: Unpack[TrainOptions]) -> dict[str, Any]:
-    from sspo_cli.engines.trl_engine import run_training_trl
+    from sspo_cli.engines.trl.engine import run_training_trl
 
     return run_training_trl(recipe, **options)
 
 
 def _resume_native(run_dir: Path, info: RunInfo, recipe: Recipe, **options: Any) -> dict[str, Any]:
-    from sspo_cli.trainer import resume_training_native
+    from sspo_cli.engines.native.loop import resume_training_native
 
     return resume_training_native(run_dir, info, recipe, **options)
 
 
 def _check_trl(recipe: Recipe) -> None:
     """TRL's refusals need no torch: `sspo validate` shows them now, not at train time."""
-    from sspo_cli.engines.trl_mapping import plan_trl_run
+    from sspo_cli.engines.trl.mapping import plan_trl_run
 
     plan_trl_run(recipe, cuda_available=True, bf16_available=True)  # the hardware is checked at train time
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sspo_cli.engines.trl_options import TrlOptions
+from sspo_cli.engines.trl.options import TrlOptions
 from sspo_cli.errors import InputError
 from sspo_cli.recipe import Recipe, RolloutConfig
 

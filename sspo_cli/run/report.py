@@ -18,7 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from sspo_cli.run.state import TrainingObserver
-from sspo_cli.tracking import runs_view_url
+from sspo_cli.run.tracking import runs_view_url
 
 console = Console()
 err_console = Console(stderr=True)

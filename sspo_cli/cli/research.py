@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from sspo_cli.cli_guard import EXIT_FAILED, guarded
+from sspo_cli.cli.guard import EXIT_FAILED, guarded
 
 SetOpt = Annotated[
     Optional[list[str]],
@@ -117,7 +117,6 @@ def eval_command(
     def action() -> None:
         from rich.markup import escape
 
-        from sspo_cli.report import console
         from sspo_cli.research.evaluation import (
             EvalOptions,
             eval_recipe,
@@ -127,6 +126,7 @@ def eval_command(
             save_and_log,
         )
         from sspo_cli.research.tables import eval_table, print_table
+        from sspo_cli.run.report import console
 
         options = EvalOptions(
             split, size, samples, temperature, _int_list(k, "--k"), seed, batch_size, max_new_tokens, device
@@ -222,11 +222,11 @@ def compare_command(
     """
 
     def action() -> None:
-        from sspo_cli.report import console
         from sspo_cli.research import ResearchError
         from sspo_cli.research.compare import compare_existing, read_compare_section, run_comparison
         from sspo_cli.research.progress import RichWorkflowProgress
         from sspo_cli.research.study import run_study, study_axes
+        from sspo_cli.run.report import console
 
         positional = args or []
         if runs or experiment:
@@ -263,9 +263,9 @@ def compare_command(
 
 
 def _render_comparison(result) -> None:
-    from sspo_cli.report import console
     from sspo_cli.research.statistics_text import statistics_tables
     from sspo_cli.research.tables import comparison_table, print_table, text_table
+    from sspo_cli.run.report import console
 
     print_table(console, comparison_table(result.summaries, result.threshold, result.title, method=result.interval))
     if result.inference is not None:
@@ -280,9 +280,9 @@ def _render_study(study) -> None:
     """The table of every point, the separations found, where each point's comparison is."""
     from rich.markup import escape
 
-    from sspo_cli.report import console
     from sspo_cli.research.study import study_table
     from sspo_cli.research.tables import print_table, text_table
+    from sspo_cli.run.report import console
 
     table = study_table(study.plan, study.points)
     print_table(console, text_table(table))
@@ -302,7 +302,7 @@ def _render_footer(result) -> None:
 
 
 def _exit_if_failed(failed) -> None:
-    from sspo_cli.report import console
+    from sspo_cli.run.report import console
 
     if failed:
         console.print("[yellow]re-run the same command to retry the failed runs; finished ones are reused[/yellow]")
@@ -311,8 +311,8 @@ def _exit_if_failed(failed) -> None:
 
 def _render_where(result) -> None:
     """Where the outputs and the MLflow runs are, and where the time went."""
-    from sspo_cli.report import console
     from sspo_cli.research.store import membership_filter
+    from sspo_cli.run.report import console
 
     console.print(f"outputs: {result.out_dir}  ({', '.join(p.name for p in result.files.values())})", soft_wrap=True)
     console.print(
@@ -326,7 +326,7 @@ def _render_where(result) -> None:
 def _render_failures(outcomes) -> None:
     from rich.markup import escape
 
-    from sspo_cli.report import console
+    from sspo_cli.run.report import console
 
     for outcome in outcomes:
         console.print(
@@ -337,8 +337,8 @@ def _render_failures(outcomes) -> None:
 
 
 def _render_timing(timing) -> None:
-    from sspo_cli.report import console
     from sspo_cli.research.timing import SHARED_WARM_START
+    from sspo_cli.run.report import console
 
     shared = timing["phases"].get(SHARED_WARM_START)
     runs = timing.get("runs_trained")
@@ -389,8 +389,8 @@ def sweep_command(
     with --search, an Optuna study (TPE, random or grid) pruned on the eval accuracy, resumable from its SQLite."""
 
     def action() -> None:
-        from sspo_cli.report import console
         from sspo_cli.research.progress import RichWorkflowProgress
+        from sspo_cli.run.report import console
 
         if search is None and not section_searches(recipe):
             from sspo_cli.research.sweep import run_sweep
@@ -445,9 +445,9 @@ def check_grid_only(space: list[str] | None, trials: int | None, pruner: str | N
 def _render_search(result) -> None:
     from rich.markup import escape
 
-    from sspo_cli.report import console
     from sspo_cli.research.search_report import trials_table
     from sspo_cli.research.tables import print_table, text_table
+    from sspo_cli.run.report import console
 
     print_table(console, text_table(trials_table(result)))
     for note in result.notes:

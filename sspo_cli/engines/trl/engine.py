@@ -16,16 +16,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sspo_cli.engines.trl_mapping import TRL_INSTALL_HINT, TrlEngineError, TrlPlan, plan_trl_run, uses_cpu
+from sspo_cli.engines.trl.mapping import TRL_INSTALL_HINT, TrlEngineError, TrlPlan, plan_trl_run, uses_cpu
 from sspo_cli.models import check_generation_tokens, load_policy, load_pretrained, save_policy, set_offline_defaults
-from sspo_cli.prompts import text_format
 from sspo_cli.recipe import Recipe
+from sspo_cli.rollout.prompts import text_format
 from sspo_cli.run.folder import CHECKPOINTS, default_run_name, ensure_writable, final_checkpoint, new_run_dir
 from sspo_cli.run.records import PROBLEMS_FILE, RunRecords, eval_metrics, open_run
 from sspo_cli.run.state import TrainingObserver, TrainState
+from sspo_cli.run.tracking import check_tracking_uri, default_tracking_uri, failure_marked, open_client
+from sspo_cli.run.warm_start import cached_warm_start, check_target
 from sspo_cli.tasks import build_task
-from sspo_cli.tracking import check_tracking_uri, default_tracking_uri, failure_marked, open_client
-from sspo_cli.warm_start import cached_warm_start, check_target
 
 SUPPORTED_TRL = ((1, 16), (1, 17))  # [from, to): the private GRPOTrainer methods we override are 1.16's
 
@@ -142,7 +142,7 @@ def train_on_trl(recipe: Recipe, plan: TrlPlan, args, model, tokenizer, task, co
     """Build SspoGRPOTrainer, train, and save the final weights (every process takes part in the save)."""
     from transformers import PrinterCallback
 
-    from sspo_cli.engines.trl_trainer import (
+    from sspo_cli.engines.trl.trainer import (
         NonFiniteUpdateGuard,
         RunRecorder,
         SspoGRPOTrainer,
@@ -239,7 +239,7 @@ def shared_run_dir(output_dir: Path, run_name: str, main: bool) -> Path:
 
 
 def run_context(recipe: Recipe, task, tokenizer, state, run_dir: Path, records):
-    from sspo_cli.engines.trl_trainer import RunContext
+    from sspo_cli.engines.trl.trainer import RunContext
 
     def evaluate(model, final_eval: bool = False) -> dict[str, float]:
         return eval_metrics(recipe, model, tokenizer, task, run_dir / PROBLEMS_FILE if final_eval else None)

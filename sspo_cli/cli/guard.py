@@ -82,7 +82,7 @@ def describe_bad_input(exc: InputError, recipe_file: Path | None) -> str:
 
 
 def _err() -> Console:
-    from sspo_cli.report import err_console
+    from sspo_cli.run.report import err_console
 
     return err_console
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sspo_cli.prompts import TextFormat, cut_at_stop, stop_window, tails_contain_stop
+from sspo_cli.rollout.prompts import TextFormat, cut_at_stop, stop_window, tails_contain_stop
 
 if TYPE_CHECKING:
     import torch
@@ -109,7 +109,7 @@ def generate(
         prompt_ids, prompt_mask = enc["input_ids"], enc["attention_mask"]
         completion = hf_generate(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens, temperature, end_ids)
     else:
-        from sspo_cli.sampling import sample_completions
+        from sspo_cli.models.generation import sample_completions
 
         shared = distinct if perf.share_prompt_prefix else list(prompts)
         enc = fmt.encode(tokenizer, shared, return_tensors="pt", padding=True).to(device)
@@ -266,52 +266,3 @@ def grade_all(
     """Each completion's reward and correctness; `truncated` (default: none) marks those cut off."""
     cut = truncated if truncated is not None else [False] * len(completions)
     return [task.grade(text, example, was_cut) for text, example, was_cut in zip(completions, examples, cut)]
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    accuracy: float  # share of completions graded correct (reward 1, or every answer reward 1)
-    mean_reward: float
-    mean_length: float  # completion tokens, <eos> included
-    size: int
-    problems: tuple[tuple[str, bool], ...] = ()  # (prompt, graded correct) per example, in order
-
-    def as_metrics(self, prefix: str) -> dict[str, float]:
-        return {
-            f"{prefix}/accuracy": self.accuracy,
-            f"{prefix}/mean_reward": self.mean_reward,
-            f"{prefix}/mean_length": self.mean_length,
-        }
-
-
-def evaluate(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    task: Task,
-    examples: Sequence[Example],
-    max_new_tokens: int,
-    batch_size: int,
-    temperature: float | None = None,
-    performance: PerformanceConfig | None = None,
-    text: TextFormat | None = None,
-) -> EvalResult:
-    """Greedy (default) or sampled decoding of every example, scored by the task; `text` as in `generate`."""
-    grades: list[Grade] = []
-    lengths: list[float] = []
-    was_training = model.training
-    model.eval()
-    for start in range(0, len(examples), batch_size):
-        batch = examples[start : start + batch_size]
-        prompts = [e.prompt for e in batch]
-        rollout = generate(model, tokenizer, prompts, max_new_tokens, temperature, performance, text=text)
-        grades += grade_all(task, batch, rollout.completions, rollout.truncated)
-        lengths += rollout.completion_mask.sum(1).tolist()
-    model.train(was_training)
-    n = max(len(grades), 1)
-    return EvalResult(
-        accuracy=sum(g.correct for g in grades) / n,
-        mean_reward=sum(g.reward for g in grades) / n,
-        mean_length=sum(lengths) / n,
-        size=len(grades),
-        problems=tuple((e.prompt, g.correct) for e, g in zip(examples, grades)),
-    )

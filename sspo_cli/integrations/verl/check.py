@@ -1,4 +1,4 @@
-"""``python -m sspo_cli.integrations.verl_check``: did verl load sspo-cli's plug-in, as a trainer would?
+"""``python -m sspo_cli.integrations.verl.check``: did verl load sspo-cli's plug-in, as a trainer would?
 
 Imports verl the way its driver and Ray workers do (entry points, ``VERL_USE_EXTERNAL_MODULES``, and
 ``VERL_USE_EXTERNAL_PLUGINS`` as set in this shell), then looks up each of our loss modes in verl's registry.
@@ -14,7 +14,7 @@ import sys
 import traceback
 from importlib.metadata import entry_points
 
-PLUGIN = "sspo_cli.integrations.verl_plugin"
+PLUGIN = "sspo_cli.integrations.verl.plugin"
 ENTRY_POINT_GROUP = "verl.plugins"
 
 
@@ -26,7 +26,7 @@ def problems() -> list[str]:
     except Exception as error:
         return [f"verl cannot be imported here: {type(error).__name__}: {error}"]
 
-    from sspo_cli.integrations.verl_loss import VERL_LOSS_MODES, verl_policy_loss
+    from sspo_cli.integrations.verl.loss import VERL_LOSS_MODES, verl_policy_loss
 
     found: list[str] = []
     ours = [e for e in entry_points(group=ENTRY_POINT_GROUP) if e.value == PLUGIN]

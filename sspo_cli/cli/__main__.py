@@ -1,0 +1,5 @@
+"""`python -m sspo_cli.cli`: the `sspo` command."""
+
+from sspo_cli.cli.main import main
+
+main()

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from sspo_cli.engines.native.step import kernel_environment
+from sspo_cli.engines.native.tuning import kernel_environment
 
 REPO = Path(__file__).resolve().parent.parent
 

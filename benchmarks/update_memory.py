@@ -96,7 +96,8 @@ def measure(args: argparse.Namespace, length: int, variant: str) -> dict[str, fl
     """Runs in its own process: peak RSS is per process."""
     import torch
 
-    from sspo_cli.engines.native.step import accumulate_gradients, apply_update, prepared_model
+    from sspo_cli.engines.native.step import accumulate_gradients, apply_update
+    from sspo_cli.engines.native.tuning import prepared_model
     from sspo_cli.objectives import build_objective
     from sspo_cli.run.state import TrainState
 

@@ -7,15 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sspo_cli.engines.native.step import (  # noqa: E402
-    UpdateData,
-    accumulate_gradients,
-    bucket_count,
-    length_bucket_parts,
-    micro_batches,
-    prepared_model,
-    slice_bounds,
-)
+from sspo_cli.engines.native.step import UpdateData, accumulate_gradients, micro_batches  # noqa: E402
+from sspo_cli.engines.native.tuning import bucket_count, length_bucket_parts, prepared_model, slice_bounds  # noqa: E402
 from sspo_cli.models import load_policy  # noqa: E402
 from sspo_cli.models.logprobs import completion_logprobs  # noqa: E402
 from sspo_cli.objectives import build_objective, objective_names  # noqa: E402

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, sspo_command
 
-from sspo_cli.engines.native.step import kernel_environment
+from sspo_cli.engines.native.tuning import kernel_environment
 
 MIN_GAIN = 0.15
 

@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sspo_cli.engines.native.step import bf16_autocast_pays, kernel_environment, native_bf16  # noqa: E402
+from sspo_cli.engines.native.tuning import bf16_autocast_pays, kernel_environment, native_bf16  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,7 @@ def test_this_machine_follows_the_rule():
 
 def test_capping_the_kernels_at_avx2_turns_bf16_auto_off():
     """The caps that reproduce an AVX2-only CPU's rounding on an AVX-512 one also reproduce its `auto` choice."""
-    code = "import torch; from sspo_cli.engines.native.step import native_bf16; print(native_bf16(torch.device('cpu')))"
+    code = "import torch; from sspo_cli.engines.native.tuning import native_bf16; print(native_bf16(torch.device('cpu')))"
     env = kernel_environment("avx2", os.environ)
     capped = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert capped.stdout.strip() == "False"
@@ -70,7 +70,7 @@ def _model_with_heads(heads: int):
     ],
 )
 def test_update_attention_auto_rule(device, setting, rows, length, expected):
-    from sspo_cli.engines.native.step import update_attention_for
+    from sspo_cli.engines.native.tuning import update_attention_for
     from sspo_cli.recipe import PerformanceConfig
 
     heads = 1 if rows == 1 else 6

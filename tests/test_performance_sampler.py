@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sspo_cli.engines.native.step import attention_kernel  # noqa: E402
+from sspo_cli.engines.native.tuning import attention_kernel  # noqa: E402
 from sspo_cli.models import build_char_tokenizer, build_tiny_model  # noqa: E402
 from sspo_cli.models.kv_cache import new_cache, reserved_layer_class  # noqa: E402
 from sspo_cli.models.logprobs import completion_logprobs  # noqa: E402

@@ -10,6 +10,7 @@ from conftest import REPO, TINY_OVERRIDES, sspo_command
 from sspo_cli.engines.dispatch import run_training
 from sspo_cli.objectives import objective_names
 from sspo_cli.recipe import load_recipe
+from sspo_cli.run.state import RunOptions
 
 SPEC_METRICS = [
     "ratio/token_mean",
@@ -98,9 +99,9 @@ def test_cli_train_writes_run_folder_summary_and_mlflow_run(tmp_path: Path) -> N
 
 
 def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path: Path) -> None:
-    first = run_training(tiny_recipe(), output_dir=tmp_path)
-    second = run_training(tiny_recipe(), output_dir=tmp_path)
-    other = run_training(tiny_recipe("seed=1"), output_dir=tmp_path)
+    first = run_training(tiny_recipe(), RunOptions(output_dir=tmp_path))
+    second = run_training(tiny_recipe(), RunOptions(output_dir=tmp_path))
+    other = run_training(tiny_recipe("seed=1"), RunOptions(output_dir=tmp_path))
 
     def history(summary):
         return (Path(summary["run_dir"]) / "history.jsonl").read_text().splitlines()
@@ -117,7 +118,8 @@ def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path: Path) -> None
 @pytest.mark.parametrize("objective", objective_names())
 def test_every_objective_trains_with_a_kl_penalty(tmp_path: Path, objective: str) -> None:
     summary = run_training(
-        tiny_recipe(f"objective.name={objective}", "objective.beta=0.05", "train.steps=2"), output_dir=tmp_path
+        tiny_recipe(f"objective.name={objective}", "objective.beta=0.05", "train.steps=2"),
+        RunOptions(output_dir=tmp_path),
     )
     rows = [json.loads(line) for line in (Path(summary["run_dir"]) / "history.jsonl").read_text().splitlines()]
     assert all(row["kl/k3"] >= 0 for row in rows)
@@ -131,8 +133,8 @@ def test_warm_start_is_cached_across_seeds(tmp_path: Path) -> None:
         "train.warm_start.eval_every=5",
         "train.steps=1",
     ]
-    first = run_training(tiny_recipe(*warm), output_dir=tmp_path)
-    second = run_training(tiny_recipe(*warm, "seed=7"), output_dir=tmp_path)
+    first = run_training(tiny_recipe(*warm), RunOptions(output_dir=tmp_path))
+    second = run_training(tiny_recipe(*warm, "seed=7"), RunOptions(output_dir=tmp_path))
     assert first["warm_start"]["cached"] is False and second["warm_start"]["cached"] is True
     assert first["eval_before"] == second["eval_before"]  # identical starting weights
     assert len(list((tmp_path / ".cache" / "warm_start").iterdir())) == 1
@@ -140,9 +142,9 @@ def test_warm_start_is_cached_across_seeds(tmp_path: Path) -> None:
 
 def test_a_local_hugging_face_folder_trains_as_model_path(tmp_path: Path) -> None:
     """The path for real models: any local causal-LM folder with its tokenizer (here, our own checkpoint)."""
-    first = run_training(tiny_recipe("train.steps=1"), output_dir=tmp_path)
+    first = run_training(tiny_recipe("train.steps=1"), RunOptions(output_dir=tmp_path))
     folder = Path(first["run_dir"]) / "checkpoints" / "final"
-    second = run_training(tiny_recipe(f"model.path={folder}", "train.steps=2"), output_dir=tmp_path)
+    second = run_training(tiny_recipe(f"model.path={folder}", "train.steps=2"), RunOptions(output_dir=tmp_path))
     assert second["eval_before"]["accuracy"] == first["eval_after"]["accuracy"]
     assert second["steps"] == 2
 
@@ -151,7 +153,7 @@ def test_a_local_hugging_face_folder_trains_as_model_path(tmp_path: Path) -> Non
 def test_forced_bf16_warns_only_where_this_machine_has_no_native_bf16(tmp_path: Path, setting: str) -> None:
     import torch
 
-    from sspo_cli.engines.native.step import native_bf16
+    from sspo_cli.engines.native.tuning import native_bf16
 
     sets = [a for o in [*TINY_OVERRIDES, "train.steps=1", f"performance.autocast_bf16={setting}"] for a in ("--set", o)]
     result = subprocess.run(

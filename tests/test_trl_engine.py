@@ -12,6 +12,7 @@ from conftest import REPO, TINY_OVERRIDES
 from sspo_cli.engines.trl.engine import run_training_trl
 from sspo_cli.objectives import METRIC_KEYS, objective_names
 from sspo_cli.recipe import load_recipe
+from sspo_cli.run.state import RunOptions
 
 TRAIN_METRICS = [
     "train/reward",
@@ -63,7 +64,9 @@ def history_of(summary) -> list[dict]:
 def test_every_objective_trains_and_writes_a_normal_run(objective: str, tmp_path: Path, store: str) -> None:
     from mlflow.tracking import MlflowClient
 
-    summary = run_training_trl(tiny_trl_recipe(f"objective.name={objective}"), output_dir=tmp_path, tracking_uri=store)
+    summary = run_training_trl(
+        tiny_trl_recipe(f"objective.name={objective}"), RunOptions(output_dir=tmp_path, tracking_uri=store)
+    )
     run_dir = Path(summary["run_dir"])
     assert summary["objective"] == objective and summary["steps"] == 2 and summary["engine"] == "trl"
     assert [e["step"] for e in summary["evals"]] == [0, 1, 2]
@@ -95,8 +98,8 @@ def test_both_engines_write_the_same_records(tmp_path: Path, store: str) -> None
     """Same summary keys, same history keys (TRL's extra numbers only under `trl/`), same experiment."""
     from sspo_cli.engines.dispatch import run_training
 
-    trl_summary = run_training_trl(tiny_trl_recipe(), output_dir=tmp_path, tracking_uri=store)
-    native_summary = run_training(tiny_trl_recipe("engine=native"), output_dir=tmp_path, tracking_uri=store)
+    trl_summary = run_training_trl(tiny_trl_recipe(), RunOptions(output_dir=tmp_path, tracking_uri=store))
+    native_summary = run_training(tiny_trl_recipe("engine=native"), RunOptions(output_dir=tmp_path, tracking_uri=store))
     assert set(trl_summary) - {"engine"} == set(native_summary)
     assert trl_summary["experiment"] == native_summary["experiment"]
     assert trl_summary["tracking_uri"] == native_summary["tracking_uri"]
@@ -117,8 +120,12 @@ def test_same_seed_same_metrics(tmp_path: Path, store: str) -> None:
             for row in history_of(summary)
         ]
 
-    first = run_training_trl(tiny_trl_recipe("objective.name=grpo"), output_dir=tmp_path, tracking_uri=store)
-    second = run_training_trl(tiny_trl_recipe("objective.name=grpo"), output_dir=tmp_path, tracking_uri=store)
+    first = run_training_trl(
+        tiny_trl_recipe("objective.name=grpo"), RunOptions(output_dir=tmp_path, tracking_uri=store)
+    )
+    second = run_training_trl(
+        tiny_trl_recipe("objective.name=grpo"), RunOptions(output_dir=tmp_path, tracking_uri=store)
+    )
     assert json.dumps(without_timings(first)) == json.dumps(without_timings(second))
     assert first["evals"] == second["evals"]
 
@@ -126,8 +133,7 @@ def test_same_seed_same_metrics(tmp_path: Path, store: str) -> None:
 def test_kl_penalty_trains_against_the_starting_policy(tmp_path: Path, store: str) -> None:
     summary = run_training_trl(
         tiny_trl_recipe("objective.name=grpo", "objective.beta=0.1", "train.steps=1"),
-        output_dir=tmp_path,
-        tracking_uri=store,
+        RunOptions(output_dir=tmp_path, tracking_uri=store),
     )
     assert summary["steps"] == 1
     assert not (Path(summary["run_dir"]) / ".reference").exists()  # the reference weights are not kept
@@ -137,7 +143,7 @@ def test_unsupported_recipe_fails_before_any_run_exists(tmp_path: Path) -> None:
     from sspo_cli.engines.trl.mapping import TrlEngineError
 
     with pytest.raises(TrlEngineError) as info:
-        run_training_trl(tiny_trl_recipe("rollout.updates_per_rollout=3"), output_dir=tmp_path)
+        run_training_trl(tiny_trl_recipe("rollout.updates_per_rollout=3"), RunOptions(output_dir=tmp_path))
     assert info.value.key == "rollout.updates_per_rollout"
     assert not any(p.is_dir() and p.name.startswith("quickstart") for p in tmp_path.iterdir())
     assert not (tmp_path / "mlflow.db").exists()
@@ -155,7 +161,7 @@ def test_non_finite_updates_are_skipped_and_counted(tmp_path: Path, store: str) 
     from sspo_cli.tasks import build_task
 
     recipe = tiny_trl_recipe(*EXPLODING, "train.max_skipped=100")
-    summary = run_training_trl(recipe, output_dir=tmp_path, tracking_uri=store)
+    summary = run_training_trl(recipe, RunOptions(output_dir=tmp_path, tracking_uri=store))
     assert [row["train/skipped_updates"] for row in history_of(summary)] == [2.0, 4.0]
     assert summary["skipped_updates"] == 4
     initial, _ = load_policy(recipe.model, build_task(recipe.task).alphabet, recipe.seed)
@@ -169,7 +175,9 @@ def test_too_many_skips_stop_the_run_as_failed(tmp_path: Path, store: str) -> No
     from sspo_cli.run.state import TooManySkips
 
     with pytest.raises(TooManySkips) as info:
-        run_training_trl(tiny_trl_recipe(*EXPLODING, "train.max_skipped=3"), output_dir=tmp_path, tracking_uri=store)
+        run_training_trl(
+            tiny_trl_recipe(*EXPLODING, "train.max_skipped=3"), RunOptions(output_dir=tmp_path, tracking_uri=store)
+        )
     assert info.value.count == 3 and info.value.step == 2  # the third update is the first of step 2
     run_id = json.loads((info.value.run_dir / "run.json").read_text())["run_id"]
     assert MlflowClient(store).get_run(run_id).info.status == "FAILED"

@@ -38,14 +38,15 @@ import json, sys
 from pathlib import Path
 from sspo_cli.recipe import load_recipe
 from sspo_cli.engines.dispatch import run_training
+from sspo_cli.run.state import RunOptions
 from sspo_cli.engines.trl.engine import run_training_trl
 from sspo_cli.engines.trl.mapping import TrlEngineError
 
 out, store, overrides = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
 recipe = load_recipe("recipes/quickstart.yaml", overrides)
-native = run_training(recipe, output_dir=out / "native", tracking_uri=store)
+native = run_training(recipe, RunOptions(output_dir=out / "native", tracking_uri=store))
 try:
-    run_training_trl(recipe.model_copy(update={"engine": "trl"}), output_dir=out / "trl", tracking_uri=store)
+    run_training_trl(recipe.model_copy(update={"engine": "trl"}), RunOptions(output_dir=out / "trl", tracking_uri=store))
 except TrlEngineError as exc:
     print(json.dumps({"native_steps": native["steps"], "key": exc.key, "message": str(exc)}))
 """

@@ -101,11 +101,11 @@ def train(
 
             resolved = load_recipe(recipe, set_ or [])
             from sspo_cli.engines.dispatch import run_training
+            from sspo_cli.run.state import RunOptions
 
             with RichProgress(quiet=quiet) as progress:
-                summary = run_training(
-                    resolved, output_dir=output_dir or Path("runs"), tracking_uri=tracking_uri, observer=progress
-                )
+                options = RunOptions(output_dir or Path("runs"), tracking_uri, progress)
+                summary = run_training(resolved, options)
         if summary.get("main_process", True):  # under `accelerate launch` only the main process reports
             print_summary(summary)
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any
 
 from sspo_cli.run.folder import RECIPE_FILE, CheckpointError, read_run_folder
+from sspo_cli.run.state import RunOptions
 
 if TYPE_CHECKING:
     from sspo_cli.recipe import Recipe
@@ -21,32 +22,22 @@ if TYPE_CHECKING:
     from sspo_cli.run.state import TrainingObserver
 
 
-class TrainOptions(TypedDict, total=False):
-    """Where a run goes and what it is part of; every engine takes these (defaults are the engine's)."""
-
-    output_dir: str | Path  # default "runs"
-    tracking_uri: str | None  # default: the sqlite store in the output dir
-    observer: TrainingObserver | None
-    parent_run_id: str | None  # nest the MLflow run under this one
-    extra_tags: dict[str, str] | None
-
-
-def _train_native(recipe: Recipe, **options: Unpack[TrainOptions]) -> dict[str, Any]:
+def _train_native(recipe: Recipe, options: RunOptions) -> dict[str, Any]:
     from sspo_cli.engines.native.loop import run_training_native
 
-    return run_training_native(recipe, **options)
+    return run_training_native(recipe, options)
 
 
-def _train_trl(recipe: Recipe, **options: Unpack[TrainOptions]) -> dict[str, Any]:
+def _train_trl(recipe: Recipe, options: RunOptions) -> dict[str, Any]:
     from sspo_cli.engines.trl.engine import run_training_trl
 
-    return run_training_trl(recipe, **options)
+    return run_training_trl(recipe, options)
 
 
-def _resume_native(run_dir: Path, info: RunInfo, recipe: Recipe, **options: Any) -> dict[str, Any]:
+def _resume_native(run_dir: Path, info: RunInfo, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
     from sspo_cli.engines.native.loop import resume_training_native
 
-    return resume_training_native(run_dir, info, recipe, **options)
+    return resume_training_native(run_dir, info, recipe, options)
 
 
 def _check_trl(recipe: Recipe) -> None:
@@ -57,14 +48,14 @@ def _check_trl(recipe: Recipe) -> None:
 
 
 # recipe.engine -> how it trains a recipe; the recipe's `engine` field lists the same names (a test checks).
-ENGINES: dict[str, Callable[..., dict[str, Any]]] = {"native": _train_native, "trl": _train_trl}
-RESUMABLE: dict[str, Callable[..., dict[str, Any]]] = {"native": _resume_native}
+ENGINES: dict[str, Callable[[Recipe, RunOptions], dict[str, Any]]] = {"native": _train_native, "trl": _train_trl}
+RESUMABLE: dict[str, Callable[[Path, RunInfo, Recipe, RunOptions], dict[str, Any]]] = {"native": _resume_native}
 CHECKS: dict[str, Callable[[Recipe], None]] = {"trl": _check_trl}  # engines with refusals of their own
 
 
-def run_training(recipe: Recipe, **options: Unpack[TrainOptions]) -> dict[str, Any]:
+def run_training(recipe: Recipe, options: RunOptions | None = None) -> dict[str, Any]:
     """Train one recipe end to end on its engine and return its summary (also written to summary.json)."""
-    return ENGINES[recipe.engine](recipe, **options)
+    return ENGINES[recipe.engine](recipe, options or RunOptions())
 
 
 def resume_training(
@@ -81,7 +72,7 @@ def resume_training(
         only = ", ".join(RESUMABLE)
         trains = f"{run_dir / RECIPE_FILE} trains with engine {recipe.engine!r}"
         raise CheckpointError("--resume", f"{trains}; only the {only} engine's runs can be resumed")
-    return resume(run_dir, info, recipe, tracking_uri=tracking_uri, observer=observer)
+    return resume(run_dir, info, recipe, RunOptions(run_dir.parent, tracking_uri, observer))
 
 
 def check_engine_accepts(recipe: Recipe) -> None:

@@ -24,7 +24,7 @@ from sspo_cli.research import ResearchError
 from sspo_cli.research.store import MEMBERSHIP_TAG, add_membership, finished_runs_by_fingerprint
 from sspo_cli.research.timing import SHARED_WARM_START, TRAINING, PhaseTimer
 from sspo_cli.run.folder import ensure_writable
-from sspo_cli.run.state import TrainingObserver
+from sspo_cli.run.state import RunOptions, TrainingObserver
 from sspo_cli.run.tracking import default_tracking_uri, open_client
 from sspo_cli.run.warm_start import cached_warm_start, is_cached, warm_start_key
 from sspo_cli.tasks import build_task
@@ -173,14 +173,14 @@ def run_sequentially(plan: Sequence[PlannedRun], ctx: ExecutionContext, outcomes
         ctx.observer.on_run_start(planned)
         begin = time.perf_counter()
         try:
-            summary = run_training(
-                planned.recipe,
-                output_dir=ctx.output_dir,
-                tracking_uri=ctx.tracking_uri,
-                observer=ctx.observer.training_observer(),
-                parent_run_id=ctx.parent_run_id,
-                extra_tags=run_tags(planned, ctx.group_id),
+            options = RunOptions(
+                ctx.output_dir,
+                ctx.tracking_uri,
+                ctx.observer.training_observer(),
+                ctx.parent_run_id,
+                run_tags(planned, ctx.group_id),
             )
+            summary = run_training(planned.recipe, options)
             outcome = Outcome(
                 planned, "trained", summary["run_id"], summary["run_dir"], seconds=time.perf_counter() - begin
             )
@@ -344,14 +344,9 @@ def _train_in_worker(
     """Runs in a worker process. Errors come back as text: some exception types do not survive pickling
     (and one that fails to unpickle breaks the whole pool)."""
     try:
-        summary = run_training(
-            Recipe.model_validate(recipe_data),
-            output_dir=output_dir,
-            tracking_uri=tracking_uri,
-            parent_run_id=parent_run_id,
-            extra_tags=tags,
-            observer=None if _progress_queue is None else _WorkerProgress(_progress_queue, fingerprint),
-        )
+        observer = None if _progress_queue is None else _WorkerProgress(_progress_queue, fingerprint)
+        options = RunOptions(output_dir, tracking_uri, observer, parent_run_id, tags)
+        summary = run_training(Recipe.model_validate(recipe_data), options)
     except KeyboardInterrupt as exc:  # stopped on a forwarded SIGINT, after a checkpoint
         return {"error": f"interrupted ({describe_failure(exc)})", "interrupted": True}
     except Exception as exc:

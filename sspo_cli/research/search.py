@@ -52,7 +52,7 @@ from sspo_cli.research.store import close_group_run, finished_runs_by_fingerprin
 from sspo_cli.research.sweep import grid_axis, parse_grid_option, read_sweep_section
 from sspo_cli.research.timing import TRAINING, PhaseTimer
 from sspo_cli.run.folder import CheckpointError, RunLock, read_run_folder
-from sspo_cli.run.state import TrainingObserver
+from sspo_cli.run.state import RunOptions, TrainingObserver
 from sspo_cli.run.tracking import failure_marked, open_client
 
 if TYPE_CHECKING:
@@ -373,14 +373,8 @@ def train_trial(
         pruning = PruningObserver(trial, offset, observer)
         tags = {**run_tags(planned, setting.group_id), TRIAL_STATE_TAG: "RUNNING"}
         try:
-            summary = run_training(
-                planned.recipe,
-                output_dir=setting.output_dir,
-                tracking_uri=setting.tracking_uri,
-                observer=pruning,
-                parent_run_id=setting.parent_run_id,
-                extra_tags=tags,
-            )
+            options = RunOptions(setting.output_dir, setting.tracking_uri, pruning, setting.parent_run_id, tags)
+            summary = run_training(planned.recipe, options)
         except TrialStopped as stop:
             result.runs.append(pruned_run(client, planned, pruning.run_dir, stop.step, time.perf_counter() - begin))
             result.pruned_at = offset + stop.step

@@ -41,6 +41,24 @@ class Policy:
             raise ValueError("this policy has no reference")
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """Where a run goes and what it is part of: every engine takes these, beside the recipe."""
+
+    output_dir: Path = Path("runs")  # run folders, the warm-start cache and the default MLflow store
+    tracking_uri: str | None = None  # default: sqlite:///<output_dir>/mlflow.db
+    observer: TrainingObserver | None = None  # progress and warnings (default: warnings to stderr)
+    parent_run_id: str | None = None  # nest the MLflow run under this one (compare, sweep)
+    extra_tags: dict[str, str] = field(default_factory=dict)  # more MLflow tags (a workflow's membership)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "output_dir", Path(self.output_dir))
+
+    @property
+    def observer_or_default(self) -> TrainingObserver:
+        return self.observer or TrainingObserver()
+
+
 class TooManySkips(RuntimeError):
     """`train.max_skipped` consecutive non-finite updates. The engine fills in where it saved the last good state."""
 

@@ -36,7 +36,8 @@ from sspo_cli.engines.native.checkpoint import (
     train_state_of,
 )
 from sspo_cli.engines.native.learner import Learner
-from sspo_cli.engines.native.step import native_bf16, rl_step
+from sspo_cli.engines.native.step import rl_step
+from sspo_cli.engines.native.tuning import native_bf16
 from sspo_cli.models import check_generation_tokens, load_policy, set_offline_defaults, trainable_parameters
 from sspo_cli.models.lora import attach_lora, check_targets
 from sspo_cli.recipe import Recipe
@@ -53,7 +54,7 @@ from sspo_cli.run.folder import (
 )
 from sspo_cli.run.records import PROBLEMS_FILE, RunRecords, eval_metrics, open_run
 from sspo_cli.run.schedule import lr_multiplier
-from sspo_cli.run.state import Policy, TooManySkips, TrainingObserver, TrainState
+from sspo_cli.run.state import Policy, RunOptions, TooManySkips, TrainingObserver, TrainState
 from sspo_cli.run.tracking import (
     Tracker,
     check_store_writable,
@@ -93,23 +94,22 @@ class Prepared:
 # --------------------------------------------------------------------------- set-up
 
 
-def run_training_native(
-    recipe: Recipe,
-    output_dir: str | Path = "runs",
-    tracking_uri: str | None = None,
-    observer: TrainingObserver | None = None,
-    parent_run_id: str | None = None,
-    extra_tags: dict[str, str] | None = None,
-) -> dict[str, Any]:
+def run_training_native(recipe: Recipe, options: RunOptions) -> dict[str, Any]:
     """Train one recipe end to end and return its summary (also written to summary.json)."""
-    observer = observer or TrainingObserver()
-    prepared = prepare(recipe, Path(output_dir), tracking_uri, observer)
+    observer = options.observer_or_default
+    prepared = prepare(recipe, options.output_dir, options.tracking_uri, observer)
     learner = Learner(prepared.policy, *make_optimizer(recipe, prepared.policy.model))
 
     run_dir = new_run_dir(prepared.output_dir, recipe.tracking.run_name or default_run_name(recipe))
     with RunLock(run_dir):
         tracker = open_run(
-            recipe, run_dir, prepared.output_dir, prepared.tracking_uri, parent_run_id, extra_tags, prepared.warm_result
+            recipe,
+            run_dir,
+            prepared.output_dir,
+            prepared.tracking_uri,
+            options.parent_run_id,
+            options.extra_tags,
+            prepared.warm_result,
         )
         return execute(prepared, learner, run_dir, tracker, TrainState(), observer, first_session=True)
 
@@ -118,15 +118,14 @@ def resume_training_native(
     run_dir: Path,
     info: RunInfo,
     recipe: Recipe,
-    tracking_uri: str | None = None,
-    observer: TrainingObserver | None = None,
+    options: RunOptions,
 ) -> dict[str, Any]:
     """Continue an interrupted run from its last complete checkpoint, in the same MLflow run.
 
     The recipe is the run folder's own recipe.yaml, so the run ends exactly as it would have
     without the interruption. Without any checkpoint yet, the run starts again from step 0.
     """
-    observer = observer or TrainingObserver()
+    observer = options.observer_or_default
     with RunLock(run_dir):
         recover_interrupted_writes(run_dir / CHECKPOINTS)
         folder = latest_checkpoint(run_dir / CHECKPOINTS)
@@ -137,7 +136,7 @@ def resume_training_native(
                 "--resume",
                 f"checkpoint {folder} is at step {state.step}, past the recipe's train.steps {recipe.train.steps}",
             )
-        tracking_uri = tracking_uri or info.tracking_uri
+        tracking_uri = options.tracking_uri or info.tracking_uri
         prepared = prepare(recipe, run_dir.parent, tracking_uri, observer, run_id=info.run_id)
         learner = Learner(prepared.policy, *make_optimizer(recipe, prepared.policy.model))
         if loaded is not None:

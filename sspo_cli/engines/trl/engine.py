@@ -22,7 +22,7 @@ from sspo_cli.recipe import Recipe
 from sspo_cli.rollout.prompts import text_format
 from sspo_cli.run.folder import CHECKPOINTS, default_run_name, ensure_writable, final_checkpoint, new_run_dir
 from sspo_cli.run.records import PROBLEMS_FILE, RunRecords, eval_metrics, open_run
-from sspo_cli.run.state import TrainingObserver, TrainState
+from sspo_cli.run.state import RunOptions, TrainingObserver, TrainState
 from sspo_cli.run.tracking import check_tracking_uri, default_tracking_uri, failure_marked, open_client
 from sspo_cli.run.warm_start import cached_warm_start, check_target
 from sspo_cli.tasks import build_task
@@ -47,14 +47,7 @@ def require_trl() -> str:
     return trl.__version__
 
 
-def run_training_trl(
-    recipe: Recipe,
-    output_dir: str | Path = "runs",
-    tracking_uri: str | None = None,
-    observer: TrainingObserver | None = None,
-    parent_run_id: str | None = None,
-    extra_tags: dict[str, str] | None = None,
-) -> dict[str, Any]:
+def run_training_trl(recipe: Recipe, options: RunOptions) -> dict[str, Any]:
     """Train one recipe on TRL and return its summary (also written to summary.json), as `run_training` does."""
     set_offline_defaults()
     trl_version = require_trl()
@@ -66,8 +59,8 @@ def run_training_trl(
     # Everything that can fail on bad input happens before a run folder or MLflow run exists.
     processes = PartialState(cpu=uses_cpu(recipe, cuda))  # the first PartialState fixes the backend for the process
     main = processes.is_main_process
-    observer = (observer or TrainingObserver()) if main else TrainingObserver()
-    output_dir = Path(output_dir)
+    observer = options.observer_or_default if main else TrainingObserver()
+    output_dir, tracking_uri = options.output_dir, options.tracking_uri
     if main:
         ensure_writable(output_dir)
         if tracking_uri is not None:
@@ -105,8 +98,10 @@ def run_training_trl(
     run_dir = shared_run_dir(output_dir, recipe.tracking.run_name or default_run_name(recipe), main)
     args.output_dir = str(run_dir / CHECKPOINTS)
     state = TrainState()
-    tags = {"sspo.trl_version": trl_version, **(extra_tags or {})}
-    tracker = open_run(recipe, run_dir, output_dir, tracking_uri, parent_run_id, tags, warm_result) if main else None
+    tags = {"sspo.trl_version": trl_version, **options.extra_tags}
+    tracker = (
+        open_run(recipe, run_dir, output_dir, tracking_uri, options.parent_run_id, tags, warm_result) if main else None
+    )
     # The main process alone keeps the records.
     records = (
         RunRecords(

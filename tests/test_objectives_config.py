@@ -28,12 +28,42 @@ SPEC_DEFAULTS = {
     "gmpo": {"eps_low": 0.4, "eps_high": 0.4},
     "sapo": {"tau_pos": 1.0, "tau_neg": 1.05},
     "sspo": {"gate": "sigmoid", "tau_pos": 1.0, "tau_neg": 1.05},
+    "cispo": {"eps_low": 1.0, "eps_high": 4.0, "agg": "token_mean"},
+    "dppo_tv": {"delta_low": 0.15, "delta_high": 0.15, "ratio_cap": 20.0, "agg": "token_mean"},
+    "dppo_kl": {"delta_low": 0.05, "delta_high": 0.05, "ratio_cap": 20.0, "agg": "token_mean"},
+    "vespo": {"k_pos": 2.0, "lambda_pos": 3.0, "k_neg": 3.0, "lambda_neg": 2.0, "agg": "token_mean"},
+    "luspo": {"eps_low": 2e-3, "eps_high": 2.5e-3},
 }
-COMMON_DEFAULTS = {"beta": 0.0, "log_ratio_clamp": 20.0, "saturation_threshold": 0.1}
+COMMON_DEFAULTS = {
+    "beta": 0.0,
+    "log_ratio_clamp": 20.0,
+    "saturation_threshold": 0.1,
+    "correction": "none",
+    "correction_min": None,
+    "correction_max": None,
+    "m2_threshold": None,
+}
+AGGREGATIONS = {
+    "luspo": "seq_mean_token_sum",
+    "cispo": "token_mean",
+    "vespo": "token_mean",
+    "gspo": "seq_mean_token_mean",
+}
 
 
 def test_names_and_registry_agree() -> None:
-    assert objective_names() == ("grpo", "gspo", "gmpo", "sapo", "sspo")
+    assert objective_names() == (
+        "grpo",
+        "gspo",
+        "gmpo",
+        "sapo",
+        "sspo",
+        "cispo",
+        "dppo_tv",
+        "dppo_kl",
+        "vespo",
+        "luspo",
+    )
     assert set(OBJECTIVES) == set(objective_names())
     assert set(SSPO_LOG_GATES) == set(typing.get_args(SspoConfig.model_fields["gate"].annotation))
 
@@ -42,6 +72,31 @@ def test_names_and_registry_agree() -> None:
 def test_defaults_are_the_spec_defaults(name: str) -> None:
     config = parse_objective_config({"name": name})
     assert config.model_dump() == {"name": name, **COMMON_DEFAULTS, **SPEC_DEFAULTS[name]}
+
+
+@pytest.mark.parametrize("name", sorted(AGGREGATIONS))
+def test_aggregation_is_the_agg_key_or_the_objectives_own(name: str) -> None:
+    assert build_objective({"name": name}).aggregation == AGGREGATIONS[name]
+
+
+@pytest.mark.parametrize(
+    ("correction", "bounds"),
+    [
+        ("token_truncate", (None, 2.0)),
+        ("sequence_truncate", (None, 2.0)),
+        ("token_mask", (0.5, 5.0)),
+        ("sequence_mask", (0.5, 2.0)),
+    ],
+)
+def test_a_correction_bound_left_out_takes_the_modes_default(correction: str, bounds: tuple) -> None:
+    config = parse_objective_config({"name": "sspo", "correction": correction})
+    assert (config.correction_min, config.correction_max) == bounds
+    # a bound given as null is absent, and stays absent through a dump and back
+    one_sided = parse_objective_config({"name": "grpo", "correction": "token_mask", "correction_min": None})
+    assert (one_sided.correction_min, one_sided.correction_max) == (None, 5.0)
+    assert parse_objective_config(one_sided) == one_sided
+    given = parse_objective_config({"name": "gmpo", "correction": correction, "correction_max": 3.0})
+    assert given.correction_max == 3.0 and given.correction_min == bounds[0]
 
 
 @pytest.mark.parametrize("model", list(OBJECTIVE_CONFIGS.values()))
@@ -74,6 +129,34 @@ def test_every_field_is_documented(model: type[BaseModel]) -> None:
         ({"name": "sspo", "log_ratio_clamp": float("inf")}, "log_ratio_clamp"),
         ({"name": "sspo", "saturation_threshold": 0.0}, "saturation_threshold"),
         ({"name": "sspo", "tau_pos": "warm"}, "tau_pos"),
+        # the 2026 baselines and corrections (spec: "API additions")
+        ({"name": "cispo", "eps_low": 0.0}, "eps_low"),
+        ({"name": "cispo", "eps_low": 1.5}, "eps_low"),
+        ({"name": "cispo", "eps_high": 0.0}, "eps_high"),
+        ({"name": "cispo", "agg": "seq_mean_token_sum"}, "agg"),
+        ({"name": "dppo_tv", "delta_low": 0.0}, "delta_low"),
+        ({"name": "dppo_kl", "delta_high": -0.1}, "delta_high"),
+        ({"name": "dppo_tv", "ratio_cap": 0.0}, "ratio_cap"),
+        ({"name": "vespo", "k_pos": -1.0}, "k_pos"),
+        ({"name": "vespo", "k_neg": -0.5}, "k_neg"),
+        ({"name": "vespo", "lambda_pos": 0.0}, "lambda_pos"),
+        ({"name": "vespo", "lambda_neg": -2.0}, "lambda_neg"),
+        ({"name": "luspo", "agg": "token_mean"}, "agg"),
+        ({"name": "luspo", "eps_low": 1.0}, "eps_low"),
+        ({"name": "grpo", "m2_threshold": 0.0}, "m2_threshold"),
+        ({"name": "sspo", "m2_threshold": -0.04}, "m2_threshold"),
+        ({"name": "sspo", "correction": "token_clip"}, "correction"),
+        ({"name": "sspo", "correction": "token_truncate", "correction_max": 0.0}, "correction_max"),
+        ({"name": "grpo", "correction": "token_mask", "correction_min": -0.5}, "correction_min"),
+        ({"name": "grpo", "correction": "token_mask", "correction_min": 2.0, "correction_max": 2.0}, "correction_min"),
+        ({"name": "gspo", "correction": "sequence_mask", "correction_min": 3.0}, "correction_min"),  # 3 >= default 2
+        (
+            {"name": "cispo", "correction": "token_mask", "correction_min": None, "correction_max": None},
+            "correction",
+        ),
+        ({"name": "vespo", "correction": "sequence_truncate"}, "correction"),
+        ({"name": "vespo", "correction": "sequence_mask"}, "correction"),
+        ({"name": "dppo_kl", "eps_low": 0.2}, "eps_low"),  # a key of another objective
     ],
 )
 def test_bad_configs_raise_value_error_naming_the_key(config: dict, key: str) -> None:

@@ -1,6 +1,7 @@
 """Gradient behaviour the spec requires of every objective: on-policy equals the vanilla policy
-gradient, omega in the metrics equals omega from autograd, hard clips zero gradients outside
-their band (GMPO only on the advantage's side), soft gates never do."""
+gradient (under the objective's aggregation), omega in the metrics equals omega from autograd,
+hard clips zero gradients outside their band (GMPO only on the advantage's side), soft gates
+never do."""
 
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ ALL_CONFIGS = (
         {"name": "grpo", "agg": "token_mean"},
         {"name": "grpo", "eps_low": 0.1, "eps_high": 0.28},
         {"name": "sapo", "tau_pos": 3.0, "tau_neg": 0.3},
+        {"name": "cispo", "agg": "seq_mean_token_mean"},
+        {"name": "cispo", "eps_low": 0.2, "eps_high": 0.2},
+        {"name": "dppo_tv", "agg": "seq_mean_token_mean", "delta_low": 0.05, "delta_high": 0.02},
+        {"name": "dppo_kl", "ratio_cap": 1.2},
+        {"name": "vespo", "agg": "seq_mean_token_mean", "k_pos": 0.5, "lambda_pos": 0.7},
+        {"name": "luspo", "eps_low": 0.05, "eps_high": 0.1},
     ]
     + [
         {"name": "sspo", "gate": gate, **taus}
@@ -44,12 +51,14 @@ def random_batch(seed: int, batch: int = 7, width: int = 6, dtype=torch.float64)
     return old_logp.to(dtype), advantages.to(dtype), mask, generator
 
 
-def vanilla_gradient(advantages: torch.Tensor, mask: torch.Tensor, token_mean: bool) -> torch.Tensor:
-    """d loss / d logp of the vanilla policy gradient: -A_b / (B' L_b), or -A_b / N."""
+def vanilla_gradient(advantages: torch.Tensor, mask: torch.Tensor, aggregation: str) -> torch.Tensor:
+    """d loss / d logp of the vanilla policy gradient: -A_b / (B' L_b), -A_b / N, or -A_b / B'."""
     mask = mask.to(torch.float64)
     lengths = mask.sum(-1)
-    if token_mean:
+    if aggregation == "token_mean":
         scale = 1.0 / mask.sum()
+    elif aggregation == "seq_mean_token_sum":
+        scale = 1.0 / (lengths > 0).sum().to(torch.float64)
     else:
         scale = 1.0 / ((lengths > 0).sum() * lengths.clamp(min=1))[:, None]
     return -advantages[:, None].to(torch.float64) * scale * mask
@@ -60,7 +69,7 @@ def autograd_omega(config: dict, logp, old_logp, advantages, mask):
     logp = logp.detach().clone().requires_grad_(True)
     out = build_objective(config)(logp, old_logp, advantages, mask)
     out.loss.backward()
-    vanilla = vanilla_gradient(advantages, mask, config.get("agg") == "token_mean")
+    vanilla = vanilla_gradient(advantages, mask, build_objective(config).aggregation)
     selected = (mask > 0) & (advantages != 0)[:, None]
     omega = logp.grad.to(torch.float64) / torch.where(selected, vanilla, 1.0)
     return out, omega, selected, logp.grad
@@ -73,7 +82,7 @@ def test_on_policy_gradient_is_vanilla_policy_gradient(config: dict, dtype) -> N
     logp = old_logp.clone().requires_grad_(True)
     out = build_objective(config)(logp, old_logp, advantages, mask)
     out.loss.backward()
-    expected = vanilla_gradient(advantages, mask, config.get("agg") == "token_mean")
+    expected = vanilla_gradient(advantages, mask, build_objective(config).aggregation)
     tolerance = 1e-12 if dtype == torch.float64 else 1e-6
     torch.testing.assert_close(logp.grad.to(torch.float64), expected, rtol=tolerance, atol=tolerance)
 

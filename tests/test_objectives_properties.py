@@ -23,6 +23,13 @@ CONFIGS = [
     {"name": "sspo", "gate": "arctan"},
     {"name": "sspo", "gate": "erf", "tau_pos": 3.0},
     {"name": "sspo", "gate": "softsign", "tau_neg": 0.3},
+    {"name": "cispo"},
+    {"name": "cispo", "eps_low": 0.2, "eps_high": 0.28, "agg": "seq_mean_token_mean"},
+    {"name": "dppo_tv"},
+    {"name": "dppo_kl", "agg": "seq_mean_token_mean"},
+    {"name": "vespo"},
+    {"name": "luspo"},
+    {"name": "luspo", "eps_low": 0.1, "eps_high": 0.1},
 ]
 PROPERTY_SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -80,8 +87,11 @@ def test_on_policy_gradient_is_vanilla_for_any_batch(config, batch) -> None:
     build_objective(config)(logp, old_logp, advantages, mask).loss.backward()
     maskf = mask.to(torch.float64)
     lengths = maskf.sum(-1)
-    if config.get("agg") == "token_mean":
+    aggregation = build_objective(config).aggregation
+    if aggregation == "token_mean":
         scale = 1.0 / maskf.sum().clamp(min=1)
+    elif aggregation == "seq_mean_token_sum":
+        scale = 1.0 / (lengths > 0).sum().clamp(min=1).to(torch.float64)
     else:
         scale = 1.0 / ((lengths > 0).sum().clamp(min=1) * lengths.clamp(min=1))[:, None]
     expected = -advantages.to(torch.float64)[:, None] * scale * maskf

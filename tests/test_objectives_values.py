@@ -245,6 +245,7 @@ def reference(name: str, p: dict, rows: list[tuple[list[float], float]], ref_row
         "grad_weight/neg_mean": mean(neg_omega),
         "grad_weight/saturated_frac": mean([1.0 if o < threshold else 0.0 for o in all_omega]),
         "kl/k3": mean([math.exp(d) - d - 1 for ds, _ in rows for d in ds]),
+        "grad_weight/truncated_frac": mean([0.0 for _ in all_omega]),  # these objectives' bounds zero gradients
     }
     return loss, grads, metrics
 

@@ -95,6 +95,19 @@ def test_bad_recipes_name_the_file_and_key(
         assert fragment in message, message
 
 
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["objective.name=cispo", "objective.correction=token_mask"], "objective.correction"),
+        (["objective.m2_threshold=0.04"], "objective.m2_threshold"),
+    ],
+)
+def test_sampler_corrections_are_refused_until_an_engine_runs_them(overrides: list[str], key: str) -> None:
+    with pytest.raises(RecipeError) as info:
+        recipe_from_dict({}, overrides)
+    assert key in info.value.render()
+
+
 def test_malformed_yaml_reports_line_and_column(tmp_path: Path) -> None:
     path = write(tmp_path, "rollout:\n  group_size: 4\n  temperature: [1.0\n")
     with pytest.raises(RecipeError) as info:

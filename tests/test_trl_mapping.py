@@ -218,6 +218,10 @@ VLLM = ["model.path=/models/qwen", "trl.use_vllm=true"]
         ([*VLLM, "trl.vllm_importance_sampling_mode=token_truncate"], "trl.vllm_importance_sampling_mode"),
         (["trl.vllm_importance_sampling_clip_max=2"], "trl.vllm_importance_sampling_clip_max"),
         (["trl.vllm_importance_sampling_clip_min=0.5"], "trl.vllm_importance_sampling_clip_min"),
+        (  # vespo folds the weight into its sequence weight; the engine weighs token gradients
+            [*VLLM, "objective.name=vespo", "trl.vllm_importance_sampling_correction=true"],
+            "trl.vllm_importance_sampling_correction",
+        ),
     ],
 )
 def test_behaviour_logprobs_and_trls_importance_weight_refusals(overrides: list[str], key: str) -> None:

@@ -1,4 +1,5 @@
-"""Group-based policy objectives (SSPO, GRPO, GSPO, GMPO, SAPO) and their diagnostics.
+"""Group-based policy objectives (SSPO, GRPO, GSPO, GMPO, SAPO; CISPO, DPPO, VESPO, LUSPO), the sampler
+correction and M2PO mask every objective takes, and their diagnostics.
 
 The normative contract is the objectives spec (see docs/objectives.md). Importing this
 package does not import torch; ``build_objective``, ``Objective``, ``ObjectiveOutput`` and
@@ -12,17 +13,22 @@ from typing import TYPE_CHECKING, Any
 from sspo_cli.objectives.config import (
     OBJECTIVE_CONFIGS,
     BaseObjectiveConfig,
+    CispoConfig,
+    DppoKlConfig,
+    DppoTvConfig,
     GmpoConfig,
     GrpoConfig,
     GspoConfig,
+    LuspoConfig,
     SapoConfig,
     SspoConfig,
+    VespoConfig,
     objective_config_union,
     objective_names,
     parse_objective_config,
     register_objective,
 )
-from sspo_cli.objectives.metric_keys import METRIC_KEYS
+from sspo_cli.objectives.metric_keys import CORRECTION_METRIC_KEYS, METRIC_KEYS, STALENESS_METRIC_KEYS
 
 if TYPE_CHECKING:
     from sspo_cli.objectives.advantages import compute_advantages
@@ -36,16 +42,23 @@ _LAZY_ATTRIBUTES = {
 }
 
 __all__ = [
+    "CORRECTION_METRIC_KEYS",
     "METRIC_KEYS",
     "OBJECTIVE_CONFIGS",
+    "STALENESS_METRIC_KEYS",
     "BaseObjectiveConfig",
+    "CispoConfig",
+    "DppoKlConfig",
+    "DppoTvConfig",
     "GmpoConfig",
     "GrpoConfig",
     "GspoConfig",
+    "LuspoConfig",
     "Objective",
     "ObjectiveOutput",
     "SapoConfig",
     "SspoConfig",
+    "VespoConfig",
     "build_objective",
     "compute_advantages",
     "objective_config_union",

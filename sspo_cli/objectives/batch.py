@@ -26,16 +26,35 @@ class TokenBatch:
     """True for completion tokens that count. [B, T], bool"""
     advantages: Tensor
     """A_b, one per completion. [B]"""
+    logp: Tensor
+    """logp[b,t], unclamped (REINFORCE-form surrogates and DPPO's probabilities); 0 on tokens that do not count."""
+    old_logp: Tensor
+    """old_logp[b,t] (no grad); 0 on tokens that do not count. [B, T]"""
+    correction: Tensor | None = None
+    """The sampler correction weight c[b,t] (no grad), or None without a correction. [B, T]"""
 
     @classmethod
     def from_log_probs(
-        cls, logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clamp: float
+        cls,
+        logp: Tensor,
+        old_logp: Tensor,
+        advantages: Tensor,
+        mask: Tensor,
+        clamp: float,
+        correction: Tensor | None = None,
     ) -> TokenBatch:
-        return cls(clamped_log_ratio(logp, old_logp, mask, clamp), mask, advantages)
+        return cls(
+            clamped_log_ratio(logp, old_logp, mask, clamp),
+            mask,
+            advantages,
+            logp=torch.where(mask, logp, 0.0),
+            old_logp=torch.where(mask, old_logp, 0.0),
+            correction=correction,
+        )
 
     def on_policy(self) -> TokenBatch:
-        """The same batch with logp == old_logp (d = 0): used to normalise weights."""
-        return replace(self, log_ratio=torch.zeros_like(self.log_ratio))
+        """The same batch with logp == old_logp (d = 0) and no sampler correction: used to normalise weights."""
+        return replace(self, log_ratio=torch.zeros_like(self.log_ratio), logp=self.old_logp, correction=None)
 
     @property
     def ratio(self) -> Tensor:
@@ -65,6 +84,10 @@ class TokenBatch:
         """sum_{b,t} mask*x / sum_{b,t} mask (0 when no token counts). [B, T] -> []"""
         count = self.mask.sum().to(x.dtype)
         return torch.where(self.mask, x, 0.0).sum() / count.clamp(min=1)
+
+    def sum_t(self, x: Tensor) -> Tensor:
+        """sum_t mask*x. [B, T] -> [B]"""
+        return torch.where(self.mask, x, 0.0).sum(-1)
 
     def sequence_log_ratio(self) -> Tensor:
         """mean_t(d), so that s_b = exp(mean_t(d)) is the sequence ratio. [B]"""

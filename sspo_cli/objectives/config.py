@@ -18,19 +18,39 @@ Range choices beyond the spec's "> 0" (documented in docs/objectives.md):
 - ``log_ratio_clamp``: ``0 < C <= 40`` so that ``exp(C)**2`` (inside the ratio std) stays
   finite in float32.
 - ``saturation_threshold``: ``0 < threshold <= 1``; the on-policy gradient weight is 1.
+
+The 2026 objectives (cispo, dppo_tv, dppo_kl, vespo, luspo) and the sampler correction keys take the
+spec's ranges as they are ("2026 baselines and off-policy corrections", API additions).
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Annotated, Any, Literal, TypeVar, Union
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 _RATIO_EPS_LOW = dict(gt=0.0, lt=1.0)
 _RATIO_EPS_HIGH = dict(gt=0.0, le=10.0)
 _LOG_EPS = dict(gt=0.0, le=10.0)
 _TEMPERATURE = dict(gt=0.0, le=100.0)
+
+Correction = Literal["none", "token_truncate", "sequence_truncate", "token_mask", "sequence_mask"]
+
+CORRECTION_BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "none": (None, None),
+    "token_truncate": (None, 2.0),
+    "sequence_truncate": (None, 2.0),
+    "token_mask": (0.5, 5.0),
+    "sequence_mask": (0.5, 2.0),
+}
+"""Each correction mode's default [correction_min, correction_max] (verl's named presets); None is no bound."""
+
+REINFORCE_AGGREGATION = Literal["token_mean", "seq_mean_token_mean"]
+_REINFORCE_AGG_DOC = (
+    "Loss aggregation: 'token_mean' (default) averages over all counted tokens of the batch; "
+    "'seq_mean_token_mean' averages tokens within a completion, then completions."
+)
 
 _TAU_POS_DOC = (
     "Gate temperature for completions with a positive advantage (A > 0). Larger is sharper; must be in (0, 100]."
@@ -71,6 +91,64 @@ class BaseObjectiveConfig(BaseModel):
             "gradient weight omega is below this value; must be in (0, 1]."
         ),
     )
+    correction: Correction = Field(
+        default="none",
+        description=(
+            "Sampler correction c from rho = pi_prox/mu (needs behav_logp): 'none', 'token_truncate' / "
+            "'sequence_truncate' (TIS: clamp the token or sequence ratio), 'token_mask' / 'sequence_mask' "
+            "(MIS, IcePop: zero the weight outside the bounds)."
+        ),
+    )
+    correction_min: float | None = Field(
+        default=None,
+        gt=0.0,
+        description=(
+            "Lower bound of the sampler ratio (inclusive; null: none). Left out, it takes the mode's default: "
+            "none for *_truncate, 0.5 for *_mask."
+        ),
+    )
+    correction_max: float | None = Field(
+        default=None,
+        gt=0.0,
+        description=(
+            "Upper bound of the sampler ratio (inclusive; null: none). Left out, it takes the mode's default: "
+            "2.0, or 5.0 for token_mask."
+        ),
+    )
+    m2_threshold: float | None = Field(
+        default=None,
+        gt=0.0,
+        description=(
+            "M2PO: drop the tokens with the largest squared sampler log-ratio until the mean of the rest is "
+            "below this value (needs behav_logp; AReaL's example uses 0.04). null: off."
+        ),
+    )
+
+    default_aggregation: ClassVar[str] = "seq_mean_token_mean"
+    """The aggregation of an objective without an ``agg`` key."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _correction_bound_defaults(cls, data: Any) -> Any:
+        """A bound left out takes the mode's default; a bound given as null stays absent."""
+        if isinstance(data, dict) and data.get("correction") in CORRECTION_BOUNDS:
+            low, high = CORRECTION_BOUNDS[data["correction"]]
+            data = {"correction_min": low, "correction_max": high, **data}
+        return data
+
+    @model_validator(mode="after")
+    def _correction_bounds(self) -> BaseObjectiveConfig:
+        low, high = self.correction_min, self.correction_max
+        if low is not None and high is not None and low >= high:
+            raise ValueError(f"correction_min ({low}) must be below correction_max ({high})")
+        if self.correction != "none" and low is None and high is None:
+            raise ValueError(f"correction {self.correction!r} needs correction_min or correction_max (both are null)")
+        return self
+
+    @property
+    def aggregation(self) -> str:
+        """The loss aggregation: the ``agg`` key where the objective has one, else its fixed one."""
+        return getattr(self, "agg", self.default_aggregation)
 
 
 Config = TypeVar("Config", bound=type[BaseObjectiveConfig])
@@ -182,6 +260,107 @@ class SspoConfig(BaseObjectiveConfig):
     )
     tau_pos: float = Field(default=1.0, **_TEMPERATURE, description=_TAU_POS_DOC)
     tau_neg: float = Field(default=1.05, **_TEMPERATURE, description=_TAU_NEG_DOC)
+
+
+# --------------------------------------------------------------------------- 2026 baselines
+
+
+@register_objective
+class CispoConfig(BaseObjectiveConfig):
+    """CISPO: REINFORCE with a clipped, stop-gradient token IS weight (MiniMax-M1, arXiv 2506.13585)."""
+
+    name: Literal["cispo"] = Field(default="cispo", description="Objective name.")
+    eps_low: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="The token weight is clamped at 1 - eps_low from below; 1 (default) is no lower bound. In (0, 1].",
+    )
+    eps_high: float = Field(
+        default=4.0,
+        gt=0.0,
+        description="The token weight is clamped at 1 + eps_high from above (default 4: a cap of 5, TRL's recipe); > 0.",
+    )
+    agg: REINFORCE_AGGREGATION = Field(default="token_mean", description=_REINFORCE_AGG_DOC)
+
+
+class _DppoConfig(BaseObjectiveConfig):
+    """Shared fields of the two DPPO masks."""
+
+    ratio_cap: float = Field(
+        default=20.0, gt=0.0, description="The token weight is min(r, ratio_cap) (stop-gradient); > 0."
+    )
+    agg: REINFORCE_AGGREGATION = Field(default="token_mean", description=_REINFORCE_AGG_DOC)
+
+
+@register_objective
+class DppoTvConfig(_DppoConfig):
+    """DPPO-TV: REINFORCE with a binary total-variation trust-region mask (arXiv 2602.04879)."""
+
+    name: Literal["dppo_tv"] = Field(default="dppo_tv", description="Objective name.")
+    delta_low: float = Field(
+        default=0.15,
+        gt=0.0,
+        description="For A <= 0, a token is dropped when p - p_old < -delta_low (its probability fell too far); > 0.",
+    )
+    delta_high: float = Field(
+        default=0.15, gt=0.0, description="For A > 0, a token is dropped when p - p_old > delta_high; > 0."
+    )
+
+
+@register_objective
+class DppoKlConfig(_DppoConfig):
+    """DPPO-KL: REINFORCE with a binary KL trust-region mask (arXiv 2602.04879)."""
+
+    name: Literal["dppo_kl"] = Field(default="dppo_kl", description="Objective name.")
+    delta_low: float = Field(
+        default=0.05,
+        gt=0.0,
+        description="For A <= 0, a token whose probability fell is dropped when its binary KL exceeds this; > 0.",
+    )
+    delta_high: float = Field(
+        default=0.05,
+        gt=0.0,
+        description="For A > 0, a token whose probability rose is dropped when its binary KL exceeds this; > 0.",
+    )
+
+
+@register_objective
+class VespoConfig(BaseObjectiveConfig):
+    """VESPO: REINFORCE with a gamma-shaped sequence weight phi(w) = w^k e^(lambda(1-w)) (arXiv 2602.10693)."""
+
+    name: Literal["vespo"] = Field(default="vespo", description="Objective name.")
+    k_pos: float = Field(default=2.0, ge=0.0, description="Shape k of phi for A >= 0; >= 0.")
+    lambda_pos: float = Field(default=3.0, gt=0.0, description="Rate lambda of phi for A >= 0; > 0.")
+    k_neg: float = Field(default=3.0, ge=0.0, description="Shape k of phi for A < 0; >= 0.")
+    lambda_neg: float = Field(default=2.0, gt=0.0, description="Rate lambda of phi for A < 0; > 0.")
+    agg: REINFORCE_AGGREGATION = Field(default="token_mean", description=_REINFORCE_AGG_DOC)
+
+    @model_validator(mode="after")
+    def _token_corrections_only(self) -> VespoConfig:
+        if self.correction.startswith("sequence"):
+            raise ValueError(
+                f"correction {self.correction!r}: vespo folds the correction into its sequence weight and takes "
+                "only 'token_truncate' or 'token_mask' (as TRL)"
+            )
+        return self
+
+
+@register_objective
+class LuspoConfig(BaseObjectiveConfig):
+    """LUSPO: GSPO's clipped sequence ratio, summed over tokens (length-unbiased; arXiv 2602.05261)."""
+
+    name: Literal["luspo"] = Field(default="luspo", description="Objective name.")
+    eps_low: float = Field(
+        default=2e-3,
+        **_RATIO_EPS_LOW,
+        description="Lower clip range of the sequence ratio s = exp(mean_t log-ratio); must be in (0, 1).",
+    )
+    eps_high: float = Field(
+        default=2.5e-3, **_RATIO_EPS_HIGH, description="Upper clip range of the sequence ratio; must be in (0, 10]."
+    )
+
+    default_aggregation: ClassVar[str] = "seq_mean_token_sum"
 
 
 def objective_names() -> tuple[str, ...]:

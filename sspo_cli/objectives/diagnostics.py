@@ -44,12 +44,15 @@ def summarize(
     sequence_weight: Tensor,
     omega: Tensor,
     saturation_threshold: float,
+    truncated: Tensor | None = None,
+    extra: dict[str, Tensor] | None = None,
 ) -> dict[str, float]:
-    """Compute every key of METRIC_KEYS.
+    """Compute every key of METRIC_KEYS, then those of ``extra`` (0-dim tensors), in one host sync.
 
     ``sequence_weight`` [B] is the objective's weight divided by its on-policy value;
     ``omega`` [B, T] is each token's gradient relative to the vanilla policy gradient
-    (read only on counted tokens with A != 0).
+    (read only on counted tokens with A != 0); ``truncated`` [B, T] marks the tokens whose
+    ratio weight a bound cut without zeroing their gradient (None: no such bound).
     """
     tokens = batch.mask
     sequences = batch.non_empty
@@ -63,6 +66,7 @@ def summarize(
     positive_tokens = tokens & (advantages > 0)[:, None]
     negative_tokens = tokens & (advantages < 0)[:, None]
     saturated = (omega < saturation_threshold).to(omega.dtype)
+    truncated = torch.zeros_like(saturated) if truncated is None else truncated.to(omega.dtype)
 
     token_ratio_min, token_ratio_max = masked_min_max(ratio, tokens)
     sequence_ratio_min, sequence_ratio_max = masked_min_max(sequence_ratio, sequences)
@@ -83,7 +87,9 @@ def summarize(
         "grad_weight/neg_mean": masked_mean(omega, negative_tokens),
         "grad_weight/saturated_frac": masked_mean(saturated, informative_tokens),
         "kl/k3": masked_mean(k3(d), tokens),
+        "grad_weight/truncated_frac": masked_mean(truncated, informative_tokens),
     }
     assert tuple(values) == METRIC_KEYS
+    values |= extra or {}
     stacked = torch.stack([v.to(ratio.dtype) for v in values.values()])
-    return dict(zip(METRIC_KEYS, stacked.tolist()))
+    return dict(zip(values, stacked.tolist()))

@@ -1,12 +1,13 @@
-"""The five policy objectives of the spec, one small pure function each, and their registry.
+"""The policy objectives of the spec, one small pure function each, and their registry.
 
 Each objective maps a batch to its policy weight ``w``, from which
 
-    J_b = mean_t(w[b,t]) * A_b     (token-level: grpo, sapo)
-    J_b = w_b * A_b                (sequence-level: gspo, gmpo, sspo)
+    J_b = mean_t(w[b,t]) * A_b            (token-level: grpo, sapo)
+    J_b = w_b * A_b                       (sequence-level: gspo, gmpo, sspo, luspo)
+    u[b,t] = sg(w[b,t]) * A_b * logp[b,t] (REINFORCE form, ``surrogate``: cispo, dppo_*, vespo)
 
-and the loss is -(1/B') * sum_b J_b (see ``core.py`` for aggregation and the KL term).
-Writing every objective as "weight times advantage" lets one code path compute the loss,
+and the loss aggregates them (see ``core.py`` for aggregation, the sampler correction and the KL
+term). Writing every objective as "weight times advantage" lets one code path compute the loss,
 the gradient weights and the diagnostics for all of them.
 
 Adding an objective: a config model registered in ``config.py``, one function here registered
@@ -27,20 +28,34 @@ from torch import Tensor
 from sspo_cli.objectives.batch import TokenBatch
 from sspo_cli.objectives.config import (
     BaseObjectiveConfig,
+    CispoConfig,
+    DppoKlConfig,
+    DppoTvConfig,
     GmpoConfig,
     GrpoConfig,
     GspoConfig,
+    LuspoConfig,
     SapoConfig,
     SspoConfig,
+    VespoConfig,
 )
 
 
 @dataclass(frozen=True)
 class PolicyWeight:
-    """``w`` such that J_b = mean_t(w) * A_b (``per_token``, [B, T]) or w_b * A_b ([B])."""
+    """``w`` such that J_b = mean_t(w) * A_b (``per_token``, [B, T]) or w_b * A_b ([B]).
+
+    ``surrogate``: the REINFORCE form u[b,t] = sg(w) * A_b * logp[b,t] (per token); only its gradient
+    sg(w) * A_b * grad logp has meaning. ``truncated`` [B, T] marks the tokens whose ratio weight a bound
+    cut without zeroing their gradient. ``includes_correction``: ``w`` already holds the sampler
+    correction (vespo), which the loss must not multiply in again.
+    """
 
     value: Tensor
     per_token: bool
+    surrogate: bool = False
+    truncated: Tensor | None = None
+    includes_correction: bool = False
 
 
 ObjectiveFunction = Callable[[Any, TokenBatch], PolicyWeight]
@@ -153,6 +168,85 @@ def sspo(config: SspoConfig, batch: TokenBatch) -> PolicyWeight:
     tau = batch.temperature(config.tau_pos, config.tau_neg)
     log_gate = SSPO_LOG_GATES[config.gate](batch.log_ratio, tau)
     return PolicyWeight(torch.exp(batch.mean_t(log_gate)), per_token=False)
+
+
+# --------------------------------------------------------------------------- 2026 baselines
+
+
+@policy_weight(CispoConfig)
+def cispo(config: CispoConfig, batch: TokenBatch) -> PolicyWeight:
+    """u = sg(clamp(r, 1-eps_low, 1+eps_high)) * A_b * logp; a lower bound at or below 0 is no bound."""
+    ratio = batch.ratio.detach()
+    low = 1.0 - config.eps_low
+    high = 1.0 + config.eps_high
+    weight = ratio.clamp(min=low if low > 0 else None, max=high)
+    truncated = (ratio > high) | (ratio < low)
+    return PolicyWeight(weight, per_token=True, surrogate=True, truncated=truncated)
+
+
+def dppo_weight(batch: TokenBatch, ratio_cap: float, valid: Tensor) -> PolicyWeight:
+    """u = sg(min(r, ratio_cap)) * valid * A_b * logp."""
+    ratio = batch.ratio.detach()
+    weight = ratio.clamp(max=ratio_cap) * valid.to(ratio.dtype)
+    return PolicyWeight(weight, per_token=True, surrogate=True, truncated=ratio > ratio_cap)
+
+
+def token_probabilities(batch: TokenBatch) -> tuple[Tensor, Tensor]:
+    """p = exp(logp), p_old = exp(old_logp): unclamped, no grad."""
+    return torch.exp(batch.logp.detach()), torch.exp(batch.old_logp)
+
+
+@policy_weight(DppoTvConfig)
+def dppo_tv(config: DppoTvConfig, batch: TokenBatch) -> PolicyWeight:
+    """valid = [p - p_old <= delta_high] if A_b > 0 else [p - p_old >= -delta_low]."""
+    p, p_old = token_probabilities(batch)
+    positive = batch.advantages[:, None] > 0
+    valid = torch.where(positive, p - p_old <= config.delta_high, p - p_old >= -config.delta_low)
+    return dppo_weight(batch, config.ratio_cap, valid)
+
+
+@policy_weight(DppoKlConfig)
+def dppo_kl(config: DppoKlConfig, batch: TokenBatch) -> PolicyWeight:
+    """kl_bin = p_old*(old_logp - logp) + (1-p_old)*log((1-p_old+1e-8)/(1-p+1e-8));
+    valid = [kl_bin <= delta_high or p <= p_old] if A_b > 0 else [kl_bin <= delta_low or p >= p_old]."""
+    p, p_old = token_probabilities(batch)
+    logp, old_logp = batch.logp.detach(), batch.old_logp
+    kl_bin = p_old * (old_logp - logp) + (1.0 - p_old) * torch.log((1.0 - p_old + 1e-8) / (1.0 - p + 1e-8))
+    positive = batch.advantages[:, None] > 0
+    valid = torch.where(
+        positive, (kl_bin <= config.delta_high) | (p <= p_old), (kl_bin <= config.delta_low) | (p >= p_old)
+    )
+    return dppo_weight(batch, config.ratio_cap, valid)
+
+
+VESPO_LOG_FLOOR = math.log(1e-8)
+
+
+@policy_weight(VespoConfig)
+def vespo(config: VespoConfig, batch: TokenBatch) -> PolicyWeight:
+    """lw_b = clamp(sum_t d [+ sum_t clamp(log c, ln 1e-8, C)], ln 1e-8, C), w_b = exp(lw_b),
+    phi_b = exp(lambda_b + k_b*lw_b - lambda_b*w_b) (0 if not finite); u = sg(phi_b) * A_b * logp."""
+    clamp = config.log_ratio_clamp
+    log_weight = batch.sum_t(batch.log_ratio.detach())
+    if batch.correction is not None:  # a token-level correction, folded in (config refuses sequence modes)
+        log_weight = log_weight + batch.sum_t(torch.log(batch.correction).clamp(VESPO_LOG_FLOOR, clamp))
+    log_weight = log_weight.clamp(VESPO_LOG_FLOOR, clamp)
+    non_negative = batch.advantages >= 0
+    k = torch.full_like(log_weight, config.k_neg).masked_fill(non_negative, config.k_pos)
+    rate = torch.full_like(log_weight, config.lambda_neg).masked_fill(non_negative, config.lambda_pos)
+    phi = torch.exp(rate + k * log_weight - rate * torch.exp(log_weight))
+    phi = torch.where(torch.isfinite(phi), phi, 0.0)
+    return PolicyWeight(
+        phi[:, None].expand_as(batch.log_ratio), per_token=True, surrogate=True, includes_correction=True
+    )
+
+
+@policy_weight(LuspoConfig)
+def luspo(config: LuspoConfig, batch: TokenBatch) -> PolicyWeight:
+    """GSPO's clipped sequence weight; the seq_mean_token_sum aggregation makes J_b = L_b * w_b * A_b."""
+    sequence_ratio = torch.exp(batch.sequence_log_ratio())
+    weight = pessimistic_clip(sequence_ratio, config.eps_low, config.eps_high, batch.advantages)
+    return PolicyWeight(weight, per_token=False)
 
 
 def k3(log_ratio: Tensor) -> Tensor:

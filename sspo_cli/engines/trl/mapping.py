@@ -207,7 +207,12 @@ IMPORTANCE_WEIGHT_SETTINGS = (
 )
 
 
-def check_behaviour_logprobs(rollout: RolloutConfig, options: TrlOptions) -> None:
+FOLDED_IMPORTANCE_WEIGHT = frozenset({"vespo"})
+"""Objectives that fold a sampler weight into their own weight (TRL skips its multiplication for them); the
+engine's `weighted_gradient` is not that rule."""
+
+
+def check_behaviour_logprobs(rollout: RolloutConfig, options: TrlOptions, objective_name: str = "") -> None:
     """Where the objective's old log-probs come from (docs/engines.md, "Behaviour log-probs and vLLM").
 
     vLLM is TRL's only sampler that is another computation than the trained model, so `sampler` and
@@ -228,6 +233,12 @@ def check_behaviour_logprobs(rollout: RolloutConfig, options: TrlOptions) -> Non
             key,
             "with rollout.behaviour_logprobs: sampler the objective's ratios already carry the vLLM mismatch; "
             "TRL's weight would count it twice: use one of them",
+        )
+    if options.vllm_importance_sampling_correction and objective_name in FOLDED_IMPORTANCE_WEIGHT:
+        raise TrlEngineError(
+            key,
+            f"objective {objective_name} folds an importance weight into its sequence weight; the engine weighs "
+            "each token's gradient instead, which is not that rule: turn the correction off or pick another objective",
         )
     defaults = TrlOptions()
     for name in IMPORTANCE_WEIGHT_SETTINGS:
@@ -259,7 +270,7 @@ def plan_trl_run(
     if recipe.model.lora is not None:
         raise TrlEngineError("model.lora", "LoRA adapters are trained by the native engine only: set engine: native")
     check_native_off_policy_options(recipe.rollout)
-    check_behaviour_logprobs(recipe.rollout, options)
+    check_behaviour_logprobs(recipe.rollout, options, recipe.objective.name)
     if options.use_vllm and not recipe.model.path:
         raise TrlEngineError(
             "trl.use_vllm", "vLLM loads the policy from a model folder: set model.path (the tiny model has none)"

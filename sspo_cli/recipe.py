@@ -337,22 +337,6 @@ class Recipe(Strict):
     )
 
     @model_validator(mode="after")
-    def _sampler_correction_not_run_yet(self) -> Recipe:
-        """The objectives take a sampler correction and the M2PO mask, but no engine hands them the sampler's
-        log-probs with a proximal recompute yet (issue 26): refuse rather than fail at the first update."""
-        objective = self.objective
-        for key, value, off in (
-            ("correction", objective.correction, "none"),
-            ("m2_threshold", objective.m2_threshold, None),
-        ):
-            if value != off:
-                raise ValueError(
-                    f"objective.{key}: {value!r} needs the sampler's log-probs and a proximal recompute, which no "
-                    f"engine runs yet; leave objective.{key} at {off if off is not None else 'null'}"
-                )
-        return self
-
-    @model_validator(mode="after")
     def _room_for_the_answer(self) -> Recipe:
         """Where a task's completions have a known length, limits below it could never score a correct answer."""
         lengths = self.task.character_lengths()

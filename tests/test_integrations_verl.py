@@ -33,7 +33,13 @@ SEEDS = (0, 1, 2, 3)
 GATES = ("sigmoid", "arctan", "erf", "softsign")
 CLOSE = dict(rtol=1e-9, atol=1e-12)
 # Our objectives as a default verl actor config sets them: clip_ratio 0.2 gives gmpo's log-space bounds.
-AT_VERL_DEFAULTS = {"sspo": {"name": "sspo"}, "gmpo": {"name": "gmpo", "eps_low": 0.2, "eps_high": 0.2}}
+AT_VERL_DEFAULTS = {
+    "sspo": {"name": "sspo"},
+    "gmpo": {"name": "gmpo", "eps_low": 0.2, "eps_high": 0.2},
+    "vespo": {"name": "vespo", "agg": "seq_mean_token_mean"},
+    "luspo": {"name": "luspo", "eps_low": 0.2, "eps_high": 0.2},
+}
+LOSS_AGG_MODES = {"luspo": "seq-mean-token-sum"}  # luspo's one aggregation; the others: seq-mean-token-mean
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,7 @@ def random_batch(seed: int, rows: int = 8, tokens: int = 11, spread: float = 0.6
 
 
 def actor_config(loss_mode: str, policy_loss: PolicyLossConfig | None = None, **fields) -> ActorConfig:
-    fields.setdefault("loss_agg_mode", "seq-mean-token-mean")
+    fields.setdefault("loss_agg_mode", LOSS_AGG_MODES.get(loss_mode, "seq-mean-token-mean"))
     return ActorConfig(
         strategy="fsdp",
         rollout_n=1,
@@ -144,7 +150,7 @@ def test_the_check_command_passes_here_and_fails_loudly_without_the_plug_in() ->
     check = [sys.executable, "-m", "sspo_cli.integrations.verl.check"]
     passed = subprocess.run(check, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert passed.returncode == 0, passed.stderr
-    assert "loss_mode sspo, gmpo registered by sspo-cli" in passed.stdout
+    assert "loss_mode sspo, gmpo, vespo, luspo registered by sspo-cli" in passed.stdout
     environment = {**os.environ, "VERL_USE_EXTERNAL_PLUGINS": "none"}
     failed = subprocess.run(check, cwd=REPO, env=environment, capture_output=True, text=True, timeout=300)
     assert failed.returncode == 1
@@ -172,7 +178,9 @@ def test_a_plug_in_that_fails_to_import_says_so_at_warning_level() -> None:
         "get_policy_loss_fn('sspo')\n"
     )
     result = run_python(code)
-    assert "sspo-cli's verl plug-in failed to load, so loss_mode=sspo/gmpo are not registered" in result.stderr
+    assert (
+        "sspo-cli's verl plug-in failed to load, so loss_mode=sspo/gmpo/vespo/luspo are not registered" in result.stderr
+    )
     assert "ValueError: Unsupported loss mode: sspo" in result.stderr
     assert result.returncode == 1
 
@@ -573,3 +581,44 @@ def test_verls_per_token_returns_are_refused() -> None:
             loss_agg_mode="seq-mean-token-mean",
             config=actor_config("sspo"),
         )
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_vespo_and_luspo_in_verl_equal_our_objectives(seed: int) -> None:
+    batch = random_batch(seed, spread=0.3)
+    vespo = actor_config("vespo", SspoPolicyLossConfig(loss_mode="vespo", k_pos=1.5, lambda_neg=2.5))
+    ours = native(batch, {"name": "vespo", "k_pos": 1.5, "lambda_neg": 2.5, "agg": "seq_mean_token_mean"})
+    assert_same(loss_and_gradient(batch, lambda logp: verl_loss(batch, vespo, logp)), loss_and_gradient(batch, ours))
+    luspo = actor_config("luspo", clip_ratio_low=2e-3, clip_ratio_high=2.5e-3)
+    ours = native(batch, {"name": "luspo"})  # its defaults are LUSPO's bounds
+    assert_same(loss_and_gradient(batch, lambda logp: verl_loss(batch, luspo, logp)), loss_and_gradient(batch, ours))
+
+
+def test_luspo_takes_verls_seq_mean_token_sum_only_and_vespo_refuses_rollout_weights() -> None:
+    batch = random_batch(1)
+    with pytest.raises(VerlSettingError, match="loss_agg_mode=seq-mean-token-sum"):
+        verl_loss(batch, actor_config("luspo", loss_agg_mode="token-mean"), batch.logp)
+    with pytest.raises(VerlSettingError, match="rollout_is=null"):
+        verl_loss(batch, actor_config("vespo"), batch.logp, torch.ones_like(batch.logp))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize(
+    ("loss_mode", "fields", "ours"),
+    [
+        (
+            "cispo",
+            {"clip_ratio_low": 0.2, "clip_ratio_high": 0.28},
+            {"name": "cispo", "eps_low": 0.2, "eps_high": 0.28},
+        ),
+        ("dppo_tv", {"clip_ratio_low": 0.15, "clip_ratio_high": 0.15, "clip_ratio_c": 20.0}, {"name": "dppo_tv"}),
+        ("dppo_kl", {"clip_ratio_low": 0.05, "clip_ratio_high": 0.05, "clip_ratio_c": 20.0}, {"name": "dppo_kl"}),
+    ],
+)
+def test_verls_cispo_and_dppo_equal_ours_under_token_mean(seed: int, loss_mode: str, fields: dict, ours: dict) -> None:
+    """verl's own 2026 losses against ours (spec: "What was checked"). verl's DPPO cap is clip_ratio_c, whose
+    ActorConfig default is 3.0: set to the spec's 20 here."""
+    batch = random_batch(seed, spread=0.4)
+    config = actor_config(loss_mode, loss_agg_mode="token-mean", **fields)
+    theirs = loss_and_gradient(batch, lambda logp: verl_loss(batch, config, logp))
+    assert_same(theirs, loss_and_gradient(batch, native(batch, {**ours, "agg": "token_mean"})))

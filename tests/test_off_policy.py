@@ -144,3 +144,43 @@ def test_the_sampler_s_own_log_probs_as_behaviour_put_the_mismatch_into_the_rati
         tmp_path, tiny_overrides, 1, "rollout.sampler_dtype=bfloat16", "rollout.behaviour_logprobs=sampler"
     )
     assert row["ratio/log_abs_mean"] > 1e-4 and row["rollout/sampler_logp_diff_mean"] > 0, row
+
+
+# --------------------------------------------------------------------------- decoupled mode (spec: Sampler correction)
+
+
+def test_a_lagged_run_with_a_correction_takes_ratios_against_the_proximal_policy(
+    tmp_path: Path, tiny_overrides: list[str]
+) -> None:
+    """With a correction the objective's ratio is the learner against itself (proximal, recomputed before the first
+    update: exactly on-policy there), and the lag shows in the correction's keys instead."""
+    lagged = ("rollout.policy_lag=2", "rollout.updates_per_rollout=1", "rollout.minibatch_size=null")
+    rows = run_steps(tmp_path, tiny_overrides, 3, *lagged, "objective.correction=token_truncate")
+    assert [row["rollout/staleness_max"] for row in rows] == [0.0, 1.0, 2.0]
+    for row in rows:
+        assert row["ratio/log_abs_mean"] < 1e-5, row  # one update per step, against the proximal policy
+        assert 0.0 < row["correction/ess"] <= 1.0
+    assert rows[0]["correction/kl_k3"] < 1e-6  # no lag at step 1: the sampler is the proximal policy
+    assert rows[2]["correction/kl_k3"] > 1e-4 and rows[2]["correction/weight_max"] <= 2.0 + 1e-6  # truncated at 2
+
+
+def test_without_a_correction_no_correction_keys_and_the_lag_stays_in_the_ratio(
+    tmp_path: Path, tiny_overrides: list[str]
+) -> None:
+    (row,) = run_steps(tmp_path, tiny_overrides, 1, "rollout.policy_lag=2")
+    assert not [key for key in row if key.startswith(("correction/", "rollout/staleness"))]
+
+
+def test_on_policy_a_correction_and_the_m2po_mask_change_nothing_but_their_keys(
+    tmp_path: Path, tiny_overrides: list[str]
+) -> None:
+    """Without lag the sampler is the proximal policy up to float rounding: every weight is 1 and M2PO drops
+    nothing, so the first step's objective diagnostics equal the plain objective's."""
+    plain = run_steps(tmp_path, tiny_overrides, 1)[0]
+    corrected = run_steps(
+        tmp_path, tiny_overrides, 1, "objective.correction=token_mask", "objective.m2_threshold=0.04"
+    )[0]
+    assert corrected["correction/m2_masked_frac"] == 0.0 and corrected["correction/masked_frac"] == 0.0
+    assert abs(corrected["correction/weight_mean"] - 1.0) < 1e-5
+    for key in ("train/reward", "ratio/token_mean", "weight/seq_mean", "train/loss"):
+        assert corrected[key] == pytest.approx(plain[key], abs=1e-5), key

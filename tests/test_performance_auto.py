@@ -44,7 +44,9 @@ def test_this_machine_follows_the_rule():
 
 def test_capping_the_kernels_at_avx2_turns_bf16_auto_off():
     """The caps that reproduce an AVX2-only CPU's rounding on an AVX-512 one also reproduce its `auto` choice."""
-    code = "import torch; from sspo_cli.engines.native.tuning import native_bf16; print(native_bf16(torch.device('cpu')))"
+    code = (
+        "import torch; from sspo_cli.engines.native.tuning import native_bf16; print(native_bf16(torch.device('cpu')))"
+    )
     env = kernel_environment("avx2", os.environ)
     capped = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert capped.stdout.strip() == "False"

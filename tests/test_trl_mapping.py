@@ -218,6 +218,8 @@ VLLM = ["model.path=/models/qwen", "trl.use_vllm=true"]
         ([*VLLM, "trl.vllm_importance_sampling_mode=token_truncate"], "trl.vllm_importance_sampling_mode"),
         (["trl.vllm_importance_sampling_clip_max=2"], "trl.vllm_importance_sampling_clip_max"),
         (["trl.vllm_importance_sampling_clip_min=0.5"], "trl.vllm_importance_sampling_clip_min"),
+        (["objective.correction=token_truncate"], "objective.correction"),  # decoupled mode is the native engine's
+        (["objective.m2_threshold=0.04"], "objective.m2_threshold"),
         (  # vespo folds the weight into its sequence weight; the engine weighs token gradients
             [*VLLM, "objective.name=vespo", "trl.vllm_importance_sampling_correction=true"],
             "trl.vllm_importance_sampling_correction",

@@ -48,6 +48,11 @@ class Aggregation(Protocol):
         ...
 
 
+def inverse_count(count: Tensor, batch: TokenBatch) -> Tensor:
+    """1 / count in the batch's float dtype, an empty batch's count taken as 1."""
+    return 1.0 / count.to(batch.log_ratio.dtype).clamp(min=1)
+
+
 class SequenceMeanTokenMean:
     """(1/B') * sum_b mean_t(.): every non-empty completion weighs the same (the default)."""
 
@@ -82,15 +87,11 @@ class TokenMean:
 
     def vanilla_gradient_scale(self, batch: TokenBatch) -> Tensor:
         """1 / N with N = sum mask"""
-        return 1.0 / self.normaliser(batch.mask).to(batch.log_ratio.dtype).clamp(min=1)
+        return inverse_count(self.normaliser(batch.mask), batch)
 
 
-class SequenceMeanTokenSum:
-    """(1/B') * sum_b sum_t(.): a completion weighs by its length (luspo)."""
-
-    def normaliser(self, mask: Tensor) -> Tensor:
-        """B', the non-empty completions"""
-        return mask.any(-1).sum()
+class SequenceMeanTokenSum(SequenceMeanTokenMean):
+    """(1/B') * sum_b sum_t(.): a completion weighs by its length (luspo). Its normaliser is B', as above."""
 
     def reduce_tokens(self, batch: TokenBatch, terms: Tensor) -> Tensor:
         return batch.sequence_mean(batch.sum_t(terms))
@@ -100,7 +101,7 @@ class SequenceMeanTokenSum:
 
     def vanilla_gradient_scale(self, batch: TokenBatch) -> Tensor:
         """1 / B'"""
-        return 1.0 / self.normaliser(batch.mask).to(batch.log_ratio.dtype).clamp(min=1)
+        return inverse_count(self.normaliser(batch.mask), batch)
 
 
 AGGREGATIONS: dict[str, Aggregation] = {

@@ -87,8 +87,14 @@ def rl_step(recipe: Recipe, learner: Learner, task: Task, objective, state: Trai
     device = rollout.input_ids.device
     advantages, mask = advantages.to(device), loss_mask(rollout, cfg.mask_truncated_completions)
 
-    # 3. The reference's log-probs, for a KL penalty.
-    old_logp, token_entropy = behaviour.old_logp, behaviour.entropy
+    # 3. Decoupled mode (a sampler correction or the M2PO mask): the sampler's log-probs stay the behaviour's,
+    #    and the objective's ratio is taken against the proximal policy, the learner's current weights,
+    #    recomputed once for the whole rollout. Then the reference's log-probs, for a KL penalty.
+    old_logp, token_entropy, behav_logp, staleness = behaviour.old_logp, behaviour.entropy, None, None
+    if is_decoupled(objective):
+        behav_logp = behaviour.sampler_logp if behaviour.sampler_logp is not None else behaviour.old_logp
+        old_logp = proximal_logprobs(model, rollout, cfg.temperature, shared_prompts, perf, attention)
+        staleness = torch.full((rollout.input_ids.shape[0],), float(schedule.lag(state.step)), device=device)
     sampled_mask = rollout.completion_mask  # every sampled token, masked-out truncated completions included
     entropy = (token_entropy * sampled_mask).sum() / sampled_mask.sum().clamp(min=1)
     ref_logp = None
@@ -106,7 +112,15 @@ def rl_step(recipe: Recipe, learner: Learner, task: Task, objective, state: Trai
 
     # 4. Optimiser updates on mini-batches; the first is on-policy, later ones are not.
     data = UpdateData(
-        rollout.input_ids, rollout.attention_mask, rollout.completion_len, old_logp, advantages, mask, ref_logp
+        rollout.input_ids,
+        rollout.attention_mask,
+        rollout.completion_len,
+        old_logp,
+        advantages,
+        mask,
+        ref_logp,
+        behav_logp,
+        staleness,
     )
     policy.model.train()
     update_metrics: list[dict[str, float]] = []
@@ -191,6 +205,29 @@ def behaviour_logprobs(
     return Behaviour(old_logp, entropy, sampler_logp, learner_logp)
 
 
+def is_decoupled(objective) -> bool:
+    """Whether the objective asks for the sampler's log-probs beside the proximal ones: a sampler correction or
+    the M2PO mask (spec: "Sampler correction", decoupled PPO)."""
+    return objective.config.correction != "none" or objective.config.m2_threshold is not None
+
+
+def proximal_logprobs(
+    model,
+    rollout: Rollout,
+    temperature: float,
+    shared_prompts: torch.Tensor | None,
+    perf: PerformanceConfig,
+    attention: str,
+) -> torch.Tensor:
+    """The proximal policy's log-probs: the learner's current weights, computed exactly as the updates run them
+    (precision, attention kernel, temperature), once before the rollout's first update."""
+    device = rollout.input_ids.device
+    logp, _ = forward_logprobs(
+        model, rollout, temperature, shared_prompts, perf, autocast(device, perf.autocast_bf16), attention
+    )
+    return logp
+
+
 def forward_logprobs(
     model,
     rollout: Rollout,
@@ -229,16 +266,23 @@ class UpdateData:
     advantages: torch.Tensor
     mask: torch.Tensor
     ref_logp: torch.Tensor | None
+    behav_logp: torch.Tensor | None = None  # decoupled mode: the sampler's; old_logp is then the proximal policy's
+    staleness: torch.Tensor | None = None  # decoupled mode: [rows] learner steps between sampler and proximal
 
     def objective_inputs(self, rows: torch.Tensor, width: int | None = None) -> dict[str, torch.Tensor | None]:
-        """The objective's arguments after `logp` for these rows (their first `width` completion columns)."""
+        """The objective's loss arguments after `logp` for these rows (their first `width` completion columns)."""
         cols = slice(None, width)
         return {
             "old_logp": self.old_logp[rows, cols],
             "advantages": self.advantages[rows],
             "mask": self.mask[rows, cols],
             "ref_logp": None if self.ref_logp is None else self.ref_logp[rows, cols],
+            "behav_logp": None if self.behav_logp is None else self.behav_logp[rows, cols],
         }
+
+    def metric_inputs(self, rows: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """The objective's diagnostics arguments after `logp`: the loss's, and the staleness of each row."""
+        return self.objective_inputs(rows) | {"staleness": None if self.staleness is None else self.staleness[rows]}
 
     def width_of(self, rows: torch.Tensor) -> int:
         """Completion columns up to the last one these rows count in the loss (at least 1)."""
@@ -285,7 +329,9 @@ def accumulate_gradients(
         shared_prompts = None
     total = objective.normaliser(data.mask[rows]).clamp(min=1)
     parts = micro_batches(rows, perf.micro_batch_size, shared_prompts)
-    if len(parts) == 1:
+    if objective.config.m2_threshold is not None:
+        parts = [rows]  # M2PO's mask is a rule over the whole mini-batch: a split would keep other tokens
+    elif len(parts) == 1:
         count = bucket_count(perf, device)
         price = micro_batch_price(model) if count is None else 0.0
         parts = length_bucket_parts(rows, data, shared_prompts, count, price)
@@ -318,7 +364,7 @@ def accumulate_gradients(
         # the trimmed columns are padding (weight 0) for the diagnostics too
         logps.append(torch.nn.functional.pad(logp.detach(), (0, data.completion_len - width)))
     t0 = time.perf_counter()
-    metrics = objective.metrics(torch.cat(logps), **data.objective_inputs(torch.cat(parts)))
+    metrics = objective.metrics(torch.cat(logps), **data.metric_inputs(torch.cat(parts)))
     return AccumulatedUpdate(loss, metrics, seconds + time.perf_counter() - t0)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from sspo_cli.engines.trl.options import TrlOptions
 from sspo_cli.errors import InputError
+from sspo_cli.objectives.config import BaseObjectiveConfig
 from sspo_cli.recipe import Recipe, RolloutConfig
 
 TRL_INSTALL_HINT = "install the trl extra: pip install -e '.[trl]'"
@@ -200,6 +201,22 @@ def check_native_off_policy_options(rollout: RolloutConfig) -> None:
             )
 
 
+def check_decoupled_objective(objective: BaseObjectiveConfig) -> None:
+    """The objective's sampler correction and M2PO mask need the sampler's log-probs beside a proximal recompute;
+    on TRL, vLLM's own correction is `trl.vllm_importance_sampling_correction` (applied to the token loss)."""
+    for key, value, off in (
+        ("correction", objective.correction, "none"),
+        ("m2_threshold", objective.m2_threshold, None),
+    ):
+        if value != off:
+            raise TrlEngineError(
+                f"objective.{key}",
+                f"{value!r} runs on the native engine (decoupled mode: sampler and proximal log-probs); with "
+                "engine: trl leave it unset and use trl.vllm_importance_sampling_correction with vLLM, "
+                "or use engine: native",
+            )
+
+
 IMPORTANCE_WEIGHT_SETTINGS = (
     "vllm_importance_sampling_mode",
     "vllm_importance_sampling_clip_max",
@@ -270,6 +287,7 @@ def plan_trl_run(
     if recipe.model.lora is not None:
         raise TrlEngineError("model.lora", "LoRA adapters are trained by the native engine only: set engine: native")
     check_native_off_policy_options(recipe.rollout)
+    check_decoupled_objective(recipe.objective)
     check_behaviour_logprobs(recipe.rollout, options, recipe.objective.name)
     if options.use_vllm and not recipe.model.path:
         raise TrlEngineError(

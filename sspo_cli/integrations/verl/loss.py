@@ -1,4 +1,4 @@
-"""SSPO and GMPO as verl 0.9 policy losses, computed by ``build_objective``. No verl import here.
+"""SSPO, GMPO, VESPO and LUSPO as verl 0.9 policy losses, computed by ``build_objective``. No verl import here.
 
 verl's actor calls a registered policy loss once per micro-batch, with keywords:
 
@@ -28,9 +28,13 @@ from torch import Tensor
 
 from sspo_cli.objectives import OBJECTIVE_CONFIGS, Objective, build_objective
 
-VERL_LOSS_MODES: tuple[str, ...] = ("sspo", "gmpo")
-"""Our objectives registered as verl ``loss_mode``s. verl's own grpo-like ``vanilla``, ``gspo`` and ``sapo``
-match ours (docs/engines.md); its ``geo_mean`` is GMPO normalised per micro-batch, hence our ``gmpo``."""
+VERL_LOSS_MODES: tuple[str, ...] = ("sspo", "gmpo", "vespo", "luspo")
+"""Our objectives registered as verl ``loss_mode``s: those verl lacks. verl's own grpo-like ``vanilla``, ``gspo``,
+``sapo``, ``cispo``, ``dppo_tv`` and ``dppo_kl`` match ours (docs/engines.md); its ``geo_mean`` is GMPO normalised
+per micro-batch, hence our ``gmpo``."""
+
+FOLDED_ROLLOUT_WEIGHT = frozenset({"vespo"})
+"""Objectives whose spec folds a sampler weight into their own weight (not onto the advantage, as here)."""
 
 ACTOR = "actor_rollout_ref.actor"
 
@@ -42,15 +46,31 @@ ACTOR_KEYS: dict[str, str] = {
 }
 """Our objective key -> the verl actor key it is read from (an objective reads those its config has)."""
 
-POLICY_LOSS_KEYS: tuple[str, ...] = ("gate", "log_ratio_clamp", "saturation_threshold")
+POLICY_LOSS_KEYS: tuple[str, ...] = (
+    "gate",
+    "log_ratio_clamp",
+    "saturation_threshold",
+    "k_pos",
+    "lambda_pos",
+    "k_neg",
+    "lambda_neg",
+)
 """Our keys that verl's strict ActorConfig lacks: fields of ``verl_plugin.SspoPolicyLossConfig`` under
 ``actor_rollout_ref.actor.policy_loss``; unset (None) means the objective's default."""
 
-AGGREGATIONS: dict[str, str] = {"seq-mean-token-mean": "seq_mean_token_mean", "token-mean": "token_mean"}
-"""verl loss_agg_mode -> the spec's aggregation of the same meaning. verl's token-sum and seq-mean-token-sum(-norm)
-weigh completions by their length or a constant: no objective of the spec aggregates so."""
+AGGREGATIONS: dict[str, str] = {
+    "seq-mean-token-mean": "seq_mean_token_mean",
+    "token-mean": "token_mean",
+    "seq-mean-token-sum": "seq_mean_token_sum",
+}
+"""verl loss_agg_mode -> the spec's aggregation of the same meaning (seq-mean-token-sum is luspo's). verl's
+token-sum and seq-mean-token-sum-norm weigh completions by a constant: no objective of the spec aggregates so."""
 
-GLOBAL_NORMALISERS: dict[str, str] = {"seq_mean_token_mean": "global_batch_size", "token_mean": "batch_num_tokens"}
+GLOBAL_NORMALISERS: dict[str, str] = {
+    "seq_mean_token_mean": "global_batch_size",
+    "token_mean": "batch_num_tokens",
+    "seq_mean_token_sum": "global_batch_size",
+}
 """The spec's aggregation -> the ``global_batch_info`` entry that counts its normaliser over the mini-batch."""
 
 ADVANTAGE_RTOL, ADVANTAGE_ATOL = 1e-5, 1e-6
@@ -73,9 +93,10 @@ def verl_key(key: str) -> str:
 
 
 def aggregations_of(loss_mode: str) -> tuple[str, ...]:
-    """The spec's aggregations an objective takes: its ``agg`` choices, else the per-completion mean."""
-    field = OBJECTIVE_CONFIGS[loss_mode].model_fields.get("agg")
-    return get_args(field.annotation) if field is not None else ("seq_mean_token_mean",)
+    """The spec's aggregations an objective takes: its ``agg`` choices, else its one fixed aggregation."""
+    config = OBJECTIVE_CONFIGS[loss_mode]
+    field = config.model_fields.get("agg")
+    return get_args(field.annotation) if field is not None else (config(name=loss_mode).aggregation,)
 
 
 def spec_aggregation(loss_mode: str, loss_agg_mode: str) -> str:
@@ -195,6 +216,11 @@ def verl_policy_loss(loss_mode: str) -> PolicyLoss:
         sequence_advantage = sequence_advantages(advantages, mask, loss_mode)
         # J_b(c * A_b) = c * J_b(A_b) for c >= 0 in every objective of the spec: the weight rides on the advantage.
         weighted = sequence_advantage
+        if rollout_is_weights is not None and loss_mode in FOLDED_ROLLOUT_WEIGHT:
+            raise VerlSettingError(
+                f"loss_mode={loss_mode} folds the sampler weight into its own sequence weight, which verl's "
+                "rollout_is_weights cannot do here: set algorithm.rollout_correction.rollout_is=null"
+            )
         if rollout_is_weights is not None:
             weighted = sequence_advantage * sequence_weights(rollout_is_weights, mask).to(sequence_advantage.dtype)
         loss = objective.loss(log_prob, old_log_prob, weighted, mask)

@@ -1,4 +1,4 @@
-"""The verl plug-in: registers ``loss_mode=sspo`` and ``loss_mode=gmpo`` with verl's policy-loss registry.
+"""The verl plug-in: registers ``loss_mode=sspo``, ``gmpo``, ``vespo`` and ``luspo`` with verl's policy-loss registry.
 
 verl imports this module itself: through the ``verl.plugins`` entry point (on ``import verl``, in the driver and
 in every Ray worker), through ``VERL_USE_EXTERNAL_MODULES=sspo_cli.integrations.verl.plugin``, or when Hydra builds
@@ -28,7 +28,7 @@ try:
     )
 except Exception as error:  # verl would swallow it: say it where a user looks
     logger.warning(
-        "sspo-cli's verl plug-in failed to load, so loss_mode=sspo/gmpo are not registered: %s: %s "
+        "sspo-cli's verl plug-in failed to load, so loss_mode=sspo/gmpo/vespo/luspo are not registered: %s: %s "
         "(python -m sspo_cli.integrations.verl.check shows the traceback)",
         type(error).__name__,
         error,
@@ -48,6 +48,10 @@ class SspoPolicyLossConfig(PolicyLossConfig):
     gate: Optional[str] = None
     log_ratio_clamp: Optional[float] = None
     saturation_threshold: Optional[float] = None
+    k_pos: Optional[float] = None
+    lambda_pos: Optional[float] = None
+    k_neg: Optional[float] = None
+    lambda_neg: Optional[float] = None
 
     def __post_init__(self) -> None:
         check_policy_loss_keys(self.loss_mode, {key: getattr(self, key) for key in POLICY_LOSS_KEYS})

@@ -341,7 +341,7 @@ def test_bad_search_value_and_search_options_without_a_search(tmp_path: Path) ->
 
 
 def test_space_parsing_and_recipe_types() -> None:
-    from sspo_cli.research.space import SpaceParam, parse_space_option, validated_space
+    from sspo_cli.research.planning.space import SpaceParam, parse_space_option, validated_space
 
     key, param = parse_space_option("train.lr=1e-5:1e-3:log")
     assert key == "train.lr" and (param.low, param.high, param.log) == (1e-5, 1e-3, True)

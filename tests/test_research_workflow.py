@@ -135,8 +135,8 @@ def test_compare_trains_methods_x_seeds_nested_under_one_parent(compared: dict) 
 
 
 def test_compare_csv_and_json_match_the_printed_table(compared: dict) -> None:
-    from sspo_cli.research.formatting import format_value
-    from sspo_cli.research.metrics import METRICS
+    from sspo_cli.research.analysis.measures import METRICS
+    from sspo_cli.research.reporting.formatting import format_value
 
     rows = {row["method"]: row for row in csv.DictReader((compared["out"] / "report" / "compare.csv").open())}
     groups = {g["name"]: g for g in compared["document"]["groups"]}
@@ -257,8 +257,14 @@ def test_eval_run_dir_greedy_reproduces_the_runs_final_eval(compared: dict) -> N
 
 
 def test_eval_by_run_id_with_pass_at_k(compared: dict) -> None:
-    from sspo_cli.research.evaluation import EvalOptions, eval_recipe, evaluate_target, resolve_target, save_and_log
-    from sspo_cli.research.stats import pass_at_k
+    from sspo_cli.research.analysis.stats import pass_at_k
+    from sspo_cli.research.execution.evaluation import (
+        EvalOptions,
+        eval_recipe,
+        evaluate_target,
+        resolve_target,
+        save_and_log,
+    )
 
     run = compared["document"]["runs"][1]
     target = resolve_target(run["run_id"], None, compared["out"])
@@ -286,7 +292,7 @@ def test_eval_by_run_id_with_pass_at_k(compared: dict) -> None:
 
 
 def test_eval_checkpoint_folder_on_another_task_config(compared: dict) -> None:
-    from sspo_cli.research.evaluation import EvalOptions, eval_recipe, evaluate_target, resolve_target
+    from sspo_cli.research.execution.evaluation import EvalOptions, eval_recipe, evaluate_target, resolve_target
 
     checkpoint = Path(compared["document"]["runs"][2]["run_dir"]) / "checkpoints" / "final"
     target = resolve_target(str(checkpoint), None, compared["out"])

@@ -117,7 +117,7 @@ def eval_command(
     def action() -> None:
         from rich.markup import escape
 
-        from sspo_cli.research.evaluation import (
+        from sspo_cli.research.execution.evaluation import (
             EvalOptions,
             eval_recipe,
             evaluate_target,
@@ -125,7 +125,7 @@ def eval_command(
             resolve_target,
             save_and_log,
         )
-        from sspo_cli.research.tables import eval_table, print_table
+        from sspo_cli.research.reporting.tables import eval_table, print_table
         from sspo_cli.run.report import console
 
         options = EvalOptions(
@@ -224,7 +224,7 @@ def compare_command(
     def action() -> None:
         from sspo_cli.research import ResearchError
         from sspo_cli.research.compare import compare_existing, read_compare_section, run_comparison
-        from sspo_cli.research.progress import RichWorkflowProgress
+        from sspo_cli.research.reporting.progress import RichWorkflowProgress
         from sspo_cli.research.study import run_study, study_axes
         from sspo_cli.run.report import console
 
@@ -263,8 +263,8 @@ def compare_command(
 
 
 def _render_comparison(result) -> None:
-    from sspo_cli.research.statistics_text import statistics_tables
-    from sspo_cli.research.tables import comparison_table, print_table, text_table
+    from sspo_cli.research.reporting.statistics_text import statistics_tables
+    from sspo_cli.research.reporting.tables import comparison_table, print_table, text_table
     from sspo_cli.run.report import console
 
     print_table(console, comparison_table(result.summaries, result.threshold, result.title, method=result.interval))
@@ -280,8 +280,8 @@ def _render_study(study) -> None:
     """The table of every point, the separations found, where each point's comparison is."""
     from rich.markup import escape
 
+    from sspo_cli.research.reporting.tables import print_table, text_table
     from sspo_cli.research.study import study_table
-    from sspo_cli.research.tables import print_table, text_table
     from sspo_cli.run.report import console
 
     table = study_table(study.plan, study.points)
@@ -311,7 +311,7 @@ def _exit_if_failed(failed) -> None:
 
 def _render_where(result) -> None:
     """Where the outputs and the MLflow runs are, and where the time went."""
-    from sspo_cli.research.store import membership_filter
+    from sspo_cli.research.execution.store import membership_filter
     from sspo_cli.run.report import console
 
     console.print(f"outputs: {result.out_dir}  ({', '.join(p.name for p in result.files.values())})", soft_wrap=True)
@@ -337,7 +337,7 @@ def _render_failures(outcomes) -> None:
 
 
 def _render_timing(timing) -> None:
-    from sspo_cli.research.timing import SHARED_WARM_START
+    from sspo_cli.research.execution.timing import SHARED_WARM_START
     from sspo_cli.run.report import console
 
     shared = timing["phases"].get(SHARED_WARM_START)
@@ -389,12 +389,12 @@ def sweep_command(
     with --search, an Optuna study (TPE, random or grid) pruned on the eval accuracy, resumable from its SQLite."""
 
     def action() -> None:
-        from sspo_cli.research.progress import RichWorkflowProgress
+        from sspo_cli.research.reporting.progress import RichWorkflowProgress
         from sspo_cli.run.report import console
 
         if search is None and not section_searches(recipe):
+            from sspo_cli.research.reporting.tables import leaderboard_table, print_table
             from sspo_cli.research.sweep import run_sweep
-            from sspo_cli.research.tables import leaderboard_table, print_table
 
             check_grid_only(space, trials, pruner)
             with RichWorkflowProgress(console, quiet) as progress:
@@ -425,7 +425,7 @@ def sweep_command(
 def section_searches(recipe: Path) -> bool:
     """Whether the recipe's sweep section asks for a search (unreadable files are left for the sweep to report)."""
     from sspo_cli.recipe import RecipeError
-    from sspo_cli.research.recipe_files import read_recipe_file
+    from sspo_cli.research.planning.recipe_files import read_recipe_file
 
     try:
         _, section = read_recipe_file(recipe)
@@ -445,8 +445,8 @@ def check_grid_only(space: list[str] | None, trials: int | None, pruner: str | N
 def _render_search(result) -> None:
     from rich.markup import escape
 
-    from sspo_cli.research.search_report import trials_table
-    from sspo_cli.research.tables import print_table, text_table
+    from sspo_cli.research.reporting.search_report import trials_table
+    from sspo_cli.research.reporting.tables import print_table, text_table
     from sspo_cli.run.report import console
 
     print_table(console, text_table(trials_table(result)))

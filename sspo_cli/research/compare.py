@@ -13,27 +13,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sspo_cli.objectives.config import objective_names
 from sspo_cli.recipe import COMPARE_SECTION, Recipe, RecipeError, recipe_from_dict, stable_hash
 from sspo_cli.research import ResearchError
-from sspo_cli.research.execute import ExecutionContext, Outcome, PlannedRun, WorkflowObserver, check_execution, execute
-from sspo_cli.research.inference import Inference, infer
-from sspo_cli.research.metrics import GroupSummary, RunRecord, Threshold, auto_threshold, failed_record, summarize
-from sspo_cli.research.outputs import (
-    Findings,
-    comparison_document,
-    write_csv,
-    write_json,
-    write_pairs_csv,
-    write_report,
+from sspo_cli.research.analysis.conclusions import Inference, infer
+from sspo_cli.research.analysis.measures import (
+    GroupSummary,
+    RunRecord,
+    Threshold,
+    auto_threshold,
+    failed_record,
+    summarize,
 )
-from sspo_cli.research.plots import comparison_figure, statistics_figure
-from sspo_cli.research.problems import load_problem_scores
-from sspo_cli.research.recipe_files import deep_merge, read_recipe_file, read_variants
-from sspo_cli.research.records import record_from_mlflow, records_of_outcomes, task_label
-from sspo_cli.research.space import pydantic_problem, recipe_for_point
-from sspo_cli.research.stats import INTERVAL_METHODS, T_METHOD
-from sspo_cli.research.store import (
+from sspo_cli.research.analysis.stats import INTERVAL_METHODS, T_METHOD
+from sspo_cli.research.execution.execute import ExecutionContext, Outcome, WorkflowObserver, check_execution, execute
+from sspo_cli.research.execution.problems import load_problem_scores
+from sspo_cli.research.execution.readback import record_from_mlflow, records_of_outcomes, task_label
+from sspo_cli.research.execution.store import (
     MEMBERSHIP_TAG,
-    METHOD_TAG,
-    POINT_TAG,
     add_membership,
     close_group_run,
     failed_runs_of_experiment,
@@ -42,7 +36,19 @@ from sspo_cli.research.store import (
     runs_by_id,
     training_runs_of_experiment,
 )
-from sspo_cli.research.timing import PhaseTimer
+from sspo_cli.research.execution.timing import PhaseTimer
+from sspo_cli.research.planning.plan import METHOD_TAG, POINT_TAG, PlannedRun
+from sspo_cli.research.planning.recipe_files import deep_merge, read_recipe_file, read_variants
+from sspo_cli.research.planning.space import pydantic_problem, recipe_for_point
+from sspo_cli.research.reporting.outputs import (
+    Findings,
+    comparison_document,
+    write_csv,
+    write_json,
+    write_pairs_csv,
+    write_report,
+)
+from sspo_cli.research.reporting.plots import comparison_figure, statistics_figure
 from sspo_cli.run.tracking import default_tracking_uri, failure_marked, open_client
 
 if TYPE_CHECKING:
@@ -384,7 +390,7 @@ def compare_existing(
     """Compare finished runs as they are, grouped by the `sspo.method` tag (or `--group-by TAG`).
 
     With --experiment, its FAILED training runs that were never retried successfully count too
-    (metrics.FAILED_RULE); KILLED runs were interrupted or pruned, not failed, and are left out.
+    (measures.FAILED_RULE); KILLED runs were interrupted or pruned, not failed, and are left out.
     """
     timer = PhaseTimer()
     if bool(experiment) == bool(run_ids):

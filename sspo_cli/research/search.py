@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 from sspo_cli.engines.dispatch import run_training
 from sspo_cli.recipe import Recipe, recipe_from_dict
 from sspo_cli.research import ResearchError
-from sspo_cli.research.execute import (
+from sspo_cli.research.analysis.measures import metric_spec, run_metrics
+from sspo_cli.research.execution.execute import (
     Outcome,
-    PlannedRun,
     WorkflowObserver,
     check_execution,
     describe_failure,
@@ -37,20 +37,21 @@ from sspo_cli.research.execute import (
     run_tags,
     threads_per_job,
 )
-from sspo_cli.research.metrics import metric_spec, run_metrics
-from sspo_cli.research.recipe_files import read_recipe_file
-from sspo_cli.research.records import record_from_mlflow, record_from_run_dir
-from sspo_cli.research.search_plan import SearchPlan, SearchResult
-from sspo_cli.research.search_report import search_figures, write_search_files
-from sspo_cli.research.space import (
+from sspo_cli.research.execution.readback import record_from_mlflow, record_from_run_dir
+from sspo_cli.research.execution.store import close_group_run, finished_runs_by_fingerprint, open_group_run
+from sspo_cli.research.execution.timing import TRAINING, PhaseTimer
+from sspo_cli.research.planning.grid import grid_axis, parse_grid_option
+from sspo_cli.research.planning.plan import PlannedRun
+from sspo_cli.research.planning.recipe_files import read_recipe_file
+from sspo_cli.research.planning.search_plan import SearchPlan, SearchResult
+from sspo_cli.research.planning.space import (
     SpaceParam,
     merge_space,
     parse_space_option,
     validated_space,
 )
-from sspo_cli.research.store import close_group_run, finished_runs_by_fingerprint, open_group_run
-from sspo_cli.research.sweep import grid_axis, parse_grid_option, read_sweep_section
-from sspo_cli.research.timing import TRAINING, PhaseTimer
+from sspo_cli.research.reporting.search_report import search_figures, write_search_files
+from sspo_cli.research.sweep import read_sweep_section
 from sspo_cli.run.folder import CheckpointError, RunLock, read_run_folder
 from sspo_cli.run.state import TrainingObserver
 from sspo_cli.run.tracking import failure_marked, open_client

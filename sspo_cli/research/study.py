@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sspo_cli.research.analysis.measures import COLLAPSE_RULE, FAILED_RULE, METRICS
+from sspo_cli.research.analysis.stats import T_METHOD
 from sspo_cli.research.compare import (
     Analysis,
     ComparisonResult,
@@ -24,23 +26,17 @@ from sspo_cli.research.compare import (
     group_id_of,
     plan_comparison,
 )
-from sspo_cli.research.execute import ExecutionContext, PlannedRun, WorkflowObserver, execute
-from sspo_cli.research.formatting import format_interval, interval_caption
-from sspo_cli.research.metrics import COLLAPSE_RULE, FAILED_RULE, METRICS
-from sspo_cli.research.plots import study_figure
-from sspo_cli.research.records import records_of_outcomes
-from sspo_cli.research.statistics_text import TextTable
-from sspo_cli.research.stats import T_METHOD
-from sspo_cli.research.store import (
+from sspo_cli.research.execution.execute import ExecutionContext, WorkflowObserver, execute
+from sspo_cli.research.execution.readback import records_of_outcomes
+from sspo_cli.research.execution.store import (
     MEMBERSHIP_TAG,
-    POINT_TAG,
     add_membership,
     close_group_run,
     membership_filter,
     open_group_run,
 )
-from sspo_cli.research.sweep import (
-    GridAxis,
+from sspo_cli.research.execution.timing import PhaseTimer
+from sspo_cli.research.planning.grid import (
     grid_axis,
     grid_points,
     merge_axes,
@@ -48,7 +44,11 @@ from sspo_cli.research.sweep import (
     point_label,
     short_keys,
 )
-from sspo_cli.research.timing import PhaseTimer
+from sspo_cli.research.planning.plan import POINT_TAG, PlannedRun
+from sspo_cli.research.planning.space import GridAxis
+from sspo_cli.research.reporting.formatting import format_interval, interval_caption
+from sspo_cli.research.reporting.plots import study_figure
+from sspo_cli.research.reporting.statistics_text import TextTable
 from sspo_cli.run.tracking import failure_marked
 
 if TYPE_CHECKING:

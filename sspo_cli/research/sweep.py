@@ -3,7 +3,6 @@ a leaderboard with intervals over seeds and, for a 2-D grid, a heatmap. (`--sear
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -15,10 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sspo_cli.recipe import Recipe, RecipeError, recipe_from_dict
 from sspo_cli.research import ResearchError
-from sspo_cli.research.compare import ComparisonResult, check_workflow, group_id_of
-from sspo_cli.research.execute import ExecutionContext, Outcome, PlannedRun, WorkflowObserver, execute
-from sspo_cli.research.formatting import format_spread, format_value, interval_caption
-from sspo_cli.research.metrics import (
+from sspo_cli.research.analysis.measures import (
     METRIC_KEYS,
     GroupSummary,
     RunRecord,
@@ -28,19 +24,27 @@ from sspo_cli.research.metrics import (
     rank,
     summarize,
 )
-from sspo_cli.research.outputs import Findings, comparison_document, write_csv, write_json, write_report
-from sspo_cli.research.plots import heatmap_figure
-from sspo_cli.research.recipe_files import SWEEP_SECTION, read_recipe_file
-from sspo_cli.research.records import records_of_outcomes
-from sspo_cli.research.space import GridAxis, SpaceParam, pydantic_problem, recipe_for_point
-from sspo_cli.research.stats import T_METHOD
-from sspo_cli.research.store import (
-    POINT_TAG,
-    close_group_run,
-    membership_filter,
-    open_group_run,
+from sspo_cli.research.analysis.stats import T_METHOD
+from sspo_cli.research.compare import ComparisonResult, check_workflow, group_id_of
+from sspo_cli.research.execution.execute import ExecutionContext, Outcome, WorkflowObserver, execute
+from sspo_cli.research.execution.readback import records_of_outcomes
+from sspo_cli.research.execution.store import close_group_run, membership_filter, open_group_run
+from sspo_cli.research.execution.timing import PhaseTimer
+from sspo_cli.research.planning.grid import (
+    grid_axis,
+    grid_points,
+    merge_axes,
+    parse_grid_option,
+    point_label,
+    short_keys,
+    show_value,
 )
-from sspo_cli.research.timing import PhaseTimer
+from sspo_cli.research.planning.plan import POINT_TAG, PlannedRun
+from sspo_cli.research.planning.recipe_files import SWEEP_SECTION, read_recipe_file
+from sspo_cli.research.planning.space import GridAxis, SpaceParam, pydantic_problem, recipe_for_point
+from sspo_cli.research.reporting.formatting import format_spread, format_value, interval_caption
+from sspo_cli.research.reporting.outputs import Findings, comparison_document, write_csv, write_json, write_report
+from sspo_cli.research.reporting.plots import heatmap_figure
 from sspo_cli.run.tracking import failure_marked
 
 if TYPE_CHECKING:
@@ -82,34 +86,6 @@ class SweepPlan:
 # --------------------------------------------------------------------------- grid
 
 
-def parse_grid_option(text: str) -> GridAxis:
-    """`objective.tau_pos=0.5,1,2` or `objective.tau_pos=[0.5, 1, 2]`; each value parsed as YAML."""
-    import yaml
-
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key or not raw.strip():
-        raise ResearchError("--grid", f"{text!r}: expected dotted.key=v1,v2,...")
-    try:
-        if raw.strip().startswith("["):
-            values = yaml.safe_load(raw)
-        else:
-            values = [yaml.safe_load(part) for part in raw.split(",")]
-    except yaml.YAMLError as exc:
-        raise ResearchError(
-            "--grid", f"{key}: values {raw!r} are not valid YAML ({str(exc).splitlines()[0]})"
-        ) from None
-    return grid_axis(key, values, "--grid")
-
-
-def grid_axis(key: str, values: Any, where: str) -> GridAxis:
-    if not isinstance(values, list) or not values:
-        raise ResearchError(where, f"{key}: needs a non-empty list of values")
-    if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
-        raise ResearchError(where, f"{key}: a value is listed twice")
-    return GridAxis(key, tuple(values))
-
-
 def read_sweep_section(section: dict[str, Any] | None, source: str) -> SweepSection:
     if section is None:
         return SweepSection()
@@ -118,40 +94,6 @@ def read_sweep_section(section: dict[str, Any] | None, source: str) -> SweepSect
     except ValidationError as exc:
         problems = [f"{SWEEP_SECTION}.{pydantic_problem(err)}" for err in exc.errors()]
         raise RecipeError(source, problems) from None
-
-
-def merge_axes(from_file: Sequence[GridAxis], from_cli: Sequence[GridAxis]) -> list[GridAxis]:
-    """--grid replaces the file's values for the same key and adds new keys after the file's."""
-    merged = {axis.key: axis for axis in from_file}
-    for axis in from_cli:
-        merged[axis.key] = axis
-    return list(merged.values())
-
-
-def grid_points(axes: Sequence[GridAxis]) -> list[dict[str, Any]]:
-    """The cartesian product, first axis slowest."""
-    return [dict(zip((a.key for a in axes), combo)) for combo in itertools.product(*(a.values for a in axes))]
-
-
-def short_keys(keys: Sequence[str]) -> dict[str, str]:
-    """The shortest dotted suffix of each key that no other key shares: objective.tau_pos -> tau_pos."""
-    out = {}
-    for key in keys:
-        parts = key.split(".")
-        for size in range(1, len(parts) + 1):
-            suffix = ".".join(parts[-size:])
-            if not any(other != key and (other == suffix or other.endswith("." + suffix)) for other in keys):
-                break
-        out[key] = suffix
-    return out
-
-
-def point_label(point: dict[str, Any], names: dict[str, str]) -> str:
-    return " ".join(f"{names[key]}={_show(value)}" for key, value in point.items()) or "base"
-
-
-def _show(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, (dict, list)) else "null" if value is None else str(value)
 
 
 def plan_sweep(
@@ -273,7 +215,7 @@ def _finish_sweep(
             figures.append(sweep_heatmap(plan, summaries, out_dir / "heatmap.png", title, interval))
     names = short_keys([a.key for a in plan.axes])
     point_columns = {
-        label: {names[k]: _show(v) for k, v in point.items()} for label, point in zip(plan.labels, plan.points)
+        label: {names[k]: show_value(v) for k, v in point.items()} for label, point in zip(plan.labels, plan.points)
     }
     mlflow_note = f"MLflow store `{tracking_uri}`, parent run `{tracker.run_id}` (every point is a nested run); search ``{membership_filter(group_id)}`` in the MLflow UI."
     with timer.phase("writing outputs"):
@@ -338,9 +280,9 @@ def sweep_heatmap(
     return heatmap_figure(
         values,
         x_axis.key,
-        [_show(v) for v in x_axis.values],
+        [show_value(v) for v in x_axis.values],
         y_axis.key,
-        [_show(v) for v in y_axis.values],
+        [show_value(v) for v in y_axis.values],
         spec.label,
         path,
         f"{title}\n{spec.label}: {interval_caption(method)}",

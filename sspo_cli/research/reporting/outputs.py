@@ -10,23 +10,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sspo_cli.research.execute import Outcome
-from sspo_cli.research.formatting import format_duration, interval_caption
-from sspo_cli.research.inference import Inference
-from sspo_cli.research.metrics import (
+from sspo_cli.research.analysis.conclusions import Inference
+from sspo_cli.research.analysis.measures import (
     COLLAPSE_RULE,
     FAILED_RULE,
     METRICS,
     GroupSummary,
     RunRecord,
     Threshold,
-    best_groups,
-    cell,
     is_collapsed,
     run_metrics,
 )
-from sspo_cli.research.statistics_text import statistics_tables
-from sspo_cli.research.stats import BOOTSTRAP_METHOD, T_METHOD, Interval, interval_name
+from sspo_cli.research.analysis.stats import BOOTSTRAP_METHOD, T_METHOD, Interval, interval_name
+from sspo_cli.research.execution.execute import Outcome
+from sspo_cli.research.reporting.formatting import best_groups, cell, format_duration, interval_caption
+from sspo_cli.research.reporting.statistics_text import statistics_tables
 
 
 def clean(value: Any) -> Any:

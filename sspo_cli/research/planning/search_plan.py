@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from sspo_cli.recipe import Recipe, stable_hash
-from sspo_cli.research.execute import PlannedRun
-from sspo_cli.research.metrics import metric_spec
-from sspo_cli.research.space import SpaceParam, recipe_for_point
-from sspo_cli.research.store import POINT_TAG
-from sspo_cli.research.sweep import short_keys
+from sspo_cli.research.analysis.measures import metric_spec
+from sspo_cli.research.planning.grid import short_keys
+from sspo_cli.research.planning.plan import POINT_TAG, PlannedRun
+from sspo_cli.research.planning.space import SpaceParam, recipe_for_point
 
 TRIAL_TAG = "sspo.trial"
 

@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,8 +20,9 @@ from sspo_cli.engines.dispatch import run_training
 from sspo_cli.models import load_policy, set_offline_defaults
 from sspo_cli.recipe import Recipe, stable_hash
 from sspo_cli.research import ResearchError
-from sspo_cli.research.store import MEMBERSHIP_TAG, add_membership, finished_runs_by_fingerprint
-from sspo_cli.research.timing import SHARED_WARM_START, TRAINING, PhaseTimer
+from sspo_cli.research.execution.store import MEMBERSHIP_TAG, add_membership, finished_runs_by_fingerprint
+from sspo_cli.research.execution.timing import SHARED_WARM_START, TRAINING, PhaseTimer
+from sspo_cli.research.planning.plan import PlannedRun
 from sspo_cli.run.folder import ensure_writable
 from sspo_cli.run.state import TrainingObserver
 from sspo_cli.run.tracking import default_tracking_uri, open_client
@@ -30,19 +30,6 @@ from sspo_cli.run.warm_start import cached_warm_start, is_cached, warm_start_key
 from sspo_cli.tasks import build_task
 
 State = Literal["reused", "trained", "failed", "cancelled", "pruned"]
-
-
-@dataclass
-class PlannedRun:
-    group: str  # method name (compare) or point label (sweep)
-    seed: int
-    recipe: Recipe
-    display_name: str
-    tags: dict[str, str] = field(default_factory=dict)
-
-    @cached_property
-    def fingerprint(self) -> str:
-        return self.recipe.fingerprint()
 
 
 @dataclass

@@ -9,18 +9,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sspo_cli.research.formatting import MISSING, format_duration, format_value
-from sspo_cli.research.metrics import metric_spec
-from sspo_cli.research.outputs import clean, write_json
-from sspo_cli.research.plots import agg_pyplot
-from sspo_cli.research.statistics_text import TextTable
-from sspo_cli.research.sweep import short_keys
+from sspo_cli.research.analysis.measures import metric_spec
+from sspo_cli.research.planning.grid import short_keys
+from sspo_cli.research.reporting.formatting import MISSING, format_duration, format_value
+from sspo_cli.research.reporting.outputs import clean, write_json
+from sspo_cli.research.reporting.plots import agg_pyplot
+from sspo_cli.research.reporting.statistics_text import TextTable
 
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-    from sspo_cli.research.search_plan import SearchResult
+    from sspo_cli.research.planning.search_plan import SearchResult
 
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "FAIL": 2, "RUNNING": 3, "WAITING": 4}
 

@@ -5,6 +5,7 @@ Nothing heavy is imported at module level (torch, mlflow, matplotlib load inside
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -223,12 +224,14 @@ def compare_command(
 
     def action() -> None:
         from sspo_cli.research import ResearchError
-        from sspo_cli.research.compare import compare_existing, read_compare_section, run_comparison
+        from sspo_cli.research.compare import CompareOptions, compare_existing, read_compare_section, run_comparison
         from sspo_cli.research.reporting.progress import RichWorkflowProgress
         from sspo_cli.research.study import run_study, study_axes
+        from sspo_cli.research.workflow import WorkflowOptions
         from sspo_cli.run.report import console
 
         positional = args or []
+        options = WorkflowOptions(output_dir, tracking_uri, jobs, threshold, report_dir, interval)
         if runs or experiment:
             if experiment and (runs or positional):
                 raise ResearchError("--experiment", "give either --experiment NAME or --runs ID ..., not both")
@@ -236,24 +239,21 @@ def compare_command(
                 raise ResearchError("--runs", "name at least one run id")
             if grid:
                 raise ResearchError("--grid", "a study trains its runs: give a RECIPE, not --experiment or --runs")
-            result = compare_existing(
-                experiment, positional, output_dir, tracking_uri, threshold, report_dir, group_by, interval
-            )
-            _render_comparison(result)
+            _render_comparison(compare_existing(experiment, positional, options, group_by))
             return
         if len(positional) != 1:
             raise ResearchError("RECIPE", "give one recipe file (or --experiment NAME, or --runs ID ...)")
         recipe = Path(positional[0])
         section = read_compare_section(recipe)
         methods_spec = methods or (",".join(section.methods) if section.methods else None)
-        seed_count = seeds if seeds is not None else section.seeds
+        compare = CompareOptions(methods_spec, seeds if seeds is not None else section.seeds, variants)
         axes = study_axes(grid or [], section.grid)
         with RichWorkflowProgress(console, quiet) as progress:
-            workflow = (output_dir, tracking_uri, jobs, threshold, report_dir, progress, interval)
+            options = replace(options, observer=progress)
             if axes:
-                study = run_study(recipe, set_ or [], methods_spec, seed_count, variants, axes, *workflow)
+                study = run_study(recipe, set_ or [], compare, axes, options)
             else:
-                result = run_comparison(recipe, set_ or [], methods_spec, seed_count, variants, *workflow)
+                result = run_comparison(recipe, set_ or [], compare, options)
         if axes:
             _render_study(study)
         else:
@@ -390,33 +390,27 @@ def sweep_command(
 
     def action() -> None:
         from sspo_cli.research.reporting.progress import RichWorkflowProgress
+        from sspo_cli.research.workflow import WorkflowOptions
         from sspo_cli.run.report import console
 
+        options = WorkflowOptions(output_dir, tracking_uri, jobs, threshold, report_dir, interval)
         if search is None and not section_searches(recipe):
             from sspo_cli.research.reporting.tables import leaderboard_table, print_table
-            from sspo_cli.research.sweep import run_sweep
+            from sspo_cli.research.sweep import SweepOptions, run_sweep
 
             check_grid_only(space, trials, pruner)
             with RichWorkflowProgress(console, quiet) as progress:
-                workflow = (output_dir, tracking_uri, jobs, threshold, report_dir, progress, interval)
-                result = run_sweep(recipe, set_ or [], grid or [], seeds, metric, *workflow)
-            print_table(
-                console,
-                leaderboard_table(
-                    result.extra["ranked"],
-                    result.extra["metric"],
-                    result.title,
-                    result.extra["failures"],
-                    result.interval,
-                ),
-            )
+                sweep = SweepOptions(grid or (), seeds, metric)
+                result = run_sweep(recipe, set_ or [], sweep, replace(options, observer=progress))
+            table = leaderboard_table(result.ranked, result.metric, result.title, result.failures, result.interval)
+            print_table(console, table)
             _render_footer(result)
             return
         from sspo_cli.research.search import SearchOptions, run_search
 
         with RichWorkflowProgress(console, quiet) as progress:
-            options = SearchOptions(search, trials, space or (), grid or (), seeds, metric, pruner, threshold)
-            result = run_search(recipe, set_ or [], options, output_dir, tracking_uri, jobs, report_dir, progress)
+            search_options = SearchOptions(search, trials, space or (), grid or (), seeds, metric, pruner)
+            result = run_search(recipe, set_ or [], search_options, replace(options, observer=progress))
         _render_search(result)
 
     guarded(debug, action, interrupted_hint=INTERRUPTED_HINT)

@@ -71,10 +71,14 @@ class ExecutionContext:
     timer: PhaseTimer = field(default_factory=PhaseTimer)
 
 
-def check_execution(jobs: int, output_dir: Path, tracking_uri: str | None) -> str:
-    """`--jobs` and the output dir (created here), checked before anything is trained; the tracking URI to use."""
+def check_jobs(jobs: int) -> None:
+    """`--jobs`, checked before anything is planned or trained."""
     if jobs < 1:
         raise ResearchError("--jobs", f"must be at least 1, got {jobs}")
+
+
+def tracking_store(output_dir: Path, tracking_uri: str | None) -> str:
+    """The output dir (created here, once the plan holds); the tracking URI to use."""
     ensure_writable(output_dir)
     return tracking_uri or default_tracking_uri(output_dir)
 

@@ -86,6 +86,19 @@ def _csv_number(value: float) -> str:
     return repr(float(value)) if math.isfinite(value) else ""
 
 
+@dataclass(kw_only=True)
+class WorkflowResult:
+    """What every workflow returns: where its outputs and its runs are, and where the time went."""
+
+    group_id: str
+    title: str
+    out_dir: Path  # the report folder
+    files: dict[str, Path]  # the outputs, each logged on the group run
+    timing: dict[str, Any]  # PhaseTimer.report()
+    parent_run_id: str  # the group run
+    tracking_uri: str
+
+
 @dataclass(frozen=True)
 class Findings:
     """What a comparison or a sweep found, as its files report it."""

@@ -266,6 +266,53 @@ def test_no_layer_imports_a_layer_above_it() -> None:
     assert upward == []
 
 
+# Inside research/, the same rule over its sub-layers, bottom to top: the statistics (pure: records in,
+# numbers out), the plans (recipes of the runs to train), their execution (reuse or train, MLflow, records
+# read back), the reporting (tables, figures, files), and the workflows at research/'s top (workflow.py,
+# compare, sweep, study, search). research/__init__.py holds ResearchError only, for every layer to raise.
+RESEARCH = "research"
+RESEARCH_LAYERS: list[str] = ["research.analysis", "research.planning", "research.execution", "research.reporting"]
+
+
+def research_layer_of(module: str) -> int | None:
+    """The module's sub-layer of research (len(RESEARCH_LAYERS): the workflows), None outside research."""
+    if module == f"{PACKAGE}.{RESEARCH}" or not in_folder(module, (RESEARCH,)):
+        return None
+    for index, folder in enumerate(RESEARCH_LAYERS):
+        if in_folder(module, (folder,)):
+            return index
+    return len(RESEARCH_LAYERS)
+
+
+def test_no_research_layer_imports_a_layer_above_it() -> None:
+    upward = [
+        f"{module} -> {target}"
+        for module, targets in import_graph().items()
+        for target in targets
+        if (here := research_layer_of(module)) is not None
+        and (there := research_layer_of(target)) is not None
+        and there > here
+    ]
+    assert upward == []
+
+
+def test_the_research_statistics_are_pure() -> None:
+    """research/analysis imports only itself and ResearchError: no run records on disk, no MLflow, no model."""
+    for module, targets in imports_of((f"{PACKAGE}.research.analysis",)).items():
+        assert all(t == f"{PACKAGE}.{RESEARCH}" or in_folder(t, ("research.analysis",)) for t in targets), module
+
+
+def test_the_research_root_holds_its_error_only() -> None:
+    assert imports_of((f"{PACKAGE}.{RESEARCH}",))[f"{PACKAGE}.{RESEARCH}"] == {f"{PACKAGE}.errors"}
+
+
+def test_the_research_layer_checks_place_modules() -> None:
+    assert research_layer_of("sspo_cli.research") is None and research_layer_of("sspo_cli.run.records") is None
+    assert research_layer_of("sspo_cli.research.analysis.stats") == 0
+    assert research_layer_of("sspo_cli.research.execution.execute") == 2
+    assert research_layer_of("sspo_cli.research.compare") == len(RESEARCH_LAYERS)
+
+
 NATIVE, TRL, DISPATCH = "engines.native", "engines.trl", "engines.dispatch"
 
 

@@ -121,7 +121,7 @@ def test_lora_on_a_model_folder_saves_only_the_adapter_and_evaluates(tmp_path: P
     assert not (final / "base").exists() and not (final / "model.safetensors").exists()  # the base stays in its folder
     adapter_config = json.loads((final / "adapter_config.json").read_text())
     assert adapter_config["r"] == 2 and sorted(adapter_config["target_modules"]) == ["q_proj", "v_proj"]
-    from sspo_cli.research.evaluation import EvalOptions, eval_recipe, evaluate_target, resolve_target
+    from sspo_cli.research.execution.evaluation import EvalOptions, eval_recipe, evaluate_target, resolve_target
 
     target = resolve_target(str(run_dir), None, run_dir.parent)  # in process: the CLI's eval is tested above
     report = evaluate_target(str(run_dir), target, eval_recipe(target, None, None, []), EvalOptions())

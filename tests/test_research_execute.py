@@ -12,7 +12,8 @@ for _name, _value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MLFLOW
     os.environ.setdefault(_name, _value)
 
 from sspo_cli.recipe import recipe_from_dict  # noqa: E402
-from sspo_cli.research.execute import ExecutionContext, PlannedRun, WorkflowObserver, execute  # noqa: E402
+from sspo_cli.research.execution.execute import ExecutionContext, WorkflowObserver, execute  # noqa: E402
+from sspo_cli.research.planning.plan import PlannedRun  # noqa: E402
 from sspo_cli.run.state import TrainingObserver  # noqa: E402
 
 STEPS = 6

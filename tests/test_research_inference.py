@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sspo_cli.research.inference import infer
-from sspo_cli.research.metrics import Curves, RunRecord, Threshold, failed_record, summarize
-from sspo_cli.research.outputs import Findings, comparison_document, write_pairs_csv, write_report
-from sspo_cli.research.plots import statistics_figure
-from sspo_cli.research.problems import ProblemScores, read_problem_scores, write_problem_scores
-from sspo_cli.research.statistics_text import statistics_tables
-from sspo_cli.research.stats import t_interval
+from sspo_cli.research.analysis.conclusions import ProblemScores, infer
+from sspo_cli.research.analysis.measures import Curves, RunRecord, Threshold, failed_record, summarize
+from sspo_cli.research.analysis.stats import t_interval
+from sspo_cli.research.execution.problems import read_problem_scores, write_problem_scores
+from sspo_cli.research.reporting.outputs import Findings, comparison_document, write_pairs_csv, write_report
+from sspo_cli.research.reporting.plots import statistics_figure
+from sspo_cli.research.reporting.statistics_text import statistics_tables
 
 PROMPTS = tuple(f"{a}+{a}=" for a in range(200))
 START = 0.45

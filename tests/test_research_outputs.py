@@ -11,24 +11,22 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from sspo_cli.research.formatting import format_interval, format_value
-from sspo_cli.research.metrics import (
+from sspo_cli.research.analysis.measures import (
     METRICS,
     Curves,
     RunRecord,
     Threshold,
     auto_threshold,
-    best_groups,
-    cell,
     failed_record,
     is_collapsed,
     rank,
     run_metrics,
     summarize,
 )
-from sspo_cli.research.outputs import Findings, comparison_document, markdown_table, write_csv, write_json
-from sspo_cli.research.stats import Interval, t_interval
-from sspo_cli.research.tables import comparison_table, leaderboard_table
+from sspo_cli.research.analysis.stats import Interval, t_interval
+from sspo_cli.research.reporting.formatting import best_groups, cell, format_interval, format_value
+from sspo_cli.research.reporting.outputs import Findings, comparison_document, markdown_table, write_csv, write_json
+from sspo_cli.research.reporting.tables import comparison_table, leaderboard_table
 
 
 def make_run(

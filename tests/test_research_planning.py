@@ -10,8 +10,9 @@ import yaml
 from sspo_cli.recipe import RecipeError
 from sspo_cli.research import ResearchError
 from sspo_cli.research.compare import Method, group_id_of, parse_methods, plan_comparison, recipe_data_for
-from sspo_cli.research.recipe_files import read_recipe_file, read_variants
-from sspo_cli.research.sweep import grid_points, parse_grid_option, plan_sweep, short_keys
+from sspo_cli.research.planning.grid import grid_points, parse_grid_option, short_keys
+from sspo_cli.research.planning.recipe_files import read_recipe_file, read_variants
+from sspo_cli.research.sweep import plan_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
@@ -123,7 +124,7 @@ def test_recipe_file_loader_strips_the_sweep_section() -> None:
 
 
 def test_parallel_jobs_share_the_cores_and_eta_counts_rounds() -> None:
-    from sspo_cli.research.execute import available_cores, eta_seconds, threads_per_job
+    from sspo_cli.research.execution.execute import available_cores, eta_seconds, threads_per_job
 
     cores = available_cores()
     assert threads_per_job(1) == cores and threads_per_job(cores * 4) == 1

@@ -76,12 +76,13 @@ def training_runs(output_dir: Path, experiment: str = "search-test"):
 def searched(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A random search of train.lr over 6 trials with successive-halving pruning, run once."""
     from sspo_cli.research.search import SearchOptions, run_search
+    from sspo_cli.research.workflow import WorkflowOptions
 
     root = tmp_path_factory.mktemp("search")
     space = {"train.lr": {"low": 1.0e-4, "high": 0.1, "log": True}}
     recipe = choice_recipe(root, sweep={"space": space, "search": "random", "pruner": "halving", "trials": 6})
     out = root / "runs"
-    result = run_search(recipe, [], SearchOptions(), out)
+    result = run_search(recipe, [], SearchOptions(), WorkflowOptions(out))
     return {"root": root, "recipe": recipe, "out": out, "result": result}
 
 
@@ -135,25 +136,27 @@ def test_search_writes_figures_tables_and_logs_them(searched: dict) -> None:
 
 def test_rerunning_a_finished_search_trains_nothing_and_more_trials_extend_it(searched: dict) -> None:
     from sspo_cli.research.search import SearchOptions, run_search
+    from sspo_cli.research.workflow import WorkflowOptions
 
     before = sorted(r.info.run_id for r in training_runs(searched["out"]))
-    again = run_search(searched["recipe"], [], SearchOptions(), searched["out"])
+    again = run_search(searched["recipe"], [], SearchOptions(), WorkflowOptions(searched["out"]))
     assert sorted(r.info.run_id for r in training_runs(searched["out"])) == before
     assert [t.number for t in again.trials] == list(range(6)) and again.parent_run_id == searched[
         "result"
     ].parent_run_id
-    extended = run_search(searched["recipe"], [], SearchOptions(trials=7), searched["out"])
+    extended = run_search(searched["recipe"], [], SearchOptions(trials=7), WorkflowOptions(searched["out"]))
     assert len(extended.trials) == 7  # one more trial, with a point not drawn before
     assert extended.trials[6].params["train.lr"] not in {t.params["train.lr"] for t in extended.trials[:6]}
 
 
 def test_grid_search_visits_every_point_once(tmp_path: Path) -> None:
     from sspo_cli.research.search import SearchOptions, run_search
+    from sspo_cli.research.workflow import WorkflowOptions
 
     recipe = choice_recipe(tmp_path, steps=5)
     out = tmp_path / "runs"
     options = SearchOptions("grid", grid=["train.lr=0.01,0.001", "objective.tau_pos=0.5,2.0"], pruner="none")
-    result = run_search(recipe, [], options, out)
+    result = run_search(recipe, [], options, WorkflowOptions(out))
     points = sorted((t.params["train.lr"], t.params["objective.tau_pos"]) for t in result.trials)
     assert points == [(0.001, 0.5), (0.001, 2.0), (0.01, 0.5), (0.01, 2.0)]  # --trials defaults to the grid's size
     assert all(t.state.name == "COMPLETE" for t in result.trials)
@@ -341,7 +344,7 @@ def test_bad_search_value_and_search_options_without_a_search(tmp_path: Path) ->
 
 
 def test_space_parsing_and_recipe_types() -> None:
-    from sspo_cli.research.space import SpaceParam, parse_space_option, validated_space
+    from sspo_cli.research.planning.space import SpaceParam, parse_space_option, validated_space
 
     key, param = parse_space_option("train.lr=1e-5:1e-3:log")
     assert key == "train.lr" and (param.low, param.high, param.log) == (1e-5, 1e-3, True)
@@ -359,12 +362,15 @@ def test_space_parsing_and_recipe_types() -> None:
 
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(tmp_path: Path) -> None:
     from sspo_cli.research.search import SearchOptions, run_search
+    from sspo_cli.research.workflow import WorkflowOptions
 
     recipe = choice_recipe(tmp_path, steps=5)
     good = tmp_path / "choice.jsonl"
     missing = tmp_path / "missing.jsonl"  # a valid recipe value, but no file: the run fails when it starts
     out = tmp_path / "runs"
-    result = run_search(recipe, [], SearchOptions("grid", grid=[f"task.path={good},{missing}"], pruner="none"), out)
+    result = run_search(
+        recipe, [], SearchOptions("grid", grid=[f"task.path={good},{missing}"], pruner="none"), WorkflowOptions(out)
+    )
     by_path = {t.params["task.path"]: t for t in result.trials}
     assert by_path[str(good)].state.name == "COMPLETE"
     failed = by_path[str(missing)]

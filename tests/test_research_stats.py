@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats
 
-from sspo_cli.research.stats import (
+from sspo_cli.research.analysis.stats import (
     BOOTSTRAP_RESAMPLES,
     bootstrap_interval,
     curve_mean,

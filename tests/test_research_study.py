@@ -108,10 +108,10 @@ def test_study_bad_input_exits_2_naming_the_key(studied: dict, tmp_path: Path) -
 @pytest.mark.parametrize("lags", [(0,), (0, 0), (0, 4, 32), (1, 2)])
 def test_study_figure_draws_any_numeric_grid_including_zeros_alone(tmp_path: Path, lags: tuple[int, ...]) -> None:
     """A one-point study at lag 0 is valid input: its figure once failed on the smallest positive lag of none."""
-    from sspo_cli.research.metrics import GroupSummary
-    from sspo_cli.research.plots import spans_orders_of_magnitude, study_figure
-    from sspo_cli.research.space import GridAxis
-    from sspo_cli.research.stats import t_interval
+    from sspo_cli.research.analysis.measures import GroupSummary
+    from sspo_cli.research.analysis.stats import t_interval
+    from sspo_cli.research.planning.space import GridAxis
+    from sspo_cli.research.reporting.plots import spans_orders_of_magnitude, study_figure
 
     axis = GridAxis("rollout.policy_lag", tuple(lags))
     points = [{"rollout.policy_lag": lag} for lag in lags]

@@ -135,8 +135,8 @@ def test_compare_trains_methods_x_seeds_nested_under_one_parent(compared: dict) 
 
 
 def test_compare_csv_and_json_match_the_printed_table(compared: dict) -> None:
-    from sspo_cli.research.formatting import format_value
-    from sspo_cli.research.metrics import METRICS
+    from sspo_cli.research.analysis.measures import METRICS
+    from sspo_cli.research.reporting.formatting import format_value
 
     rows = {row["method"]: row for row in csv.DictReader((compared["out"] / "report" / "compare.csv").open())}
     groups = {g["name"]: g for g in compared["document"]["groups"]}
@@ -206,6 +206,7 @@ def test_second_compare_trains_nothing(compared: dict) -> None:
 
 def test_compare_existing_runs_by_id_and_by_experiment(compared: dict) -> None:
     from sspo_cli.research.compare import compare_existing
+    from sspo_cli.research.workflow import WorkflowOptions
 
     ids = [r["run_id"] for r in compared["document"]["runs"]]
     code, output = cli_in_process(
@@ -214,7 +215,8 @@ def test_compare_existing_runs_by_id_and_by_experiment(compared: dict) -> None:
     assert code == 0, output
     document = json.loads((compared["root"] / "by-id" / "compare.json").read_text())
     assert [(g["name"], len(g["run_ids"])) for g in document["groups"]] == [("grpo", 2), ("sspo", 1)]
-    result = compare_existing("research-test", [], compared["out"], report_dir=compared["root"] / "by-experiment")
+    options = WorkflowOptions(compared["out"], report_dir=compared["root"] / "by-experiment")
+    result = compare_existing("research-test", [], options)
     assert sorted(r.run_id for r in result.records) == sorted(ids)
     assert [s.name for s in result.summaries] == ["grpo", "sspo"]
     # the numbers do not depend on where the runs were read from
@@ -257,8 +259,14 @@ def test_eval_run_dir_greedy_reproduces_the_runs_final_eval(compared: dict) -> N
 
 
 def test_eval_by_run_id_with_pass_at_k(compared: dict) -> None:
-    from sspo_cli.research.evaluation import EvalOptions, eval_recipe, evaluate_target, resolve_target, save_and_log
-    from sspo_cli.research.stats import pass_at_k
+    from sspo_cli.research.analysis.stats import pass_at_k
+    from sspo_cli.research.execution.evaluation import (
+        EvalOptions,
+        eval_recipe,
+        evaluate_target,
+        resolve_target,
+        save_and_log,
+    )
 
     run = compared["document"]["runs"][1]
     target = resolve_target(run["run_id"], None, compared["out"])
@@ -286,7 +294,7 @@ def test_eval_by_run_id_with_pass_at_k(compared: dict) -> None:
 
 
 def test_eval_checkpoint_folder_on_another_task_config(compared: dict) -> None:
-    from sspo_cli.research.evaluation import EvalOptions, eval_recipe, evaluate_target, resolve_target
+    from sspo_cli.research.execution.evaluation import EvalOptions, eval_recipe, evaluate_target, resolve_target
 
     checkpoint = Path(compared["document"]["runs"][2]["run_dir"]) / "checkpoints" / "final"
     target = resolve_target(str(checkpoint), None, compared["out"])
@@ -308,7 +316,8 @@ def write_examples(path: Path, start: int) -> None:
 
 
 def test_sweep_resumes_after_a_failed_and_an_interrupted_point(tmp_path: Path) -> None:
-    from sspo_cli.research.sweep import run_sweep
+    from sspo_cli.research.sweep import SweepOptions, run_sweep
+    from sspo_cli.research.workflow import WorkflowOptions
 
     data = {**TINY, "name": "sw", "task": {"name": "file", "path": "unused.jsonl", "eval_size": 8, "dev_size": 0}}
     good, late, killed = tmp_path / "good.jsonl", tmp_path / "late.jsonl", tmp_path / "killed.jsonl"
@@ -319,7 +328,7 @@ def test_sweep_resumes_after_a_failed_and_an_interrupted_point(tmp_path: Path) -
     recipe.write_text(yaml.safe_dump(data))
     out = tmp_path / "runs"
 
-    first = run_sweep(recipe, [], [], None, None, out)
+    first = run_sweep(recipe, [], SweepOptions(), WorkflowOptions(out))
     states = {o.planned.recipe.task.path: o.state for o in first.outcomes}
     assert states == {str(good): "trained", str(late): "failed", str(killed): "trained"}, [
         o.error for o in first.outcomes
@@ -333,7 +342,7 @@ def test_sweep_resumes_after_a_failed_and_an_interrupted_point(tmp_path: Path) -
     ids = {o.planned.recipe.task.path: o.run_id for o in first.outcomes}
     client.set_terminated(ids[str(killed)], status="KILLED")  # as if Ctrl-C had stopped it
 
-    second = run_sweep(recipe, [], [], None, None, out, jobs=1)
+    second = run_sweep(recipe, [], SweepOptions(), WorkflowOptions(out, jobs=1))
     states = {o.planned.recipe.task.path: o.state for o in second.outcomes}
     assert states == {str(good): "reused", str(late): "trained", str(killed): "trained"}, [
         o.error for o in second.outcomes

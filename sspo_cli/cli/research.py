@@ -5,6 +5,7 @@ Nothing heavy is imported at module level (torch, mlflow, matplotlib load inside
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -117,7 +118,7 @@ def eval_command(
     def action() -> None:
         from rich.markup import escape
 
-        from sspo_cli.research.evaluation import (
+        from sspo_cli.research.execution.evaluation import (
             EvalOptions,
             eval_recipe,
             evaluate_target,
@@ -125,7 +126,7 @@ def eval_command(
             resolve_target,
             save_and_log,
         )
-        from sspo_cli.research.tables import eval_table, print_table
+        from sspo_cli.research.reporting.tables import eval_table, print_table
         from sspo_cli.run.report import console
 
         options = EvalOptions(
@@ -223,12 +224,14 @@ def compare_command(
 
     def action() -> None:
         from sspo_cli.research import ResearchError
-        from sspo_cli.research.compare import compare_existing, read_compare_section, run_comparison
-        from sspo_cli.research.progress import RichWorkflowProgress
+        from sspo_cli.research.compare import CompareOptions, compare_existing, read_compare_section, run_comparison
+        from sspo_cli.research.reporting.progress import RichWorkflowProgress
         from sspo_cli.research.study import run_study, study_axes
+        from sspo_cli.research.workflow import WorkflowOptions
         from sspo_cli.run.report import console
 
         positional = args or []
+        options = WorkflowOptions(output_dir, tracking_uri, jobs, threshold, report_dir, interval)
         if runs or experiment:
             if experiment and (runs or positional):
                 raise ResearchError("--experiment", "give either --experiment NAME or --runs ID ..., not both")
@@ -236,24 +239,21 @@ def compare_command(
                 raise ResearchError("--runs", "name at least one run id")
             if grid:
                 raise ResearchError("--grid", "a study trains its runs: give a RECIPE, not --experiment or --runs")
-            result = compare_existing(
-                experiment, positional, output_dir, tracking_uri, threshold, report_dir, group_by, interval
-            )
-            _render_comparison(result)
+            _render_comparison(compare_existing(experiment, positional, options, group_by))
             return
         if len(positional) != 1:
             raise ResearchError("RECIPE", "give one recipe file (or --experiment NAME, or --runs ID ...)")
         recipe = Path(positional[0])
         section = read_compare_section(recipe)
         methods_spec = methods or (",".join(section.methods) if section.methods else None)
-        seed_count = seeds if seeds is not None else section.seeds
+        compare = CompareOptions(methods_spec, seeds if seeds is not None else section.seeds, variants)
         axes = study_axes(grid or [], section.grid)
         with RichWorkflowProgress(console, quiet) as progress:
-            workflow = (output_dir, tracking_uri, jobs, threshold, report_dir, progress, interval)
+            options = replace(options, observer=progress)
             if axes:
-                study = run_study(recipe, set_ or [], methods_spec, seed_count, variants, axes, *workflow)
+                study = run_study(recipe, set_ or [], compare, axes, options)
             else:
-                result = run_comparison(recipe, set_ or [], methods_spec, seed_count, variants, *workflow)
+                result = run_comparison(recipe, set_ or [], compare, options)
         if axes:
             _render_study(study)
         else:
@@ -263,8 +263,8 @@ def compare_command(
 
 
 def _render_comparison(result) -> None:
-    from sspo_cli.research.statistics_text import statistics_tables
-    from sspo_cli.research.tables import comparison_table, print_table, text_table
+    from sspo_cli.research.reporting.statistics_text import statistics_tables
+    from sspo_cli.research.reporting.tables import comparison_table, print_table, text_table
     from sspo_cli.run.report import console
 
     print_table(console, comparison_table(result.summaries, result.threshold, result.title, method=result.interval))
@@ -280,8 +280,8 @@ def _render_study(study) -> None:
     """The table of every point, the separations found, where each point's comparison is."""
     from rich.markup import escape
 
+    from sspo_cli.research.reporting.tables import print_table, text_table
     from sspo_cli.research.study import study_table
-    from sspo_cli.research.tables import print_table, text_table
     from sspo_cli.run.report import console
 
     table = study_table(study.plan, study.points)
@@ -311,7 +311,7 @@ def _exit_if_failed(failed) -> None:
 
 def _render_where(result) -> None:
     """Where the outputs and the MLflow runs are, and where the time went."""
-    from sspo_cli.research.store import membership_filter
+    from sspo_cli.research.execution.store import membership_filter
     from sspo_cli.run.report import console
 
     console.print(f"outputs: {result.out_dir}  ({', '.join(p.name for p in result.files.values())})", soft_wrap=True)
@@ -337,7 +337,7 @@ def _render_failures(outcomes) -> None:
 
 
 def _render_timing(timing) -> None:
-    from sspo_cli.research.timing import SHARED_WARM_START
+    from sspo_cli.research.execution.timing import SHARED_WARM_START
     from sspo_cli.run.report import console
 
     shared = timing["phases"].get(SHARED_WARM_START)
@@ -389,34 +389,28 @@ def sweep_command(
     with --search, an Optuna study (TPE, random or grid) pruned on the eval accuracy, resumable from its SQLite."""
 
     def action() -> None:
-        from sspo_cli.research.progress import RichWorkflowProgress
+        from sspo_cli.research.reporting.progress import RichWorkflowProgress
+        from sspo_cli.research.workflow import WorkflowOptions
         from sspo_cli.run.report import console
 
+        options = WorkflowOptions(output_dir, tracking_uri, jobs, threshold, report_dir, interval)
         if search is None and not section_searches(recipe):
-            from sspo_cli.research.sweep import run_sweep
-            from sspo_cli.research.tables import leaderboard_table, print_table
+            from sspo_cli.research.reporting.tables import leaderboard_table, print_table
+            from sspo_cli.research.sweep import SweepOptions, run_sweep
 
             check_grid_only(space, trials, pruner)
             with RichWorkflowProgress(console, quiet) as progress:
-                workflow = (output_dir, tracking_uri, jobs, threshold, report_dir, progress, interval)
-                result = run_sweep(recipe, set_ or [], grid or [], seeds, metric, *workflow)
-            print_table(
-                console,
-                leaderboard_table(
-                    result.extra["ranked"],
-                    result.extra["metric"],
-                    result.title,
-                    result.extra["failures"],
-                    result.interval,
-                ),
-            )
+                sweep = SweepOptions(grid or (), seeds, metric)
+                result = run_sweep(recipe, set_ or [], sweep, replace(options, observer=progress))
+            table = leaderboard_table(result.ranked, result.metric, result.title, result.failures, result.interval)
+            print_table(console, table)
             _render_footer(result)
             return
         from sspo_cli.research.search import SearchOptions, run_search
 
         with RichWorkflowProgress(console, quiet) as progress:
-            options = SearchOptions(search, trials, space or (), grid or (), seeds, metric, pruner, threshold)
-            result = run_search(recipe, set_ or [], options, output_dir, tracking_uri, jobs, report_dir, progress)
+            search_options = SearchOptions(search, trials, space or (), grid or (), seeds, metric, pruner)
+            result = run_search(recipe, set_ or [], search_options, replace(options, observer=progress))
         _render_search(result)
 
     guarded(debug, action, interrupted_hint=INTERRUPTED_HINT)
@@ -425,7 +419,7 @@ def sweep_command(
 def section_searches(recipe: Path) -> bool:
     """Whether the recipe's sweep section asks for a search (unreadable files are left for the sweep to report)."""
     from sspo_cli.recipe import RecipeError
-    from sspo_cli.research.recipe_files import read_recipe_file
+    from sspo_cli.research.planning.recipe_files import read_recipe_file
 
     try:
         _, section = read_recipe_file(recipe)
@@ -445,8 +439,8 @@ def check_grid_only(space: list[str] | None, trials: int | None, pruner: str | N
 def _render_search(result) -> None:
     from rich.markup import escape
 
-    from sspo_cli.research.search_report import trials_table
-    from sspo_cli.research.tables import print_table, text_table
+    from sspo_cli.research.reporting.search_report import trials_table
+    from sspo_cli.research.reporting.tables import print_table, text_table
     from sspo_cli.run.report import console
 
     print_table(console, text_table(trials_table(result)))

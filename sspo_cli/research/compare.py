@@ -4,19 +4,33 @@ that exist; then the table, the figure, compare.csv/json and report.md, grouped 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sspo_cli.objectives.config import objective_names
 from sspo_cli.recipe import COMPARE_SECTION, Recipe, RecipeError, recipe_from_dict, stable_hash
 from sspo_cli.research import ResearchError
-from sspo_cli.research.execute import ExecutionContext, Outcome, PlannedRun, WorkflowObserver, check_execution, execute
-from sspo_cli.research.inference import Inference, infer
-from sspo_cli.research.metrics import GroupSummary, RunRecord, Threshold, auto_threshold, failed_record, summarize
-from sspo_cli.research.outputs import (
+from sspo_cli.research.analysis.conclusions import Inference, infer
+from sspo_cli.research.analysis.measures import RunRecord, failed_record
+from sspo_cli.research.execution.execute import Outcome
+from sspo_cli.research.execution.problems import load_problem_scores
+from sspo_cli.research.execution.readback import record_from_mlflow, task_label
+from sspo_cli.research.execution.store import (
+    MEMBERSHIP_TAG,
+    add_membership,
+    failed_runs_of_experiment,
+    membership_filter,
+    runs_by_id,
+    training_runs_of_experiment,
+)
+from sspo_cli.research.execution.timing import PhaseTimer
+from sspo_cli.research.planning.plan import METHOD_TAG, POINT_TAG, PlannedRun
+from sspo_cli.research.planning.recipe_files import deep_merge, read_recipe_file, read_variants
+from sspo_cli.research.planning.space import pydantic_problem, recipe_for_point
+from sspo_cli.research.reporting.outputs import (
     Findings,
     comparison_document,
     write_csv,
@@ -24,29 +38,20 @@ from sspo_cli.research.outputs import (
     write_pairs_csv,
     write_report,
 )
-from sspo_cli.research.plots import comparison_figure, statistics_figure
-from sspo_cli.research.problems import load_problem_scores
-from sspo_cli.research.recipe_files import deep_merge, read_recipe_file, read_variants
-from sspo_cli.research.records import record_from_mlflow, records_of_outcomes, task_label
-from sspo_cli.research.space import pydantic_problem, recipe_for_point
-from sspo_cli.research.stats import INTERVAL_METHODS, T_METHOD
-from sspo_cli.research.store import (
-    MEMBERSHIP_TAG,
-    METHOD_TAG,
-    POINT_TAG,
-    add_membership,
-    close_group_run,
-    failed_runs_of_experiment,
-    membership_filter,
-    open_group_run,
-    runs_by_id,
-    training_runs_of_experiment,
+from sspo_cli.research.reporting.plots import comparison_figure, statistics_figure
+from sspo_cli.research.workflow import (
+    GroupRun,
+    GroupsResult,
+    Session,
+    Workflow,
+    WorkflowOptions,
+    check_interval,
+    group_id_of,
+    open_group,
+    run_workflow,
+    seeds_text,
 )
-from sspo_cli.research.timing import PhaseTimer
 from sspo_cli.run.tracking import default_tracking_uri, failure_marked, open_client
-
-if TYPE_CHECKING:
-    from sspo_cli.run.tracking import Tracker
 
 DEFAULT_OBJECTIVE = "sspo"  # the Recipe's default objective when a recipe has no objective section
 VARIANTS_FILE = "variants.yaml"
@@ -80,49 +85,18 @@ class Method:
 
 
 @dataclass(frozen=True)
-class Analysis:
-    """How the numbers of a comparison are made, and where they go."""
+class CompareOptions:
+    """What a comparison trains, besides its recipe: methods x seeds (a study: at every grid point)."""
 
-    out_dir: Path  # the report folder
-    output_dir: Path  # the runs folder (per-problem results of runs without a folder are cached there)
-    tracking_uri: str
-    threshold: float | None = None
-    interval: str = T_METHOD  # of the main table: "t" or "bootstrap"
+    methods: str | None = None  # `grpo,sspo-arctan`: objectives or variant names; None: every objective
+    seeds: int = 3  # per method: the recipe's seed, +1, ...
+    variants: Path | None = None  # None: variants.yaml next to the recipe, if there is one
 
 
-def check_workflow(jobs: int, interval: str, output_dir: Path, tracking_uri: str | None) -> str:
-    """The options every training workflow shares, checked before planning; the tracking URI to use."""
-    check_interval(interval)
-    return check_execution(jobs, output_dir, tracking_uri)
-
-
-def check_interval(method: str) -> str:
-    if method not in INTERVAL_METHODS:
-        raise ResearchError("--interval", f"unknown interval {method!r} (choose from {', '.join(INTERVAL_METHODS)})")
-    return method
-
-
-@dataclass
-class ComparisonResult:
-    kind: str
-    group_id: str
-    title: str
-    out_dir: Path
-    summaries: list[GroupSummary]
-    records: list[RunRecord]
-    outcomes: list[Outcome]
-    threshold: Threshold
-    files: dict[str, Path]
-    timing: dict[str, Any]
-    parent_run_id: str
-    tracking_uri: str
-    extra: dict[str, Any] = field(default_factory=dict)
-    interval: str = T_METHOD
+@dataclass(kw_only=True)
+class ComparisonResult(GroupsResult):
+    kind: str = "comparison"
     inference: Inference | None = None
-
-    @property
-    def failed(self) -> list[Outcome]:
-        return [o for o in self.outcomes if not o.ok]
 
 
 # --------------------------------------------------------------------------- planning
@@ -205,166 +179,122 @@ def default_variants_file(recipe_path: Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def group_id_of(kind: str, plan: Sequence[PlannedRun]) -> str:
-    """Same planned runs, same id: re-running a comparison finds its parent run again."""
-    return stable_hash({"kind": kind, "runs": [[p.group, p.fingerprint] for p in plan]})[:12]
-
-
 # --------------------------------------------------------------------------- running
 
 
-def run_comparison(
-    recipe_path: Path,
-    overrides: Sequence[str],
-    methods_spec: str | None,
-    seeds: int,
-    variants_path: Path | None,
-    output_dir: Path,
-    tracking_uri: str | None = None,
-    jobs: int = 1,
-    threshold: float | None = None,
-    report_dir: Path | None = None,
-    observer: WorkflowObserver | None = None,
-    interval: str = T_METHOD,
-) -> ComparisonResult:
+@dataclass
+class ComparisonPlan:
+    runs: list[PlannedRun]
+    base: Recipe
+    methods: list[str]
+    variants: Path | None
 
-    timer = PhaseTimer()
-    with timer.phase("planning"):
-        tracking_uri = check_workflow(jobs, interval, output_dir, tracking_uri)
-        variants_path = variants_path or default_variants_file(recipe_path)
-        plan, base = plan_comparison(recipe_path, overrides, methods_spec, seeds, variants_path)
-        group_id = group_id_of("comparison", plan)
-        methods = list(dict.fromkeys(p.group for p in plan))
-        title = f"{base.name}: {', '.join(methods)} x {seeds} seed{'s' if seeds > 1 else ''}"
-        out_dir = report_dir or output_dir / f"compare-{base.name}-{group_id}"
-    with timer.phase("group run"):
+
+@dataclass(frozen=True)
+class Comparison(Workflow[ComparisonPlan, ComparisonResult]):
+    recipe: Path
+    overrides: Sequence[str]
+    compare: CompareOptions
+
+    def plan(self, options: WorkflowOptions) -> ComparisonPlan:
+        variants = self.compare.variants or default_variants_file(self.recipe)
+        spec = (self.compare.methods, self.compare.seeds, variants)
+        runs, base = plan_comparison(self.recipe, self.overrides, *spec)
+        return ComparisonPlan(runs, base, list(dict.fromkeys(p.group for p in runs)), variants)
+
+    def group(self, plan: ComparisonPlan, options: WorkflowOptions) -> GroupRun:
+        group_id, name = group_id_of("comparison", plan.runs), plan.base.name
         params = {
-            "recipe": str(recipe_path),
-            "methods": ",".join(methods),
-            "seeds": seeds,
-            "overrides": " ".join(overrides),
-            "variants": str(variants_path or ""),
+            "recipe": str(self.recipe),
+            "methods": ",".join(plan.methods),
+            "seeds": self.compare.seeds,
+            "overrides": " ".join(self.overrides),
+            "variants": str(plan.variants or ""),
         }
-        tracker = open_group_run(
-            tracking_uri,
-            base.tracking.experiment,
+        title = f"{name}: {', '.join(plan.methods)} x {seeds_text(self.compare.seeds)}"
+        out_dir = options.report_folder(f"compare-{name}-{group_id}")
+        return GroupRun(
             "comparison",
             group_id,
-            f"compare-{base.name}-{group_id[:6]}",
+            plan.base.tracking.experiment,
+            f"compare-{name}-{group_id[:6]}",
             params,
-            output_dir / "mlartifacts",
+            title,
+            out_dir,
         )
-    analysis = Analysis(out_dir, output_dir, tracking_uri, threshold, interval)
-    return _run_and_finish(plan, methods, "comparison", group_id, title, tracker, timer, analysis, jobs, observer)
+
+    def conclude(self, plan: ComparisonPlan, session: Session) -> ComparisonResult:
+        outcomes = session.execute(plan.runs)
+        return finish_comparison(session, session.records(outcomes), outcomes, plan.methods)
 
 
-def _run_and_finish(
-    plan: list[PlannedRun],
-    order: list[str],
-    kind: str,
-    group_id: str,
-    title: str,
-    tracker: Tracker,
-    timer: PhaseTimer,
-    analysis: Analysis,
-    jobs: int,
-    observer: WorkflowObserver | None,
+def run_comparison(
+    recipe_path: Path, overrides: Sequence[str], compare: CompareOptions, options: WorkflowOptions
 ) -> ComparisonResult:
-    """Train (or reuse) the plan under the group run, then finish; the group run ends KILLED/FAILED if this does not."""
-    with failure_marked(tracker):
-        ctx = ExecutionContext(
-            analysis.output_dir,
-            analysis.tracking_uri,
-            group_id,
-            tracker.run_id,
-            jobs,
-            observer or WorkflowObserver(),
-            timer,
-        )
-        outcomes = execute(plan, ctx)
-        with timer.phase("loading records"):
-            records = records_of_outcomes(tracker.client, outcomes)
-        return finish_comparison(kind, group_id, title, records, outcomes, order, analysis, tracker, timer)
+    """Train (or reuse) methods x seeds from one recipe, then the comparison's table, statistics and files."""
+    return run_workflow(Comparison(recipe_path, overrides, compare), options)
 
 
 def finish_comparison(
-    kind: str,
-    group_id: str,
-    title: str,
-    records: list[RunRecord],
-    outcomes: list[Outcome],
-    order: Sequence[str],
-    analysis: Analysis,
-    tracker: Tracker,
-    timer: PhaseTimer,
+    session: Session, records: list[RunRecord], outcomes: list[Outcome], order: Sequence[str]
 ) -> ComparisonResult:
     """Table numbers, statistics, figures, compare.csv/json, pairs.csv and report.md; all logged on the parent run."""
-    out_dir, tracking_uri = analysis.out_dir, analysis.tracking_uri
-    with timer.phase("analysis"):
-        out_dir.mkdir(parents=True, exist_ok=True)
-        threshold = (
-            Threshold(analysis.threshold, "--threshold") if analysis.threshold is not None else auto_threshold(records)
-        )
-        summaries = summarize(records, threshold.value, order, method=analysis.interval)
-    inference = comparison_inference(records, order, analysis, timer)
-    figures = []
-    if any(not r.failed for r in records):
-        with timer.phase("plotting"):
-            figures.append(comparison_figure(records, order, out_dir / "compare.png", title))
-            if inference is not None and inference.paired:
-                figures.append(
-                    statistics_figure(inference, out_dir / "statistics.png", f"{title}: final held-out accuracy")
-                )
+    timer, group, interval = session.timer, session.group, session.options.interval
+    summaries, threshold = session.summarize(records, order)
+    inference = comparison_inference(records, order, session)
+    figures = comparison_figures(records, order, inference, session)
     mlflow_note = (
-        f"MLflow store `{tracking_uri}`, parent run `{tracker.run_id}`; the runs side by side: "
-        f"search ``{membership_filter(group_id)}`` in the MLflow UI."
+        f"MLflow store `{session.tracking_uri}`, parent run `{session.tracker.run_id}`; the runs side by side: "
+        f"search ``{membership_filter(group.group_id)}`` in the MLflow UI."
     )
     with timer.phase("writing outputs"):
+        out_dir = group.out_dir
         files = {"csv": write_csv(out_dir / "compare.csv", summaries, "method")}
         if inference is not None and inference.paired:
             files["pairs"] = write_pairs_csv(out_dir / "pairs.csv", inference)
-        extra = {
-            "mlflow": {
-                "tracking_uri": tracking_uri,
-                "parent_run_id": tracker.run_id,
-                "runs_filter": membership_filter(group_id),
-            },
-            "timing": timer.report(),
-        }
-        findings = Findings(title, summaries, records, outcomes, threshold, analysis.interval, inference)
-        files["json"] = write_json(out_dir / "compare.json", comparison_document(kind, group_id, findings, extra))
+        extra = {"mlflow": session.mlflow_links(), "timing": timer.report()}
+        findings = Findings(group.title, summaries, records, outcomes, threshold, interval, inference)
+        document = comparison_document(group.kind, group.group_id, findings, extra)
+        files["json"] = write_json(out_dir / "compare.json", document)
         files["report"] = write_report(out_dir / "report.md", findings, figures, "method", mlflow_note, timer.report())
         files.update({figure.stem: figure for figure in figures})
-    timing = close_group_run(tracker, files, timer, all(o.ok for o in outcomes))
+    timing = session.close(files, all(o.ok for o in outcomes))
     return ComparisonResult(
-        kind=kind,
-        group_id=group_id,
-        title=title,
-        out_dir=out_dir,
+        **session.where(files, timing),
+        kind=group.kind,
         summaries=summaries,
         records=records,
         outcomes=outcomes,
         threshold=threshold,
-        files=files,
-        timing=timing,
-        parent_run_id=tracker.run_id,
-        tracking_uri=tracking_uri,
-        interval=analysis.interval,
+        interval=interval,
         inference=inference,
     )
 
 
-def comparison_inference(
-    records: Sequence[RunRecord], order: Sequence[str], analysis: Analysis, timer: PhaseTimer
-) -> Inference | None:
+def comparison_figures(
+    records: Sequence[RunRecord], order: Sequence[str], inference: Inference | None, session: Session
+) -> list[Path]:
+    """The learning curves and, with paired statistics, their figure; none without a finished run."""
+    if not any(not r.failed for r in records):
+        return []
+    out_dir, title = session.group.out_dir, session.group.title
+    with session.timer.phase("plotting"):
+        figures = [comparison_figure(records, order, out_dir / "compare.png", title)]
+        if inference is not None and inference.paired:
+            path = out_dir / "statistics.png"
+            figures.append(statistics_figure(inference, path, f"{title}: final held-out accuracy"))
+    return figures
+
+
+def comparison_inference(records: Sequence[RunRecord], order: Sequence[str], session: Session) -> Inference | None:
     """The statistics of the final accuracy; with two methods or more, per-problem results for the paired comparison."""
     if not records:
         return None
     problems, notes = {}, []
     if len({r.group for r in records}) >= 2:
-        with timer.phase("per-problem eval"):
-            problems, notes = load_problem_scores(records, analysis.output_dir, analysis.tracking_uri)
-    with timer.phase("statistics"):
+        with session.timer.phase("per-problem eval"):
+            problems, notes = load_problem_scores(records, session.options.output_dir, session.tracking_uri)
+    with session.timer.phase("statistics"):
         return infer(records, order, problems, notes)
 
 
@@ -372,25 +302,18 @@ def comparison_inference(
 
 
 def compare_existing(
-    experiment: str | None,
-    run_ids: Sequence[str],
-    output_dir: Path,
-    tracking_uri: str | None = None,
-    threshold: float | None = None,
-    report_dir: Path | None = None,
-    group_by: str | None = None,
-    interval: str = T_METHOD,
+    experiment: str | None, run_ids: Sequence[str], options: WorkflowOptions, group_by: str | None = None
 ) -> ComparisonResult:
     """Compare finished runs as they are, grouped by the `sspo.method` tag (or `--group-by TAG`).
 
     With --experiment, its FAILED training runs that were never retried successfully count too
-    (metrics.FAILED_RULE); KILLED runs were interrupted or pruned, not failed, and are left out.
+    (measures.FAILED_RULE); KILLED runs were interrupted or pruned, not failed, and are left out.
     """
     timer = PhaseTimer()
     if bool(experiment) == bool(run_ids):
         raise ResearchError("--experiment", "give either RECIPE, --experiment NAME or --runs ID ...")
-    check_interval(interval)
-    tracking_uri = tracking_uri or default_tracking_uri(output_dir)
+    check_interval(options.interval)
+    tracking_uri = options.tracking_uri or default_tracking_uri(options.output_dir)
     with timer.phase("mlflow queries"):
         client = open_client(tracking_uri)
         runs = training_runs_of_experiment(client, experiment) if experiment else runs_by_id(client, run_ids)
@@ -399,42 +322,37 @@ def compare_existing(
         experiment_name = experiment or client.get_experiment(runs[0].info.experiment_id).name
         failed_runs = failed_runs_of_experiment(client, experiment) if experiment else []
     with timer.phase("loading records"):
-        records = [record_from_mlflow(client, run, group_label(run, group_by), reused=True) for run in runs]
-        records += [
-            failed_record(
-                group_label(run, group_by),
-                int(run.data.tags.get("sspo.seed", 0)),
-                task_label(run.data.params),
-                "FAILED in MLflow",
-                run.info.run_id,
-            )
-            for run in failed_runs
-        ]
+        records = existing_records(client, runs, failed_runs, group_by)
     order = list(dict.fromkeys(r.group for r in records))
     group_id = stable_hash({"kind": "comparison-of-runs", "runs": sorted(r.run_id for r in records)})[:12]
+    params = {"experiment": experiment or "", "runs": " ".join(run_ids), "group_by": group_by or METHOD_TAG}
     title = f"{experiment_name}: {', '.join(order)} ({len(records)} runs)"
+    out_dir = options.report_folder(f"compare-{experiment_name}-{group_id}")
+    group = GroupRun("comparison", group_id, experiment_name, f"compare-runs-{group_id[:6]}", params, title, out_dir)
     with timer.phase("group run"):
-        params = {"experiment": experiment or "", "runs": " ".join(run_ids), "group_by": group_by or METHOD_TAG}
-        tracker = open_group_run(
-            tracking_uri,
-            experiment_name,
-            "comparison",
-            group_id,
-            f"compare-runs-{group_id[:6]}",
-            params,
-            output_dir / "mlartifacts",
-        )
+        tracker = open_group(group, tracking_uri, options.output_dir)
         for run in runs:
             add_membership(client, run.info.run_id, run.data.tags.get(MEMBERSHIP_TAG), group_id)
-    analysis = Analysis(
-        report_dir or output_dir / f"compare-{experiment_name}-{group_id}",
-        output_dir,
-        tracking_uri,
-        threshold,
-        interval,
-    )
     with failure_marked(tracker):
-        return finish_comparison("comparison", group_id, title, records, [], order, analysis, tracker, timer)
+        return finish_comparison(Session(options, tracking_uri, group, tracker, timer), records, [], order)
+
+
+def existing_records(
+    client: Any, runs: Sequence[Any], failed_runs: Sequence[Any], group_by: str | None
+) -> list[RunRecord]:
+    """The finished runs read back, and the failed ones as failed records."""
+    records = [record_from_mlflow(client, run, group_label(run, group_by), reused=True) for run in runs]
+    records += [
+        failed_record(
+            group_label(run, group_by),
+            int(run.data.tags.get("sspo.seed", 0)),
+            task_label(run.data.params),
+            "FAILED in MLflow",
+            run.info.run_id,
+        )
+        for run in failed_runs
+    ]
+    return records
 
 
 def group_label(run: Any, tag: str | None) -> str:

@@ -24,11 +24,10 @@ from typing import TYPE_CHECKING, Any
 from sspo_cli.engines.dispatch import run_training
 from sspo_cli.recipe import Recipe, recipe_from_dict
 from sspo_cli.research import ResearchError
-from sspo_cli.research.execute import (
+from sspo_cli.research.analysis.measures import metric_spec, run_metrics
+from sspo_cli.research.execution.execute import (
     Outcome,
-    PlannedRun,
     WorkflowObserver,
-    check_execution,
     describe_failure,
     init_worker,
     interrupt_workers,
@@ -37,23 +36,25 @@ from sspo_cli.research.execute import (
     run_tags,
     threads_per_job,
 )
-from sspo_cli.research.metrics import metric_spec, run_metrics
-from sspo_cli.research.recipe_files import read_recipe_file
-from sspo_cli.research.records import record_from_mlflow, record_from_run_dir
-from sspo_cli.research.search_plan import SearchPlan, SearchResult
-from sspo_cli.research.search_report import search_figures, write_search_files
-from sspo_cli.research.space import (
+from sspo_cli.research.execution.readback import record_from_mlflow, record_from_run_dir
+from sspo_cli.research.execution.store import finished_runs_by_fingerprint
+from sspo_cli.research.execution.timing import TRAINING, PhaseTimer
+from sspo_cli.research.planning.grid import grid_axis, parse_grid_option
+from sspo_cli.research.planning.plan import PlannedRun
+from sspo_cli.research.planning.recipe_files import read_recipe_file
+from sspo_cli.research.planning.search_plan import SearchPlan
+from sspo_cli.research.planning.space import (
     SpaceParam,
     merge_space,
     parse_space_option,
     validated_space,
 )
-from sspo_cli.research.store import close_group_run, finished_runs_by_fingerprint, open_group_run
-from sspo_cli.research.sweep import grid_axis, parse_grid_option, read_sweep_section
-from sspo_cli.research.timing import TRAINING, PhaseTimer
+from sspo_cli.research.reporting.search_report import SearchResult, search_figures, write_search_files
+from sspo_cli.research.sweep import read_sweep_section
+from sspo_cli.research.workflow import GroupRun, Session, Workflow, WorkflowOptions, run_workflow
 from sspo_cli.run.folder import CheckpointError, RunLock, read_run_folder
 from sspo_cli.run.state import RunOptions, TrainingObserver
-from sspo_cli.run.tracking import failure_marked, open_client
+from sspo_cli.run.tracking import open_client
 
 if TYPE_CHECKING:
     import optuna
@@ -80,11 +81,13 @@ class SearchOptions:
     seeds: int | None = None
     metric: str | None = None
     pruner: str | None = None
-    threshold: float | None = None
 
 
-def plan_search(recipe_path: Path, overrides: Sequence[str], options: SearchOptions) -> SearchPlan:
-    """The study's settings from the recipe's sweep section and the options (options win), all checked."""
+def plan_search(
+    recipe_path: Path, overrides: Sequence[str], options: SearchOptions, threshold: float | None = None
+) -> SearchPlan:
+    """The study's settings from the recipe's sweep section and the options (options win), all checked;
+    `threshold` (--threshold) is what steps_to_threshold counts to."""
     base_data, section_data = read_recipe_file(recipe_path)
     section = read_sweep_section(section_data, str(recipe_path))
     strategy = choose("--search", options.strategy or section.search, SEARCH_STRATEGIES)
@@ -105,7 +108,7 @@ def plan_search(recipe_path: Path, overrides: Sequence[str], options: SearchOpti
                 "give them with --grid, or use tpe or random",
             )
     metric = options.metric or section.metric
-    check_metric(metric, pruner, options.threshold)
+    check_metric(metric, pruner, threshold)
     seeds = options.seeds if options.seeds is not None else section.seeds
     if seeds < 1:
         raise ResearchError("--seeds", f"must be at least 1, got {seeds}")
@@ -126,7 +129,7 @@ def plan_search(recipe_path: Path, overrides: Sequence[str], options: SearchOpti
         trials,
         seeds,
         metric,
-        math.nan if options.threshold is None else options.threshold,
+        math.nan if threshold is None else threshold,
     )
 
 
@@ -594,74 +597,93 @@ def worker_pool(jobs: int) -> Iterator[Any]:
                 signal.signal(sig, handler)
 
 
-def run_search(
-    recipe_path: Path,
-    overrides: Sequence[str],
-    options: SearchOptions,
-    output_dir: Path,
-    tracking_uri: str | None = None,
-    jobs: int = 1,
-    report_dir: Path | None = None,
-    observer: WorkflowObserver | None = None,
-) -> SearchResult:
-    import optuna
+@dataclass
+class OpenStudy:
+    """A search's study, open and locked for this process, before its remaining trials run."""
 
-    timer = PhaseTimer()
-    observer = observer or WorkflowObserver()
-    with timer.phase("planning"):
-        plan = plan_search(recipe_path, overrides, options)
-        tracking_uri = check_execution(jobs, output_dir, tracking_uri)
-        out_dir = report_dir or output_dir / plan.study_name
+    plan: SearchPlan
+    study: optuna.Study
+    before: set[int]  # the trials it had already
+    requeued: int  # interrupted or failed trials queued again
+    remaining: int  # trials to run now
+
+
+@dataclass(frozen=True)
+class Search(Workflow[SearchPlan, SearchResult]):
+    recipe: Path
+    overrides: Sequence[str]
+    search: SearchOptions
+
+    def check(self, options: WorkflowOptions) -> None:
+        """Nothing before planning: a search has no table intervals, and a bad plan leaves no folder behind."""
+
+    def plan(self, options: WorkflowOptions) -> SearchPlan:
+        return plan_search(self.recipe, self.overrides, self.search, options.threshold)
+
+    def group(self, plan: SearchPlan, options: WorkflowOptions) -> GroupRun:
+        out_dir = options.report_folder(plan.study_name)
         out_dir.mkdir(parents=True, exist_ok=True)
-        title = search_title(plan)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the search reports trials itself
-    with study_lock(out_dir):
-        with timer.phase("study"):
-            study = open_study(plan, output_dir)
-            before = {t.number for t in study.trials}
-            requeued = recover_interrupted_trials(study)
-            remaining = max(0, plan.trials - finished_count(study))
-        with timer.phase("group run"):
-            params = {
-                "recipe": str(recipe_path),
-                "space": json.dumps({k: p.describe() for k, p in plan.space.items()}),
-                "search": plan.strategy,
-                "pruner": plan.pruner,
-                "metric": plan.metric,
-                "seeds": plan.seeds,
-                "overrides": " ".join(overrides),
-                "study": plan.study_name,
-            }
-            tracker = open_group_run(
-                tracking_uri,
-                plan.base.tracking.experiment,
-                "search",
-                plan.search_id,
-                plan.study_name,
-                params,
-                output_dir / "mlartifacts",
-            )
-        with failure_marked(tracker):
-            setting = TrialSetting(
-                str(output_dir),
-                tracking_uri,
-                tracker.run_id,
-                plan.search_id,
-                plan.metric,
-                plan.threshold,
-                plan.base.train.steps,
-            )
-            observer.on_plan(remaining * plan.seeds, 0, remaining * plan.seeds, jobs)
-            if remaining:
-                quiet_library_progress_bars()
-                with timer.phase(TRAINING), worker_pool(jobs) as pool:
-                    if pool is not None:
-                        prewarm(plan.runs_for({}, 0)[:1], output_dir, observer.training_observer())
-                    ctx = SearchContext(plan, setting, plan.study_name, output_dir, observer, pool)
-                    study.optimize(make_objective(ctx), n_trials=remaining, n_jobs=jobs, catch=(TrialFailed,))
-            return finish_search(
-                plan, study, before, requeued, title, out_dir, tracker, timer, tracking_uri, output_dir
-            )
+        params = {
+            "recipe": str(self.recipe),
+            "space": json.dumps({k: p.describe() for k, p in plan.space.items()}),
+            "search": plan.strategy,
+            "pruner": plan.pruner,
+            "metric": plan.metric,
+            "seeds": plan.seeds,
+            "overrides": " ".join(self.overrides),
+            "study": plan.study_name,
+        }
+        experiment, title = plan.base.tracking.experiment, search_title(plan)
+        return GroupRun("search", plan.search_id, experiment, plan.study_name, params, title, out_dir)
+
+    @contextlib.contextmanager
+    def hold(self, plan: SearchPlan, options: WorkflowOptions, timer: PhaseTimer) -> Iterator[OpenStudy]:
+        """The study, locked for this process before the group run opens, its interrupted trials queued again."""
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # the search reports trials itself
+        with study_lock(options.report_folder(plan.study_name)):
+            with timer.phase("study"):
+                study = open_study(plan, options.output_dir)
+                before = {t.number for t in study.trials}
+                requeued = recover_interrupted_trials(study)
+                remaining = max(0, plan.trials - finished_count(study))
+            yield OpenStudy(plan, study, before, requeued, remaining)
+
+    def conclude(self, held: OpenStudy, session: Session) -> SearchResult:
+        run_trials(held, session)
+        return finish_search(held, session)
+
+
+def run_search(
+    recipe_path: Path, overrides: Sequence[str], search: SearchOptions, options: WorkflowOptions
+) -> SearchResult:
+    """An Optuna study over the recipe's keys under one search run; resumes the study the same command left."""
+    return run_workflow(Search(recipe_path, overrides, search), options)
+
+
+def run_trials(held: OpenStudy, session: Session) -> None:
+    """The remaining trials, `--jobs` at a time; each trial's runs nested under the search run."""
+    plan, output_dir, jobs = held.plan, session.options.output_dir, session.options.jobs
+    setting = TrialSetting(
+        str(output_dir),
+        session.tracking_uri,
+        session.tracker.run_id,
+        plan.search_id,
+        plan.metric,
+        plan.threshold,
+        plan.base.train.steps,
+    )
+    observer = session.observer
+    observer.on_plan(held.remaining * plan.seeds, 0, held.remaining * plan.seeds, jobs)
+    if not held.remaining:
+        return
+    quiet_library_progress_bars()
+    with session.timer.phase(TRAINING), worker_pool(jobs) as pool:
+        if pool is not None:
+            prewarm(plan.runs_for({}, 0)[:1], output_dir, observer.training_observer())
+        ctx = SearchContext(plan, setting, plan.study_name, output_dir, observer, pool)
+        held.study.optimize(make_objective(ctx), n_trials=held.remaining, n_jobs=jobs, catch=(TrialFailed,))
 
 
 def search_title(plan: SearchPlan) -> str:
@@ -683,43 +705,27 @@ def study_lock(out_dir: Path) -> Iterator[None]:
         ) from None
 
 
-def finish_search(
-    plan: SearchPlan,
-    study: optuna.Study,
-    before: set[int],
-    requeued: int,
-    title: str,
-    out_dir: Path,
-    tracker: Any,
-    timer: PhaseTimer,
-    tracking_uri: str,
-    output_dir: Path,
-) -> SearchResult:
+def finish_search(held: OpenStudy, session: Session) -> SearchResult:
     """The trials table, the figures, trials.csv, search.json and report.md; all logged on the parent run."""
     from optuna.trial import TrialState
 
+    study, timer = held.study, session.timer
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best = study.best_trial if complete else None
-    failed_now = [t for t in trials if t.number not in before and t.state == TrialState.FAIL]
+    failed_now = [t for t in trials if t.number not in held.before and t.state == TrialState.FAIL]
+    requeued = held.requeued
     notes = [f"{requeued} interrupted or failed trial(s) queued again with the same parameters"] if requeued else []
-    storage = f"sqlite:///{(output_dir / STUDY_FILE).resolve()}"
     with timer.phase("plotting"):
-        figures, figure_notes = search_figures(study, out_dir)
+        figures, figure_notes = search_figures(study, session.group.out_dir)
     result = SearchResult(
-        plan,
-        plan.search_id,
-        title,
-        out_dir,
-        trials,
-        best,
-        failed_now,
-        {},
-        {},
-        tracker.run_id,
-        tracking_uri,
-        storage,
-        notes + figure_notes,
+        **session.where({}, {}),
+        plan=held.plan,
+        trials=trials,
+        best=best,
+        failed_now=failed_now,
+        storage=f"sqlite:///{(session.options.output_dir / STUDY_FILE).resolve()}",
+        notes=notes + figure_notes,
     )
     with timer.phase("writing outputs"):
         result.files = write_search_files(result, figures, timer.report())
@@ -727,5 +733,5 @@ def finish_search(
     metrics = {f"search/{s.name.lower()}_trials": float(sum(t.state == s for t in trials)) for s in states}
     if best is not None:
         metrics["search/best_value"] = float(best.value)
-    result.timing = close_group_run(tracker, result.files, timer, not failed_now, metrics)
+    result.timing = session.close(result.files, not failed_now, metrics)
     return result

@@ -15,32 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sspo_cli.research.analysis.measures import COLLAPSE_RULE, FAILED_RULE, METRICS
+from sspo_cli.research.analysis.stats import T_METHOD
 from sspo_cli.research.compare import (
-    Analysis,
+    CompareOptions,
     ComparisonResult,
-    check_workflow,
     default_variants_file,
     finish_comparison,
-    group_id_of,
     plan_comparison,
 )
-from sspo_cli.research.execute import ExecutionContext, PlannedRun, WorkflowObserver, execute
-from sspo_cli.research.formatting import format_interval, interval_caption
-from sspo_cli.research.metrics import COLLAPSE_RULE, FAILED_RULE, METRICS
-from sspo_cli.research.plots import study_figure
-from sspo_cli.research.records import records_of_outcomes
-from sspo_cli.research.statistics_text import TextTable
-from sspo_cli.research.stats import T_METHOD
-from sspo_cli.research.store import (
-    MEMBERSHIP_TAG,
-    POINT_TAG,
-    add_membership,
-    close_group_run,
-    membership_filter,
-    open_group_run,
-)
-from sspo_cli.research.sweep import (
-    GridAxis,
+from sspo_cli.research.execution.execute import Outcome
+from sspo_cli.research.execution.store import MEMBERSHIP_TAG, add_membership, membership_filter
+from sspo_cli.research.planning.grid import (
     grid_axis,
     grid_points,
     merge_axes,
@@ -48,7 +34,21 @@ from sspo_cli.research.sweep import (
     point_label,
     short_keys,
 )
-from sspo_cli.research.timing import PhaseTimer
+from sspo_cli.research.planning.plan import POINT_TAG, PlannedRun
+from sspo_cli.research.planning.space import GridAxis
+from sspo_cli.research.reporting.formatting import format_interval, interval_caption
+from sspo_cli.research.reporting.outputs import WorkflowResult
+from sspo_cli.research.reporting.plots import study_figure
+from sspo_cli.research.reporting.statistics_text import TextTable
+from sspo_cli.research.workflow import (
+    GroupRun,
+    Session,
+    Workflow,
+    WorkflowOptions,
+    group_id_of,
+    open_group,
+    run_workflow,
+)
 from sspo_cli.run.tracking import failure_marked
 
 if TYPE_CHECKING:
@@ -66,45 +66,40 @@ class StudyPlan:
     methods: list[str]
     seeds: int
     runs: dict[str, list[PlannedRun]]  # point label -> its methods x seeds
+    variants: Path | None = None
+
+    @property
+    def every_run(self) -> list[PlannedRun]:
+        return [run for label in self.labels for run in self.runs[label]]
 
 
-@dataclass
-class StudyResult:
-    title: str
+@dataclass(kw_only=True)
+class StudyResult(WorkflowResult):
     plan: StudyPlan
     points: dict[str, ComparisonResult]  # point label -> its comparison
-    out_dir: Path
-    files: dict[str, Path]
-    parent_run_id: str
-    group_id: str
-    timing: dict[str, Any]
     separations: list[str] = field(default_factory=list)
 
     @property
-    def failed(self) -> list:
+    def failed(self) -> list[Outcome]:
         return [outcome for result in self.points.values() for outcome in result.failed]
 
 
 def plan_study(
-    recipe_path: Path,
-    overrides: Sequence[str],
-    methods_spec: str | None,
-    seeds: int,
-    variants_path: Path | None,
-    axes: Sequence[GridAxis],
+    recipe_path: Path, overrides: Sequence[str], compare: CompareOptions, axes: Sequence[GridAxis]
 ) -> StudyPlan:
     """Every (point, method, seed) run, each recipe validated before anything trains."""
+    variants = compare.variants or default_variants_file(recipe_path)
     names = short_keys([axis.key for axis in axes])
     points = grid_points(axes)
     labels = [point_label(point, names) for point in points]
     runs: dict[str, list[PlannedRun]] = {}
     base = None
     for point, label in zip(points, labels):
-        plan, base = plan_comparison(recipe_path, overrides, methods_spec, seeds, variants_path, point, label)
-        runs[label] = plan
+        spec = (compare.methods, compare.seeds, variants, point, label)
+        runs[label], base = plan_comparison(recipe_path, overrides, *spec)
     assert base is not None  # grid_points of at least one axis has at least one point
     methods = list(dict.fromkeys(p.group for p in runs[labels[0]]))
-    return StudyPlan(base, list(axes), labels, points, methods, seeds, runs)
+    return StudyPlan(base, list(axes), labels, points, methods, compare.seeds, runs, variants)
 
 
 def study_axes(grid_options: Sequence[str], section_grid: dict[str, list[Any]]) -> list[GridAxis]:
@@ -112,95 +107,80 @@ def study_axes(grid_options: Sequence[str], section_grid: dict[str, list[Any]]) 
     return merge_axes(from_file, [parse_grid_option(text) for text in grid_options])
 
 
-def run_study(
-    recipe_path: Path,
-    overrides: Sequence[str],
-    methods_spec: str | None,
-    seeds: int,
-    variants_path: Path | None,
-    axes: Sequence[GridAxis],
-    output_dir: Path,
-    tracking_uri: str | None = None,
-    jobs: int = 1,
-    threshold: float | None = None,
-    report_dir: Path | None = None,
-    observer: WorkflowObserver | None = None,
-    interval: str = T_METHOD,
-) -> StudyResult:
-    timer = PhaseTimer()
-    with timer.phase("planning"):
-        tracking_uri = check_workflow(jobs, interval, output_dir, tracking_uri)
-        variants_path = variants_path or default_variants_file(recipe_path)
-        plan = plan_study(recipe_path, overrides, methods_spec, seeds, variants_path, axes)
-        every_run = [run for label in plan.labels for run in plan.runs[label]]
-        group_id = group_id_of("study", every_run)
+@dataclass(frozen=True)
+class Study(Workflow[StudyPlan, StudyResult]):
+    recipe: Path
+    overrides: Sequence[str]
+    compare: CompareOptions
+    axes: Sequence[GridAxis]
+
+    def plan(self, options: WorkflowOptions) -> StudyPlan:
+        return plan_study(self.recipe, self.overrides, self.compare, self.axes)
+
+    def group(self, plan: StudyPlan, options: WorkflowOptions) -> GroupRun:
+        group_id, name = group_id_of("study", plan.every_run), plan.base.name
         grid_text = " x ".join(f"{a.key} ({', '.join(json.dumps(v) for v in a.values)})" for a in plan.axes)
-        title = f"{plan.base.name}: {', '.join(plan.methods)} x {seeds} seeds at {grid_text}"
-        out_dir = report_dir or output_dir / f"study-{plan.base.name}-{group_id}"
-    with timer.phase("group run"):
         params = {
-            "recipe": str(recipe_path),
+            "recipe": str(self.recipe),
             "methods": ",".join(plan.methods),
-            "seeds": seeds,
+            "seeds": plan.seeds,
             "grid": json.dumps({a.key: list(a.values) for a in plan.axes}),
-            "overrides": " ".join(overrides),
+            "overrides": " ".join(self.overrides),
         }
+        title = f"{name}: {', '.join(plan.methods)} x {plan.seeds} seeds at {grid_text}"
+        out_dir = options.report_folder(f"study-{name}-{group_id}")
         experiment = plan.base.tracking.experiment
-        study_run = open_group_run(
-            tracking_uri,
-            experiment,
-            "study",
-            group_id,
-            f"study-{plan.base.name}-{group_id[:6]}",
-            params,
-            output_dir / "mlartifacts",
-        )
-    with failure_marked(study_run):
-        ctx = ExecutionContext(
-            output_dir, tracking_uri, group_id, study_run.run_id, jobs, observer or WorkflowObserver(), timer
-        )
-        outcomes = execute(every_run, ctx)
+        return GroupRun("study", group_id, experiment, f"study-{name}-{group_id[:6]}", params, title, out_dir)
+
+    def conclude(self, plan: StudyPlan, session: Session) -> StudyResult:
+        """Every run of every point in one pool, then each point's comparison, then the study's table and figure."""
+        outcomes = session.execute(plan.every_run)
         results = {}
         start = 0
         for label in plan.labels:
             point_outcomes = outcomes[start : start + len(plan.runs[label])]
             start += len(point_outcomes)
-            with timer.phase("loading records"):
-                point_records = records_of_outcomes(study_run.client, point_outcomes)
-            analysis = Analysis(out_dir / f"point-{slug(label)}", output_dir, tracking_uri, threshold, interval)
-            results[label] = _finish_point(plan, label, point_outcomes, point_records, study_run.run_id, analysis)
-        return _finish_study(plan, title, group_id, results, out_dir, study_run, timer, tracking_uri)
+            results[label] = finish_point(plan, label, point_outcomes, session)
+        return finish_study(plan, results, session)
+
+
+def run_study(
+    recipe_path: Path,
+    overrides: Sequence[str],
+    compare: CompareOptions,
+    axes: Sequence[GridAxis],
+    options: WorkflowOptions,
+) -> StudyResult:
+    """The comparison of methods x seeds at every point of the grid, under one study run."""
+    return run_workflow(Study(recipe_path, overrides, compare, axes), options)
 
 
 def slug(label: str) -> str:
     return label.replace(" ", "-")
 
 
-def _finish_point(
-    plan: StudyPlan, label: str, outcomes: list, records: list, study_run_id: str, analysis: Analysis
-) -> ComparisonResult:
+def finish_point(plan: StudyPlan, label: str, outcomes: list[Outcome], study: Session) -> ComparisonResult:
     """The point's own comparison, as a run nested in the study; its training runs join its group."""
-    timer = PhaseTimer()
-    group_id = group_id_of("comparison", plan.runs[label])
-    title = f"{plan.base.name} at {label}: {', '.join(plan.methods)} x {plan.seeds} seeds"
-    tracker = open_group_run(
-        analysis.tracking_uri,
-        plan.base.tracking.experiment,
+    records = study.records(outcomes)
+    name = plan.base.name
+    group = GroupRun(
         "comparison",
-        group_id,
-        f"compare-{plan.base.name}-{slug(label)}",
+        group_id_of("comparison", plan.runs[label]),
+        plan.base.tracking.experiment,
+        f"compare-{name}-{slug(label)}",
         {"point": label, "methods": ",".join(plan.methods), "seeds": plan.seeds},
-        analysis.output_dir / "mlartifacts",
-        parent_run_id=study_run_id,
+        f"{name} at {label}: {', '.join(plan.methods)} x {plan.seeds} seeds",
+        study.group.out_dir / f"point-{slug(label)}",
+        parent_run_id=study.tracker.run_id,
     )
+    tracker = open_group(group, study.tracking_uri, study.options.output_dir)
     for outcome in outcomes:
         if outcome.run_id:
             run = tracker.client.get_run(outcome.run_id)
-            add_membership(tracker.client, outcome.run_id, run.data.tags.get(MEMBERSHIP_TAG), group_id)
+            add_membership(tracker.client, outcome.run_id, run.data.tags.get(MEMBERSHIP_TAG), group.group_id)
     with failure_marked(tracker):
-        return finish_comparison(
-            "comparison", group_id, title, records, outcomes, plan.methods, analysis, tracker, timer
-        )
+        point = Session(study.options, study.tracking_uri, group, tracker)
+        return finish_comparison(point, records, outcomes, plan.methods)
 
 
 def separations(plan: StudyPlan, results: dict[str, ComparisonResult]) -> list[str]:
@@ -227,18 +207,10 @@ def separations(plan: StudyPlan, results: dict[str, ComparisonResult]) -> list[s
     return lines
 
 
-def _finish_study(
-    plan: StudyPlan,
-    title: str,
-    group_id: str,
-    results: dict[str, ComparisonResult],
-    out_dir: Path,
-    study_run,
-    timer: PhaseTimer,
-    tracking_uri: str,
-) -> StudyResult:
+def finish_study(plan: StudyPlan, results: dict[str, ComparisonResult], session: Session) -> StudyResult:
     found = separations(plan, results)
-    with timer.phase("writing outputs"):
+    out_dir, title = session.group.out_dir, session.group.title
+    with session.timer.phase("writing outputs"):
         out_dir.mkdir(parents=True, exist_ok=True)
         files = {"csv": write_study_csv(out_dir / "study.csv", plan, results)}
         if any(not r.failed for result in results.values() for r in result.records):
@@ -248,11 +220,10 @@ def _finish_study(
             files["figure"] = study_figure(
                 plan.axes, plan.labels, plan.points, plan.methods, summaries, figure_path, title, interval
             )
-        where = (tracking_uri, study_run.run_id, group_id)
-        files["report"] = write_study_report(out_dir / "report.md", plan, title, results, found, files, *where)
+        files["report"] = write_study_report(out_dir / "report.md", plan, results, found, files, session)
     ok = all(not result.failed for result in results.values())
-    timing = close_group_run(study_run, files, timer, ok)
-    return StudyResult(title, plan, results, out_dir, files, study_run.run_id, group_id, timing, found)
+    timing = session.close(files, ok)
+    return StudyResult(**session.where(files, timing), plan=plan, points=results, separations=found)
 
 
 STUDY_COLUMNS = ("final_accuracy", "best_accuracy", "seq_var", "saturated_frac", "reward_auc")
@@ -305,14 +276,17 @@ def study_table(plan: StudyPlan, results: dict[str, ComparisonResult]) -> TextTa
 def write_study_report(
     path: Path,
     plan: StudyPlan,
-    title: str,
     results: dict[str, ComparisonResult],
     found: list[str],
     files: dict[str, Path],
-    tracking_uri: str,
-    parent_run_id: str,
-    group_id: str,
+    session: Session,
 ) -> Path:
+    title, tracking_uri, parent_run_id, group_id = (
+        session.group.title,
+        session.tracking_uri,
+        session.tracker.run_id,
+        session.group.group_id,
+    )
     table = study_table(plan, results)
     lines = [f"# {title}", "", "| " + " | ".join(table.headers) + " |", "|" + "---|" * len(table.headers)]
     lines += ["| " + " | ".join(row) + " |" for row in table.rows]

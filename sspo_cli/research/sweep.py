@@ -3,48 +3,52 @@ a leaderboard with intervals over seeds and, for a 2-D grid, a heatmap. (`--sear
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sspo_cli.recipe import Recipe, RecipeError, recipe_from_dict
 from sspo_cli.research import ResearchError
-from sspo_cli.research.compare import ComparisonResult, check_workflow, group_id_of
-from sspo_cli.research.execute import ExecutionContext, Outcome, PlannedRun, WorkflowObserver, execute
-from sspo_cli.research.formatting import format_spread, format_value, interval_caption
-from sspo_cli.research.metrics import (
+from sspo_cli.research.analysis.measures import (
     METRIC_KEYS,
     GroupSummary,
     RunRecord,
-    Threshold,
-    auto_threshold,
     metric_spec,
     rank,
-    summarize,
 )
-from sspo_cli.research.outputs import Findings, comparison_document, write_csv, write_json, write_report
-from sspo_cli.research.plots import heatmap_figure
-from sspo_cli.research.recipe_files import SWEEP_SECTION, read_recipe_file
-from sspo_cli.research.records import records_of_outcomes
-from sspo_cli.research.space import GridAxis, SpaceParam, pydantic_problem, recipe_for_point
-from sspo_cli.research.stats import T_METHOD
-from sspo_cli.research.store import (
-    POINT_TAG,
-    close_group_run,
-    membership_filter,
-    open_group_run,
+from sspo_cli.research.analysis.stats import T_METHOD
+from sspo_cli.research.execution.execute import Outcome
+from sspo_cli.research.execution.store import membership_filter
+from sspo_cli.research.planning.grid import (
+    grid_axis,
+    grid_points,
+    merge_axes,
+    parse_grid_option,
+    point_label,
+    short_keys,
+    show_value,
 )
-from sspo_cli.research.timing import PhaseTimer
-from sspo_cli.run.tracking import failure_marked
-
-if TYPE_CHECKING:
-    from sspo_cli.run.tracking import Tracker
+from sspo_cli.research.planning.plan import POINT_TAG, PlannedRun
+from sspo_cli.research.planning.recipe_files import SWEEP_SECTION, read_recipe_file
+from sspo_cli.research.planning.space import GridAxis, SpaceParam, pydantic_problem, recipe_for_point
+from sspo_cli.research.reporting.formatting import format_spread, format_value, interval_caption
+from sspo_cli.research.reporting.outputs import Findings, comparison_document, write_csv, write_json, write_report
+from sspo_cli.research.reporting.plots import heatmap_figure
+from sspo_cli.research.workflow import (
+    GroupRun,
+    GroupsResult,
+    Session,
+    Workflow,
+    WorkflowOptions,
+    group_id_of,
+    run_workflow,
+    seeds_text,
+)
 
 DEFAULT_METRIC = "final_accuracy"
 
@@ -79,35 +83,25 @@ class SweepPlan:
     metric: str
 
 
+@dataclass(frozen=True)
+class SweepOptions:
+    """What a sweep trains, besides its recipe (None or empty: the recipe's sweep section's)."""
+
+    grid: Sequence[str] = ()  # --grid dotted.key=v1,v2,...: added to the section's grid, or replacing a key's values
+    seeds: int | None = None  # per grid point
+    metric: str | None = None  # of the leaderboard and the heatmap
+
+
+@dataclass(kw_only=True)
+class SweepResult(GroupsResult):
+    """A sweep's points, best first by its metric, next to every summary in grid order."""
+
+    ranked: list[GroupSummary]  # best first by `metric`
+    metric: str
+    failures: dict[str, int]  # grid point label -> its failed runs
+
+
 # --------------------------------------------------------------------------- grid
-
-
-def parse_grid_option(text: str) -> GridAxis:
-    """`objective.tau_pos=0.5,1,2` or `objective.tau_pos=[0.5, 1, 2]`; each value parsed as YAML."""
-    import yaml
-
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key or not raw.strip():
-        raise ResearchError("--grid", f"{text!r}: expected dotted.key=v1,v2,...")
-    try:
-        if raw.strip().startswith("["):
-            values = yaml.safe_load(raw)
-        else:
-            values = [yaml.safe_load(part) for part in raw.split(",")]
-    except yaml.YAMLError as exc:
-        raise ResearchError(
-            "--grid", f"{key}: values {raw!r} are not valid YAML ({str(exc).splitlines()[0]})"
-        ) from None
-    return grid_axis(key, values, "--grid")
-
-
-def grid_axis(key: str, values: Any, where: str) -> GridAxis:
-    if not isinstance(values, list) or not values:
-        raise ResearchError(where, f"{key}: needs a non-empty list of values")
-    if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
-        raise ResearchError(where, f"{key}: a value is listed twice")
-    return GridAxis(key, tuple(values))
 
 
 def read_sweep_section(section: dict[str, Any] | None, source: str) -> SweepSection:
@@ -118,40 +112,6 @@ def read_sweep_section(section: dict[str, Any] | None, source: str) -> SweepSect
     except ValidationError as exc:
         problems = [f"{SWEEP_SECTION}.{pydantic_problem(err)}" for err in exc.errors()]
         raise RecipeError(source, problems) from None
-
-
-def merge_axes(from_file: Sequence[GridAxis], from_cli: Sequence[GridAxis]) -> list[GridAxis]:
-    """--grid replaces the file's values for the same key and adds new keys after the file's."""
-    merged = {axis.key: axis for axis in from_file}
-    for axis in from_cli:
-        merged[axis.key] = axis
-    return list(merged.values())
-
-
-def grid_points(axes: Sequence[GridAxis]) -> list[dict[str, Any]]:
-    """The cartesian product, first axis slowest."""
-    return [dict(zip((a.key for a in axes), combo)) for combo in itertools.product(*(a.values for a in axes))]
-
-
-def short_keys(keys: Sequence[str]) -> dict[str, str]:
-    """The shortest dotted suffix of each key that no other key shares: objective.tau_pos -> tau_pos."""
-    out = {}
-    for key in keys:
-        parts = key.split(".")
-        for size in range(1, len(parts) + 1):
-            suffix = ".".join(parts[-size:])
-            if not any(other != key and (other == suffix or other.endswith("." + suffix)) for other in keys):
-                break
-        out[key] = suffix
-    return out
-
-
-def point_label(point: dict[str, Any], names: dict[str, str]) -> str:
-    return " ".join(f"{names[key]}={_show(value)}" for key, value in point.items()) or "base"
-
-
-def _show(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, (dict, list)) else "null" if value is None else str(value)
 
 
 def plan_sweep(
@@ -188,59 +148,41 @@ def plan_sweep(
 # --------------------------------------------------------------------------- running
 
 
-def run_sweep(
-    recipe_path: Path,
-    overrides: Sequence[str],
-    grid_options: Sequence[str],
-    seeds: int | None,
-    metric: str | None,
-    output_dir: Path,
-    tracking_uri: str | None = None,
-    jobs: int = 1,
-    threshold: float | None = None,
-    report_dir: Path | None = None,
-    observer: WorkflowObserver | None = None,
-    interval: str = T_METHOD,
-) -> ComparisonResult:
-    timer = PhaseTimer()
-    with timer.phase("planning"):
-        tracking_uri = check_workflow(jobs, interval, output_dir, tracking_uri)
-        plan = plan_sweep(recipe_path, overrides, grid_options, seeds, metric)
-        group_id = group_id_of("sweep", plan.runs)
+@dataclass(frozen=True)
+class Sweep(Workflow[SweepPlan, SweepResult]):
+    recipe: Path
+    overrides: Sequence[str]
+    sweep: SweepOptions
+
+    def plan(self, options: WorkflowOptions) -> SweepPlan:
+        return plan_sweep(self.recipe, self.overrides, self.sweep.grid, self.sweep.seeds, self.sweep.metric)
+
+    def group(self, plan: SweepPlan, options: WorkflowOptions) -> GroupRun:
+        group_id, name = group_id_of("sweep", plan.runs), plan.base.name
         axes_text = " x ".join(f"{a.key} ({len(a.values)})" for a in plan.axes)
-        title = f"sweep {plan.base.name}: {axes_text}, {plan.seeds} seed{'s' if plan.seeds > 1 else ''} per point"
-        out_dir = report_dir or output_dir / f"sweep-{plan.base.name}-{group_id}"
-    with timer.phase("group run"):
         params = {
-            "recipe": str(recipe_path),
+            "recipe": str(self.recipe),
             "grid": json.dumps({a.key: list(a.values) for a in plan.axes}),
             "seeds": plan.seeds,
             "metric": plan.metric,
-            "overrides": " ".join(overrides),
+            "overrides": " ".join(self.overrides),
         }
-        tracker = open_group_run(
-            tracking_uri,
-            plan.base.tracking.experiment,
-            "sweep",
-            group_id,
-            f"sweep-{plan.base.name}-{group_id[:6]}",
-            params,
-            output_dir / "mlartifacts",
-        )
-    with failure_marked(tracker):
-        ctx = ExecutionContext(
-            output_dir, tracking_uri, group_id, tracker.run_id, jobs, observer or WorkflowObserver(), timer
-        )
-        outcomes = execute(plan.runs, ctx)
-        with timer.phase("loading records"):
-            records = records_of_outcomes(tracker.client, outcomes)
-        with timer.phase("analysis"):
-            out_dir.mkdir(parents=True, exist_ok=True)
-            chosen = Threshold(threshold, "--threshold") if threshold is not None else auto_threshold(records)
-            summaries = summarize(records, chosen.value, plan.labels, method=interval)
-        return _finish_sweep(
-            plan, group_id, title, records, outcomes, summaries, chosen, out_dir, tracker, timer, tracking_uri, interval
-        )
+        title = f"sweep {name}: {axes_text}, {seeds_text(plan.seeds)} per point"
+        out_dir = options.report_folder(f"sweep-{name}-{group_id}")
+        experiment = plan.base.tracking.experiment
+        return GroupRun("sweep", group_id, experiment, f"sweep-{name}-{group_id[:6]}", params, title, out_dir)
+
+    def conclude(self, plan: SweepPlan, session: Session) -> SweepResult:
+        outcomes = session.execute(plan.runs)
+        records = session.records(outcomes)
+        return finish_sweep(plan, session, records, outcomes)
+
+
+def run_sweep(
+    recipe_path: Path, overrides: Sequence[str], sweep: SweepOptions, options: WorkflowOptions
+) -> SweepResult:
+    """Train (or reuse) every grid point x seeds, then the leaderboard, its files and (2-D) the heatmap."""
+    return run_workflow(Sweep(recipe_path, overrides, sweep), options)
 
 
 def failures_by_point(outcomes: Sequence[Outcome]) -> dict[str, int]:
@@ -251,67 +193,50 @@ def failures_by_point(outcomes: Sequence[Outcome]) -> dict[str, int]:
     return counts
 
 
-def _finish_sweep(
-    plan: SweepPlan,
-    group_id: str,
-    title: str,
-    records: list[RunRecord],
-    outcomes: list[Outcome],
-    summaries: list[GroupSummary],
-    threshold: Threshold,
-    out_dir: Path,
-    tracker: Tracker,
-    timer: PhaseTimer,
-    tracking_uri: str,
-    interval: str = T_METHOD,
-) -> ComparisonResult:
+def finish_sweep(plan: SweepPlan, session: Session, records: list[RunRecord], outcomes: list[Outcome]) -> SweepResult:
     """Leaderboard (CSV, JSON, report.md), the heatmap for a 2-D grid; all logged on the sweep's parent run."""
+    timer, group, interval = session.timer, session.group, session.options.interval
+    summaries, threshold = session.summarize(records, plan.labels)
     ranked = rank(summaries, plan.metric)
     figures = []
     if len(plan.axes) == 2 and records:
         with timer.phase("plotting"):
-            figures.append(sweep_heatmap(plan, summaries, out_dir / "heatmap.png", title, interval))
+            figures.append(sweep_heatmap(plan, summaries, group.out_dir / "heatmap.png", group.title, interval))
     names = short_keys([a.key for a in plan.axes])
     point_columns = {
-        label: {names[k]: _show(v) for k, v in point.items()} for label, point in zip(plan.labels, plan.points)
+        label: {names[k]: show_value(v) for k, v in point.items()} for label, point in zip(plan.labels, plan.points)
     }
-    mlflow_note = f"MLflow store `{tracking_uri}`, parent run `{tracker.run_id}` (every point is a nested run); search ``{membership_filter(group_id)}`` in the MLflow UI."
+    mlflow_note = f"MLflow store `{session.tracking_uri}`, parent run `{session.tracker.run_id}` (every point is a nested run); search ``{membership_filter(group.group_id)}`` in the MLflow UI."
+    failures = failures_by_point(outcomes)
     with timer.phase("writing outputs"):
-        files = {"csv": write_csv(out_dir / "leaderboard.csv", ranked, "point", point_columns)}
+        files = {"csv": write_csv(group.out_dir / "leaderboard.csv", ranked, "point", point_columns)}
         extra = {
             "grid": {a.key: list(a.values) for a in plan.axes},
             "metric": plan.metric,
             "leaderboard": [s.name for s in ranked],
-            "failures": failures_by_point(outcomes),
-            "mlflow": {
-                "tracking_uri": tracking_uri,
-                "parent_run_id": tracker.run_id,
-                "runs_filter": membership_filter(group_id),
-            },
+            "failures": failures,
+            "mlflow": session.mlflow_links(),
             "timing": timer.report(),
         }
-        findings = Findings(title, ranked, records, outcomes, threshold, interval)
-        files["json"] = write_json(out_dir / "sweep.json", comparison_document("sweep", group_id, findings, extra))
-        files["report"] = write_report(out_dir / "report.md", findings, figures, "point", mlflow_note, timer.report())
+        findings = Findings(group.title, ranked, records, outcomes, threshold, interval)
+        document = comparison_document("sweep", group.group_id, findings, extra)
+        files["json"] = write_json(group.out_dir / "sweep.json", document)
+        files["report"] = write_report(
+            group.out_dir / "report.md", findings, figures, "point", mlflow_note, timer.report()
+        )
         if figures:
             files["figure"] = figures[0]
-    timing = close_group_run(tracker, files, timer, all(o.ok for o in outcomes))
-    extra_out = {"ranked": ranked, "metric": plan.metric, "failures": failures_by_point(outcomes)}
-    return ComparisonResult(
-        "sweep",
-        group_id,
-        title,
-        out_dir,
-        summaries,
-        records,
-        outcomes,
-        threshold,
-        files,
-        timing,
-        tracker.run_id,
-        tracking_uri,
-        extra_out,
-        interval,
+    timing = session.close(files, all(o.ok for o in outcomes))
+    return SweepResult(
+        **session.where(files, timing),
+        summaries=summaries,
+        records=records,
+        outcomes=outcomes,
+        threshold=threshold,
+        interval=interval,
+        ranked=ranked,
+        metric=plan.metric,
+        failures=failures,
     )
 
 
@@ -338,9 +263,9 @@ def sweep_heatmap(
     return heatmap_figure(
         values,
         x_axis.key,
-        [_show(v) for v in x_axis.values],
+        [show_value(v) for v in x_axis.values],
         y_axis.key,
-        [_show(v) for v in y_axis.values],
+        [show_value(v) for v in y_axis.values],
         spec.label,
         path,
         f"{title}\n{spec.label}: {interval_caption(method)}",
@@ -348,4 +273,4 @@ def sweep_heatmap(
     )
 
 
-__all__ = ["METRIC_KEYS", "GridAxis", "SweepSection", "plan_sweep", "run_sweep"]
+__all__ = ["METRIC_KEYS", "GridAxis", "SweepOptions", "SweepResult", "SweepSection", "plan_sweep", "run_sweep"]

@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,8 +20,9 @@ from sspo_cli.engines.dispatch import run_training
 from sspo_cli.models import load_policy, set_offline_defaults
 from sspo_cli.recipe import Recipe, stable_hash
 from sspo_cli.research import ResearchError
-from sspo_cli.research.store import MEMBERSHIP_TAG, add_membership, finished_runs_by_fingerprint
-from sspo_cli.research.timing import SHARED_WARM_START, TRAINING, PhaseTimer
+from sspo_cli.research.execution.store import MEMBERSHIP_TAG, add_membership, finished_runs_by_fingerprint
+from sspo_cli.research.execution.timing import SHARED_WARM_START, TRAINING, PhaseTimer
+from sspo_cli.research.planning.plan import PlannedRun
 from sspo_cli.run.folder import ensure_writable
 from sspo_cli.run.state import RunOptions, TrainingObserver
 from sspo_cli.run.tracking import default_tracking_uri, open_client
@@ -30,19 +30,6 @@ from sspo_cli.run.warm_start import cached_warm_start, is_cached, warm_start_key
 from sspo_cli.tasks import build_task
 
 State = Literal["reused", "trained", "failed", "cancelled", "pruned"]
-
-
-@dataclass
-class PlannedRun:
-    group: str  # method name (compare) or point label (sweep)
-    seed: int
-    recipe: Recipe
-    display_name: str
-    tags: dict[str, str] = field(default_factory=dict)
-
-    @cached_property
-    def fingerprint(self) -> str:
-        return self.recipe.fingerprint()
 
 
 @dataclass
@@ -84,10 +71,14 @@ class ExecutionContext:
     timer: PhaseTimer = field(default_factory=PhaseTimer)
 
 
-def check_execution(jobs: int, output_dir: Path, tracking_uri: str | None) -> str:
-    """`--jobs` and the output dir (created here), checked before anything is trained; the tracking URI to use."""
+def check_jobs(jobs: int) -> None:
+    """`--jobs`, checked before anything is planned or trained."""
     if jobs < 1:
         raise ResearchError("--jobs", f"must be at least 1, got {jobs}")
+
+
+def tracking_store(output_dir: Path, tracking_uri: str | None) -> str:
+    """The output dir (created here, once the plan holds); the tracking URI to use."""
     ensure_writable(output_dir)
     return tracking_uri or default_tracking_uri(output_dir)
 

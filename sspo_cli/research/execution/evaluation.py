@@ -18,8 +18,8 @@ from sspo_cli.models import resolve_device, set_offline_defaults
 from sspo_cli.models.lora import holds_model, load_trained
 from sspo_cli.recipe import Recipe, recipe_from_dict
 from sspo_cli.research import ResearchError
-from sspo_cli.research.recipe_files import read_yaml_mapping
-from sspo_cli.research.stats import default_ks, mean, mean_pass_at_k
+from sspo_cli.research.analysis.stats import default_ks, mean, mean_pass_at_k
+from sspo_cli.research.planning.recipe_files import read_yaml_mapping
 from sspo_cli.rollout.collect import generate, grade_all
 from sspo_cli.rollout.prompts import text_format
 from sspo_cli.run.folder import CHECKPOINTS, RECIPE_FILE, SUMMARY_FILE, final_checkpoint

@@ -10,8 +10,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
 
-from sspo_cli.research.execute import Outcome, PlannedRun, WorkflowObserver, eta_seconds
-from sspo_cli.research.formatting import format_duration
+from sspo_cli.research.execution.execute import Outcome, WorkflowObserver, eta_seconds
+from sspo_cli.research.planning.plan import PlannedRun
+from sspo_cli.research.reporting.formatting import format_duration
 from sspo_cli.run.report import progress_columns
 from sspo_cli.run.state import TrainingObserver
 

@@ -1,17 +1,16 @@
-"""What a search is and what it found: the plan a study runs and its result, shared by the search and its report."""
+"""What a search is: the settings its Optuna study runs with, and the runs of a trial."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sspo_cli.recipe import Recipe, stable_hash
-from sspo_cli.research.execute import PlannedRun
-from sspo_cli.research.metrics import metric_spec
-from sspo_cli.research.space import SpaceParam, recipe_for_point
-from sspo_cli.research.store import POINT_TAG
-from sspo_cli.research.sweep import short_keys
+from sspo_cli.research.analysis.measures import metric_spec
+from sspo_cli.research.planning.grid import short_keys
+from sspo_cli.research.planning.plan import POINT_TAG, PlannedRun
+from sspo_cli.research.planning.space import SpaceParam, recipe_for_point
 
 TRIAL_TAG = "sspo.trial"
 
@@ -61,23 +60,3 @@ def trial_label(number: int, params: dict[str, Any]) -> str:
     names = short_keys(list(params))
     shown = " ".join(f"{names[k]}={v:.4g}" if isinstance(v, float) else f"{names[k]}={v}" for k, v in params.items())
     return f"t{number} {shown}"
-
-
-# --------------------------------------------------------------------------- planning
-
-
-@dataclass
-class SearchResult:
-    plan: SearchPlan
-    group_id: str
-    title: str
-    out_dir: Path
-    trials: list[Any]  # optuna FrozenTrials, by number
-    best: Any | None
-    failed_now: list[Any]  # trials of this invocation that failed
-    files: dict[str, Path]
-    timing: dict[str, Any]
-    parent_run_id: str
-    tracking_uri: str
-    storage: str
-    notes: list[str] = field(default_factory=list)

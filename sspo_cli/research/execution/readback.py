@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sspo_cli.research import ResearchError
-from sspo_cli.research.metrics import Curves, RunRecord, failed_record
+from sspo_cli.research.analysis.measures import Curves, RunRecord, failed_record
 from sspo_cli.run.tracking import flatten
 
 if TYPE_CHECKING:
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
     from sspo_cli.recipe import Recipe
-    from sspo_cli.research.execute import Outcome
+    from sspo_cli.research.execution.execute import Outcome
 
 CURVE_KEYS = {
     "reward": "train/reward",
@@ -133,7 +133,7 @@ def _number(value: Any) -> float:
 
 def records_of_outcomes(client: MlflowClient, outcomes: Sequence[Outcome]) -> list[RunRecord]:
     """The successful outcomes' runs, read from their folders (or MLflow where a folder is gone), and the
-    failed ones as failed records: they stay in the statistics (metrics.FAILED_RULE)."""
+    failed ones as failed records: they stay in the statistics (measures.FAILED_RULE)."""
     records = []
     for outcome in outcomes:
         task = recipe_task_label(outcome.planned.recipe)

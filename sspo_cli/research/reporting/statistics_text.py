@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sspo_cli.research.formatting import MISSING, format_interval, format_value
-from sspo_cli.research.inference import Inference, PairedComparison
-from sspo_cli.research.metrics import COLLAPSE_RULE, FAILED_RULE
-from sspo_cli.research.stats import BOOTSTRAP_METHOD, BOOTSTRAP_RESAMPLES, POWER, T_METHOD, interval_name
+from sspo_cli.research.analysis.conclusions import Inference, PairedComparison
+from sspo_cli.research.analysis.measures import COLLAPSE_RULE, FAILED_RULE
+from sspo_cli.research.analysis.stats import BOOTSTRAP_METHOD, BOOTSTRAP_RESAMPLES, POWER, T_METHOD, interval_name
+from sspo_cli.research.reporting.formatting import MISSING, format_interval, format_value
 
 
 @dataclass(frozen=True)

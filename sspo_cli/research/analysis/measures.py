@@ -1,6 +1,6 @@
 """What a comparison measures per run, and how runs of one group (method or sweep point) combine.
 
-Pure: records in, numbers out. Loading records from run folders or MLflow lives in `records.py`.
+Pure: records in, numbers out. Loading records from run folders or MLflow lives in `execution/readback.py`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sspo_cli.research.formatting import format_interval, format_value
-from sspo_cli.research.stats import (
+from sspo_cli.research.analysis.stats import (
     CONFIDENCE,
     T_METHOD,
     Interval,
@@ -251,35 +250,6 @@ def strata_of(members: Sequence[RunRecord], values: Sequence[float]) -> list[lis
     for record, value in zip(members, values):
         strata.setdefault(record.task, []).append(value)
     return list(strata.values())
-
-
-def cell(summary: GroupSummary, spec: MetricSpec) -> str:
-    """A group's metric as the table and report.md show it."""
-    return format_interval(spec.kind, summary.metrics[spec.key], runs=len(summary.run_ids))
-
-
-def best_groups(summaries: Sequence[GroupSummary]) -> dict[str, set[str]]:
-    """For each metric with a direction, the groups whose mean is the best.
-
-    Groups whose means look the same as printed (e.g. 0.0% and 0.0%) tie: a highlight must
-    match what the reader sees. When every group ties, none is best.
-    """
-    best: dict[str, set[str]] = {}
-    for spec in METRICS:
-        if spec.better is None:
-            continue
-        scored = [
-            (s.metrics[spec.key].estimate, s.name) for s in summaries if math.isfinite(s.metrics[spec.key].estimate)
-        ]
-        if len(scored) < 2:
-            continue
-        pick = max if spec.better == "higher" else min
-        top = pick(value for value, _ in scored)
-        shown_top = format_value(spec.kind, top)
-        winners = {name for value, name in scored if format_value(spec.kind, value) == shown_top}
-        if len(winners) < len(scored):
-            best[spec.key] = winners
-    return best
 
 
 def rank(summaries: Sequence[GroupSummary], key: str) -> list[GroupSummary]:

@@ -10,23 +10,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sspo_cli.research.execute import Outcome
-from sspo_cli.research.formatting import format_duration, interval_caption
-from sspo_cli.research.inference import Inference
-from sspo_cli.research.metrics import (
+from sspo_cli.research.analysis.conclusions import Inference
+from sspo_cli.research.analysis.measures import (
     COLLAPSE_RULE,
     FAILED_RULE,
     METRICS,
     GroupSummary,
     RunRecord,
     Threshold,
-    best_groups,
-    cell,
     is_collapsed,
     run_metrics,
 )
-from sspo_cli.research.statistics_text import statistics_tables
-from sspo_cli.research.stats import BOOTSTRAP_METHOD, T_METHOD, Interval, interval_name
+from sspo_cli.research.analysis.stats import BOOTSTRAP_METHOD, T_METHOD, Interval, interval_name
+from sspo_cli.research.execution.execute import Outcome
+from sspo_cli.research.reporting.formatting import best_groups, cell, format_duration, interval_caption
+from sspo_cli.research.reporting.statistics_text import statistics_tables
 
 
 def clean(value: Any) -> Any:
@@ -86,6 +84,19 @@ def write_csv(
 
 def _csv_number(value: float) -> str:
     return repr(float(value)) if math.isfinite(value) else ""
+
+
+@dataclass(kw_only=True)
+class WorkflowResult:
+    """What every workflow returns: where its outputs and its runs are, and where the time went."""
+
+    group_id: str
+    title: str
+    out_dir: Path  # the report folder
+    files: dict[str, Path]  # the outputs, each logged on the group run
+    timing: dict[str, Any]  # PhaseTimer.report()
+    parent_run_id: str  # the group run
+    tracking_uri: str
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Per method: the interquartile mean and the mean with stratified bootstrap intervals, next to the
 Student-t interval; for each ordered pair the probability of improvement; for each pair the paired
 bootstrap of the accuracy difference over the shared held-out problems and seeds, with the smallest
-difference the design could detect. Failed runs count (metrics.FAILED_RULE: every problem wrong),
+difference the design could detect. Failed runs count (measures.FAILED_RULE: every problem wrong),
 collapsed runs count with their own scores. Pure: records and per-problem scores in, numbers out.
 """
 
@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sspo_cli.research.metrics import RunRecord, group_records, is_collapsed, run_metrics, strata_of
-from sspo_cli.research.stats import (
+from sspo_cli.research.analysis.measures import RunRecord, group_records, is_collapsed, run_metrics, strata_of
+from sspo_cli.research.analysis.stats import (
     CONFIDENCE,
     POWER,
     Interval,
@@ -31,9 +31,20 @@ from sspo_cli.research.stats import (
 if TYPE_CHECKING:
     import numpy as np
 
-    from sspo_cli.research.problems import ProblemScores
 
 HEADLINE_METRIC = "final_accuracy"
+
+
+@dataclass(frozen=True)
+class ProblemScores:
+    """1.0 for each problem (by prompt) the run answered correctly, 0.0 for the others."""
+
+    prompts: tuple[str, ...]
+    correct: tuple[float, ...]
+
+    @property
+    def accuracy(self) -> float:
+        return sum(self.correct) / len(self.correct) if self.correct else math.nan
 
 
 @dataclass(frozen=True)

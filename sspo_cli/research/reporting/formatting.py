@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
-from sspo_cli.research.stats import T_METHOD, Interval, interval_name
+from sspo_cli.research.analysis.measures import METRICS, GroupSummary, MetricSpec
+from sspo_cli.research.analysis.stats import T_METHOD, Interval, interval_name
 
 MISSING = "—"
 
@@ -55,3 +57,32 @@ def format_duration(seconds: float) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def cell(summary: GroupSummary, spec: MetricSpec) -> str:
+    """A group's metric as the table and report.md show it."""
+    return format_interval(spec.kind, summary.metrics[spec.key], runs=len(summary.run_ids))
+
+
+def best_groups(summaries: Sequence[GroupSummary]) -> dict[str, set[str]]:
+    """For each metric with a direction, the groups whose mean is the best.
+
+    Groups whose means look the same as printed (e.g. 0.0% and 0.0%) tie: a highlight must
+    match what the reader sees. When every group ties, none is best.
+    """
+    best: dict[str, set[str]] = {}
+    for spec in METRICS:
+        if spec.better is None:
+            continue
+        scored = [
+            (s.metrics[spec.key].estimate, s.name) for s in summaries if math.isfinite(s.metrics[spec.key].estimate)
+        ]
+        if len(scored) < 2:
+            continue
+        pick = max if spec.better == "higher" else min
+        top = pick(value for value, _ in scored)
+        shown_top = format_value(spec.kind, top)
+        winners = {name for value, name in scored if format_value(spec.kind, value) == shown_top}
+        if len(winners) < len(scored):
+            best[spec.key] = winners
+    return best

@@ -6,21 +6,34 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sspo_cli.research.formatting import MISSING, format_duration, format_value
-from sspo_cli.research.metrics import metric_spec
-from sspo_cli.research.outputs import clean, write_json
-from sspo_cli.research.plots import agg_pyplot
-from sspo_cli.research.statistics_text import TextTable
-from sspo_cli.research.sweep import short_keys
+from sspo_cli.research.analysis.measures import metric_spec
+from sspo_cli.research.planning.grid import short_keys
+from sspo_cli.research.planning.search_plan import SearchPlan
+from sspo_cli.research.reporting.formatting import MISSING, format_duration, format_value
+from sspo_cli.research.reporting.outputs import WorkflowResult, clean, write_json
+from sspo_cli.research.reporting.plots import agg_pyplot
+from sspo_cli.research.reporting.statistics_text import TextTable
 
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-    from sspo_cli.research.search_plan import SearchResult
+
+@dataclass(kw_only=True)
+class SearchResult(WorkflowResult):
+    """What a search found, as its report shows it."""
+
+    plan: SearchPlan
+    trials: list[Any]  # optuna FrozenTrials, by number
+    best: Any | None
+    failed_now: list[Any]  # trials of this invocation that failed
+    storage: str  # the study's SQLite URL
+    notes: list[str] = field(default_factory=list)
+
 
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "FAIL": 2, "RUNNING": 3, "WAITING": 4}
 

@@ -12,26 +12,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from sspo_cli.research.evaluation import EvalOptions, eval_recipe, evaluate_target, resolve_target
-from sspo_cli.research.execute import describe_failure
-from sspo_cli.research.metrics import RunRecord
+from sspo_cli.research.analysis.conclusions import ProblemScores
+from sspo_cli.research.analysis.measures import RunRecord
+from sspo_cli.research.execution.evaluation import EvalOptions, eval_recipe, evaluate_target, resolve_target
+from sspo_cli.research.execution.execute import describe_failure
 from sspo_cli.run.folder import final_checkpoint
 from sspo_cli.run.records import PROBLEMS_FILE, write_problems
-
-
-@dataclass(frozen=True)
-class ProblemScores:
-    """1.0 for each problem (by prompt) the run answered correctly, 0.0 for the others."""
-
-    prompts: tuple[str, ...]
-    correct: tuple[float, ...]
-
-    @property
-    def accuracy(self) -> float:
-        return sum(self.correct) / len(self.correct) if self.correct else math.nan
 
 
 def read_problem_scores(path: Path) -> ProblemScores | None:

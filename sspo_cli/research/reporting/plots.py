@@ -8,12 +8,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sspo_cli.research.metrics import Curves, GroupSummary, RunRecord
-from sspo_cli.research.stats import INTERVAL_NAME, T_METHOD, Interval, interval_name, t_interval
+from sspo_cli.research.analysis.measures import Curves, GroupSummary, RunRecord
+from sspo_cli.research.analysis.stats import INTERVAL_NAME, T_METHOD, Interval, interval_name, t_interval
 
 if TYPE_CHECKING:
-    from sspo_cli.research.inference import Inference, PairedComparison
-    from sspo_cli.research.space import GridAxis
+    from sspo_cli.research.analysis.conclusions import Inference, PairedComparison
+    from sspo_cli.research.planning.space import GridAxis
 
 
 def agg_pyplot():

@@ -9,10 +9,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sspo_cli.research.formatting import format_value, interval_caption
-from sspo_cli.research.metrics import METRICS, GroupSummary, Threshold, best_groups, cell, metric_spec
-from sspo_cli.research.statistics_text import TextTable
-from sspo_cli.research.stats import T_METHOD
+from sspo_cli.research.analysis.measures import METRICS, GroupSummary, Threshold, metric_spec
+from sspo_cli.research.analysis.stats import T_METHOD
+from sspo_cli.research.reporting.formatting import best_groups, cell, format_value, interval_caption
+from sspo_cli.research.reporting.statistics_text import TextTable
 
 
 def comparison_table(

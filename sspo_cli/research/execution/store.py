@@ -17,14 +17,12 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-    from sspo_cli.research.timing import PhaseTimer
+    from sspo_cli.research.execution.timing import PhaseTimer
 
 FINGERPRINT_TAG = "sspo.fingerprint"
 KIND_TAG = "sspo.kind"  # on workflow runs only: "comparison", "sweep", "study" or "eval"
 GROUP_ID_TAG = "sspo.group"  # on a comparison/sweep parent run: its id
 MEMBERSHIP_TAG = "sspo.groups"  # on training runs: space-separated ids of the comparisons/sweeps using them
-METHOD_TAG = "sspo.method"
-POINT_TAG = "sspo.point"
 PAGE = 5000
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from sspo_cli.cli.guard import guarded
-from sspo_cli.cli.research import register
+from sspo_cli.cli.research import DebugOpt, TrackingOpt, register
 from sspo_cli.errors import InputError
 
 app = typer.Typer(
@@ -27,11 +27,6 @@ OutputOpt = Annotated[
     Path,
     typer.Option("--output-dir", "-o", help="Where run folders, the warm-start cache and the default MLflow store go."),
 ]
-TrackingOpt = Annotated[
-    Optional[str],
-    typer.Option("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<output-dir>/mlflow.db)."),
-]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.")]
 
 ResumeOpt = Annotated[
     Optional[Path],

@@ -9,6 +9,7 @@ anything trains and marked KILLED or FAILED if the workflow does not finish.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -140,27 +141,28 @@ class GroupsResult(WorkflowResult):
         return [o for o in self.outcomes if not o.ok]
 
 
-class Workflow(Generic[PlanT, ResultT]):
+class Workflow(ABC, Generic[PlanT, ResultT]):
     """What one workflow supplies to `run_workflow`: everything else is the same for all."""
 
     def check(self, options: WorkflowOptions) -> None:
         """Options checked before planning (default: the interval of the main table)."""
         check_interval(options.interval)
 
+    @abstractmethod
     def plan(self, options: WorkflowOptions) -> PlanT:
         """Every run, each recipe validated before anything trains."""
-        raise NotImplementedError
 
+    @abstractmethod
     def group(self, plan: PlanT, options: WorkflowOptions) -> GroupRun:
-        raise NotImplementedError
+        """The group (parent) MLflow run the plan's runs nest under."""
 
     def hold(self, plan: PlanT, options: WorkflowOptions, timer: PhaseTimer) -> AbstractContextManager[Any]:
         """Held while the group run is open; yields what `conclude` works on (default: the plan)."""
         return nullcontext(plan)
 
+    @abstractmethod
     def conclude(self, held: Any, session: Session) -> ResultT:
         """Execute, analyse, report and close the group run."""
-        raise NotImplementedError
 
 
 def run_workflow(workflow: Workflow[PlanT, ResultT], options: WorkflowOptions) -> ResultT:

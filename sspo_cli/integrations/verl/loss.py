@@ -19,7 +19,7 @@ and adds its own entropy and KL terms to ``loss``. The function made here maps t
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any, get_args
 
 import torch
@@ -92,6 +92,7 @@ def verl_key(key: str) -> str:
     return f"{ACTOR}.loss_agg_mode" if key == "agg" else key
 
 
+@cache
 def aggregations_of(loss_mode: str) -> tuple[str, ...]:
     """The spec's aggregations an objective takes: its ``agg`` choices, else its one fixed aggregation."""
     config = OBJECTIVE_CONFIGS[loss_mode]

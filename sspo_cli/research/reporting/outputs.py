@@ -116,24 +116,16 @@ def comparison_document(
     kind: str, group_id: str, findings: Findings, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Everything behind the table: per-group intervals, per-run values, failures, how it was computed."""
-    title, summaries, records, outcomes, threshold = (
-        findings.title,
-        findings.summaries,
-        findings.records,
-        findings.outcomes,
-        findings.threshold,
-    )
-    method, inference = findings.method, findings.inference
-    best = best_groups(summaries)
+    best = best_groups(findings.summaries)
     return clean(
         {
             "kind": kind,
             "id": group_id,
-            "title": title,
-            "interval": interval_name(method),
+            "title": findings.title,
+            "interval": interval_name(findings.method),
             "confidence": 0.95,
             "rules": {"failed": FAILED_RULE, "collapsed": COLLAPSE_RULE},
-            "threshold": {"value": threshold.value, "how": threshold.how},
+            "threshold": {"value": findings.threshold.value, "how": findings.threshold.how},
             "metrics": [
                 {"key": s.key, "label": s.label, "better": s.better, "description": s.description} for s in METRICS
             ],
@@ -147,7 +139,7 @@ def comparison_document(
                     "failed": s.failed,
                     "collapsed": s.collapsed,
                 }
-                for s in summaries
+                for s in findings.summaries
             ],
             "runs": [
                 {
@@ -159,16 +151,16 @@ def comparison_document(
                     "reused": r.reused,
                     "failed": r.failed,
                     "collapsed": is_collapsed(r),
-                    "metrics": run_metrics(r, threshold.value),
+                    "metrics": run_metrics(r, findings.threshold.value),
                 }
-                for r in records
+                for r in findings.records
             ],
             "failed": [
                 {"group": o.planned.group, "seed": o.planned.seed, "state": o.state, "error": o.error}
-                for o in outcomes
+                for o in findings.outcomes
                 if not o.ok
             ],
-            **({"statistics": inference_document(inference)} if inference is not None else {}),
+            **({"statistics": inference_document(findings.inference)} if findings.inference is not None else {}),
             **(extra or {}),
         }
     )
@@ -283,36 +275,28 @@ def write_report(
     path: Path, findings: Findings, figures: Sequence[Path], group_header: str, mlflow_note: str, timing: dict[str, Any]
 ) -> Path:
     """A shareable page: the table, the figures, the runs behind it and how the numbers were made."""
-    title, summaries, records, outcomes, threshold = (
-        findings.title,
-        findings.summaries,
-        findings.records,
-        findings.outcomes,
-        findings.threshold,
-    )
-    method, inference = findings.method, findings.inference
     parts = [
-        f"# {title}",
+        f"# {findings.title}",
         "",
-        markdown_table(summaries, group_header),
+        markdown_table(findings.summaries, group_header),
         "",
         (
-            f"Each cell: {interval_caption(method)}; the best mean per column in bold. "
+            f"Each cell: {interval_caption(findings.method)}; the best mean per column in bold. "
             f"`[k/n]`: only k of the n seeds have a value (e.g. never reached the threshold). "
-            f"Threshold accuracy: {threshold.value:.1%} ({threshold.how})."
+            f"Threshold accuracy: {findings.threshold.value:.1%} ({findings.threshold.how})."
         ),
         "",
         "| metric | definition |",
         "|---|---|",
         *(f"| {spec.label} | {spec.description} |" for spec in METRICS),
         "",
-        *(inference_markdown(inference) if inference is not None else []),
+        *(inference_markdown(findings.inference) if findings.inference is not None else []),
     ]
     for figure in figures:
         parts += [f"![{figure.stem}]({figure.name})", ""]
     parts += ["## Runs", "", f"| {group_header} | seed | run | run id | source |", "|---|---|---|---|---|"]
-    parts += [f"| {r.group} | {r.seed} | {r.run_name} | `{r.run_id}` | {run_source(r)} |" for r in records]
-    failed = [o for o in outcomes if not o.ok]
+    parts += [f"| {r.group} | {r.seed} | {r.run_name} | `{r.run_id}` | {run_source(r)} |" for r in findings.records]
+    failed = [o for o in findings.outcomes if not o.ok]
     if failed:
         parts += ["", "## Failed runs", ""]
         parts += [f"- {o.planned.group}, seed {o.planned.seed}: {o.state} {o.error or ''}".rstrip() for o in failed]

@@ -155,7 +155,55 @@ def test_statistics_reach_the_tables_json_csv_report_and_figure(tmp_path: Path) 
     report = write_report(tmp_path / "report.md", findings, [figure], "method", "", timing)
     text = report.read_text()
     assert (
-        "### paired differences in final accuracy" in text
+        "### paired differences in final held-out accuracy" in text
         and "| base | worse |" in text
         and "![statistics](statistics.png)" in text
     )
+
+
+def test_problem_scores_keep_rewards_and_a_file_without_them_has_no_reward_values(tmp_path: Path) -> None:
+    scores = ProblemScores(("1+1=", "2+2="), (1.0, 0.0), (1.0, 0.25))
+    write_problem_scores(tmp_path / "eval_problems.jsonl", scores)
+    assert read_problem_scores(tmp_path / "eval_problems.jsonl") == scores
+    assert scores.has("final_reward") and scores.values("final_reward") == (1.0, 0.25)
+    (tmp_path / "old.jsonl").write_text('{"prompt": "1+1=", "correct": 1}\n{"prompt": "2+2=", "correct": 0}\n')
+    old = read_problem_scores(tmp_path / "old.jsonl")
+    assert old is not None and old.has("final_accuracy") and not old.has("final_reward")
+
+
+def reward_runs() -> tuple[list[RunRecord], dict[str, ProblemScores]]:
+    """No run answers any problem exactly, but 'base' earns more partial credit than 'worse' on the same
+    problems of the same seed: what a headline of exact accuracy cannot see."""
+    rng = np.random.default_rng(11)
+    records, problems = [], {}
+    for seed, level in enumerate((0.5, 0.6, 0.7)):
+        base = np.clip(level + 0.1 * rng.standard_normal(len(PROMPTS)), 0.0, 0.95)
+        worse = np.clip(base - 0.05 * rng.random(len(PROMPTS)), 0.0, 0.95)
+        for group, reward in (("base", base), ("worse", worse)):
+            curves = Curves(eval_steps=[0, 10], eval_accuracy=[0.0, 0.0], eval_reward=[0.4, float(reward.mean())])
+            record = RunRecord(f"{group}-{seed}", group, seed, 1.0, curves, run_name=f"{group}-s{seed}", task="t")
+            records.append(record)
+            problems[record.run_id] = ProblemScores(PROMPTS, (0.0,) * len(PROMPTS), tuple(float(r) for r in reward))
+    return records, problems
+
+
+def test_a_reward_headline_pairs_the_per_problem_rewards_where_accuracy_sees_nothing(tmp_path: Path) -> None:
+    records, problems = reward_runs()
+    by_accuracy = infer(records, ["base", "worse"], problems)
+    assert by_accuracy.paired[0].verdict == "not distinguishable"
+    by_reward = infer(records, ["base", "worse"], problems, metric="final_reward")
+    (pair,) = by_reward.paired
+    assert by_reward.metric == "final_reward" and pair.verdict == "base better"
+    means = {g: np.mean([problems[r.run_id].reward for r in records if r.group == g]) for g in ("base", "worse")}
+    assert pair.difference.low < means["base"] - means["worse"] < pair.difference.high
+    assert by_reward.groups[0].t.estimate == pytest.approx(means["base"])
+    aggregates, _, paired = statistics_tables(by_reward)
+    assert aggregates.title == "final held-out mean reward over runs" and "%" not in aggregates.rows[0][4]
+    assert paired.title == "paired differences in final held-out mean reward"
+
+
+def test_a_reward_headline_without_per_problem_rewards_says_so() -> None:
+    records, problems = reward_runs()
+    without = {k: ProblemScores(v.prompts, v.correct) for k, v in problems.items()}
+    pair = infer(records, ["base", "worse"], without, metric="final_reward").paired[0]
+    assert pair.difference is None and pair.verdict.startswith("not paired: no per-problem results")

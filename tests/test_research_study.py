@@ -100,9 +100,9 @@ def test_study_bad_input_exits_2_naming_the_key(studied: dict, tmp_path: Path) -
     )
     assert code == 2 and "--grid" in output, output
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({**TINY, "compare": {"seeds": 0, "methodz": ["grpo"]}}))
+    bad.write_text(yaml.safe_dump({**TINY, "compare": {"seeds": 0, "methodz": ["grpo"], "metric": "accuracy"}}))
     code, output = cli_in_process("compare", str(bad), "-o", out)
-    assert code == 2 and "compare.seeds" in output and "compare.methodz" in output, output
+    assert code == 2 and all(key in output for key in ("compare.seeds", "compare.methodz", "compare.metric")), output
 
 
 @pytest.mark.parametrize("lags", [(0,), (0, 0), (0, 4, 32), (1, 2)])

@@ -170,6 +170,7 @@ def test_compare_keeps_each_runs_per_problem_results_and_pairs_the_methods(compa
         assert (
             sum(r["correct"] for r in rows) / 32 == summary["eval_after"]["accuracy"]
         )  # the trainer's final eval, per problem
+        assert sum(r["reward"] for r in rows) / 32 == pytest.approx(summary["eval_after"]["mean_reward"])
     statistics = document["statistics"]
     assert [(g["name"], g["runs"], g["failed"]) for g in statistics["groups"]] == [("grpo", 2, 0), ("sspo", 2, 0)]
     (pair,) = statistics["paired"]
@@ -180,7 +181,7 @@ def test_compare_keeps_each_runs_per_problem_results_and_pairs_the_methods(compa
     for title in (
         "final held-out accuracy over runs",
         "probability of improvement",
-        "paired differences in final accuracy",
+        "paired differences in final held-out accuracy",
     ):
         assert title in compared["first"].stdout
 
@@ -224,6 +225,43 @@ def test_compare_existing_runs_by_id_and_by_experiment(compared: dict) -> None:
     assert {s.name: s.metrics["final_entropy"].estimate for s in result.summaries} == pytest.approx(trained)
 
 
+def test_a_reward_headline_evaluates_again_only_runs_whose_file_lacks_rewards(compared: dict) -> None:
+    """--metric final_reward pairs per-problem rewards; a file from before rewards were kept (rewritten here
+    without them) is completed by evaluating that run's final checkpoint again, with the trainer's answers."""
+    runs = compared["document"]["runs"]
+    files = [Path(run["run_dir"]) / "eval_problems.jsonl" for run in runs]
+    kept = files[0].read_text()
+    old_rows = [{"prompt": r["prompt"], "correct": r["correct"]} for r in map(json.loads, kept.splitlines())]
+    files[0].write_text("".join(json.dumps(row) + "\n" for row in old_rows))
+    untouched = {p: p.stat().st_mtime_ns for p in files[1:]}
+    report_dir = compared["root"] / "by-reward"
+    ids = [run["run_id"] for run in runs]
+    code, output = cli_in_process(
+        "compare",
+        "--runs",
+        *ids,
+        "--metric",
+        "final_reward",
+        "-o",
+        str(compared["out"]),
+        "--report-dir",
+        str(report_dir),
+    )
+    assert code == 0, output
+    assert files[0].read_text() == kept  # evaluated again: the same answers and rewards as the trainer's final eval
+    assert {p: p.stat().st_mtime_ns for p in files[1:]} == untouched
+    statistics = json.loads((report_dir / "compare.json").read_text())["statistics"]
+    assert statistics["metric"] == "final_reward" and not statistics["notes"]
+    for group in statistics["groups"]:
+        finals = [
+            json.loads((Path(r["run_dir"]) / "summary.json").read_text())["eval_after"]["mean_reward"]
+            for r in runs
+            if r["group"] == group["name"]
+        ]
+        assert group["t"]["estimate"] == pytest.approx(sum(finals) / len(finals))
+    assert "paired differences in final held-out mean reward" in (report_dir / "report.md").read_text()
+
+
 def test_bad_input_exits_2_naming_the_option(compared: dict) -> None:
     wrong_method = cli("compare", str(compared["recipe"]), "--methods", "grpo,sspo-atan", "-o", str(compared["out"]))
     assert wrong_method.returncode == 2 and "--methods: unknown method 'sspo-atan'" in wrong_method.stderr
@@ -235,6 +273,7 @@ def test_bad_input_exits_2_naming_the_option(compared: dict) -> None:
             "--experiment: no MLflow experiment named 'no-such-experiment'",
         ),
         (["compare", str(compared["recipe"]), "--seeds", "0"], "--seeds: must be at least 1"),
+        (["compare", str(compared["recipe"]), "--metric", "best_accuracy"], "--metric: unknown headline metric"),
         (["eval", str(compared["out"] / "report")], "TARGET:"),
     ):
         code, output = cli_in_process(*args, "-o", str(compared["out"]))

@@ -205,6 +205,14 @@ def compare_command(
     group_by: Annotated[
         Optional[str], typer.Option(help="Tag that groups existing runs (default: sspo.method, else sspo.objective).")
     ] = None,
+    metric: Annotated[
+        Optional[str],
+        typer.Option(
+            help="What the statistics lead with: final_accuracy (exact answers) or final_reward (the task's held-out "
+            "mean reward, which moves before exact answers do). Default: the compare section's, else final_accuracy.",
+            show_default=False,
+        ),
+    ] = None,
     jobs: JobsOpt = 1,
     threshold: ThresholdOpt = None,
     interval: IntervalOpt = "t",
@@ -224,7 +232,14 @@ def compare_command(
 
     def action() -> None:
         from sspo_cli.research import ResearchError
-        from sspo_cli.research.compare import CompareOptions, compare_existing, read_compare_section, run_comparison
+        from sspo_cli.research.analysis.conclusions import HEADLINE_METRIC
+        from sspo_cli.research.compare import (
+            CompareOptions,
+            check_headline,
+            compare_existing,
+            read_compare_section,
+            run_comparison,
+        )
         from sspo_cli.research.reporting.progress import RichWorkflowProgress
         from sspo_cli.research.study import run_study, study_axes
         from sspo_cli.research.workflow import WorkflowOptions
@@ -239,14 +254,16 @@ def compare_command(
                 raise ResearchError("--runs", "name at least one run id")
             if grid:
                 raise ResearchError("--grid", "a study trains its runs: give a RECIPE, not --experiment or --runs")
-            _render_comparison(compare_existing(experiment, positional, options, group_by))
+            headline = check_headline(metric or HEADLINE_METRIC)
+            _render_comparison(compare_existing(experiment, positional, options, group_by, headline))
             return
         if len(positional) != 1:
             raise ResearchError("RECIPE", "give one recipe file (or --experiment NAME, or --runs ID ...)")
         recipe = Path(positional[0])
         section = read_compare_section(recipe)
         methods_spec = methods or (",".join(section.methods) if section.methods else None)
-        compare = CompareOptions(methods_spec, seeds if seeds is not None else section.seeds, variants)
+        headline = check_headline(metric or section.metric)
+        compare = CompareOptions(methods_spec, seeds if seeds is not None else section.seeds, variants, headline)
         axes = study_axes(grid or [], section.grid)
         with RichWorkflowProgress(console, quiet) as progress:
             options = replace(options, observer=progress)

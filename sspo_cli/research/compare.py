@@ -6,15 +6,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sspo_cli.objectives.config import objective_names
 from sspo_cli.recipe import COMPARE_SECTION, Recipe, RecipeError, recipe_from_dict, stable_hash
 from sspo_cli.research import ResearchError
-from sspo_cli.research.analysis.conclusions import Inference, infer
-from sspo_cli.research.analysis.measures import RunRecord, failed_record
+from sspo_cli.research.analysis.conclusions import HEADLINE_METRIC, Inference, infer
+from sspo_cli.research.analysis.measures import HEADLINE_METRICS, RunRecord, failed_record, metric_spec
 from sspo_cli.research.execution.execute import Outcome
 from sspo_cli.research.execution.problems import load_problem_scores
 from sspo_cli.research.execution.readback import record_from_mlflow, task_label
@@ -57,6 +57,9 @@ DEFAULT_OBJECTIVE = "sspo"  # the Recipe's default objective when a recipe has n
 VARIANTS_FILE = "variants.yaml"
 
 
+Headline = Literal["final_accuracy", "final_reward"]  # measures.HEADLINE_METRICS
+
+
 class CompareSection(BaseModel):
     """The optional `compare:` section of a recipe file: what `sspo compare RECIPE` runs without options
     (--methods, --seeds and --grid override it; a --grid key replaces the section's values for that key)."""
@@ -67,6 +70,15 @@ class CompareSection(BaseModel):
     grid: dict[str, list[Any]] = Field(
         default_factory=dict, description="dotted.key -> values: a study, the comparison at every point"
     )
+    metric: Headline = Field(HEADLINE_METRIC, description="What the statistics lead with (decide before the runs)")
+
+
+def check_headline(metric: str) -> str:
+    if metric not in HEADLINE_METRICS:
+        raise ResearchError(
+            "--metric", f"unknown headline metric {metric!r} (choose from {', '.join(HEADLINE_METRICS)})"
+        )
+    return metric
 
 
 def read_compare_section(recipe_path: Path) -> CompareSection:
@@ -91,6 +103,7 @@ class CompareOptions:
     methods: str | None = None  # `grpo,sspo-arctan`: objectives or variant names; None: every objective
     seeds: int = 3  # per method: the recipe's seed, +1, ...
     variants: Path | None = None  # None: variants.yaml next to the recipe, if there is one
+    metric: str = HEADLINE_METRIC  # what the statistics lead with: one of measures.HEADLINE_METRICS
 
 
 @dataclass(kw_only=True)
@@ -225,7 +238,7 @@ class Comparison(Workflow[ComparisonPlan, ComparisonResult]):
 
     def conclude(self, plan: ComparisonPlan, session: Session) -> ComparisonResult:
         outcomes = session.execute(plan.runs)
-        return finish_comparison(session, session.records(outcomes), outcomes, plan.methods)
+        return finish_comparison(session, session.records(outcomes), outcomes, plan.methods, self.compare.metric)
 
 
 def run_comparison(
@@ -236,12 +249,16 @@ def run_comparison(
 
 
 def finish_comparison(
-    session: Session, records: list[RunRecord], outcomes: list[Outcome], order: Sequence[str]
+    session: Session,
+    records: list[RunRecord],
+    outcomes: list[Outcome],
+    order: Sequence[str],
+    metric: str = HEADLINE_METRIC,
 ) -> ComparisonResult:
     """Table numbers, statistics, figures, compare.csv/json, pairs.csv and report.md; all logged on the parent run."""
     timer, group, interval = session.timer, session.group, session.options.interval
     summaries, threshold = session.summarize(records, order)
-    inference = comparison_inference(records, order, session)
+    inference = comparison_inference(records, order, session, metric)
     figures = comparison_figures(records, order, inference, session)
     mlflow_note = (
         f"MLflow store `{session.tracking_uri}`, parent run `{session.tracker.run_id}`; the runs side by side: "
@@ -282,27 +299,34 @@ def comparison_figures(
         figures = [comparison_figure(records, order, out_dir / "compare.png", title)]
         if inference is not None and inference.paired:
             path = out_dir / "statistics.png"
-            figures.append(statistics_figure(inference, path, f"{title}: final held-out accuracy"))
+            label = metric_spec(inference.metric).description.split(" (")[0]
+            figures.append(statistics_figure(inference, path, f"{title}: {label}"))
     return figures
 
 
-def comparison_inference(records: Sequence[RunRecord], order: Sequence[str], session: Session) -> Inference | None:
-    """The statistics of the final accuracy; with two methods or more, per-problem results for the paired comparison."""
+def comparison_inference(
+    records: Sequence[RunRecord], order: Sequence[str], session: Session, metric: str = HEADLINE_METRIC
+) -> Inference | None:
+    """The statistics of `metric`; with two methods or more, per-problem results for the paired comparison."""
     if not records:
         return None
     problems, notes = {}, []
     if len({r.group for r in records}) >= 2:
         with session.timer.phase("per-problem eval"):
-            problems, notes = load_problem_scores(records, session.options.output_dir, session.tracking_uri)
+            problems, notes = load_problem_scores(records, session.options.output_dir, session.tracking_uri, metric)
     with session.timer.phase("statistics"):
-        return infer(records, order, problems, notes)
+        return infer(records, order, problems, notes, metric=metric)
 
 
 # --------------------------------------------------------------------------- existing runs
 
 
 def compare_existing(
-    experiment: str | None, run_ids: Sequence[str], options: WorkflowOptions, group_by: str | None = None
+    experiment: str | None,
+    run_ids: Sequence[str],
+    options: WorkflowOptions,
+    group_by: str | None = None,
+    metric: str = HEADLINE_METRIC,
 ) -> ComparisonResult:
     """Compare finished runs as they are, grouped by the `sspo.method` tag (or `--group-by TAG`).
 
@@ -334,7 +358,7 @@ def compare_existing(
         for run in runs:
             add_membership(client, run.info.run_id, run.data.tags.get(MEMBERSHIP_TAG), group_id)
     with failure_marked(tracker):
-        return finish_comparison(Session(options, tracking_uri, group, tracker, timer), records, [], order)
+        return finish_comparison(Session(options, tracking_uri, group, tracker, timer), records, [], order, metric)
 
 
 def existing_records(

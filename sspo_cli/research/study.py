@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sspo_cli.research.analysis.measures import COLLAPSE_RULE, FAILED_RULE, METRICS
+from sspo_cli.research.analysis.conclusions import HEADLINE_METRIC
+from sspo_cli.research.analysis.measures import COLLAPSE_RULE, FAILED_RULE, METRICS, metric_spec
 from sspo_cli.research.analysis.stats import T_METHOD
 from sspo_cli.research.compare import (
     CompareOptions,
@@ -39,7 +40,7 @@ from sspo_cli.research.planning.space import GridAxis
 from sspo_cli.research.reporting.formatting import format_interval, interval_caption
 from sspo_cli.research.reporting.outputs import WorkflowResult
 from sspo_cli.research.reporting.plots import study_figure
-from sspo_cli.research.reporting.statistics_text import TextTable
+from sspo_cli.research.reporting.statistics_text import TextTable, headline_name
 from sspo_cli.research.workflow import (
     GroupRun,
     Session,
@@ -67,6 +68,7 @@ class StudyPlan:
     seeds: int
     runs: dict[str, list[PlannedRun]]  # point label -> its methods x seeds
     variants: Path | None = None
+    metric: str = HEADLINE_METRIC  # what each point's statistics lead with
 
     @property
     def every_run(self) -> list[PlannedRun]:
@@ -99,7 +101,7 @@ def plan_study(
         runs[label], base = plan_comparison(recipe_path, overrides, *spec)
     assert base is not None  # grid_points of at least one axis has at least one point
     methods = list(dict.fromkeys(p.group for p in runs[labels[0]]))
-    return StudyPlan(base, list(axes), labels, points, methods, compare.seeds, runs, variants)
+    return StudyPlan(base, list(axes), labels, points, methods, compare.seeds, runs, variants, compare.metric)
 
 
 def study_axes(grid_options: Sequence[str], section_grid: dict[str, list[Any]]) -> list[GridAxis]:
@@ -180,7 +182,7 @@ def finish_point(plan: StudyPlan, label: str, outcomes: list[Outcome], study: Se
             add_membership(tracker.client, outcome.run_id, run.data.tags.get(MEMBERSHIP_TAG), group.group_id)
     with failure_marked(tracker):
         point = Session(study.options, study.tracking_uri, group, tracker)
-        return finish_comparison(point, records, outcomes, plan.methods)
+        return finish_comparison(point, records, outcomes, plan.methods, plan.metric)
 
 
 def separations(plan: StudyPlan, results: dict[str, ComparisonResult]) -> list[str]:
@@ -191,11 +193,13 @@ def separations(plan: StudyPlan, results: dict[str, ComparisonResult]) -> list[s
         inference = results[label].inference
         if inference is None:
             continue
+        kind = metric_spec(inference.metric).kind
         for pair in inference.paired:
             reasons = []
             if pair.difference is not None and pair.difference.excludes(0.0):
                 d = pair.difference
-                reasons.append(f"paired difference {d.estimate:+.1%} [{d.low:+.1%}, {d.high:+.1%}]")
+                shown = [signed_value(kind, v) for v in (d.estimate, d.low, d.high)]
+                reasons.append(f"paired difference in {inference.metric} {shown[0]} [{shown[1]}, {shown[2]}]")
             if not pair.unpaired_overlap:
                 reasons.append("95% t intervals over seeds do not overlap")
             for x, y in ((pair.first, pair.second), (pair.second, pair.first)):
@@ -226,7 +230,11 @@ def finish_study(plan: StudyPlan, results: dict[str, ComparisonResult], session:
     return StudyResult(**session.where(files, timing), plan=plan, points=results, separations=found)
 
 
-STUDY_COLUMNS = ("final_accuracy", "best_accuracy", "seq_var", "saturated_frac", "reward_auc")
+def signed_value(kind: str, value: float) -> str:
+    return f"{value:+.1%}" if kind == "percent" else f"{value:+.3f}"
+
+
+STUDY_COLUMNS = ("final_accuracy", "final_reward", "best_accuracy", "seq_var", "saturated_frac", "reward_auc")
 
 
 def study_rows(plan: StudyPlan, results: dict[str, ComparisonResult]) -> list[dict[str, Any]]:
@@ -265,10 +273,10 @@ def study_table(plan: StudyPlan, results: dict[str, ComparisonResult]) -> TextTa
     for label in plan.labels:
         for summary in results[label].summaries:
             runs = len(summary.run_ids)
-            cells = [format_interval(specs[key].kind, summary.metrics[key]) for key in STUDY_COLUMNS[:4]]
+            cells = [format_interval(specs[key].kind, summary.metrics[key]) for key in STUDY_COLUMNS[:5]]
             rows.append((label, summary.name, *cells, f"{summary.collapsed}/{runs}", f"{summary.failed}/{runs}"))
     interval = table_interval(results)
-    headers = ("point", "method", "final acc", "best acc", "weight/seq_var", "saturated", "collapsed", "failed")
+    headers = ("point", "method", *(specs[key].label for key in STUDY_COLUMNS[:5]), "collapsed", "failed")
     caption = f"{interval_caption(interval)}; collapsed: final held-out accuracy below half its start"
     return TextTable(title="", headers=headers, rows=rows, caption=caption, left_columns=2)
 
@@ -296,6 +304,8 @@ def write_study_report(
         f"{FAILED_RULE}.",
         "",
         "## Separations",
+        "",
+        f"Judged on the {headline_name(metric_spec(plan.metric))} (the recipe's `compare.metric`, or `--metric`).",
         "",
     ]
     lines += [f"- {line}" for line in found] or [

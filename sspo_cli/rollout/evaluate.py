@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from sspo_cli.rollout.collect import generate, grade_all
 
@@ -17,13 +17,21 @@ if TYPE_CHECKING:
     from sspo_cli.tasks import Example, Task
 
 
+class ProblemResult(NamedTuple):
+    """One held-out problem's greedy answer, as the task graded it."""
+
+    prompt: str
+    correct: bool
+    reward: float | None  # None: not kept (per-problem files written before rewards were)
+
+
 @dataclass(frozen=True)
 class EvalResult:
     accuracy: float  # share of completions graded correct (reward 1, or every answer reward 1)
     mean_reward: float
     mean_length: float  # completion tokens, <eos> included
     size: int
-    problems: tuple[tuple[str, bool], ...] = ()  # (prompt, graded correct) per example, in order
+    problems: tuple[ProblemResult, ...] = ()  # per example, in order
 
     def as_metrics(self, prefix: str) -> dict[str, float]:
         return {
@@ -62,5 +70,5 @@ def evaluate(
         mean_reward=sum(g.reward for g in grades) / n,
         mean_length=sum(lengths) / n,
         size=len(grades),
-        problems=tuple((e.prompt, g.correct) for e, g in zip(examples, grades)),
+        problems=tuple(ProblemResult(e.prompt, g.correct, g.reward) for e, g in zip(examples, grades)),
     )

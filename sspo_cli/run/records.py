@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sspo_cli.recipe import Recipe, to_yaml
-from sspo_cli.rollout.evaluate import evaluate
+from sspo_cli.rollout.evaluate import ProblemResult, evaluate
 from sspo_cli.rollout.prompts import text_format
 from sspo_cli.run.folder import HISTORY_FILE, RECIPE_FILE, SUMMARY_FILE, RunInfo, final_checkpoint, write_text_atomic
 from sspo_cli.run.metrics import diagnostics_summary
@@ -193,8 +193,13 @@ def eval_metrics(
     return result.as_metrics("eval")
 
 
-def write_problems(path: Path, problems: Sequence[tuple[str, bool]]) -> None:
-    """One JSON line per problem: `{"prompt": ..., "correct": 0 or 1}`, written atomically."""
+def problem_row(problem: ProblemResult) -> dict[str, Any]:
+    row: dict[str, Any] = {"prompt": problem.prompt, "correct": int(problem.correct)}
+    return row if problem.reward is None else row | {"reward": float(problem.reward)}
+
+
+def write_problems(path: Path, problems: Sequence[ProblemResult]) -> None:
+    """One JSON line per problem: `{"prompt": ..., "correct": 0 or 1, "reward": ...}`, written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = (json.dumps({"prompt": prompt, "correct": int(correct)}) + "\n" for prompt, correct in problems)
+    lines = (json.dumps(problem_row(p)) + "\n" for p in problems)
     write_text_atomic(path, "".join(lines))

@@ -1,9 +1,9 @@
-"""What a comparison can conclude about its headline metric (final held-out accuracy).
+"""What a comparison can conclude about its headline metric (final held-out accuracy, or mean reward).
 
 Per method: the interquartile mean and the mean with stratified bootstrap intervals, next to the
 Student-t interval; for each ordered pair the probability of improvement; for each pair the paired
 bootstrap of the accuracy difference over the shared held-out problems and seeds, with the smallest
-difference the design could detect. Failed runs count (measures.FAILED_RULE: every problem wrong),
+difference the design could detect. Failed runs count (measures.FAILED_RULE: every problem scores 0),
 collapsed runs count with their own scores. Pure: records and per-problem scores in, numbers out.
 """
 
@@ -15,7 +15,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sspo_cli.research.analysis.measures import RunRecord, group_records, is_collapsed, run_metrics, strata_of
+from sspo_cli.research.analysis.measures import (
+    HEADLINE_METRICS,
+    RunRecord,
+    group_records,
+    is_collapsed,
+    run_metrics,
+    strata_of,
+)
 from sspo_cli.research.analysis.stats import (
     CONFIDENCE,
     POWER,
@@ -32,19 +39,28 @@ if TYPE_CHECKING:
     import numpy as np
 
 
-HEADLINE_METRIC = "final_accuracy"
+HEADLINE_METRIC = HEADLINE_METRICS[0]
 
 
 @dataclass(frozen=True)
 class ProblemScores:
-    """1.0 for each problem (by prompt) the run answered correctly, 0.0 for the others."""
+    """Per problem (by prompt): 1.0 if the run answered it correctly, else 0.0; and the task's reward for it
+    (empty when the file was written before rewards were kept)."""
 
     prompts: tuple[str, ...]
     correct: tuple[float, ...]
+    reward: tuple[float, ...] = ()
 
     @property
     def accuracy(self) -> float:
         return sum(self.correct) / len(self.correct) if self.correct else math.nan
+
+    def values(self, metric: str) -> tuple[float, ...]:
+        """The per-problem values whose mean is `metric` (one of HEADLINE_METRICS); empty if not kept."""
+        return self.reward if metric == "final_reward" else self.correct
+
+    def has(self, metric: str) -> bool:
+        return len(self.values(metric)) == len(self.prompts)
 
 
 @dataclass(frozen=True)
@@ -60,7 +76,7 @@ class GroupStatistics:
 
 @dataclass(frozen=True)
 class PairedComparison:
-    """`first` minus `second` in accuracy over the problems both were evaluated on."""
+    """`first` minus `second` in the headline metric over the problems both were evaluated on."""
 
     first: str
     second: str
@@ -104,9 +120,11 @@ def infer(
     problems: Mapping[str, ProblemScores],
     notes: Sequence[str] = (),
     confidence: float = CONFIDENCE,
+    metric: str = HEADLINE_METRIC,
 ) -> Inference:
+    """The statistics of `metric` (one of HEADLINE_METRICS): its per-problem values are what the pairs resample."""
     by_group = {name: members for name, members in group_records(records, order).items() if members}
-    scores = {name: [run_metrics(r, math.nan)[HEADLINE_METRIC] for r in members] for name, members in by_group.items()}
+    scores = {name: [run_metrics(r, math.nan)[metric] for r in members] for name, members in by_group.items()}
     groups = [group_statistics(name, members, scores[name], confidence) for name, members in by_group.items()]
     strata = {name: strata_of(members, scores[name]) for name, members in by_group.items()}
     improvement = {
@@ -114,10 +132,12 @@ def infer(
     }
     t_of = {g.name: g.t for g in groups}
     paired = [
-        paired_comparison(x, by_group[x], y, by_group[y], problems, intervals_overlap(t_of[x], t_of[y]), confidence)
+        paired_comparison(
+            (x, by_group[x]), (y, by_group[y]), problems, intervals_overlap(t_of[x], t_of[y]), confidence, metric
+        )
         for x, y in itertools.combinations(by_group, 2)
     ]
-    return Inference(HEADLINE_METRIC, confidence, groups, improvement, paired, list(notes))
+    return Inference(metric, confidence, groups, improvement, paired, list(notes))
 
 
 def group_statistics(
@@ -146,15 +166,19 @@ def intervals_overlap(a: Interval, b: Interval) -> bool:
 
 
 def paired_comparison(
-    first: str,
-    first_runs: Sequence[RunRecord],
-    second: str,
-    second_runs: Sequence[RunRecord],
+    first_group: tuple[str, Sequence[RunRecord]],
+    second_group: tuple[str, Sequence[RunRecord]],
     problems: Mapping[str, ProblemScores],
     unpaired_overlap: bool,
     confidence: float,
+    metric: str = HEADLINE_METRIC,
 ) -> PairedComparison:
-    missing = [r.run_name for r in [*first_runs, *second_runs] if not r.failed and r.run_id not in problems]
+    (first, first_runs), (second, second_runs) = first_group, second_group
+    missing = [
+        r.run_name
+        for r in [*first_runs, *second_runs]
+        if not r.failed and (r.run_id not in problems or not problems[r.run_id].has(metric))
+    ]
     shared = shared_prompts([problems[r.run_id] for r in [*first_runs, *second_runs] if r.run_id in problems])
     seeds_paired = seeds_match(first_runs, second_runs)
     reason = (
@@ -166,8 +190,8 @@ def paired_comparison(
     )
     if reason:
         return PairedComparison(first, second, None, math.nan, seeds_paired, len(shared), unpaired_overlap, reason)
-    first_matrix = problem_matrix(first_runs, problems, shared)
-    second_matrix = problem_matrix(second_runs, problems, shared)
+    first_matrix = problem_matrix(first_runs, problems, shared, metric)
+    second_matrix = problem_matrix(second_runs, problems, shared, metric)
     difference = paired_difference_interval(first_matrix, second_matrix, seeds_paired, confidence)
     detectable = minimum_detectable_difference(difference.standard_error, confidence, POWER)
     return PairedComparison(first, second, difference, detectable, seeds_paired, len(shared), unpaired_overlap)
@@ -189,9 +213,9 @@ def seeds_match(first_runs: Sequence[RunRecord], second_runs: Sequence[RunRecord
 
 
 def problem_matrix(
-    runs: Sequence[RunRecord], problems: Mapping[str, ProblemScores], prompts: Sequence[str]
+    runs: Sequence[RunRecord], problems: Mapping[str, ProblemScores], prompts: Sequence[str], metric: str
 ) -> np.ndarray:
-    """[run (by seed), problem] correctness; a failed run answers nothing correctly (FAILED_RULE)."""
+    """[run (by seed), problem] value of `metric`'s per-problem score; a failed run scores 0 (FAILED_RULE)."""
     import numpy as np
 
     rows = []
@@ -199,6 +223,6 @@ def problem_matrix(
         if record.failed:
             rows.append(np.zeros(len(prompts)))
             continue
-        by_prompt = dict(zip(problems[record.run_id].prompts, problems[record.run_id].correct))
+        by_prompt = dict(zip(problems[record.run_id].prompts, problems[record.run_id].values(metric)))
         rows.append(np.array([by_prompt[p] for p in prompts]))
     return np.vstack(rows)

@@ -47,6 +47,14 @@ METRICS: tuple[MetricSpec, ...] = (
         failed_score=0.0,
     ),
     MetricSpec(
+        "final_reward",
+        "final reward",
+        "higher",
+        "float",
+        "greedy held-out mean task reward at the last step (partial credit: moves before exact answers do)",
+        failed_score=0.0,
+    ),
+    MetricSpec(
         "best_accuracy",
         "best acc",
         "higher",
@@ -80,6 +88,8 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("wall_seconds", "wall time", "lower", "seconds", "RL wall time of the run (warm start excluded)"),
 )
 METRIC_KEYS = tuple(spec.key for spec in METRICS)
+# What the statistics of a comparison can lead with: a held-out score that exists per problem, so it can be paired.
+HEADLINE_METRICS = ("final_accuracy", "final_reward")
 
 COLLAPSE_FRACTION = 0.5
 FAILED_RULE = (
@@ -107,6 +117,7 @@ class Curves:
 
     eval_steps: list[int] = field(default_factory=list)
     eval_accuracy: list[float] = field(default_factory=list)
+    eval_reward: list[float] = field(default_factory=list)  # held-out mean task reward at each eval step
     steps: list[int] = field(default_factory=list)
     reward: list[float] = field(default_factory=list)
     seq_var: list[float] = field(default_factory=list)
@@ -159,6 +170,7 @@ def run_metrics(record: RunRecord, threshold: float) -> dict[str, float]:
     c = record.curves
     return {
         "final_accuracy": c.eval_accuracy[-1] if c.eval_accuracy else math.nan,
+        "final_reward": c.eval_reward[-1] if c.eval_reward else math.nan,
         "best_accuracy": max(finite(c.eval_accuracy), default=math.nan),
         "reward_auc": curve_mean(c.steps, c.reward),
         "steps_to_threshold": first_step_reaching(c.eval_steps, c.eval_accuracy, threshold),

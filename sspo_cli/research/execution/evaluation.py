@@ -72,6 +72,7 @@ class EvalReport:
     mean_length: float
     pass_at: dict[int, float] = field(default_factory=dict)
     correct_per_prompt: list[int] | None = None  # how many of the `samples` completions of each prompt were correct
+    reward_per_prompt: list[float] | None = None  # the mean reward of each prompt's `samples` completions
     prompts: list[str] | None = None  # the evaluated prompts, in the order of correct_per_prompt
     prompt_sample: str | None = None  # the first prompt as the model read it (chat template applied where on)
     run_id: str | None = None
@@ -252,6 +253,7 @@ def evaluate_target(target_text: str, target: EvalTarget, recipe: Recipe, option
         mean_length=mean(lengths),
         pass_at=pass_at,
         correct_per_prompt=correct,
+        reward_per_prompt=[mean(rewards[i : i + options.samples]) for i in range(0, len(rewards), options.samples)],
         prompts=[example.prompt for example in examples],
         prompt_sample=text.prompt_text(tokenizer, examples[0].prompt),
     )

@@ -14,24 +14,29 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from sspo_cli.research.analysis.conclusions import ProblemScores
+from sspo_cli.research.analysis.conclusions import HEADLINE_METRIC, ProblemScores
 from sspo_cli.research.analysis.measures import RunRecord
 from sspo_cli.research.execution.evaluation import EvalOptions, eval_recipe, evaluate_target, resolve_target
 from sspo_cli.research.execution.execute import describe_failure
+from sspo_cli.rollout.evaluate import ProblemResult
 from sspo_cli.run.folder import final_checkpoint
 from sspo_cli.run.records import PROBLEMS_FILE, write_problems
 
 
 def read_problem_scores(path: Path) -> ProblemScores | None:
+    """The file's scores (rewards only if every line has one: older files kept correctness alone)."""
     try:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return ProblemScores(tuple(str(r["prompt"]) for r in rows), tuple(float(r["correct"]) for r in rows))
+        rewards = tuple(float(r["reward"]) for r in rows) if all("reward" in r for r in rows) else ()
+        return ProblemScores(tuple(str(r["prompt"]) for r in rows), tuple(float(r["correct"]) for r in rows), rewards)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
 def write_problem_scores(path: Path, scores: ProblemScores) -> None:
-    write_problems(path, [(prompt, bool(correct)) for prompt, correct in zip(scores.prompts, scores.correct)])
+    rewards = scores.reward if scores.has("final_reward") else (None,) * len(scores.prompts)
+    rows = zip(scores.prompts, scores.correct, rewards)
+    write_problems(path, [ProblemResult(prompt, bool(correct), reward) for prompt, correct, reward in rows])
 
 
 def problems_file(record: RunRecord, output_dir: Path) -> Path:
@@ -47,13 +52,18 @@ def evaluate_problems(record: RunRecord, output_dir: Path, tracking_uri: str | N
     where = record.run_dir if record.run_dir and Path(record.run_dir).is_dir() else record.run_id
     target = resolve_target(where, tracking_uri, output_dir)
     report = evaluate_target(where, target, eval_recipe(target, None, None, []), EvalOptions(split="eval"))
-    return ProblemScores(tuple(report.prompts or ()), tuple(float(c) for c in report.correct_per_prompt or ()))
+    return ProblemScores(
+        tuple(report.prompts or ()),
+        tuple(float(c) for c in report.correct_per_prompt or ()),
+        tuple(report.reward_per_prompt or ()),
+    )
 
 
 def load_problem_scores(
-    records: Sequence[RunRecord], output_dir: Path, tracking_uri: str | None
+    records: Sequence[RunRecord], output_dir: Path, tracking_uri: str | None, metric: str = HEADLINE_METRIC
 ) -> tuple[dict[str, ProblemScores], list[str]]:
-    """Per-problem results of each finished run, by run id, and a note for each run without them.
+    """Per-problem results of each finished run, by run id, and a note for each run without them. A file
+    without the per-problem values of `metric` (rewards, in files older than them) is evaluated again.
 
     A run that cannot be evaluated again (its checkpoint is gone) is left out of the paired
     comparison, with a note; it is never a reason to fail the whole comparison.
@@ -65,7 +75,7 @@ def load_problem_scores(
             continue
         path = problems_file(record, output_dir)
         scores = read_problem_scores(path)
-        if scores is None:
+        if scores is None or not scores.has(metric):
             try:
                 scores = evaluate_problems(record, output_dir, tracking_uri)
             except Exception as exc:  # noqa: BLE001 - any reason the checkpoint cannot be evaluated: note it, carry on

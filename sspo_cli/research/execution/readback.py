@@ -56,6 +56,7 @@ def record_from_run_dir(run_dir: str | Path, group: str, reused: bool = False) -
     curves = Curves(
         eval_steps=[int(e["step"]) for e in summary["evals"]],
         eval_accuracy=[float(e["accuracy"]) for e in summary["evals"]],
+        eval_reward=[_number(e.get("mean_reward")) for e in summary["evals"]],
         steps=[int(row["step"]) for row in rows],
     )
     for field_name, key in CURVE_KEYS.items():
@@ -83,7 +84,12 @@ def record_from_mlflow(client: MlflowClient, run: Run, group: str, reused: bool 
         return record
     run_id = run.info.run_id
     evals = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "eval/accuracy"))
-    curves = Curves(eval_steps=[s for s, _ in evals], eval_accuracy=[v for _, v in evals])
+    rewards = {m.step: m.value for m in client.get_metric_history(run_id, "eval/mean_reward")}
+    curves = Curves(
+        eval_steps=[s for s, _ in evals],
+        eval_accuracy=[v for _, v in evals],
+        eval_reward=[rewards.get(s, math.nan) for s, _ in evals],
+    )
     by_step: dict[int, dict[str, float]] = {}
     for field_name, key in CURVE_KEYS.items():
         for metric in client.get_metric_history(run_id, key):
@@ -96,6 +102,7 @@ def record_from_mlflow(client: MlflowClient, run: Run, group: str, reused: bool 
         wall = float(summary.get("wall_seconds", math.nan))
         curves.eval_steps = [int(e["step"]) for e in summary.get("evals", [])] or curves.eval_steps
         curves.eval_accuracy = [float(e["accuracy"]) for e in summary.get("evals", [])] or curves.eval_accuracy
+        curves.eval_reward = [_number(e.get("mean_reward")) for e in summary.get("evals", [])] or curves.eval_reward
     else:
         wall = (
             (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time and run.info.start_time else math.nan

@@ -19,12 +19,13 @@ from sspo_cli.research.analysis.measures import (
     RunRecord,
     Threshold,
     is_collapsed,
+    metric_spec,
     run_metrics,
 )
 from sspo_cli.research.analysis.stats import BOOTSTRAP_METHOD, T_METHOD, Interval, interval_name
 from sspo_cli.research.execution.execute import Outcome
 from sspo_cli.research.reporting.formatting import best_groups, cell, format_duration, interval_caption
-from sspo_cli.research.reporting.statistics_text import statistics_tables
+from sspo_cli.research.reporting.statistics_text import headline_name, statistics_tables
 
 
 def clean(value: Any) -> Any:
@@ -220,7 +221,8 @@ PAIR_COLUMNS = (
 
 
 def write_pairs_csv(path: Path, inference: Inference) -> Path:
-    """One row per pair of methods: the paired accuracy difference, its interval, what the design detects."""
+    """One row per pair of methods: the paired difference in the headline metric, its interval, what the design
+    detects."""
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(PAIR_COLUMNS)
@@ -241,7 +243,8 @@ def write_json(path: Path, document: dict[str, Any]) -> Path:
 
 def inference_markdown(inference: Inference) -> list[str]:
     """The statistics of the headline metric as report.md shows them: its tables, each with its caption."""
-    lines = ["## Final accuracy: robust aggregates, probability of improvement, paired differences", ""]
+    name = headline_name(metric_spec(inference.metric))
+    lines = [f"## {name[0].upper() + name[1:]}: robust aggregates, probability of improvement, paired differences", ""]
     for table in statistics_tables(inference):
         lines += [f"### {table.title}", "", "| " + " | ".join(table.headers) + " |", "|" + "---|" * len(table.headers)]
         lines += ["| " + " | ".join(row) + " |" for row in table.rows]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sspo_cli.research.analysis.conclusions import Inference, PairedComparison
-from sspo_cli.research.analysis.measures import COLLAPSE_RULE, FAILED_RULE
+from sspo_cli.research.analysis.measures import COLLAPSE_RULE, FAILED_RULE, MetricSpec, metric_spec
 from sspo_cli.research.analysis.stats import BOOTSTRAP_METHOD, BOOTSTRAP_RESAMPLES, POWER, T_METHOD, interval_name
 from sspo_cli.research.reporting.formatting import MISSING, format_interval, format_value
 
@@ -20,21 +20,30 @@ class TextTable:
     left_columns: int = 1  # the first columns hold names (left-aligned), the rest numbers
 
 
+HEADLINE_NAMES = {"final_accuracy": "final held-out accuracy", "final_reward": "final held-out mean reward"}
+
+
+def headline_name(spec: MetricSpec) -> str:
+    """What the statistics are about, in words."""
+    return HEADLINE_NAMES.get(spec.key, spec.label)
+
+
 def aggregates_table(inference: Inference) -> TextTable:
+    spec = metric_spec(inference.metric)
     rows = [
         (
             g.name,
             str(g.runs),
             str(g.failed),
             str(g.collapsed),
-            *(format_interval("percent", i) for i in (g.iqm, g.mean, g.t)),
+            *(format_interval(spec.kind, i) for i in (g.iqm, g.mean, g.t)),
         )
         for g in inference.groups
     ]
     confidence = f"{inference.confidence:.0%}"
     caption = (
         f"IQM (25% trimmed mean) and mean: {confidence} stratified bootstrap CI over runs; "
-        "mean (t): Student-t CI; failed runs score 0%"
+        "mean (t): Student-t CI; failed runs score 0"
     )
     explanation = (
         f"IQM: the 25% trimmed mean over every run; IQM and mean: "
@@ -42,7 +51,7 @@ def aggregates_table(inference: Inference) -> TextTable:
         f"mean (t): {interval_name(T_METHOD, inference.confidence)}. Rules: {FAILED_RULE}; {COLLAPSE_RULE}."
     )
     headers = ("method", "runs", "failed", "collapsed", "IQM", "mean", "mean (t)")
-    return TextTable("final held-out accuracy over runs", headers, rows, caption, explanation)
+    return TextTable(f"{headline_name(spec)} over runs", headers, rows, caption, explanation)
 
 
 def improvement_table(inference: Inference) -> TextTable:
@@ -55,7 +64,8 @@ def improvement_table(inference: Inference) -> TextTable:
         f"{inference.confidence:.0%} bootstrap CI"
     )
     explanation = (
-        "P(row > column): the probability that a run of the row method ends with a higher final accuracy than a run "
+        f"P(row > column): the probability that a run of the row method ends with a higher "
+        f"{headline_name(metric_spec(inference.metric))} than a run "
         f"of the column method (Mann-Whitney U / (n m), ties count one half, averaged over tasks); "
         f"{interval_name(BOOTSTRAP_METHOD, inference.confidence)}."
     )
@@ -63,6 +73,7 @@ def improvement_table(inference: Inference) -> TextTable:
 
 
 def paired_table(inference: Inference) -> TextTable:
+    spec = metric_spec(inference.metric)
     headers = (
         "first",
         "second",
@@ -79,7 +90,7 @@ def paired_table(inference: Inference) -> TextTable:
         f"detectable: the smallest true difference found with {POWER:.0%} power at the {level} level"
     )
     explanation = (
-        "difference: first minus second in final accuracy, from a percentile bootstrap "
+        f"difference: first minus second in {headline_name(spec)}, from a percentile bootstrap "
         f"({BOOTSTRAP_RESAMPLES:,} resamples) that resamples the held-out problems (the same ones for both methods: "
         "the "
         "pairing) and the seeds (seed s of both together when both ran the same seeds: they share the warm start and "
@@ -88,17 +99,18 @@ def paired_table(inference: Inference) -> TextTable:
         f"z_{POWER:g}) x the bootstrap standard error. not distinguishable: the interval holds 0. unpaired "
         "t-intervals: whether the two methods' Student-t intervals over seeds overlap."
     )
-    rows = [paired_row(p) for p in inference.paired]
-    return TextTable("paired differences in final accuracy", headers, rows, caption, explanation, left_columns=2)
+    rows = [paired_row(p, spec) for p in inference.paired]
+    title = f"paired differences in {headline_name(spec)}"
+    return TextTable(title, headers, rows, caption, explanation, left_columns=2)
 
 
-def paired_row(pair: PairedComparison) -> tuple[str, ...]:
-    difference = format_interval("percent", pair.difference) if pair.difference is not None else MISSING
+def paired_row(pair: PairedComparison, spec: MetricSpec) -> tuple[str, ...]:
+    difference = format_interval(spec.kind, pair.difference) if pair.difference is not None else MISSING
     return (
         pair.first,
         pair.second,
         difference,
-        format_value("percent", pair.detectable),
+        format_value(spec.kind, pair.detectable),
         str(pair.problems),
         "yes" if pair.seeds_paired else "no",
         "overlap" if pair.unpaired_overlap else "apart",

@@ -25,6 +25,7 @@ from sspo_cli.research.analysis.stats import (
     minimum_detectable_difference,
     paired_difference_interval,
     pass_at_k,
+    seed_difference_interval,
     stratified_mean,
     t_interval,
     tail_mean,
@@ -235,6 +236,36 @@ def test_minimum_detectable_difference_formula() -> None:
     assert minimum_detectable_difference(0.01) == pytest.approx(0.02801585, rel=1e-6)
     assert math.isnan(minimum_detectable_difference(0.0))
     assert math.isnan(minimum_detectable_difference(math.nan))
+    # Student's t with 2 degrees of freedom, from the printed tables: t_0.975 = 4.303, t_0.80 = 1.061
+    assert minimum_detectable_difference(0.01, df=2) == pytest.approx(0.01 * (4.3027 + 1.0607), rel=1e-3)
+
+
+def test_seed_difference_interval_paired_is_the_textbook_paired_t() -> None:
+    a, b = [0.633, 0.633, 0.688], [0.500, 0.500, 0.320]
+    d = [0.133, 0.133, 0.368]
+    centre, sd = sum(d) / 3, math.sqrt(sum((x - sum(d) / 3) ** 2 for x in d) / 2)
+    half = 4.302653 * sd / math.sqrt(3)  # t_{0.975, 2} from the printed tables
+    interval = seed_difference_interval(a, b, paired_seeds=True)
+    assert interval.estimate == pytest.approx(centre)
+    assert (interval.low, interval.high) == pytest.approx((centre - half, centre + half), rel=1e-5)
+    assert interval.df == 2 and not interval.excludes(0.0)  # +21 points, yet 3 seeds cannot tell it from 0
+
+
+def test_seed_difference_interval_unpaired_is_welchs() -> None:
+    a, b = [0.60, 0.70, 0.80, 0.65], [0.50, 0.52, 0.48]
+    va, vb = np.var(a, ddof=1) / 4, np.var(b, ddof=1) / 3
+    df = (va + vb) ** 2 / (va**2 / 3 + vb**2 / 2)  # Welch-Satterthwaite, by hand
+    half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    interval = seed_difference_interval(a, b, paired_seeds=False)
+    assert interval.df == pytest.approx(df)
+    assert (interval.low, interval.high) == pytest.approx(
+        (np.mean(a) - np.mean(b) - half, np.mean(a) - np.mean(b) + half)
+    )
+
+
+def test_seed_difference_interval_needs_two_seeds_a_side() -> None:
+    interval = seed_difference_interval([0.7], [0.5], paired_seeds=True)
+    assert interval.estimate == pytest.approx(0.2) and not interval.defined and not interval.excludes(0.0)
 
 
 # --------------------------------------------------------------------------- pass@k

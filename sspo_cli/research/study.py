@@ -10,6 +10,7 @@ the grid.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sspo_cli.research.analysis.conclusions import HEADLINE_METRIC
 from sspo_cli.research.analysis.measures import COLLAPSE_RULE, FAILED_RULE, METRICS, metric_spec
-from sspo_cli.research.analysis.stats import T_METHOD
+from sspo_cli.research.analysis.stats import T_METHOD, Interval
 from sspo_cli.research.compare import (
     CompareOptions,
     ComparisonResult,
@@ -55,7 +56,7 @@ from sspo_cli.run.tracking import failure_marked
 if TYPE_CHECKING:
     from sspo_cli.recipe import Recipe
 
-SEPARATION_PROBABILITY = 0.9  # P(X > Y) at or above this, with its interval above 0.5, counts as a separation
+SEPARATION_LEVEL = 0.05  # a rank test (Mann-Whitney U, two-sided) below this counts as a separation
 
 
 @dataclass
@@ -185,30 +186,50 @@ def finish_point(plan: StudyPlan, label: str, outcomes: list[Outcome], study: Se
         return finish_comparison(point, records, outcomes, plan.methods, plan.metric)
 
 
+SEPARATION_RULE = (
+    "a separation: the paired bootstrap over problems and seeds and the Student-t interval over the per-seed "
+    "differences both exclude 0 on the same side, or the two methods' 95% t intervals over seeds do not overlap, "
+    f"or a two-sided Mann-Whitney U test over their runs gives p < {SEPARATION_LEVEL} (which 3 runs a side can "
+    "never reach: its smallest p is 0.1)"
+)
+
+
 def separations(plan: StudyPlan, results: dict[str, ComparisonResult]) -> list[str]:
-    """Every pair the study tells apart at some point: paired bootstrap excluding 0, non-overlapping t
-    intervals, or P(X > Y) >= 0.9 with its interval above 0.5. One line each; empty: none did."""
+    """Every pair the study tells apart at some point by SEPARATION_RULE. One line each; empty: none did."""
     lines = []
     for label in plan.labels:
         inference = results[label].inference
         if inference is None:
             continue
         kind = metric_spec(inference.metric).kind
+        scores = {s.name: [run[inference.metric] for run in s.per_run] for s in results[label].summaries}
         for pair in inference.paired:
             reasons = []
-            if pair.difference is not None and pair.difference.excludes(0.0):
-                d = pair.difference
-                shown = [signed_value(kind, v) for v in (d.estimate, d.low, d.high)]
-                reasons.append(f"paired difference in {inference.metric} {shown[0]} [{shown[1]}, {shown[2]}]")
+            if pair.separated:
+                reasons.append(
+                    f"paired difference in {inference.metric} {signed_interval(kind, pair.difference)}, "
+                    f"over seeds {signed_interval(kind, pair.over_seeds)}"
+                )
             if not pair.unpaired_overlap:
                 reasons.append("95% t intervals over seeds do not overlap")
-            for x, y in ((pair.first, pair.second), (pair.second, pair.first)):
-                p = inference.improvement.get((x, y))
-                if p is not None and p.estimate >= SEPARATION_PROBABILITY and p.low > 0.5:
-                    reasons.append(f"P({x} > {y}) = {p.estimate:.2f} [{p.low:.2f}, {p.high:.2f}]")
+            p = rank_test_p(scores.get(pair.first, []), scores.get(pair.second, []))
+            if p < SEPARATION_LEVEL:
+                reasons.append(f"Mann-Whitney p = {p:.3f}")
             if reasons:
                 lines.append(f"{label}: {pair.first} vs {pair.second}: {'; '.join(reasons)}")
     return lines
+
+
+def rank_test_p(first: list[float], second: list[float]) -> float:
+    """Two-sided Mann-Whitney U over the runs' scores (scipy: exact for small samples without ties); 1 when
+    a side has no finite score."""
+    from scipy import stats
+
+    first, second = [v for v in first if math.isfinite(v)], [v for v in second if math.isfinite(v)]
+    if not first or not second:
+        return 1.0
+    p = float(stats.mannwhitneyu(first, second, alternative="two-sided").pvalue)
+    return p if math.isfinite(p) else 1.0
 
 
 def finish_study(plan: StudyPlan, results: dict[str, ComparisonResult], session: Session) -> StudyResult:
@@ -232,6 +253,11 @@ def finish_study(plan: StudyPlan, results: dict[str, ComparisonResult], session:
 
 def signed_value(kind: str, value: float) -> str:
     return f"{value:+.1%}" if kind == "percent" else f"{value:+.3f}"
+
+
+def signed_interval(kind: str, interval: Interval) -> str:
+    low, high = signed_value(kind, interval.low), signed_value(kind, interval.high)
+    return f"{signed_value(kind, interval.estimate)} [{low}, {high}]"
 
 
 STUDY_COLUMNS = ("final_accuracy", "final_reward", "best_accuracy", "seq_var", "saturated_frac", "reward_auc")
@@ -308,10 +334,8 @@ def write_study_report(
         f"Judged on the {headline_name(metric_spec(plan.metric))} (the recipe's `compare.metric`, or `--metric`).",
         "",
     ]
-    lines += [f"- {line}" for line in found] or [
-        "None: at no point did a pair of methods separate (paired bootstrap excluding 0, non-overlapping 95% "
-        f"t intervals, or P(X > Y) >= {SEPARATION_PROBABILITY} with its interval above 0.5)."
-    ]
+    lines += [f"- {line}" for line in found] or ["None: at no point did a pair of methods separate."]
+    lines += ["", f"Rule: {SEPARATION_RULE}."]
     lines += ["", "Uncorrected for the number of pairs and points: read a separation as a lead, not a ranking.", ""]
     if "figure" in files:
         lines += [f"![study]({files['figure'].name})", ""]

@@ -32,6 +32,7 @@ from sspo_cli.research.analysis.stats import (
     mean_bootstrap_interval,
     minimum_detectable_difference,
     paired_difference_interval,
+    seed_difference_interval,
     t_interval,
 )
 
@@ -76,22 +77,35 @@ class GroupStatistics:
 
 @dataclass(frozen=True)
 class PairedComparison:
-    """`first` minus `second` in the headline metric over the problems both were evaluated on."""
+    """`first` minus `second` in the headline metric over the problems both were evaluated on.
+
+    Two intervals judge it: the bootstrap over problems and seeds (`difference`), and Student's t over the
+    per-seed differences (`over_seeds`), whose few degrees of freedom the bootstrap cannot see. A method is
+    called better only when both exclude 0: run-to-run variation dominates a handful of seeds.
+    """
 
     first: str
     second: str
     difference: Interval | None  # None: no paired comparison possible (see `note`)
-    detectable: float  # the minimum detectable difference of this design
+    detectable: float  # the minimum detectable difference of this design (the larger of the two intervals')
     seeds_paired: bool
     problems: int
     unpaired_overlap: bool  # the two methods' Student-t intervals over seeds overlap
     note: str = ""
+    over_seeds: Interval | None = None  # the per-seed t interval; NaN bounds with under 2 seeds a side
+
+    @property
+    def separated(self) -> bool:
+        both = (self.difference, self.over_seeds)
+        if any(interval is None or not interval.excludes(0.0) for interval in both):
+            return False
+        return (self.difference.estimate > 0) == (self.over_seeds.estimate > 0)
 
     @property
     def verdict(self) -> str:
         if self.difference is None:
             return f"not paired: {self.note}"
-        if not self.difference.excludes(0.0):
+        if not self.separated:
             return "not distinguishable"
         return f"{self.first if self.difference.estimate > 0 else self.second} better"
 
@@ -193,8 +207,16 @@ def paired_comparison(
     first_matrix = problem_matrix(first_runs, problems, shared, metric)
     second_matrix = problem_matrix(second_runs, problems, shared, metric)
     difference = paired_difference_interval(first_matrix, second_matrix, seeds_paired, confidence)
-    detectable = minimum_detectable_difference(difference.standard_error, confidence, POWER)
-    return PairedComparison(first, second, difference, detectable, seeds_paired, len(shared), unpaired_overlap)
+    first_seeds, second_seeds = first_matrix.mean(axis=1), second_matrix.mean(axis=1)
+    over_seeds = seed_difference_interval(first_seeds, second_seeds, seeds_paired, confidence)
+    detectables = (
+        minimum_detectable_difference(difference.standard_error, confidence, POWER),
+        minimum_detectable_difference(over_seeds.standard_error, confidence, POWER, over_seeds.df),
+    )
+    detectable = max((value for value in detectables if math.isfinite(value)), default=math.nan)
+    return PairedComparison(
+        first, second, difference, detectable, seeds_paired, len(shared), unpaired_overlap, over_seeds=over_seeds
+    )
 
 
 def shared_prompts(scores: Sequence[ProblemScores]) -> list[str]:

@@ -194,10 +194,12 @@ def inference_document(inference: Inference) -> dict[str, Any]:
 
 def pair_fields(pair: Any) -> dict[str, Any]:
     difference = interval_fields(pair.difference, "difference") if pair.difference is not None else {"difference": None}
+    over_seeds = interval_fields(pair.over_seeds, "estimate") if pair.over_seeds is not None else {"estimate": None}
     return {
         "first": pair.first,
         "second": pair.second,
         **difference,
+        "over_seeds": over_seeds,
         "detectable": pair.detectable,
         "problems": pair.problems,
         "seeds_paired": pair.seeds_paired,
@@ -212,6 +214,8 @@ PAIR_COLUMNS = (
     "difference",
     "ci_low",
     "ci_high",
+    "seeds_ci_low",
+    "seeds_ci_high",
     "detectable",
     "problems",
     "seeds_paired",
@@ -228,6 +232,10 @@ def write_pairs_csv(path: Path, inference: Inference) -> Path:
         writer.writerow(PAIR_COLUMNS)
         for pair in inference.paired:
             fields = pair_fields(pair)
+            fields |= {
+                "seeds_ci_low": fields["over_seeds"].get("ci_low"),
+                "seeds_ci_high": fields["over_seeds"].get("ci_high"),
+            }
             writer.writerow([_csv_cell(fields.get(column)) for column in PAIR_COLUMNS])
     return path
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sspo_cli.research.analysis.measures import Curves, GroupSummary, RunRecord
+from sspo_cli.research.analysis.measures import Curves, GroupSummary, MetricSpec, RunRecord, metric_spec
 from sspo_cli.research.analysis.stats import INTERVAL_NAME, T_METHOD, Interval, interval_name, t_interval
 
 if TYPE_CHECKING:
@@ -181,7 +181,8 @@ def statistics_figure(inference: Inference, path: Path, title: str) -> Path:
     pairs = inference.paired
     height = max(4.0, 0.45 * max(len(names), len(pairs)) + 2.5)
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(17, height), constrained_layout=True)
-    _aggregate_panel(left, inference)
+    spec = metric_spec(inference.metric)
+    _aggregate_panel(left, inference, spec)
     probability = [[math.nan if x == y else inference.improvement[(x, y)].estimate for y in names] for x in names]
     texts = [["" if x == y else _probability_text(inference.improvement[(x, y)]) for y in names] for x in names]
     image = draw_heatmap(middle, probability, names, names, texts, value_range=(0.0, 1.0))
@@ -189,7 +190,7 @@ def statistics_figure(inference: Inference, path: Path, title: str) -> Path:
     middle.set_ylabel("row method")
     middle.set_title("P(row > column) over runs, 95% bootstrap CI", fontsize=10)
     fig.colorbar(image, ax=middle, shrink=0.8)
-    _paired_panel(right, pairs)
+    _paired_panel(right, pairs, spec)
     fig.suptitle(title, fontsize=11)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -202,42 +203,55 @@ def _probability_text(interval: Interval) -> str:
     return f"{interval.estimate:.2f}\n[{interval.low:.2f}, {interval.high:.2f}]"
 
 
-def _aggregate_panel(axis, inference: Inference) -> None:
+def _scale_and_unit(spec: MetricSpec) -> tuple[float, str]:
+    return (100.0, " (%)") if spec.kind == "percent" else (1.0, "")
+
+
+def _aggregate_panel(axis, inference: Inference, spec: MetricSpec) -> None:
+    scale, unit = _scale_and_unit(spec)
     for row, group in enumerate(inference.groups):
         for offset, (label, interval, colour) in enumerate(
             (("IQM", group.iqm, "tab:blue"), ("mean", group.mean, "tab:orange"))
         ):
             y = row + 0.15 * (1 - 2 * offset)
-            _interval_bar(axis, y, interval, colour, label if row == 0 else None, scale=100)
+            _interval_bar(axis, y, interval, colour, label if row == 0 else None, scale=scale)
     axis.set_yticks(range(len(inference.groups)), labels=[g.name for g in inference.groups])
     axis.invert_yaxis()
-    axis.set_xlabel("final held-out accuracy (%)")
+    axis.set_xlabel(f"{spec.description.split(' (')[0]}{unit}")
     axis.set_title("IQM and mean over runs, 95% stratified bootstrap CI", fontsize=10)
     axis.grid(alpha=0.3, axis="x")
     axis.legend(fontsize=8)
 
 
-def _paired_panel(axis, pairs: Sequence[PairedComparison]) -> None:
+def _paired_panel(axis, pairs: Sequence[PairedComparison], spec: MetricSpec) -> None:
+    scale, unit = _scale_and_unit(spec)
     for row, pair in enumerate(pairs):
         if pair.difference is None:
             continue
         if math.isfinite(pair.detectable):
             axis.plot(
-                [-100 * pair.detectable, 100 * pair.detectable],
+                [-scale * pair.detectable, scale * pair.detectable],
                 [row, row],
                 color="lightgrey",
                 linewidth=7,
                 solid_capstyle="butt",
             )
-        colour = "tab:green" if pair.difference.excludes(0.0) else "tab:grey"
-        _interval_bar(axis, row, pair.difference, colour, None, scale=100)
+        colour = "tab:green" if pair.separated else "tab:grey"
+        first_row = row == next(i for i, p in enumerate(pairs) if p.difference is not None)
+        _interval_bar(axis, row - 0.15, pair.difference, colour, "bootstrap" if first_row else None, scale=scale)
+        if pair.over_seeds is not None:
+            label = "t over seeds" if first_row else None
+            _interval_bar(axis, row + 0.15, pair.over_seeds, "tab:purple", label, scale=scale)
     axis.axvline(0.0, color="black", linewidth=0.8)
     axis.set_yticks(range(len(pairs)), labels=[f"{p.first} - {p.second}" for p in pairs])
     axis.invert_yaxis()
-    axis.set_xlabel("difference in final accuracy (points)")
+    axis.set_xlabel(f"difference in {spec.label}{' (points)' if unit else ''}")
     axis.set_title(
-        "paired bootstrap over problems and seeds, 95% CI\n(grey band: +- smallest detectable difference)", fontsize=10
+        "paired differences, 95% CI: bootstrap and t over seeds\n(green: both exclude 0; band: +- detectable)",
+        fontsize=10,
     )
+    if any(p.difference is not None for p in pairs):
+        axis.legend(fontsize=8)
     axis.grid(alpha=0.3, axis="x")
 
 

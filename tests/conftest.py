@@ -5,12 +5,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
 
-# Property tests check values, not speed: a first example that imports scipy, or a machine shared with a
-# training run, must not fail on hypothesis' default 200 ms deadline.
-settings.register_profile("sspo", deadline=None)
-settings.load_profile("sspo")
+try:
+    from hypothesis import settings
+except ImportError:  # the verl environment (.ci/verl_tests) has no property tests and no hypothesis
+    pass
+else:
+    # Property tests check values, not speed: a first example that imports scipy, or a machine shared with a
+    # training run, must not fail on hypothesis' default 200 ms deadline.
+    settings.register_profile("sspo", deadline=None)
+    settings.load_profile("sspo")
 
 # Nothing in the tests may reach a hub: without these a lookup hangs for ~48 s before failing.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -21,6 +21,7 @@ import pytest
 pytest.importorskip("verl", reason="verl is not installed here: .ci/verl_tests runs these tests in .venv-verl")
 
 import torch  # noqa: E402
+from ragged_batches import mixed_advantages, ragged_mask  # noqa: E402
 from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn, kl_penalty  # noqa: E402
 from verl.workers.config import ActorConfig, PolicyLossConfig  # noqa: E402
 
@@ -63,13 +64,8 @@ def random_batch(seed: int, rows: int = 8, tokens: int = 11, spread: float = 0.6
     generator = torch.Generator().manual_seed(seed)
     old = -0.05 - 3 * torch.rand(rows, tokens, generator=generator, dtype=torch.float64)
     logp = old + spread * torch.randn(rows, tokens, generator=generator, dtype=torch.float64)
-    lengths = torch.randint(1, tokens + 1, (rows,), generator=generator)
-    lengths[0] = tokens
-    if empty_rows:
-        lengths[-empty_rows:] = 0
-    mask = torch.arange(tokens)[None, :] < lengths[:, None]
-    advantages = torch.randn(rows, generator=generator, dtype=torch.float64)
-    advantages[0], advantages[1], advantages[2] = advantages[0].abs() + 0.1, -(advantages[1].abs() + 0.1), 0.0
+    mask = ragged_mask(generator, rows, tokens, empty_rows)
+    advantages = mixed_advantages(generator, rows)
     return Batch(old.where(mask, 0.0), logp.where(mask, 0.0), advantages, mask)
 
 

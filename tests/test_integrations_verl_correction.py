@@ -27,6 +27,7 @@ import pytest
 pytest.importorskip("verl", reason="verl is not installed here: .ci/verl_tests runs these tests in .venv-verl")
 
 import torch  # noqa: E402
+from ragged_batches import mixed_advantages, ragged_mask  # noqa: E402
 from verl.protocol import DataProto  # noqa: E402
 from verl.trainer.config.algorithm import RolloutCorrectionConfig  # noqa: E402
 from verl.trainer.ppo.core_algos import get_policy_loss_fn  # noqa: E402
@@ -83,13 +84,8 @@ def sampled_batch(seed: int, rows: int = 8, tokens: int = 11, empty_rows: int = 
     ds = 0.25 * torch.randn(shape, generator=generator, dtype=torch.float64)
     far = torch.rand(shape, generator=generator) < 0.15
     ds = torch.where(far, 3 * torch.randn(shape, generator=generator, dtype=torch.float64), ds)
-    lengths = torch.randint(1, tokens + 1, (rows,), generator=generator)
-    lengths[0] = tokens
-    if empty_rows:
-        lengths[-empty_rows:] = 0
-    mask = torch.arange(tokens)[None, :] < lengths[:, None]
-    advantages = torch.randn(rows, generator=generator, dtype=torch.float64)
-    advantages[0], advantages[1], advantages[2] = advantages[0].abs() + 0.1, -(advantages[1].abs() + 0.1), 0.0
+    mask = ragged_mask(generator, rows, tokens, empty_rows)
+    advantages = mixed_advantages(generator, rows)
     return Sampled((old - ds).where(mask, 0.0), old.where(mask, 0.0), logp.where(mask, 0.0), advantages, mask)
 
 

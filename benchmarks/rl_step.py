@@ -116,7 +116,7 @@ def workload_recipe(
                 "minibatch_size": w.completions,
             },
             "objective": {"name": objective, "beta": 0.0},
-            "train": {"lr": 1e-5 if w.model else 1e-4, "threads": threads, "warm_start": {"enabled": False}},
+            "train": {"lr": w.lr, "threads": threads, "warm_start": {"enabled": False}},
             "performance": switches,
         },
         [],

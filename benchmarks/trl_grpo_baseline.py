@@ -41,6 +41,7 @@ from bench_common import (
     others_cpu_share,
     peak_rss_mb,
     qwen2_model,
+    repeated,
 )
 
 UPDATES = 2
@@ -93,8 +94,7 @@ def copy_dataset(rows: int):
     """The same rows as ours read (`bench_common.write_copy_data`): 4096 of them, repeated as needed."""
     from datasets import Dataset
 
-    data = copy_rows(4096)
-    data = (data * (rows // len(data) + 1))[:rows]
+    data = repeated(copy_rows(4096), rows)
     return Dataset.from_dict({"prompt": [r["prompt"] for r in data], "answer": [r["answer"] for r in data]})
 
 
@@ -102,8 +102,7 @@ def arithmetic_dataset(rows: int):
     """The chat questions ours reads (`bench_common.write_arithmetic_data`), as conversations with the system prompt."""
     from datasets import Dataset
 
-    data = arithmetic_rows(4096)
-    data = (data * (rows // len(data) + 1))[:rows]
+    data = repeated(arithmetic_rows(4096), rows)
     conversations = [
         [{"role": "system", "content": ARITHMETIC_SYSTEM_PROMPT}, {"role": "user", "content": r["prompt"]}]
         for r in data
@@ -205,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
             beta=0.0,
             loss_type="grpo",
             scale_rewards="group",
-            learning_rate=1e-5 if workload.model else 1e-4,
+            learning_rate=workload.lr,
             lr_scheduler_type="constant",
             warmup_steps=0,
             max_grad_norm=1.0,

@@ -39,6 +39,7 @@ from sspo_cli.research.reporting.outputs import (
     write_report,
 )
 from sspo_cli.research.reporting.plots import comparison_figure, statistics_figure
+from sspo_cli.research.reporting.statistics_text import headline_name
 from sspo_cli.research.workflow import (
     GroupRun,
     GroupsResult,
@@ -57,7 +58,7 @@ DEFAULT_OBJECTIVE = "sspo"  # the Recipe's default objective when a recipe has n
 VARIANTS_FILE = "variants.yaml"
 
 
-Headline = Literal["final_accuracy", "final_reward"]  # measures.HEADLINE_METRICS
+Headline = Literal[HEADLINE_METRICS]  # what `compare.metric` accepts
 
 
 class CompareSection(BaseModel):
@@ -299,8 +300,9 @@ def comparison_figures(
         figures = [comparison_figure(records, order, out_dir / "compare.png", title)]
         if inference is not None and inference.paired:
             path = out_dir / "statistics.png"
-            label = metric_spec(inference.metric).description.split(" (")[0]
-            figures.append(statistics_figure(inference, path, f"{title}: {label}"))
+            figures.append(
+                statistics_figure(inference, path, f"{title}: {headline_name(metric_spec(inference.metric))}")
+            )
     return figures
 
 

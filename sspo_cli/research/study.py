@@ -38,7 +38,7 @@ from sspo_cli.research.planning.grid import (
 )
 from sspo_cli.research.planning.plan import POINT_TAG, PlannedRun
 from sspo_cli.research.planning.space import GridAxis
-from sspo_cli.research.reporting.formatting import format_interval, interval_caption
+from sspo_cli.research.reporting.formatting import format_interval, format_value, interval_caption
 from sspo_cli.research.reporting.outputs import WorkflowResult
 from sspo_cli.research.reporting.plots import study_figure
 from sspo_cli.research.reporting.statistics_text import TextTable, headline_name
@@ -251,13 +251,9 @@ def finish_study(plan: StudyPlan, results: dict[str, ComparisonResult], session:
     return StudyResult(**session.where(files, timing), plan=plan, points=results, separations=found)
 
 
-def signed_value(kind: str, value: float) -> str:
-    return f"{value:+.1%}" if kind == "percent" else f"{value:+.3f}"
-
-
 def signed_interval(kind: str, interval: Interval) -> str:
-    low, high = signed_value(kind, interval.low), signed_value(kind, interval.high)
-    return f"{signed_value(kind, interval.estimate)} [{low}, {high}]"
+    estimate, low, high = (format_value(kind, v, sign="+") for v in (interval.estimate, interval.low, interval.high))
+    return f"{estimate} [{low}, {high}]"
 
 
 STUDY_COLUMNS = ("final_accuracy", "final_reward", "best_accuracy", "seq_var", "saturated_frac", "reward_auc")

@@ -53,12 +53,7 @@ def record_from_run_dir(run_dir: str | Path, group: str, reused: bool = False) -
         rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()]
     except (OSError, ValueError) as exc:
         raise ResearchError("run", f"cannot read the run folder {str(run_dir)!r}: {exc}") from None
-    curves = Curves(
-        eval_steps=[int(e["step"]) for e in summary["evals"]],
-        eval_accuracy=[float(e["accuracy"]) for e in summary["evals"]],
-        eval_reward=[_number(e.get("mean_reward")) for e in summary["evals"]],
-        steps=[int(row["step"]) for row in rows],
-    )
+    curves = Curves(**summary_evals(summary["evals"]), steps=[int(row["step"]) for row in rows])
     for field_name, key in CURVE_KEYS.items():
         setattr(curves, field_name, [_number(row.get(key)) for row in rows])
     return RunRecord(
@@ -100,9 +95,8 @@ def record_from_mlflow(client: MlflowClient, run: Run, group: str, reused: bool 
     summary = summary_artifact(client, run_id)
     if summary is not None:  # the trainer's own numbers: RL wall time without set-up, evals with steps
         wall = float(summary.get("wall_seconds", math.nan))
-        curves.eval_steps = [int(e["step"]) for e in summary.get("evals", [])] or curves.eval_steps
-        curves.eval_accuracy = [float(e["accuracy"]) for e in summary.get("evals", [])] or curves.eval_accuracy
-        curves.eval_reward = [_number(e.get("mean_reward")) for e in summary.get("evals", [])] or curves.eval_reward
+        for name, values in summary_evals(summary.get("evals", [])).items():
+            setattr(curves, name, values or getattr(curves, name))
     else:
         wall = (
             (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time and run.info.start_time else math.nan
@@ -129,6 +123,15 @@ def summary_artifact(client: MlflowClient, run_id: str) -> dict[str, Any] | None
             return json.loads(Path(path).read_text())
     except Exception:  # no such artifact, or an artifact store we cannot reach: fall back to metrics
         return None
+
+
+def summary_evals(evals: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """summary.json's evals as the Curves fields they fill (a run from before rewards were logged: NaN)."""
+    return {
+        "eval_steps": [int(e["step"]) for e in evals],
+        "eval_accuracy": [float(e["accuracy"]) for e in evals],
+        "eval_reward": [_number(e.get("mean_reward")) for e in evals],
+    }
 
 
 def _number(value: Any) -> float:

@@ -11,18 +11,19 @@ from sspo_cli.research.analysis.stats import T_METHOD, Interval, interval_name
 MISSING = "—"
 
 
-def format_value(kind: str, value: float | None) -> str:
+def format_value(kind: str, value: float | None, sign: str = "") -> str:
+    """`sign="+"` writes the sign of positive values too (differences)."""
     if value is None or not math.isfinite(value):
         return MISSING
     if kind == "percent":
-        return f"{value * 100:.1f}%"
+        return f"{value * 100:{sign}.1f}%"
     if kind == "sci":
-        return f"{value:.3g}"
+        return f"{value:{sign}.3g}"
     if kind == "steps":
-        return f"{value:.0f}"
+        return f"{value:{sign}.0f}"
     if kind == "seconds":
-        return f"{value:.1f}s"
-    return f"{value:.3f}"
+        return f"{value:{sign}.1f}s"
+    return f"{value:{sign}.3f}"
 
 
 def format_spread(kind: str, interval: Interval) -> str:

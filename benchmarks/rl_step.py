@@ -59,6 +59,7 @@ BASELINE_SWITCHES: dict[str, Any] = {
     "sampling_logprobs": False,
     "share_prompt_prefix": False,
     "reserve_kv_cache": False,
+    "compact_finished_rows": False,
     "trim_padding": False,
     "autocast_bf16": False,
     "update_attention": "same",

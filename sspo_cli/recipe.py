@@ -276,6 +276,10 @@ class PerformanceConfig(Strict):
         True,
         description="The sampler's KV cache keeps room for every new token and writes each one in place, instead of concatenating the whole cache at every token (same keys and values). Needs sampler 'kv_cache'.",
     )
+    compact_finished_rows: bool = Field(
+        True,
+        description="The sampler drops completions that have ended from its batch (their keys and values too) once a quarter of the batch has ended, so later tokens are computed only for rows still going. The same tokens are drawn (each row's random draw does not depend on the others); log-probs equal within float rounding. Needs sampler 'kv_cache'.",
+    )
     trim_padding: bool = Field(
         True,
         description="Stop sampling when every completion has ended and drop completion columns that are padding in every row.",

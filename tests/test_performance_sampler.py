@@ -1,4 +1,5 @@
-"""The sampler's reserved KV cache and the update's attention kernel switch change nothing but speed."""
+"""The sampler's reserved KV cache, its dropping of ended rows and the update's attention kernel switch change
+nothing but speed."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ torch = pytest.importorskip("torch")
 
 from sspo_cli.engines.native.tuning import attention_kernel  # noqa: E402
 from sspo_cli.models import build_char_tokenizer, build_tiny_model  # noqa: E402
+from sspo_cli.models.generation import exponential_race, rows_to_keep  # noqa: E402
 from sspo_cli.models.kv_cache import new_cache, reserved_layer_class  # noqa: E402
 from sspo_cli.models.logprobs import completion_logprobs  # noqa: E402
 from sspo_cli.recipe import PerformanceConfig, TinyModelConfig  # noqa: E402
@@ -75,3 +77,37 @@ def test_update_attention_kernel_gives_the_same_logprobs_and_restores(model, tok
     torch.testing.assert_close(eager, expected, rtol=1e-5, atol=1e-5)
     with attention_kernel(model, "same"):
         assert model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("temperature", [1.0, 1.5])
+def test_dropping_ended_rows_gives_the_same_samples(model, tokenizer, temperature):
+    rollouts = []
+    for compact in (True, False):
+        torch.manual_seed(5)
+        perf = PerformanceConfig(compact_finished_rows=compact)
+        rollouts.append(generate(model, tokenizer, PROMPTS * 4, 16, temperature, perf, with_logprobs=True))
+    compacted, full = rollouts
+    lengths = compacted.completion_mask.sum(1)
+    assert (lengths < lengths.max()).float().mean() >= 0.25  # enough rows ended early for the batch to shrink
+    assert torch.equal(compacted.input_ids, full.input_ids)
+    torch.testing.assert_close(compacted.logprobs, full.logprobs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compacted.entropy, full.entropy, rtol=1e-5, atol=1e-6)
+
+
+def test_sampler_draws_as_torch_multinomial():
+    probs = torch.softmax(torch.randn(16, 30, generator=torch.Generator().manual_seed(0)) * 3, dim=-1)
+    torch.manual_seed(11)
+    expected = torch.multinomial(probs, 1).squeeze(-1)
+    after_expected = torch.rand(4)
+    torch.manual_seed(11)
+    assert torch.equal(exponential_race(probs, None), expected)
+    assert torch.equal(torch.rand(4), after_expected)  # the same random numbers were taken
+    torch.manual_seed(11)
+    live = torch.tensor([1, 4, 9])  # rows still in the batch: each draws what it drew in the whole batch
+    assert torch.equal(exponential_race(probs[live], (live, 16)), expected[live])
+
+
+def test_rows_to_keep_waits_for_a_quarter_of_the_batch():
+    assert rows_to_keep(torch.tensor([False, False, False, False])) is None
+    assert rows_to_keep(torch.tensor([True] + [False] * 4)) is None  # 1 of 5 ended: not yet worth a copy
+    assert rows_to_keep(torch.tensor([True, False, False, True])).tolist() == [1, 2]

@@ -4,10 +4,15 @@ Compared with `model.generate` it
 - runs each distinct prompt once and copies its keys/values to every completion of its group,
 - returns the sampled tokens' log-probabilities and the entropy at the sampling temperature,
   computed from the very logits the tokens were drawn from (so no second forward is needed),
-- stops as soon as every row has produced an end token (<eos>) or, if asked, a stop string.
+- stops as soon as every row has produced an end token (<eos>) or, if asked, a stop string,
+- if asked, drops ended rows from the batch (their keys and values too) once a quarter of it has
+  ended, so the tokens after that are computed only for the rows still going.
 
-Tokens are drawn with `torch.multinomial(softmax(logits / T))`: exactly the model's
-distribution at temperature T, no top-k / top-p. `temperature=None` is greedy.
+Tokens are drawn as `torch.multinomial(softmax(logits / T), 1)` draws them (its one-sample path:
+the argmax of p / q with q ~ Exp(1) per vocabulary entry), written out so that every row's noise is
+drawn at every step whether the row is still in the batch or not: a row's tokens do not depend on
+which other rows have been dropped. Exactly the model's distribution at temperature T, no top-k /
+top-p. `temperature=None` is greedy.
 """
 
 from __future__ import annotations
@@ -43,12 +48,14 @@ def sample_completions(
     stop_early: bool = True,
     stopped: Callable[[torch.Tensor], torch.Tensor] | None = None,
     reserve_cache: bool = True,
+    compact: bool = True,
 ) -> Sample:
     """Sample one completion per entry of `prompt_index` (rows of the distinct, left-padded prompts).
 
     A row ends at any of `end_ids` (<eos>) or where `stopped` (tokens so far [N, t] -> bool [N]) says its text
-    holds a stop string; after that it gets `pad_id`. `reserve_cache`: the KV cache keeps room for the new tokens
-    (written in place, not concatenated at every token)."""
+    holds a stop string; after that it gets `pad_id` (and log-prob and entropy 0). `reserve_cache`: the KV cache
+    keeps room for the new tokens (written in place, not concatenated at every token). `compact`: ended rows leave
+    the decode batch (`rows_to_keep`)."""
     import torch
 
     rows = prompt_index.shape[0]
@@ -71,12 +78,14 @@ def sample_completions(
         prompt_len = prompt_ids.shape[1]
         mask = torch.cat([prompt_mask[prompt_index], prompt_mask.new_ones(rows, max_new_tokens)], dim=1)
         next_position = position_ids_for(prompt_mask)[prompt_index, -1:] + 1
+        live = torch.arange(rows, device=device)  # the rows in the decode batch, in order
         finished = torch.zeros(rows, dtype=torch.bool, device=device)
         # On an accelerator `finished.all()` waits for the device; ask only now and then there.
         check_every = 1 if device.type == "cpu" else 4
         tokens, logprobs, entropies = [], [], []
         for step in range(max_new_tokens):
-            token, logp, entropy = draw(logits, temperature, with_logprobs)
+            drawn, logp, entropy = draw(logits, temperature, with_logprobs, rows_of=(live, rows))
+            token = scatter_rows(drawn, live, rows, pad_id)
             token = torch.where(finished, torch.full_like(token, pad_id), token)
             ended = torch.isin(token, ends)
             tokens.append(token)
@@ -84,12 +93,17 @@ def sample_completions(
                 ended = ended | (stopped(torch.stack(tokens, dim=1)) & ~finished)
             finished = finished | ended
             if with_logprobs:
-                logprobs.append(logp)
-                entropies.append(entropy)
-            if step == max_new_tokens - 1 or (stop_early and (step + 1) % check_every == 0 and bool(finished.all())):
+                logprobs.append(scatter_rows(logp, live, rows, 0.0) * ~finished_before(finished, ended))
+                entropies.append(scatter_rows(entropy, live, rows, 0.0) * ~finished_before(finished, ended))
+            checking = (step + 1) % check_every == 0
+            if step == max_new_tokens - 1 or (stop_early and checking and bool(finished.all())):
                 break
+            keep = rows_to_keep(finished[live]) if compact and checking else None
+            if keep is not None:
+                select_cache_rows(cache, keep)
+                live, mask, next_position = live[keep], mask[keep], next_position[keep]
             out = model(
-                input_ids=token[:, None],
+                input_ids=token[live][:, None],
                 attention_mask=mask[:, : prompt_len + step + 1],
                 position_ids=next_position + step,
                 use_cache=True,
@@ -104,10 +118,37 @@ def sample_completions(
     )
 
 
+def rows_to_keep(ended: torch.Tensor) -> torch.Tensor | None:
+    """Which rows of the decode batch stay (indices into it), once at least a quarter of it has ended; None: keep
+    the batch as it is. Dropping rows copies the keys and values of those kept, so it waits for enough to drop."""
+    dropped = int(ended.sum())
+    if dropped == 0 or dropped * 4 < ended.shape[0]:
+        return None
+    return (~ended).nonzero().squeeze(1)
+
+
+def scatter_rows(values: torch.Tensor | None, live: torch.Tensor, rows: int, fill: float) -> torch.Tensor | None:
+    """The decode batch's per-row `values` placed at their rows `live` of all `rows`; `fill` elsewhere."""
+    if values is None or live.shape[0] == rows:
+        return values
+    return values.new_full((rows,), fill).index_copy_(0, live, values)
+
+
+def finished_before(finished: torch.Tensor, ended: torch.Tensor) -> torch.Tensor:
+    """Rows that had ended before this token (the token that ends a row still counts)."""
+    return finished & ~ended
+
+
 def draw(
-    logits: torch.Tensor, temperature: float | None, with_logprobs: bool
+    logits: torch.Tensor,
+    temperature: float | None,
+    with_logprobs: bool,
+    rows_of: tuple[torch.Tensor, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """One token per row from softmax(logits / T) (argmax if T is None), and its log-prob and the entropy."""
+    """One token per row from softmax(logits / T) (argmax if T is None), and its log-prob and the entropy.
+
+    `rows_of` (live, rows): the logits are rows `live` of a batch of `rows`; the noise is drawn for all `rows`
+    and the live rows take theirs, so a row draws the same token whichever rows are still there."""
     import torch
 
     scaled = logits.float()
@@ -117,9 +158,22 @@ def draw(
         return scaled.argmax(dim=-1), None, None
     logp_all = torch.log_softmax(scaled, dim=-1)
     probs = logp_all.exp()
-    token = scaled.argmax(dim=-1) if temperature is None else torch.multinomial(probs, 1).squeeze(-1)
+    token = scaled.argmax(dim=-1) if temperature is None else exponential_race(probs, rows_of)
     if not with_logprobs:
         return token, None, None
     logp = logp_all.gather(-1, token[:, None]).squeeze(-1)
     entropy = -(probs * logp_all).sum(-1)
     return token, logp, entropy
+
+
+def exponential_race(probs: torch.Tensor, rows_of: tuple[torch.Tensor, int] | None) -> torch.Tensor:
+    """argmax(p / q), q ~ Exp(1): a draw from each row of `probs`, exactly `torch.multinomial(probs, 1)`'s (the same
+    random numbers taken from the same generator, the same tokens), with the noise drawn for every row of the whole
+    batch (`rows_of`) and the live rows' taken."""
+    import torch
+
+    live, rows = rows_of if rows_of is not None else (None, probs.shape[0])
+    noise = torch.empty((rows, probs.shape[1]), dtype=probs.dtype, device=probs.device).exponential_(1)
+    if live is not None and live.shape[0] != rows:
+        noise = noise[live]
+    return (probs / noise).argmax(dim=-1)

@@ -127,6 +127,7 @@ def generate(
             stop_early=perf.trim_padding,
             stopped=stop_test(tokenizer, fmt.stop),
             reserve_cache=perf.reserve_kv_cache,
+            compact=perf.compact_finished_rows,
         )
         prompt_ids, prompt_mask = enc["input_ids"][rows], enc["attention_mask"][rows]
         completion, logprobs, entropy = sample.completion_ids, sample.logprobs, sample.entropy

@@ -255,6 +255,10 @@ class TrackingConfig(Strict):
     experiment: str = Field("sspo", min_length=1, description="MLflow experiment name.")
     run_name: str | None = Field(None, description="Run name (default: recipe name, objective and seed).")
     tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow tags.")
+    log_checkpoint: bool = Field(
+        True,
+        description="Copy the final weights, config and tokenizer (not the optimizer state, which only resume reads from the run folder) into the MLflow run as its `final_checkpoint` artifact, so `sspo eval RUN_ID` works without the run folder. false: the run folder alone keeps them (a real model's weights are hundreds of MB a run).",
+    )
 
 
 class PerformanceConfig(Strict):

@@ -92,6 +92,9 @@ def test_cli_train_writes_run_folder_summary_and_mlflow_run(tmp_path: Path) -> N
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/accuracy")] == [0, 2, 4]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"recipe.yaml", "summary.json", "final_checkpoint"} <= artifacts
+    logged = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "final_checkpoint")}
+    assert "model.safetensors" in logged and "config.json" in logged
+    assert "optimizer.pt" not in logged and (run_dir / "checkpoints" / "final" / "optimizer.pt").is_file()
     # The closing lines land a user on the runs and charts, not on MLflow 3.17's GenAI overview.
     assert summary["experiment_id"] == run.info.experiment_id
     landing = f"/#/experiments/{run.info.experiment_id}?workflowType=machine_learning"
@@ -138,6 +141,17 @@ def test_warm_start_is_cached_across_seeds(tmp_path: Path) -> None:
     assert first["warm_start"]["cached"] is False and second["warm_start"]["cached"] is True
     assert first["eval_before"] == second["eval_before"]  # identical starting weights
     assert len(list((tmp_path / ".cache" / "warm_start").iterdir())) == 1
+
+
+def test_final_weights_stay_out_of_mlflow_when_asked(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    summary = run_training(
+        tiny_recipe("train.steps=1", "tracking.log_checkpoint=false"), RunOptions(output_dir=tmp_path)
+    )
+    artifacts = {a.path for a in MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").list_artifacts(summary["run_id"])}
+    assert "summary.json" in artifacts and "final_checkpoint" not in artifacts
+    assert (Path(summary["run_dir"]) / "checkpoints" / "final" / "model.safetensors").is_file()
 
 
 def test_a_local_hugging_face_folder_trains_as_model_path(tmp_path: Path) -> None:

@@ -42,6 +42,16 @@ def final_checkpoint(run_dir: Path) -> Path:
     return run_dir / CHECKPOINTS / FINAL_NAME
 
 
+# Torch pickles in a checkpoint folder hold training state (optimizer, schedule, RNG), which only resume reads; the
+# weights themselves are safetensors.
+TRAINING_STATE_SUFFIXES = (".pt", ".pth")
+
+
+def model_files(checkpoint: Path) -> list[Path]:
+    """The files of a checkpoint folder that make a model to evaluate: all but the training state."""
+    return sorted(p for p in checkpoint.iterdir() if p.is_file() and p.suffix not in TRAINING_STATE_SUFFIXES)
+
+
 def step_folder_name(step: int) -> str:
     """The name of step `step`'s checkpoint folder: `step-000150`."""
     return f"{STEP_PREFIX}{step:06d}"

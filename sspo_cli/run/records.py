@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING, Any
 from sspo_cli.recipe import Recipe, to_yaml
 from sspo_cli.rollout.evaluate import ProblemResult, evaluate
 from sspo_cli.rollout.prompts import text_format
-from sspo_cli.run.folder import HISTORY_FILE, RECIPE_FILE, SUMMARY_FILE, RunInfo, final_checkpoint, write_text_atomic
+from sspo_cli.run.folder import (
+    HISTORY_FILE,
+    RECIPE_FILE,
+    SUMMARY_FILE,
+    RunInfo,
+    final_checkpoint,
+    model_files,
+    write_text_atomic,
+)
 from sspo_cli.run.metrics import diagnostics_summary
 from sspo_cli.run.state import TrainingObserver, TrainState
 from sspo_cli.run.tracking import Tracker, absolute_uri, failure_status, flatten
@@ -128,11 +136,14 @@ class RunRecords:
         self.observer.on_eval(step, metrics)
 
     def finish(self, **extra: Any) -> dict[str, Any]:
-        """summary.json (with `extra` keys), the summary and final weights as artifacts, status FINISHED."""
+        """summary.json (with `extra` keys), the summary and (`tracking.log_checkpoint`) the final model as artifacts,
+        status FINISHED."""
         summary = {**build_summary(self), **extra}
         write_text_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
         self.tracker.log_artifact(self.run_dir / SUMMARY_FILE)
-        self.tracker.log_artifact(final_checkpoint(self.run_dir), "final_checkpoint")
+        if self.recipe.tracking.log_checkpoint:
+            for path in model_files(final_checkpoint(self.run_dir)):
+                self.tracker.log_artifact(path, "final_checkpoint")
         self.tracker.finish("FINISHED")
         return summary
 

@@ -1,6 +1,7 @@
 """`sspo train` end to end on tiny models: outputs, MLflow records, determinism."""
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -143,15 +144,29 @@ def test_warm_start_is_cached_across_seeds(tmp_path: Path) -> None:
     assert len(list((tmp_path / ".cache" / "warm_start").iterdir())) == 1
 
 
-def test_final_weights_stay_out_of_mlflow_when_asked(tmp_path: Path) -> None:
+@pytest.mark.parametrize("logged", [True, False])
+def test_eval_by_run_id_without_the_run_folder_reads_the_logged_model(tmp_path: Path, logged: bool) -> None:
+    """The MLflow run's final model (no optimizer state) is enough for `sspo eval RUN_ID`; kept out of MLflow
+    (`tracking.log_checkpoint: false`), the run folder alone holds it, and without it eval says so."""
     from mlflow.tracking import MlflowClient
 
-    summary = run_training(
-        tiny_recipe("train.steps=1", "tracking.log_checkpoint=false"), RunOptions(output_dir=tmp_path)
+    recipe = tiny_recipe("train.steps=1", f"tracking.log_checkpoint={str(logged).lower()}")
+    summary = run_training(recipe, RunOptions(output_dir=tmp_path))
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    logged_files = {Path(a.path).name for a in client.list_artifacts(summary["run_id"], "final_checkpoint")}
+    assert ("model.safetensors" in logged_files) is logged and "optimizer.pt" not in logged_files
+    shutil.rmtree(summary["run_dir"])
+    result = subprocess.run(
+        sspo_command("eval", summary["run_id"], "--size", "8", "-o", str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    artifacts = {a.path for a in MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").list_artifacts(summary["run_id"])}
-    assert "summary.json" in artifacts and "final_checkpoint" not in artifacts
-    assert (Path(summary["run_dir"]) / "checkpoints" / "final" / "model.safetensors").is_file()
+    if logged:
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "accuracy" in result.stdout
+    else:
+        assert result.returncode == 2 and "final_checkpoint" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_local_hugging_face_folder_trains_as_model_path(tmp_path: Path) -> None:

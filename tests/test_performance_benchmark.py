@@ -127,3 +127,14 @@ def test_interleaved_alternates_variants_in_one_process():
     assert rows["defaults"][0] == "-" and rows["defaults"][-1] == "1.000x (1.000x)"
     assert rows["old"][0] == "update_attention=same, adamw=per-tensor loop"
     assert float(rows["old"][1]) > 0
+
+
+def test_population_step_times_every_mechanism_per_member():
+    command = [sys.executable, str(REPO / "benchmarks" / "population_step.py"), "--members", "1", "2", "--rounds", "1"]
+    command += ["--rows", "4", "--length", "5", "--sample-rows", "4", "--new-tokens", "2"]
+    lines = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300).stdout.strip().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [(r["part"], r["members"]) for r in rows] == [("update", 1), ("decode", 1), ("update", 2), ("decode", 2)]
+    assert set(rows[0]["ms_per_member"]) == {"separate", "population", "vmap"}
+    assert set(rows[1]["ms_per_member"]) == {"separate", "population"}
+    assert all(r["speedup_vs_separate"]["separate"] == 1.0 and min(r["ms_per_member"].values()) > 0 for r in rows)

@@ -1,0 +1,261 @@
+"""A population: K decoders of one small architecture held as stacked weights, run as one.
+
+Every weight of the K members is one tensor with a leading member dimension ([K, out, in] for a linear layer), and
+the decoder below carries that dimension through: a linear layer is one batched matrix product over the members,
+attention one SDPA call over members x rows. So K members cost one forward's Python and operator dispatch instead of
+K, and their matrix products run as one larger batch. The parameter names are transformers' own, so a member's
+weights (`member_state`) load into the usual model and save as an ordinary checkpoint.
+
+Supported: the Llama family as transformers builds it for the embedded tiny models (`qwen2`, `llama`: RMSNorm,
+rotary positions, grouped-query attention, SiLU-gated MLP, optional q/k/v biases, tied or separate LM head). The
+forward follows transformers' modules step by step (the same operations in the same order), so a member's logits and
+gradients equal its model's within float rounding (tests/test_models_population.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sspo_cli.models import ModelError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+POPULATION_ARCHITECTURES = ("qwen2", "llama")
+
+
+@dataclass(frozen=True)
+class DecoderShape:
+    """What the population's forward needs of a transformers config."""
+
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    rms_eps: float
+    rope_theta: float
+
+    @classmethod
+    def of(cls, config) -> DecoderShape:
+        """The shape of `config`; a config this decoder would not reproduce is refused (`model`)."""
+        problem = unsupported(config)
+        if problem:
+            raise ModelError(
+                "model", f"a population needs a plain {' or '.join(POPULATION_ARCHITECTURES)} decoder: {problem}"
+            )
+        heads = config.num_attention_heads
+        return cls(
+            layers=config.num_hidden_layers,
+            heads=heads,
+            kv_heads=config.num_key_value_heads,
+            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            rms_eps=config.rms_norm_eps,
+            rope_theta=rope_parameters(config)["rope_theta"],
+        )
+
+
+def rope_parameters(config) -> dict:
+    """transformers 5 keeps the rotary settings in `rope_parameters`; older versions in `rope_theta`/`rope_scaling`."""
+    parameters = getattr(config, "rope_parameters", None)
+    if parameters:
+        return dict(parameters)
+    return {
+        "rope_type": (getattr(config, "rope_scaling", None) or {}).get("rope_type", "default"),
+        "rope_theta": config.rope_theta,
+    }
+
+
+def unsupported(config) -> str | None:
+    """Why the population decoder would not compute what transformers computes for `config` (None: it would)."""
+    checks = {
+        f"model_type {config.model_type!r}": config.model_type in POPULATION_ARCHITECTURES,
+        f"activation {getattr(config, 'hidden_act', None)!r}": getattr(config, "hidden_act", None) == "silu",
+        f"rotary type {rope_parameters(config).get('rope_type')!r}": rope_parameters(config).get("rope_type")
+        == "default",
+        "a sliding window": not getattr(config, "use_sliding_window", False),
+        "attention dropout": not getattr(config, "attention_dropout", 0.0),
+        "MLP biases": not getattr(config, "mlp_bias", False),
+    }
+    failed = [name for name, ok in checks.items() if not ok]
+    return ", ".join(failed) if failed else None
+
+
+@dataclass
+class PopulationCache:
+    """Keys and values of every layer, [K, rows, kv_heads, positions, head_dim], grown by each forward."""
+
+    keys: list[torch.Tensor | None] = field(default_factory=list)
+    values: list[torch.Tensor | None] = field(default_factory=list)
+
+    def update(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        while len(self.keys) <= layer:
+            self.keys.append(None)
+            self.values.append(None)
+        if self.keys[layer] is not None:
+            keys = torch.cat([self.keys[layer], keys], dim=-2)
+            values = torch.cat([self.values[layer], values], dim=-2)
+        self.keys[layer], self.values[layer] = keys, values
+        return keys, values
+
+    @property
+    def length(self) -> int:
+        return 0 if not self.keys or self.keys[0] is None else self.keys[0].shape[-2]
+
+
+class Population:
+    """K members' weights, stacked: `weights[name]` is [K, *shape of that parameter in one member]."""
+
+    def __init__(self, shape: DecoderShape, weights: dict[str, torch.Tensor]) -> None:
+        self.shape = shape
+        self.weights = weights
+
+    @classmethod
+    def stack(cls, models: list[PreTrainedModel]) -> Population:
+        """The members `models` (one architecture and config) as one population of fresh leaf tensors."""
+        import torch
+
+        shape = DecoderShape.of(models[0].config)
+        if any(m.config.to_dict() != models[0].config.to_dict() for m in models[1:]):
+            raise ModelError("model", "the members of a population must share one config")
+        states = [dict(m.named_parameters()) for m in models]
+        weights = {
+            name: torch.stack([state[name].detach() for state in states]).requires_grad_(True) for name in states[0]
+        }
+        return cls(shape, weights)
+
+    @property
+    def size(self) -> int:
+        return next(iter(self.weights.values())).shape[0]
+
+    def parameters(self) -> list[torch.Tensor]:
+        return list(self.weights.values())
+
+    def member_state(self, member: int) -> dict[str, torch.Tensor]:
+        """Member `member`'s parameters under transformers' names (copies: the population goes on training)."""
+        return {name: weight[member].detach().clone() for name, weight in self.weights.items()}
+
+    def load_member_into(self, member: int, model: PreTrainedModel) -> PreTrainedModel:
+        """`model` (the members' architecture) with member `member`'s weights, e.g. to save it as a checkpoint."""
+        import torch
+
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                parameter.copy_(self.weights[name][member])
+        return model
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: PopulationCache | None = None,
+    ) -> torch.Tensor:
+        """Logits [K, rows, T, vocab] of every member for its own rows.
+
+        `input_ids` [K, rows, T] (or [rows, T]: the same rows for every member); `attention_mask` [K or 1, rows,
+        cached + T] over the cached and new positions (1 = a real token; left padding); `position_ids` [K or 1, rows,
+        T]. With `cache`, the new positions' keys and values are appended to it."""
+        import torch
+
+        w, s = self.weights, self.shape
+        members = self.size
+        if input_ids.dim() == 2:
+            input_ids = input_ids.expand(members, *input_ids.shape)
+        rows, length = input_ids.shape[1:]
+        embedding = w["model.embed_tokens.weight"]
+        x = embedding[torch.arange(members)[:, None, None], input_ids]  # [K, rows, T, hidden]
+        cos, sin = rotary(position_ids, s.head_dim, s.rope_theta, x.dtype)
+        past = cache.length if cache is not None else 0
+        mask = attention_allowed(attention_mask, past, length)
+        for layer in range(s.layers):
+            prefix = f"model.layers.{layer}."
+            h = rms_norm(x, w[prefix + "input_layernorm.weight"], s.rms_eps)
+            q = heads_first(linear(h, w, prefix + "self_attn.q_proj"), s.heads, s.head_dim)
+            k = heads_first(linear(h, w, prefix + "self_attn.k_proj"), s.kv_heads, s.head_dim)
+            v = heads_first(linear(h, w, prefix + "self_attn.v_proj"), s.kv_heads, s.head_dim)
+            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+            if cache is not None:
+                k, v = cache.update(layer, k, v)
+            groups = s.heads // s.kv_heads
+            k, v = k.repeat_interleave(groups, dim=2), v.repeat_interleave(groups, dim=2)
+            attended = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            attended = attended.transpose(2, 3).reshape(members, rows, length, s.heads * s.head_dim)
+            x = x + linear(attended, w, prefix + "self_attn.o_proj")
+            h = rms_norm(x, w[prefix + "post_attention_layernorm.weight"], s.rms_eps)
+            gate, up = linear(h, w, prefix + "mlp.gate_proj"), linear(h, w, prefix + "mlp.up_proj")
+            x = x + linear(torch.nn.functional.silu(gate) * up, w, prefix + "mlp.down_proj")
+        x = rms_norm(x, w["model.norm.weight"], s.rms_eps)
+        head = w.get("lm_head.weight", embedding)  # tied: the embedding is the head
+        return batched_matmul(x, head)
+
+
+def linear(x: torch.Tensor, weights: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """Each member's `name` linear layer on its own rows: x [K, rows, T, in] -> [K, rows, T, out]."""
+    y = batched_matmul(x, weights[name + ".weight"])
+    bias = weights.get(name + ".bias")
+    return y if bias is None else y + bias[:, None, None, :]
+
+
+def batched_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x [K, rows, T, in] times each member's weight [K, out, in] transposed, as one batched product."""
+    import torch
+
+    members, rows, length, width = x.shape
+    flat = torch.bmm(x.reshape(members, rows * length, width), weight.transpose(1, 2))
+    return flat.reshape(members, rows, length, weight.shape[1])
+
+
+def heads_first(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+    """[K, rows, T, heads * head_dim] -> [K, rows, heads, T, head_dim]."""
+    members, rows, length, _ = x.shape
+    return x.view(members, rows, length, heads, head_dim).transpose(2, 3)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' RMSNorm (in float32, cast back), each member's weight [K, hidden]."""
+    import torch
+
+    dtype = x.dtype
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight[:, None, None, :] * x.to(dtype)
+
+
+def rotary(position_ids: torch.Tensor, head_dim: int, theta: float, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the default rotary embedding at `position_ids` [K or 1, rows, T]: [K or 1, rows, 1, T, dim]."""
+    import torch
+
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    if position_ids.dim() == 2:
+        position_ids = position_ids[None]
+    freqs = position_ids[..., None].float() * inv_freq.to(position_ids.device)
+    angles = torch.cat((freqs, freqs), dim=-1)[:, :, None]
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def attention_allowed(attention_mask: torch.Tensor, past: int, length: int) -> torch.Tensor:
+    """Which keys each new query may attend to: causal over the cached and new positions, real tokens only, and
+    always itself (so a padding position's query has a finite softmax; its output is never read).
+    [K or 1, rows, 1, T, past + T] bool."""
+    import torch
+
+    if attention_mask.dim() == 2:
+        attention_mask = attention_mask[None]
+    total = past + length
+    query_positions = torch.arange(past, total, device=attention_mask.device)
+    key_positions = torch.arange(total, device=attention_mask.device)
+    causal = key_positions[None, :] <= query_positions[:, None]  # [T, past + T]
+    itself = key_positions[None, :] == query_positions[:, None]
+    allowed = (causal & attention_mask[..., None, :total].bool()) | itself
+    return allowed[:, :, None]

@@ -1,0 +1,103 @@
+"""A population's stacked decoder computes what each member's own transformers model computes."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from sspo_cli.models import ModelError, build_char_tokenizer, build_tiny_model  # noqa: E402
+from sspo_cli.models.kv_cache import position_ids_for  # noqa: E402
+from sspo_cli.models.population import Population, PopulationCache  # noqa: E402
+from sspo_cli.recipe import TinyModelConfig  # noqa: E402
+
+MEMBERS = 3
+TINY_KW = {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 64}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_char_tokenizer("0123456789+-=* ")
+
+
+def members(tokenizer, architecture: str = "qwen2"):
+    config = TinyModelConfig(architecture=architecture, **TINY_KW)
+    models = [build_tiny_model(config, tokenizer, seed=seed) for seed in range(MEMBERS)]
+    with torch.no_grad():  # random biases, so that q/k/v biases are checked too (init leaves them 0)
+        for model in models:
+            for name, parameter in model.named_parameters():
+                if name.endswith("bias") or name.endswith("norm.weight"):
+                    parameter.add_(0.1 * torch.randn_like(parameter))
+    return models
+
+
+def left_padded_batch(rows: int = 5, length: int = 7):
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, 19, (rows, length), generator=generator)
+    mask = torch.ones(rows, length, dtype=torch.long)
+    mask[0, :3] = 0  # left padding of unequal lengths
+    mask[2, :1] = 0
+    return ids, mask, position_ids_for(mask)
+
+
+@pytest.mark.parametrize("architecture", ["qwen2", "llama"])
+def test_each_members_logits_and_gradients_equal_its_own_models(tokenizer, architecture):
+    models = members(tokenizer, architecture)
+    population = Population.stack(models)
+    ids, mask, positions = left_padded_batch()
+    real = mask.bool()
+    logits = population.forward(ids, mask, positions)
+    weights = torch.linspace(0.5, 1.5, MEMBERS)  # a different loss scale per member
+    (logits.log_softmax(-1)[:, real].mean((1, 2)) * weights).sum().backward()
+    for member, model in enumerate(models):
+        own = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        torch.testing.assert_close(logits[member][real], own[real], rtol=1e-5, atol=1e-5)
+        (own.log_softmax(-1)[real].mean() * weights[member]).backward()
+        for name, parameter in model.named_parameters():
+            torch.testing.assert_close(population.weights[name].grad[member], parameter.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_members_on_their_own_rows_and_decoding_with_a_cache(tokenizer):
+    models = members(tokenizer)
+    population = Population.stack(models)
+    ids, mask, positions = left_padded_batch()
+    own_ids = torch.stack([ids.roll(member, dims=1) for member in range(MEMBERS)])  # each member its own tokens
+    with torch.no_grad():
+        full = population.forward(own_ids, mask, positions)
+        cache = PopulationCache()
+        prefill = population.forward(own_ids[:, :, :4], mask[:, :4], positions[:, :4], cache)
+        steps = [
+            population.forward(own_ids[:, :, t : t + 1], mask[:, : t + 1], positions[:, t : t + 1], cache)
+            for t in range(4, 7)
+        ]
+    decoded = torch.cat([prefill, *steps], dim=2)
+    real = mask.bool()
+    torch.testing.assert_close(decoded[:, real], full[:, real], rtol=1e-5, atol=1e-5)
+    for member, model in enumerate(models):
+        with torch.no_grad():
+            own = model(input_ids=own_ids[member], attention_mask=mask, position_ids=positions).logits
+        torch.testing.assert_close(full[member][real], own[real], rtol=1e-5, atol=1e-5)
+
+
+def test_a_member_loads_back_into_its_architecture(tokenizer):
+    models = members(tokenizer)
+    population = Population.stack(models)
+    with torch.no_grad():
+        for weight in population.parameters():
+            weight.mul_(1.01)  # the population trained on
+    target = population.load_member_into(1, build_tiny_model(TinyModelConfig(**TINY_KW), tokenizer, seed=9))
+    state = population.member_state(1)
+    assert set(state) == {name for name, _ in target.named_parameters()}
+    for name, parameter in target.named_parameters():
+        assert torch.equal(parameter, state[name])
+        assert torch.equal(parameter, dict(models[1].named_parameters())[name].detach() * 1.01)
+
+
+def test_a_decoder_it_would_not_reproduce_is_refused(tokenizer):
+    model = build_tiny_model(TinyModelConfig(**TINY_KW), tokenizer, seed=0)
+    model.config.hidden_act = "gelu"
+    with pytest.raises(ModelError, match="activation 'gelu'"):
+        Population.stack([model])
+    other = build_tiny_model(TinyModelConfig(**{**TINY_KW, "num_layers": 1}), tokenizer, seed=0)
+    with pytest.raises(ModelError, match="share one config"):
+        Population.stack([build_tiny_model(TinyModelConfig(**TINY_KW), tokenizer, seed=0), other])

@@ -63,13 +63,13 @@ class Timer:
 def instrument(timer: Timer, optimizer) -> None:
     import torch
 
+    import sspo_cli.engines.native.step as step
     import sspo_cli.models.generation as sampling
-    import sspo_cli.models.logprobs as logprobs
-    import sspo_cli.rollout.collect as rollout
 
-    rollout.generate = timer.wrap("sampling", rollout.generate)
+    # Wrapped where the step calls them: it imported the functions themselves, not their modules.
+    step.generate = timer.wrap("sampling", step.generate)
     sampling.draw = timer.wrap("sampling: draw tokens, log-probs, entropy", sampling.draw)
-    logprobs.completion_logprobs = timer.wrap("update forwards (log-probs)", logprobs.completion_logprobs)
+    step.completion_logprobs = timer.wrap("update forwards (log-probs)", step.completion_logprobs)
     torch.Tensor.backward = timer.wrap("backward", torch.Tensor.backward)
     torch.nn.utils.clip_grad_norm_ = timer.wrap("optimiser: gradient clipping", torch.nn.utils.clip_grad_norm_)
     optimizer.step = timer.wrap("optimiser: AdamW step", optimizer.step)

@@ -138,3 +138,21 @@ def test_population_step_times_every_mechanism_per_member():
     assert set(rows[0]["ms_per_member"]) == {"separate", "population", "vmap"}
     assert set(rows[1]["ms_per_member"]) == {"separate", "population"}
     assert all(r["speedup_vs_separate"]["separate"] == 1.0 and min(r["ms_per_member"].values()) > 0 for r in rows)
+
+
+def test_profile_step_attributes_sampling_and_update_forwards():
+    command = [
+        sys.executable,
+        str(REPO / "benchmarks" / "profile_step.py"),
+        *TINY_LONG,
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+    ]
+    command += ["--threads", "1", "--profile-steps", "1"]
+    out = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300).stdout
+    cells = [[c.strip() for c in line.split("|")[1:3]] for line in out.splitlines() if line.count("|") == 4]
+    parts = {name: float(ms) for name, ms in cells if ms.replace(".", "", 1).isdigit()}
+    for part in ("sampling", "update forwards (log-probs)", "backward"):
+        assert parts.get(part, 0.0) > 0, (part, sorted(parts))

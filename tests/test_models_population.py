@@ -101,3 +101,46 @@ def test_a_decoder_it_would_not_reproduce_is_refused(tokenizer):
     other = build_tiny_model(TinyModelConfig(**{**TINY_KW, "num_layers": 1}), tokenizer, seed=0)
     with pytest.raises(ModelError, match="share one config"):
         Population.stack([build_tiny_model(TinyModelConfig(**TINY_KW), tokenizer, seed=0), other])
+
+
+def test_each_member_samples_what_its_standalone_run_samples(tokenizer):
+    from sspo_cli.models.generation import sample_completions
+    from sspo_cli.models.population import sample_population
+
+    models = members(tokenizer)
+    with torch.no_grad():  # far from uniform, so that rows end at different lengths
+        for model in models:
+            model.model.embed_tokens.weight.mul_(5.0)
+    population = Population.stack(models)
+    prompts = [["12+34=", "5+6=", "99+1="], ["7+8=", "10+20=", "3+3="], ["44+55=", "1+1=", "2+9="]]
+    group = 4
+    prompt_index = torch.arange(3).repeat_interleave(group)
+    encoded = tokenizer([p for member in prompts for p in member], return_tensors="pt", padding=True)
+    ids, mask = encoded["input_ids"].view(MEMBERS, 3, -1), encoded["attention_mask"].view(MEMBERS, 3, -1)
+    seeds = [11, 12, 13]
+    end = [tokenizer.eos_token_id]
+    together = sample_population(
+        population,
+        ids,
+        mask,
+        prompt_index.expand(MEMBERS, -1),
+        10,
+        1.0,
+        end,
+        tokenizer.pad_token_id,
+        [torch.Generator().manual_seed(seed) for seed in seeds],
+    )
+    lengths = set()
+    for member, (model, seed) in enumerate(zip(models, seeds)):
+        own = tokenizer(prompts[member], return_tensors="pt", padding=True)  # its own padding width
+        torch.manual_seed(seed)
+        alone = sample_completions(
+            model, own["input_ids"], own["attention_mask"], prompt_index, 10, 1.0, end, tokenizer.pad_token_id
+        )
+        width = alone.completion_ids.shape[1]
+        assert torch.equal(together.completion_ids[member, :, :width], alone.completion_ids)
+        assert (together.completion_ids[member, :, width:] == tokenizer.pad_token_id).all()
+        torch.testing.assert_close(together.logprobs[member, :, :width], alone.logprobs, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(together.entropy[member, :, :width], alone.entropy, rtol=1e-5, atol=1e-5)
+        lengths |= set((alone.completion_ids != tokenizer.pad_token_id).sum(1).tolist())
+    assert len(lengths) > 2  # rows ended at different lengths

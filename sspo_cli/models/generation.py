@@ -144,11 +144,13 @@ def draw(
     temperature: float | None,
     with_logprobs: bool,
     rows_of: tuple[torch.Tensor, int] | None = None,
+    noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One token per row from softmax(logits / T) (argmax if T is None), and its log-prob and the entropy.
 
-    `rows_of` (live, rows): the logits are rows `live` of a batch of `rows`; the noise is drawn for all `rows`
-    and the live rows take theirs, so a row draws the same token whichever rows are still there."""
+    `logits` [..., vocab]. `rows_of` (live, rows): the logits are rows `live` of a batch of `rows`; the noise is
+    drawn for all `rows` and the live rows take theirs, so a row draws the same token whichever rows are still
+    there. `noise`: the Exp(1) draws to use, shaped as `logits` (default: drawn here from torch's generator)."""
     import torch
 
     scaled = logits.float()
@@ -158,20 +160,24 @@ def draw(
         return scaled.argmax(dim=-1), None, None
     logp_all = torch.log_softmax(scaled, dim=-1)
     probs = logp_all.exp()
-    token = scaled.argmax(dim=-1) if temperature is None else exponential_race(probs, rows_of)
+    token = scaled.argmax(dim=-1) if temperature is None else exponential_race(probs, rows_of, noise)
     if not with_logprobs:
         return token, None, None
-    logp = logp_all.gather(-1, token[:, None]).squeeze(-1)
+    logp = logp_all.gather(-1, token.unsqueeze(-1)).squeeze(-1)
     entropy = -(probs * logp_all).sum(-1)
     return token, logp, entropy
 
 
-def exponential_race(probs: torch.Tensor, rows_of: tuple[torch.Tensor, int] | None) -> torch.Tensor:
+def exponential_race(
+    probs: torch.Tensor, rows_of: tuple[torch.Tensor, int] | None, noise: torch.Tensor | None = None
+) -> torch.Tensor:
     """argmax(p / q), q ~ Exp(1): a draw from each row of `probs`, exactly `torch.multinomial(probs, 1)`'s (the same
     random numbers taken from the same generator, the same tokens), with the noise drawn for every row of the whole
-    batch (`rows_of`) and the live rows' taken."""
+    batch (`rows_of`) and the live rows' taken. `noise` given: those draws instead."""
     import torch
 
+    if noise is not None:
+        return (probs / noise).argmax(dim=-1)
     live, rows = rows_of if rows_of is not None else (None, probs.shape[0])
     noise = torch.empty((rows, probs.shape[1]), dtype=probs.dtype, device=probs.device).exponential_(1)
     if live is not None and live.shape[0] != rows:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sspo_cli.models import ModelError
+from sspo_cli.models.generation import Sample, draw
+from sspo_cli.models.kv_cache import position_ids_for
 
 if TYPE_CHECKING:
     import torch
@@ -104,6 +106,14 @@ class PopulationCache:
     @property
     def length(self) -> int:
         return 0 if not self.keys or self.keys[0] is None else self.keys[0].shape[-2]
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Row i of member k becomes its old row index[k, i] ([K, N]), in every layer."""
+        import torch
+
+        members = torch.arange(index.shape[0], device=index.device)[:, None]
+        self.keys = [keys[members, index] for keys in self.keys]
+        self.values = [values[members, index] for values in self.values]
 
 
 class Population:
@@ -259,3 +269,69 @@ def attention_allowed(attention_mask: torch.Tensor, past: int, length: int) -> t
     itself = key_positions[None, :] == query_positions[:, None]
     allowed = (causal & attention_mask[..., None, :total].bool()) | itself
     return allowed[:, :, None]
+
+
+def sample_population(
+    population: Population,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    prompt_index: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float | None,
+    end_ids: list[int],
+    pad_id: int,
+    generators: list[torch.Generator] | None,
+) -> Sample:
+    """Every member's completions at once, each as `generation.sample_completions` samples its member alone.
+
+    `prompt_ids`, `prompt_mask` [K, P, T]: each member's distinct prompts (left-padded to one width);
+    `prompt_index` [K, N]: the prompt of each completion. `generators[k]`: member k's random numbers, drawn as its
+    own run draws them from torch's generator seeded alike (the same Exp(1) noise per row and token), so a member
+    samples the tokens its standalone run samples. Returns [K, N, T] tensors; a row is padding after its end
+    (log-prob and entropy 0), and T runs until every member's every row has ended."""
+    import torch
+
+    members, rows = prompt_index.shape
+    device = prompt_ids.device
+    ends = torch.tensor(list(end_ids), device=device)
+    member_rows = torch.arange(members, device=device)[:, None]
+    with torch.inference_mode():
+        cache = PopulationCache()
+        positions = position_ids_for(prompt_mask)
+        logits = population.forward(prompt_ids, prompt_mask, positions, cache)[:, :, -1]
+        cache.select_rows(prompt_index)
+        logits = logits[member_rows, prompt_index]
+        prompt_len = prompt_ids.shape[-1]
+        mask = torch.cat(
+            [prompt_mask[member_rows, prompt_index], prompt_mask.new_ones(members, rows, max_new_tokens)], -1
+        )
+        next_position = positions[member_rows, prompt_index, -1:] + 1
+        finished = torch.zeros(members, rows, dtype=torch.bool, device=device)
+        tokens, logprobs, entropies = [], [], []
+        for step in range(max_new_tokens):
+            noise = None if temperature is None else exponential_noise(generators, rows, logits.shape[-1], device)
+            token, logp, entropy = draw(logits, temperature, True, noise=noise)
+            token = torch.where(finished, torch.full_like(token, pad_id), token)
+            tokens.append(token)
+            logprobs.append(logp.masked_fill(finished, 0.0))
+            entropies.append(entropy.masked_fill(finished, 0.0))
+            finished = finished | torch.isin(token, ends)
+            if step == max_new_tokens - 1 or bool(finished.all()):
+                break
+            logits = population.forward(
+                token[..., None], mask[..., : prompt_len + step + 1], next_position + step, cache
+            )[:, :, -1]
+    return Sample(torch.stack(tokens, -1), torch.stack(logprobs, -1), torch.stack(entropies, -1))
+
+
+def exponential_noise(generators: list[torch.Generator], rows: int, vocab: int, device) -> torch.Tensor:
+    """Each member's Exp(1) draws for a token of its `rows` rows, from its own generator: [K, rows, vocab], as a
+    standalone run draws [rows, vocab] from torch's (`generation.exponential_race`)."""
+    import torch
+
+    return torch.stack(
+        [
+            torch.empty((rows, vocab), dtype=torch.float32, device=device).exponential_(1, generator=g)
+            for g in generators
+        ]
+    )

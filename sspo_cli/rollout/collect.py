@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sspo_cli.models.generation import Sample, sample_completions
 from sspo_cli.rollout.prompts import TextFormat, cut_at_stop, stop_window, tails_contain_stop
 
 if TYPE_CHECKING:
@@ -103,51 +104,74 @@ def generate(
     device = next(model.parameters()).device
     distinct, prompt_index = distinct_prompts(prompts)
     prompt_index = prompt_index.to(device)
-    logprobs = entropy = None
     if perf.sampler == "hf_generate":
         enc = fmt.encode(tokenizer, list(prompts), return_tensors="pt", padding=True).to(device)
-        prompt_ids, prompt_mask = enc["input_ids"], enc["attention_mask"]
-        completion = hf_generate(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens, temperature, end_ids)
-    else:
-        from sspo_cli.models.generation import sample_completions
+        rows = PromptRows(enc["input_ids"], enc["attention_mask"], prompt_index)
+        completion = hf_generate(model, tokenizer, rows.ids, rows.mask, max_new_tokens, temperature, end_ids)
+        return assemble_rollout(Sample(completion, None, None), rows, tokenizer, fmt, end_ids, perf.trim_padding)
+    shared = distinct if perf.share_prompt_prefix else list(prompts)
+    enc = fmt.encode(tokenizer, shared, return_tensors="pt", padding=True).to(device)
+    index = prompt_index if perf.share_prompt_prefix else torch.arange(len(prompts), device=device)
+    sample = sample_completions(
+        model,
+        enc["input_ids"],
+        enc["attention_mask"],
+        index,
+        max_new_tokens,
+        temperature,
+        end_ids,
+        tokenizer.pad_token_id,
+        with_logprobs=with_logprobs,
+        stop_early=perf.trim_padding,
+        stopped=stop_test(tokenizer, fmt.stop),
+        reserve_cache=perf.reserve_kv_cache,
+        compact=perf.compact_finished_rows,
+    )
+    rows = PromptRows(enc["input_ids"][index], enc["attention_mask"][index], prompt_index)
+    return assemble_rollout(sample, rows, tokenizer, fmt, end_ids, perf.trim_padding)
 
-        shared = distinct if perf.share_prompt_prefix else list(prompts)
-        enc = fmt.encode(tokenizer, shared, return_tensors="pt", padding=True).to(device)
-        rows = prompt_index if perf.share_prompt_prefix else torch.arange(len(prompts), device=device)
-        sample = sample_completions(
-            model,
-            enc["input_ids"],
-            enc["attention_mask"],
-            rows,
-            max_new_tokens,
-            temperature,
-            end_ids,
-            tokenizer.pad_token_id,
-            with_logprobs=with_logprobs,
-            stop_early=perf.trim_padding,
-            stopped=stop_test(tokenizer, fmt.stop),
-            reserve_cache=perf.reserve_kv_cache,
-            compact=perf.compact_finished_rows,
-        )
-        prompt_ids, prompt_mask = enc["input_ids"][rows], enc["attention_mask"][rows]
-        completion, logprobs, entropy = sample.completion_ids, sample.logprobs, sample.entropy
+
+@dataclass(frozen=True)
+class PromptRows:
+    """The prompt of each completion row, left-padded: tokens and mask [N, P], and its index among the distinct
+    prompts [N] (rows of one index form a group)."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    index: torch.Tensor
+
+
+def assemble_rollout(
+    sample: Sample,
+    prompts: PromptRows,
+    tokenizer: PreTrainedTokenizerBase,
+    fmt: TextFormat,
+    end_ids: Sequence[int],
+    trim_padding: bool,
+) -> Rollout:
+    """The rollout of sampled completions, whichever sampler drew them: each completion ends at its first end
+    token or stop string (`completion_ends`), its text decoded; with `trim_padding`, columns that are padding in
+    every row are dropped."""
+    import torch
+
+    completion, logprobs, entropy = sample.completion_ids, sample.logprobs, sample.entropy
     ends, by_stop = completion_ends(tokenizer, completion, end_ids, fmt.stop)
     completion_mask = mask_through(ends, completion.shape[1]).to(completion.device)
     truncated = [end is None for end in ends]
-    if perf.trim_padding:
+    if trim_padding:
         keep = longest_completion(completion_mask)
         completion, completion_mask = completion[:, :keep], completion_mask[:, :keep]
         logprobs = None if logprobs is None else logprobs[:, :keep]
         entropy = None if entropy is None else entropy[:, :keep]
-    attention_mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], dim=1)
+    attention_mask = torch.cat([prompts.mask, completion_mask.to(prompts.mask.dtype)], dim=1)
     texts = decode_completions(tokenizer, completion, completion_mask, end_ids)
     texts = [cut_at_stop(t, fmt.stop) if stopped else t for t, stopped in zip(texts, by_stop)]
     return Rollout(
-        torch.cat([prompt_ids, completion], dim=1),
+        torch.cat([prompts.ids, completion], dim=1),
         attention_mask,
         completion_mask.float(),
         texts,
-        prompt_index,
+        prompts.index,
         logprobs,
         entropy,
         truncated,

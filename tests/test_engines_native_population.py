@@ -51,3 +51,59 @@ def test_a_stacked_step_is_each_members_own_step(max_norm):
     for member, model in enumerate(models):
         for name, p in model.named_parameters():
             torch.testing.assert_close(population.weights[name][member], p.detach(), rtol=1e-6, atol=1e-7)
+
+
+POPULATION_RECIPE = [
+    "model.tiny.hidden_size=32",
+    "model.tiny.num_layers=2",
+    "model.tiny.intermediate_size=64",
+    "train.warm_start.enabled=false",
+    "rollout.prompts_per_step=4",
+    "rollout.group_size=4",
+    "rollout.max_new_tokens=6",
+    "rollout.updates_per_rollout=2",
+    "performance.autocast_bf16=false",
+    "train.lr=1e-3",
+    "task={name: sort, length: 4, reward: similarity, eval_size: 8, dev_size: 8, train_size: 200}",  # partial credit from the start
+]
+
+
+@pytest.mark.parametrize("objective_name", ["sspo", "grpo"])
+def test_the_first_rl_step_of_each_member_equals_its_standalone_step(objective_name):
+    from conftest import REPO
+
+    from sspo_cli.engines.native.learner import Learner
+    from sspo_cli.engines.native.loop import lr_multiplier, make_optimizer
+    from sspo_cli.engines.native.population import PopulationLearner, population_rl_step, population_unsupported
+    from sspo_cli.engines.native.step import rl_step
+    from sspo_cli.models import load_policy
+    from sspo_cli.objectives import build_objective
+    from sspo_cli.recipe import load_recipe
+    from sspo_cli.run.state import Policy, TrainState
+    from sspo_cli.tasks import build_task
+
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", [*POPULATION_RECIPE, f"objective.name={objective_name}"])
+    assert population_unsupported(recipe) is None
+    task, objective, seeds = build_task(recipe.task), build_objective(recipe.objective), [0, 1, 2]
+    standalone = []
+    for seed in seeds:
+        member = recipe.model_copy(update={"seed": seed})
+        model, tokenizer = load_policy(member.model, task.alphabet, seed)
+        optimizer, scheduler = make_optimizer(member, model)
+        state = TrainState(step=1)
+        metrics = rl_step(member, Learner(Policy(model, tokenizer), optimizer, scheduler), task, objective, state)
+        standalone.append((metrics, model))
+    models = [load_policy(recipe.model, task.alphabet, seed)[0] for seed in seeds]
+    tokenizer = load_policy(recipe.model, task.alphabet, 0)[1]
+    population = Population.stack(models)
+    optimizer = torch.optim.AdamW(population.parameters(), lr=recipe.train.lr, weight_decay=recipe.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(recipe))
+    learner = PopulationLearner(population, models[0], tokenizer, optimizer, scheduler)
+    together = population_rl_step(recipe, learner, task, objective, seeds, step=1)
+    for k, (metrics, model) in enumerate(standalone):
+        for key, value in together[k].items():
+            assert value == pytest.approx(metrics[key], rel=1e-5, abs=1e-6, nan_ok=True), (k, key)
+        for name, parameter in model.named_parameters():
+            torch.testing.assert_close(population.weights[name][k], parameter.detach(), rtol=1e-5, atol=1e-5)
+    losses = [m["train/loss"] for m, _ in standalone]
+    assert len(set(losses)) == len(seeds) and all(loss != 0 for loss in losses)  # real, different updates

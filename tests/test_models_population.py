@@ -37,6 +37,7 @@ def left_padded_batch(rows: int = 5, length: int = 7):
     mask = torch.ones(rows, length, dtype=torch.long)
     mask[0, :3] = 0  # left padding of unequal lengths
     mask[2, :1] = 0
+    ids[1, 4] = 0  # the padding token sampled as a real token: its embedding row takes no gradient from the input
     return ids, mask, position_ids_for(mask)
 
 

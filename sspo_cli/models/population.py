@@ -38,6 +38,7 @@ class DecoderShape:
     head_dim: int
     rms_eps: float
     rope_theta: float
+    padding_idx: int | None
 
     @classmethod
     def of(cls, config) -> DecoderShape:
@@ -55,6 +56,7 @@ class DecoderShape:
             head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
             rms_eps=config.rms_norm_eps,
             rope_theta=rope_parameters(config)["rope_theta"],
+            padding_idx=config.pad_token_id,
         )
 
 
@@ -178,6 +180,8 @@ class Population:
         rows, length = input_ids.shape[1:]
         embedding = w["model.embed_tokens.weight"]
         x = embedding[torch.arange(members)[:, None, None], input_ids]  # [K, rows, T, hidden]
+        if s.padding_idx is not None:  # as nn.Embedding(padding_idx): the padding token's row takes no gradient here
+            x = torch.where((input_ids == s.padding_idx)[..., None], x.detach(), x)
         cos, sin = rotary(position_ids, s.head_dim, s.rope_theta, x.dtype)
         past = cache.length if cache is not None else 0
         mask = attention_allowed(attention_mask, past, length)

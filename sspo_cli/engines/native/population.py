@@ -6,10 +6,23 @@ here, as `torch.nn.utils.clip_grad_norm_` takes it for one model."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from sspo_cli.engines.native.step import UpdateData, minibatches, prompts_for_step, step_seed
+from sspo_cli.models.kv_cache import position_ids_for
+from sspo_cli.models.population import Population
+from sspo_cli.rollout.collect import Rollout, grade_all, loss_mask, truncated_fraction
+from sspo_cli.rollout.population import generate_population
+from sspo_cli.rollout.prompts import text_format
+from sspo_cli.run.metrics import merge_rows
 
 if TYPE_CHECKING:
     import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from sspo_cli.recipe import Recipe
+    from sspo_cli.tasks import Task
 
 # torch.nn.utils.clip_grad_norm_'s guard against dividing by a zero norm
 CLIP_EPS = 1e-6
@@ -29,3 +42,136 @@ def clip_member_grad_norms_(weights: list[torch.Tensor], max_norm: float) -> tor
     for g in grads:
         g.mul_(scale.view(-1, *[1] * (g.dim() - 1)))
     return norms
+
+
+def population_unsupported(recipe: Recipe) -> str | None:
+    """Why a population cannot train `recipe` member for member as `rl_step` would (None: it can)."""
+    rollout, perf = recipe.rollout, recipe.performance
+    checks = {
+        "a policy lag (rollout.policy_lag)": rollout.policy_lag == 0,
+        "another sampler dtype (rollout.sampler_dtype)": rollout.sampler_dtype == "same",
+        "a KL reference (objective.beta)": not recipe.objective.beta,
+        "a sampler correction or M2PO mask (objective.correction, objective.m2_threshold)": (
+            recipe.objective.correction == "none" and recipe.objective.m2_threshold is None
+        ),
+        "LoRA (model.lora)": recipe.model.lora is None,
+        "bf16 updates (performance.autocast_bf16)": perf.autocast_bf16 is False,
+        "hf_generate sampling (performance.sampler)": perf.sampler == "kv_cache",
+    }
+    failed = [name for name, ok in checks.items() if not ok]
+    return ", ".join(failed) if failed else None
+
+
+@dataclass
+class PopulationLearner:
+    """A population, one AdamW over its stacked weights and one schedule (every member's learning rate is the same)."""
+
+    population: Population
+    like: PreTrainedModel  # a model of the members' architecture: its config and end tokens
+    tokenizer: PreTrainedTokenizerBase
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+
+def population_rl_step(
+    recipe: Recipe, learner: PopulationLearner, task: Task, objective, seeds: list[int], step: int
+) -> list[dict[str, float]]:
+    """RL step `step` of every member (member k: the recipe with seed `seeds[k]`), as `rl_step` takes it for each
+    member alone: its prompts, samples and mini-batches from its own seed; one batched sampling pass, one batched
+    forward and backward per update, one optimiser step. Returns each member's metrics."""
+    import torch
+
+    from sspo_cli.objectives import compute_advantages
+
+    cfg = recipe.rollout
+    prompts = [prompts_for_step(task.train, seed, step, cfg.prompts_per_step) for seed in seeds]
+    examples = [[e for e in member for _ in range(cfg.group_size)] for member in prompts]
+    generators = [torch.Generator().manual_seed(step_seed(seed, step)) for seed in seeds]
+    text = text_format(recipe, learner.tokenizer)
+    rollouts = generate_population(
+        learner.population,
+        learner.like,
+        learner.tokenizer,
+        [[e.prompt for e in member] for member in examples],
+        cfg.max_new_tokens,
+        cfg.temperature,
+        generators,
+        text,
+    )
+    grades = [grade_all(task, member, r.completions, r.truncated) for member, r in zip(examples, rollouts)]
+    data = []
+    for rollout, member_grades in zip(rollouts, grades):
+        rewards = torch.tensor([g.reward for g in member_grades], dtype=torch.float32)
+        advantages = compute_advantages(rewards, cfg.group_size, cfg.advantage_scale)
+        mask = loss_mask(rollout, cfg.mask_truncated_completions)
+        data.append(
+            UpdateData(
+                rollout.input_ids,
+                rollout.attention_mask,
+                rollout.completion_len,
+                rollout.logprobs,
+                advantages,
+                mask,
+                None,
+            )
+        )
+    batches = [minibatches(r.input_ids.shape[0], cfg, seed, step) for r, seed in zip(rollouts, seeds)]
+    updates: list[list[dict[str, float]]] = [[] for _ in seeds]
+    for _ in range(cfg.updates_per_rollout):
+        rows = [next(member_batches) for member_batches in batches]
+        logps = population_logprobs(learner.population, data, rows, cfg.temperature)
+        losses = [objective.loss(logp, **d.objective_inputs(r)) for logp, d, r in zip(logps, data, rows)]
+        learner.optimizer.zero_grad(set_to_none=True)
+        torch.stack(losses).sum().backward()
+        max_norm = recipe.train.grad_clip if recipe.train.grad_clip is not None else math.inf
+        norms = clip_member_grad_norms_(learner.population.parameters(), max_norm)
+        learner.optimizer.step()
+        learner.scheduler.step()
+        for k, (logp, d, r) in enumerate(zip(logps, data, rows)):
+            diagnostics = objective.metrics(logp.detach(), **d.metric_inputs(r))
+            updates[k].append(
+                {**diagnostics, "train/loss": float(losses[k].detach()), "train/grad_norm": float(norms[k])}
+            )
+    lr = learner.scheduler.get_last_lr()[0]
+    return [member_metrics(r, g, member_updates, lr) for r, g, member_updates in zip(rollouts, grades, updates)]
+
+
+def member_metrics(rollout: Rollout, grades: list, updates: list[dict[str, float]], lr: float) -> dict[str, float]:
+    """A member's step metrics under `rl_step`'s keys (those a population computes)."""
+    sampled = rollout.completion_mask
+    entropy = (rollout.entropy * sampled).sum() / sampled.sum().clamp(min=1)
+    return {
+        "train/reward": sum(g.reward for g in grades) / max(len(grades), 1),
+        "train/accuracy": sum(g.correct for g in grades) / max(len(grades), 1),
+        "train/response_length": float(sampled.sum()) / sampled.shape[0],
+        "rollout/truncated_frac": truncated_fraction(rollout),
+        "train/entropy": float(entropy),
+        "train/lr": lr,
+        **merge_rows(updates),
+    }
+
+
+def population_logprobs(
+    population: Population, data: list[UpdateData], rows: list[torch.Tensor], temperature: float
+) -> list[torch.Tensor]:
+    """Each member's log softmax(logits / T) of its `rows`' completion tokens ([rows, Tc] of that member), from one
+    forward of the population; every member's sequences padded on the right to the longest (masked, never read)."""
+    import torch
+
+    width = max(d.input_ids.shape[1] for d in data)
+    ids = torch.stack([pad_right(d.input_ids[r], width, 0) for d, r in zip(data, rows)])
+    mask = torch.stack([pad_right(d.attention_mask[r], width, 0) for d, r in zip(data, rows)])
+    logits = population.forward(ids, mask, position_ids_for(mask.view(-1, width)).view_as(mask))
+    logps = []
+    for k, d in enumerate(data):
+        start = d.input_ids.shape[1] - d.completion_len  # the first completion column (prompts share one width)
+        predicted = logits[k, :, start - 1 : start - 1 + d.completion_len].float() / temperature
+        tokens = ids[k, :, start : start + d.completion_len]
+        logps.append(predicted.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1))
+    return logps
+
+
+def pad_right(x: torch.Tensor, width: int, value: int) -> torch.Tensor:
+    import torch
+
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)

@@ -1,9 +1,11 @@
 """How a population's members cost, by mechanism: K models one after another, the stacked population decoder
 (`sspo_cli.models.population`), and torch.func's vmap over stacked modules.
 
-Two parts of an RL step on the quickstart's tiny Qwen2 (hidden 128, 4 layers):
+On the quickstart's tiny Qwen2 (hidden 128, 4 layers):
 - update: forward and backward of a mini-batch (rows x tokens) for every member;
-- decode: a KV-cache prefill of the prompts and `--new-tokens` one-token steps for every member.
+- decode: a KV-cache prefill of the prompts and `--new-tokens` one-token steps for every member;
+- rl_step: a whole RL step of the quickstart recipe (bf16 off, no warm start), `rl_step` member after member
+  against one `population_rl_step` (the population row; vmap has none).
 Rounds alternate the mechanisms; the figures are medians of milliseconds per member (lower is better) and
 each mechanism's speed-up over K separate models. vmap has no decode row: a KV cache kept across vmap calls
 would carry tensors out of the vmapped function.
@@ -18,6 +20,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch.func import functional_call, stack_module_state
@@ -27,6 +30,8 @@ from sspo_cli.models.kv_cache import cache_kwarg, new_cache, position_ids_for
 from sspo_cli.models.population import Population, PopulationCache
 from sspo_cli.recipe import TinyModelConfig
 
+QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+STEP_OVERRIDES = ["train.warm_start.enabled=false", "performance.autocast_bf16=false", "train.steps=100000"]
 QUICKSTART_MODEL = TinyModelConfig(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=512)
 
 
@@ -96,6 +101,53 @@ def decode_steps(models: list, rows: int, prompt: int, new_tokens: int) -> dict[
     return {"separate": separate, "population": stacked}
 
 
+def rl_steps(members: int, overrides: list[str]) -> dict[str, Callable[[], None]]:
+    from sspo_cli.engines.native.learner import Learner
+    from sspo_cli.engines.native.loop import make_optimizer
+    from sspo_cli.engines.native.population import PopulationLearner, population_rl_step, population_unsupported
+    from sspo_cli.engines.native.step import rl_step
+    from sspo_cli.models import load_policy
+    from sspo_cli.objectives import build_objective
+    from sspo_cli.recipe import load_recipe
+    from sspo_cli.run.schedule import lr_multiplier
+    from sspo_cli.run.state import Policy, TrainState
+    from sspo_cli.tasks import build_task
+
+    recipe = load_recipe(QUICKSTART, [*STEP_OVERRIDES, *overrides])
+    assert population_unsupported(recipe) is None, population_unsupported(recipe)
+    task, objective, seeds = build_task(recipe.task), build_objective(recipe.objective), list(range(members))
+    alone = []
+    for seed in seeds:
+        member = recipe.model_copy(update={"seed": seed})
+        model, tokenizer = load_policy(member.model, task.alphabet, seed)
+        alone.append((member, Learner(Policy(model, tokenizer), *make_optimizer(member, model)), TrainState()))
+    models = [load_policy(recipe.model, task.alphabet, seed)[0] for seed in seeds]
+    population = Population.stack(models)
+    optimizer = torch.optim.AdamW(population.parameters(), lr=recipe.train.lr, fused=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(recipe))
+    together = PopulationLearner(population, models[0], alone[0][1].policy.tokenizer, optimizer, scheduler)
+    steps = {"population": 0}
+
+    def separate() -> None:
+        for member, learner, state in alone:
+            state.step += 1
+            rl_step(member, learner, task, objective, state)
+
+    def stacked() -> None:
+        steps["population"] += 1
+        population_rl_step(recipe, together, task, objective, seeds, steps["population"])
+
+    return {"separate": separate, "population": stacked}
+
+
+# part -> its mechanisms' step functions, from the members' models and the command line
+PARTS: dict[str, Callable[[list, argparse.Namespace], dict[str, Callable[[], None]]]] = {
+    "update": lambda models, args: update_steps(models, args.rows, args.length),
+    "decode": lambda models, args: decode_steps(models, args.sample_rows, args.prompt, args.new_tokens),
+    "rl_step": lambda models, args: rl_steps(len(models), args.set),
+}
+
+
 def median_ms(step: Callable[[], None], members: int) -> float:
     start = time.perf_counter()
     step()
@@ -112,15 +164,14 @@ def main() -> None:
     parser.add_argument("--sample-rows", type=int, default=128, help="Completions sampled per member per step.")
     parser.add_argument("--prompt", type=int, default=6)
     parser.add_argument("--new-tokens", type=int, default=4)
+    parser.add_argument("--set", action="append", default=[], help="Recipe override of the rl_step part (repeatable).")
+    parser.add_argument("--parts", nargs="+", choices=sorted(PARTS), default=list(PARTS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokenizer = build_char_tokenizer("0123456789+-=* ")
     for members in args.members:
         models = [build_tiny_model(QUICKSTART_MODEL, tokenizer, seed=seed) for seed in range(members)]
-        parts = {
-            "update": update_steps(models, args.rows, args.length),
-            "decode": decode_steps(models, args.sample_rows, args.prompt, args.new_tokens),
-        }
+        parts = {part: PARTS[part](models, args) for part in args.parts}
         for part, steps in parts.items():
             times: dict[str, list[float]] = {name: [] for name in steps}
             for step in steps.values():  # warm-up

@@ -131,12 +131,33 @@ def test_interleaved_alternates_variants_in_one_process():
 
 def test_population_step_times_every_mechanism_per_member():
     command = [sys.executable, str(REPO / "benchmarks" / "population_step.py"), "--members", "1", "2", "--rounds", "1"]
-    command += ["--rows", "4", "--length", "5", "--sample-rows", "4", "--new-tokens", "2"]
+    command += [
+        "--rows",
+        "4",
+        "--length",
+        "5",
+        "--sample-rows",
+        "4",
+        "--new-tokens",
+        "2",
+        "--set",
+        "rollout.prompts_per_step=2",
+    ]
+    command += [
+        "--set",
+        "rollout.group_size=2",
+        "--set",
+        "model.tiny.hidden_size=32",
+        "--set",
+        "model.tiny.num_layers=1",
+    ]
     lines = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300).stdout.strip().splitlines()
     rows = [json.loads(line) for line in lines]
-    assert [(r["part"], r["members"]) for r in rows] == [("update", 1), ("decode", 1), ("update", 2), ("decode", 2)]
+    assert [(r["part"], r["members"]) for r in rows] == [
+        (p, k) for k in (1, 2) for p in ("update", "decode", "rl_step")
+    ]
     assert set(rows[0]["ms_per_member"]) == {"separate", "population", "vmap"}
-    assert set(rows[1]["ms_per_member"]) == {"separate", "population"}
+    assert set(rows[1]["ms_per_member"]) == set(rows[2]["ms_per_member"]) == {"separate", "population"}
     assert all(r["speedup_vs_separate"]["separate"] == 1.0 and min(r["ms_per_member"].values()) > 0 for r in rows)
 
 

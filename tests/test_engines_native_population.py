@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sspo_cli.engines.native.population import clip_member_grad_norms_  # noqa: E402
+from sspo_cli.engines.native.population import clip_member_grad_norms_, member_optimizer_state  # noqa: E402
 from sspo_cli.models import build_char_tokenizer, build_tiny_model  # noqa: E402
 from sspo_cli.models.population import Population  # noqa: E402
 from sspo_cli.recipe import TinyModelConfig  # noqa: E402
@@ -107,3 +107,29 @@ def test_the_first_rl_step_of_each_member_equals_its_standalone_step(objective_n
             torch.testing.assert_close(population.weights[name][k], parameter.detach(), rtol=1e-5, atol=1e-5)
     losses = [m["train/loss"] for m, _ in standalone]
     assert len(set(losses)) == len(seeds) and all(loss != 0 for loss in losses)  # real, different updates
+
+
+def test_a_members_optimizer_state_continues_alone_as_in_the_population():
+    tokenizer = build_char_tokenizer("0123456789+-=* ")
+    models = [build_tiny_model(TINY, tokenizer, seed=seed) for seed in range(3)]
+    population = Population.stack(models)
+    stacked = torch.optim.AdamW(population.parameters(), lr=1e-3, weight_decay=0.01, fused=True)
+
+    def set_grads(step: int) -> None:
+        for name, weight in population.weights.items():
+            weight.grad = torch.stack([gradients(models[k], k, step)[name] for k in range(3)])
+
+    for step in range(2):
+        set_grads(step)
+        stacked.step()
+    member = 1
+    alone = population.load_member_into(member, build_tiny_model(TINY, tokenizer, seed=9))
+    optimizer = torch.optim.AdamW(alone.parameters(), lr=1e-3, weight_decay=0.01, fused=True)
+    optimizer.load_state_dict(member_optimizer_state(stacked, population, member, alone))
+    set_grads(2)
+    for name, p in alone.named_parameters():
+        p.grad = population.weights[name].grad[member].clone()
+    stacked.step()
+    optimizer.step()
+    for name, p in alone.named_parameters():
+        torch.testing.assert_close(p.detach(), population.weights[name][member].detach(), rtol=0, atol=0)

@@ -175,3 +175,27 @@ def pad_right(x: torch.Tensor, width: int, value: int) -> torch.Tensor:
     import torch
 
     return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+
+
+def member_optimizer_state(optimizer: torch.optim.Optimizer, population: Population, member: int, model) -> dict:
+    """Member `member`'s part of the population's AdamW state, as the state dict of an AdamW over `model`'s trainable
+    parameters (the optimiser a standalone run builds), so a member's checkpoint is an ordinary one: a run resumed
+    from it alone goes on exactly as the population would have taken it."""
+    stacked_index = {id(weight): name for name, weight in population.weights.items()}
+    by_name = {
+        stacked_index[id(p)]: optimizer.state.get(p, {}) for group in optimizer.param_groups for p in group["params"]
+    }
+    names = {id(p): name for name, p in model.named_parameters()}
+    own = [p for p in model.parameters() if p.requires_grad]
+    state = {}
+    for index, parameter in enumerate(own):
+        stacked = by_name[names[id(parameter)]]
+        if stacked:
+            state[index] = {
+                key: value.clone() if key == "step" else value[member].clone() for key, value in stacked.items()
+            }
+    (group,) = optimizer.param_groups
+    return {
+        "state": state,
+        "param_groups": [{**{k: v for k, v in group.items() if k != "params"}, "params": list(range(len(own)))}],
+    }

@@ -133,3 +133,29 @@ def test_a_members_optimizer_state_continues_alone_as_in_the_population():
     optimizer.step()
     for name, p in alone.named_parameters():
         torch.testing.assert_close(p.detach(), population.weights[name][member].detach(), rtol=0, atol=0)
+
+
+def test_a_member_whose_update_is_not_finite_stops_the_population():
+    from conftest import REPO
+
+    from sspo_cli.engines.native.loop import lr_multiplier
+    from sspo_cli.engines.native.population import NonFiniteMemberUpdate, PopulationLearner, population_rl_step
+    from sspo_cli.models import load_policy
+    from sspo_cli.objectives import build_objective
+    from sspo_cli.recipe import load_recipe
+    from sspo_cli.tasks import build_task
+
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", POPULATION_RECIPE)
+    task = build_task(recipe.task)
+    models = [load_policy(recipe.model, task.alphabet, seed)[0] for seed in (0, 1)]
+    tokenizer = load_policy(recipe.model, task.alphabet, 0)[1]
+    population = Population.stack(models)
+    with torch.no_grad():
+        population.weights["model.layers.0.mlp.down_proj.weight"][1, 0, 0] = float("inf")
+    optimizer = torch.optim.AdamW(population.parameters(), lr=recipe.train.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(recipe))
+    learner = PopulationLearner(population, models[0], tokenizer, optimizer, scheduler)
+    before = population.member_state(0)
+    with pytest.raises(NonFiniteMemberUpdate, match=r"seed\(s\) \[1\]"):
+        population_rl_step(recipe, learner, task, build_objective(recipe.objective), [0, 1], step=1)
+    assert all(torch.equal(before[name], population.weights[name][0]) for name in before)  # no member stepped

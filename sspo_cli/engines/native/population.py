@@ -44,6 +44,14 @@ def clip_member_grad_norms_(weights: list[torch.Tensor], max_norm: float) -> tor
     return norms
 
 
+class NonFiniteMemberUpdate(RuntimeError):
+    """A member's loss or gradient was not finite: its standalone run would skip the update, a population cannot."""
+
+    def __init__(self, seeds: list[int], step: int) -> None:
+        super().__init__(f"step {step}: the update of seed(s) {seeds} was not finite; train them as standalone runs")
+        self.seeds, self.step = seeds, step
+
+
 def population_unsupported(recipe: Recipe) -> str | None:
     """Why a population cannot train `recipe` member for member as `rl_step` would (None: it can)."""
     rollout, perf = recipe.rollout, recipe.performance
@@ -125,6 +133,9 @@ def population_rl_step(
         torch.stack(losses).sum().backward()
         max_norm = recipe.train.grad_clip if recipe.train.grad_clip is not None else math.inf
         norms = clip_member_grad_norms_(learner.population.parameters(), max_norm)
+        unfinished = [seeds[k] for k in range(len(seeds)) if not math.isfinite(float(norms[k]))]
+        if unfinished:  # a standalone run skips such an update; one AdamW over stacked weights cannot skip a member
+            raise NonFiniteMemberUpdate(unfinished, step)
         learner.optimizer.step()
         learner.scheduler.step()
         for k, (logp, d, r) in enumerate(zip(logps, data, rows)):

@@ -91,10 +91,10 @@ def sample_completions(
             tokens.append(token)
             if stopped is not None:
                 ended = ended | (stopped(torch.stack(tokens, dim=1)) & ~finished)
+            if with_logprobs:  # rows that had ended before this token get 0
+                logprobs.append(scatter_rows(logp, live, rows, 0.0).masked_fill(finished, 0.0))
+                entropies.append(scatter_rows(entropy, live, rows, 0.0).masked_fill(finished, 0.0))
             finished = finished | ended
-            if with_logprobs:
-                logprobs.append(scatter_rows(logp, live, rows, 0.0) * ~finished_before(finished, ended))
-                entropies.append(scatter_rows(entropy, live, rows, 0.0) * ~finished_before(finished, ended))
             checking = (step + 1) % check_every == 0
             if step == max_new_tokens - 1 or (stop_early and checking and bool(finished.all())):
                 break
@@ -132,11 +132,6 @@ def scatter_rows(values: torch.Tensor | None, live: torch.Tensor, rows: int, fil
     if values is None or live.shape[0] == rows:
         return values
     return values.new_full((rows,), fill).index_copy_(0, live, values)
-
-
-def finished_before(finished: torch.Tensor, ended: torch.Tensor) -> torch.Tensor:
-    """Rows that had ended before this token (the token that ends a row still counts)."""
-    return finished & ~ended
 
 
 def draw(

@@ -196,14 +196,16 @@ class RolloutConfig(Strict):
     sampler_dtype: Literal["same", "bfloat16", "float32"] = Field(
         "same",
         description="Sample (and take the sampler's log-probs) in this dtype, against the learner's own forward "
-        "(performance.autocast_bf16), like a bf16 vLLM sampler: logs rollout/sampler_logp_diff_*. 'same': one "
-        "computation, as without a separate sampler.",
+        "(performance.autocast_bf16), like a bf16 vLLM sampler: logs rollout/sampler_logp_diff_*. 'same': the "
+        "learner's weights as loaded (float32): one computation with float32 updates; with bf16 updates the two "
+        "differ by bf16 rounding, and behaviour_logprobs picks the objective's.",
     )
     behaviour_logprobs: Literal["learner", "sampler"] = Field(
         "learner",
         description="Where the sampler is another computation than the learner (native engine: a sampler_dtype "
-        "other than 'same'; engine: trl: vLLM, trl.use_vllm): the objective's old log-probs are the learner's "
-        "recomputation under the sampling weights (TRL's and verl's default) or the sampler's own.",
+        "other than 'same', or bf16 updates; engine: trl: vLLM, trl.use_vllm): the objective's old log-probs are the "
+        "learner's recomputation under the sampling weights (TRL's and verl's default; one more no-grad forward) or "
+        "the sampler's own.",
     )
 
     @property
@@ -270,7 +272,7 @@ class PerformanceConfig(Strict):
     )
     sampling_logprobs: bool = Field(
         True,
-        description="Take the behaviour log-probs and entropy from the sampling pass instead of a second no-grad forward (equal within float tolerance). Needs sampler 'kv_cache'.",
+        description="Take the behaviour log-probs and entropy from the sampling pass instead of a second no-grad forward, where the sampler is the learner's computation (float32 updates; equal within float tolerance). Needs sampler 'kv_cache'.",
     )
     share_prompt_prefix: bool = Field(
         True,

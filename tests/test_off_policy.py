@@ -184,3 +184,15 @@ def test_on_policy_a_correction_and_the_m2po_mask_change_nothing_but_their_keys(
     assert abs(corrected["correction/weight_mean"] - 1.0) < 1e-5
     for key in ("train/reward", "ratio/token_mean", "weight/seq_mean", "train/loss"):
         assert corrected[key] == pytest.approx(plain[key], abs=1e-5), key
+
+
+def test_bf16_updates_take_the_learners_own_behaviour_logprobs(tmp_path: Path, tiny_overrides: list[str]) -> None:
+    """With bf16 updates the float32 sampling pass is another computation: the objective's old log-probs are the
+    learner's own bf16 forward (the first update exactly on-policy), the float32 sampler's logged as the mismatch."""
+    (row,) = run_steps(tmp_path, tiny_overrides, 1, "performance.autocast_bf16=true")
+    assert row["ratio/log_abs_mean"] == 0.0 and row["ratio/token_std"] == 0.0, row
+    assert 0 < row["rollout/sampler_logp_diff_mean"] <= row["rollout/sampler_logp_diff_max"], row
+    (sampler,) = run_steps(
+        tmp_path, tiny_overrides, 1, "performance.autocast_bf16=true", "rollout.behaviour_logprobs=sampler"
+    )
+    assert sampler["ratio/log_abs_mean"] > 0, sampler  # the float32 sampler's log-probs against bf16 updates

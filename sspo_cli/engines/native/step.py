@@ -22,6 +22,7 @@ from sspo_cli.engines.native.lag import LagSchedule
 from sspo_cli.engines.native.tuning import (
     attention_kernel,
     autocast,
+    bf16_updates,
     bucket_count,
     length_bucket_parts,
     micro_batch_price,
@@ -183,17 +184,18 @@ def behaviour_logprobs(
 ) -> Behaviour:
     """The behaviour log-probs, taken with the weights `model` holds (the sampling weights).
 
-    With `sampler_dtype: same` the sampler is the learner's computation: its log-probs are the sampling
-    pass's where it recorded them (the same numbers up to float rounding), else one more no-grad forward.
-    Otherwise both are taken, the sampler's in its dtype and the learner's as the updates run it
-    (`performance.autocast_bf16`), and `rollout.behaviour_logprobs` picks the objective's. The learner's
-    forwards use the updates' attention kernel `attention`; the sampler's, the loaded one.
+    With `sampler_dtype: same` and float32 updates the sampler is the learner's computation: its log-probs are
+    the sampling pass's where it recorded them (the same numbers up to float32 rounding), else one more no-grad
+    forward. Otherwise (another sampler dtype, or bf16 updates: `performance.autocast_bf16`, whose rounding
+    alone moves a 135M model's on-policy sequence ratios by about 2%) both are taken, the sampler's in its
+    dtype and the learner's as the updates run it, and `rollout.behaviour_logprobs` picks the objective's.
+    The learner's forwards use the updates' attention kernel `attention`; the sampler's, the loaded one.
     """
-    if cfg.sampler_dtype == "same":
+    device = rollout.input_ids.device
+    if cfg.sampler_dtype == "same" and not bf16_updates(device, perf.autocast_bf16):
         if rollout.logprobs is not None and rollout.entropy is not None:
             return Behaviour(rollout.logprobs, rollout.entropy)
         return Behaviour(*forward_logprobs(model, rollout, cfg.temperature, shared_prompts, perf, None, attention))
-    device = rollout.input_ids.device
     learner_logp, entropy = forward_logprobs(
         model, rollout, cfg.temperature, shared_prompts, perf, autocast(device, perf.autocast_bf16), attention
     )

@@ -43,8 +43,12 @@ def autocast(device: torch.device, setting: bool | str):
     """
     import torch
 
-    enabled = native_bf16(device) if setting == "auto" else bool(setting)
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16_updates(device, setting))
+
+
+def bf16_updates(device: torch.device, setting: bool | str) -> bool:
+    """Whether the updates run under bf16 autocast (`performance.autocast_bf16` resolved for `device`)."""
+    return native_bf16(device) if setting == "auto" else bool(setting)
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -109,7 +109,6 @@ def rl_steps(members: int, overrides: list[str]) -> dict[str, Callable[[], None]
     from sspo_cli.models import load_policy
     from sspo_cli.objectives import build_objective
     from sspo_cli.recipe import load_recipe
-    from sspo_cli.run.schedule import lr_multiplier
     from sspo_cli.run.state import Policy, TrainState
     from sspo_cli.tasks import build_task
 
@@ -122,10 +121,7 @@ def rl_steps(members: int, overrides: list[str]) -> dict[str, Callable[[], None]
         model, tokenizer = load_policy(member.model, task.alphabet, seed)
         alone.append((member, Learner(Policy(model, tokenizer), *make_optimizer(member, model)), TrainState()))
     models = [load_policy(recipe.model, task.alphabet, seed)[0] for seed in seeds]
-    population = Population.stack(models)
-    optimizer = torch.optim.AdamW(population.parameters(), lr=recipe.train.lr, fused=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(recipe))
-    together = PopulationLearner(population, models[0], alone[0][1].policy.tokenizer, optimizer, scheduler)
+    together = PopulationLearner.of(recipe, models, alone[0][1].policy.tokenizer)
     steps = {"population": 0}
 
     def separate() -> None:

@@ -73,7 +73,7 @@ def test_the_first_rl_step_of_each_member_equals_its_standalone_step(objective_n
     from conftest import REPO
 
     from sspo_cli.engines.native.learner import Learner
-    from sspo_cli.engines.native.loop import lr_multiplier, make_optimizer
+    from sspo_cli.engines.native.loop import make_optimizer
     from sspo_cli.engines.native.population import PopulationLearner, population_rl_step, population_unsupported
     from sspo_cli.engines.native.step import rl_step
     from sspo_cli.models import load_policy
@@ -95,10 +95,8 @@ def test_the_first_rl_step_of_each_member_equals_its_standalone_step(objective_n
         standalone.append((metrics, model))
     models = [load_policy(recipe.model, task.alphabet, seed)[0] for seed in seeds]
     tokenizer = load_policy(recipe.model, task.alphabet, 0)[1]
-    population = Population.stack(models)
-    optimizer = torch.optim.AdamW(population.parameters(), lr=recipe.train.lr, weight_decay=recipe.train.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(recipe))
-    learner = PopulationLearner(population, models[0], tokenizer, optimizer, scheduler)
+    learner = PopulationLearner.of(recipe, models, tokenizer)
+    population = learner.population
     together = population_rl_step(recipe, learner, task, objective, seeds, step=1)
     for k, (metrics, model) in enumerate(standalone):
         for key, value in together[k].items():
@@ -138,7 +136,6 @@ def test_a_members_optimizer_state_continues_alone_as_in_the_population():
 def test_a_member_whose_update_is_not_finite_stops_the_population():
     from conftest import REPO
 
-    from sspo_cli.engines.native.loop import lr_multiplier
     from sspo_cli.engines.native.population import NonFiniteMemberUpdate, PopulationLearner, population_rl_step
     from sspo_cli.models import load_policy
     from sspo_cli.objectives import build_objective
@@ -149,12 +146,10 @@ def test_a_member_whose_update_is_not_finite_stops_the_population():
     task = build_task(recipe.task)
     models = [load_policy(recipe.model, task.alphabet, seed)[0] for seed in (0, 1)]
     tokenizer = load_policy(recipe.model, task.alphabet, 0)[1]
-    population = Population.stack(models)
+    learner = PopulationLearner.of(recipe, models, tokenizer)
+    population = learner.population
     with torch.no_grad():
         population.weights["model.layers.0.mlp.down_proj.weight"][1, 0, 0] = float("inf")
-    optimizer = torch.optim.AdamW(population.parameters(), lr=recipe.train.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(recipe))
-    learner = PopulationLearner(population, models[0], tokenizer, optimizer, scheduler)
     before = population.member_state(0)
     with pytest.raises(NonFiniteMemberUpdate, match=r"seed\(s\) \[1\]"):
         population_rl_step(recipe, learner, task, build_objective(recipe.objective), [0, 1], step=1)

@@ -240,9 +240,15 @@ def make_optimizer(
 ) -> tuple[torch.optim.Optimizer, Any]:
     """AdamW over the trainable parameters and the recipe's schedule; `fused` None: the fused kernel where torch
     has one for these parameters."""
+    return adamw_with_schedule(recipe, trainable_parameters(model), fused)
+
+
+def adamw_with_schedule(
+    recipe: Recipe, params: list[torch.Tensor], fused: bool | None = None
+) -> tuple[torch.optim.Optimizer, Any]:
+    """The recipe's AdamW over `params` (a model's, or a population's stacked weights) and its schedule."""
     import torch
 
-    params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(
         params,
         lr=recipe.train.lr,

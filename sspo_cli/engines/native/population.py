@@ -9,10 +9,20 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sspo_cli.engines.native.step import UpdateData, minibatches, prompts_for_step, step_seed
+from sspo_cli.engines.native.loop import adamw_with_schedule
+from sspo_cli.engines.native.step import (
+    UpdateData,
+    grad_clip_norm,
+    group_advantages,
+    is_decoupled,
+    minibatches,
+    prompts_for_step,
+    sampled_metrics,
+    step_seed,
+)
 from sspo_cli.models.kv_cache import position_ids_for
 from sspo_cli.models.population import Population
-from sspo_cli.rollout.collect import Rollout, grade_all, loss_mask, truncated_fraction
+from sspo_cli.rollout.collect import grade_all, loss_mask
 from sspo_cli.rollout.population import generate_population
 from sspo_cli.rollout.prompts import text_format
 from sspo_cli.run.metrics import merge_rows
@@ -59,8 +69,8 @@ def population_unsupported(recipe: Recipe) -> str | None:
         "a policy lag (rollout.policy_lag)": rollout.policy_lag == 0,
         "another sampler dtype (rollout.sampler_dtype)": rollout.sampler_dtype == "same",
         "a KL reference (objective.beta)": not recipe.objective.beta,
-        "a sampler correction or M2PO mask (objective.correction, objective.m2_threshold)": (
-            recipe.objective.correction == "none" and recipe.objective.m2_threshold is None
+        "a sampler correction or M2PO mask (objective.correction, objective.m2_threshold)": not is_decoupled(
+            recipe.objective
         ),
         "LoRA (model.lora)": recipe.model.lora is None,
         "bf16 updates (performance.autocast_bf16)": perf.autocast_bf16 is False,
@@ -80,6 +90,12 @@ class PopulationLearner:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
 
+    @classmethod
+    def of(cls, recipe: Recipe, models: list[PreTrainedModel], tokenizer: PreTrainedTokenizerBase) -> PopulationLearner:
+        """`models` stacked, with the optimiser and schedule a standalone run of `recipe` builds for one of them."""
+        population = Population.stack(models)
+        return cls(population, models[0], tokenizer, *adamw_with_schedule(recipe, population.parameters()))
+
 
 def population_rl_step(
     recipe: Recipe, learner: PopulationLearner, task: Task, objective, seeds: list[int], step: int
@@ -88,8 +104,6 @@ def population_rl_step(
     member alone: its prompts, samples and mini-batches from its own seed; one batched sampling pass, one batched
     forward and backward per update, one optimiser step. Returns each member's metrics."""
     import torch
-
-    from sspo_cli.objectives import compute_advantages
 
     cfg = recipe.rollout
     prompts = [prompts_for_step(task.train, seed, step, cfg.prompts_per_step) for seed in seeds]
@@ -107,11 +121,11 @@ def population_rl_step(
         text,
     )
     grades = [grade_all(task, member, r.completions, r.truncated) for member, r in zip(examples, rollouts)]
-    data = []
+    rewards, data = [], []
     for rollout, member_grades in zip(rollouts, grades):
-        rewards = torch.tensor([g.reward for g in member_grades], dtype=torch.float32)
-        advantages = compute_advantages(rewards, cfg.group_size, cfg.advantage_scale)
+        member_rewards, advantages = group_advantages(member_grades, cfg)
         mask = loss_mask(rollout, cfg.mask_truncated_completions)
+        rewards.append(member_rewards)
         data.append(
             UpdateData(
                 rollout.input_ids,
@@ -131,8 +145,7 @@ def population_rl_step(
         losses = [objective.loss(logp, **d.objective_inputs(r)) for logp, d, r in zip(logps, data, rows)]
         learner.optimizer.zero_grad(set_to_none=True)
         torch.stack(losses).sum().backward()
-        max_norm = recipe.train.grad_clip if recipe.train.grad_clip is not None else math.inf
-        norms = clip_member_grad_norms_(learner.population.parameters(), max_norm)
+        norms = clip_member_grad_norms_(learner.population.parameters(), grad_clip_norm(recipe))
         unfinished = [seeds[k] for k in range(len(seeds)) if not math.isfinite(float(norms[k]))]
         if unfinished:  # a standalone run skips such an update; one AdamW over stacked weights cannot skip a member
             raise NonFiniteMemberUpdate(unfinished, step)
@@ -144,22 +157,11 @@ def population_rl_step(
                 {**diagnostics, "train/loss": float(losses[k].detach()), "train/grad_norm": float(norms[k])}
             )
     lr = learner.scheduler.get_last_lr()[0]
-    return [member_metrics(r, g, member_updates, lr) for r, g, member_updates in zip(rollouts, grades, updates)]
-
-
-def member_metrics(rollout: Rollout, grades: list, updates: list[dict[str, float]], lr: float) -> dict[str, float]:
-    """A member's step metrics under `rl_step`'s keys (those a population computes)."""
-    sampled = rollout.completion_mask
-    entropy = (rollout.entropy * sampled).sum() / sampled.sum().clamp(min=1)
-    return {
-        "train/reward": sum(g.reward for g in grades) / max(len(grades), 1),
-        "train/accuracy": sum(g.correct for g in grades) / max(len(grades), 1),
-        "train/response_length": float(sampled.sum()) / sampled.shape[0],
-        "rollout/truncated_frac": truncated_fraction(rollout),
-        "train/entropy": float(entropy),
-        "train/lr": lr,
-        **merge_rows(updates),
-    }
+    # each member's step metrics under rl_step's keys (those a population computes)
+    return [
+        {**sampled_metrics(r, g, member_rewards, r.entropy), "train/lr": lr, **merge_rows(member_updates)}
+        for r, g, member_rewards, member_updates in zip(rollouts, grades, rewards, updates)
+    ]
 
 
 def population_logprobs(

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     import torch
 
     from sspo_cli.engines.native.learner import Learner
+    from sspo_cli.rewards import Grade
     from sspo_cli.rollout.collect import Rollout
     from sspo_cli.run.state import TrainState
     from sspo_cli.tasks import Example, Task
@@ -48,8 +49,6 @@ if TYPE_CHECKING:
 def rl_step(recipe: Recipe, learner: Learner, task: Task, objective, state: TrainState) -> dict[str, float]:
     """One rollout and its `updates_per_rollout` optimiser updates."""
     import torch
-
-    from sspo_cli.objectives import compute_advantages  # its lazy attribute imports torch
 
     cfg, perf, policy = recipe.rollout, recipe.performance, learner.policy
     started = time.perf_counter()
@@ -83,8 +82,7 @@ def rl_step(recipe: Recipe, learner: Learner, task: Task, objective, state: Trai
 
     # 2. Rewards and group-relative advantages.
     grades = grade_all(task, examples, rollout.completions, rollout.truncated)
-    rewards = torch.tensor([g.reward for g in grades], dtype=torch.float32)
-    advantages = compute_advantages(rewards, cfg.group_size, cfg.advantage_scale)
+    rewards, advantages = group_advantages(grades, cfg)
     device = rollout.input_ids.device
     advantages, mask = advantages.to(device), loss_mask(rollout, cfg.mask_truncated_completions)
 
@@ -92,12 +90,10 @@ def rl_step(recipe: Recipe, learner: Learner, task: Task, objective, state: Trai
     #    and the objective's ratio is taken against the proximal policy, the learner's current weights,
     #    recomputed once for the whole rollout. Then the reference's log-probs, for a KL penalty.
     old_logp, token_entropy, behav_logp, staleness = behaviour.old_logp, behaviour.entropy, None, None
-    if is_decoupled(objective):
+    if is_decoupled(objective.config):
         behav_logp = behaviour.sampler_logp if behaviour.sampler_logp is not None else behaviour.old_logp
         old_logp = proximal_logprobs(model, rollout, cfg.temperature, shared_prompts, perf, attention)
         staleness = torch.full((rollout.input_ids.shape[0],), float(schedule.lag(state.step)), device=device)
-    sampled_mask = rollout.completion_mask  # every sampled token, masked-out truncated completions included
-    entropy = (token_entropy * sampled_mask).sum() / sampled_mask.sum().clamp(min=1)
     ref_logp = None
     if policy.has_reference:
         with torch.inference_mode(), policy.reference_model() as reference, attention_kernel(reference, attention):
@@ -138,15 +134,11 @@ def rl_step(recipe: Recipe, learner: Learner, task: Task, objective, state: Trai
     policy.model.eval()
 
     elapsed = time.perf_counter() - started
-    tokens = float(sampled_mask.sum())
+    tokens = float(rollout.completion_mask.sum())
     return {
-        "train/reward": float(rewards.mean()),
-        "train/accuracy": sum(g.correct for g in grades) / max(len(grades), 1),
-        "train/response_length": tokens / sampled_mask.shape[0],
-        "rollout/truncated_frac": truncated_fraction(rollout),
+        **sampled_metrics(rollout, grades, rewards, token_entropy),
         "rollout/policy_lag": float(schedule.lag(state.step)),
-        **behaviour.mismatch(sampled_mask),
-        "train/entropy": float(entropy),
+        **behaviour.mismatch(rollout.completion_mask),
         "train/lr": learner.scheduler.get_last_lr()[0],
         "train/tokens_per_s": tokens / elapsed,
         "train/step_seconds": elapsed,
@@ -207,10 +199,40 @@ def behaviour_logprobs(
     return Behaviour(old_logp, entropy, sampler_logp, learner_logp)
 
 
-def is_decoupled(objective) -> bool:
-    """Whether the objective asks for the sampler's log-probs beside the proximal ones: a sampler correction or
-    the M2PO mask (spec: "Sampler correction", decoupled PPO)."""
-    return objective.config.correction != "none" or objective.config.m2_threshold is not None
+def is_decoupled(config) -> bool:
+    """Whether the objective (its `config`) asks for the sampler's log-probs beside the proximal ones: a sampler
+    correction or the M2PO mask (spec: "Sampler correction", decoupled PPO)."""
+    return config.correction != "none" or config.m2_threshold is not None
+
+
+def group_advantages(grades: list[Grade], cfg: RolloutConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rollout's rewards [N] and their group-relative advantages [N] (rows laid out group by group)."""
+    import torch
+
+    from sspo_cli.objectives import compute_advantages  # its lazy attribute imports torch
+
+    rewards = torch.tensor([g.reward for g in grades], dtype=torch.float32)
+    return rewards, compute_advantages(rewards, cfg.group_size, cfg.advantage_scale)
+
+
+def sampled_metrics(
+    rollout: Rollout, grades: list[Grade], rewards: torch.Tensor, token_entropy: torch.Tensor
+) -> dict[str, float]:
+    """What a step sampled: reward, accuracy, length, cut-off share, and the mean entropy over every sampled token
+    (masked-out truncated completions included)."""
+    sampled = rollout.completion_mask
+    return {
+        "train/reward": float(rewards.mean()),
+        "train/accuracy": sum(g.correct for g in grades) / max(len(grades), 1),
+        "train/response_length": float(sampled.sum()) / sampled.shape[0],
+        "rollout/truncated_frac": truncated_fraction(rollout),
+        "train/entropy": float((token_entropy * sampled).sum() / sampled.sum().clamp(min=1)),
+    }
+
+
+def grad_clip_norm(recipe: Recipe) -> float:
+    """The largest gradient norm an update keeps (`train.grad_clip`; none: inf)."""
+    return recipe.train.grad_clip if recipe.train.grad_clip is not None else math.inf
 
 
 def proximal_logprobs(
@@ -399,8 +421,7 @@ def apply_update(loss: float, model, optimizer, scheduler, recipe: Recipe, state
     import torch
 
     if math.isfinite(loss):
-        max_norm = recipe.train.grad_clip if recipe.train.grad_clip is not None else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm(recipe)))
     else:
         grad_norm = math.nan
     if not math.isfinite(grad_norm):

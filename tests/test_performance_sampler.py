@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 from sspo_cli.engines.native.tuning import attention_kernel  # noqa: E402
 from sspo_cli.models import build_char_tokenizer, build_tiny_model  # noqa: E402
-from sspo_cli.models.generation import exponential_race, rows_to_keep  # noqa: E402
+from sspo_cli.models.generation import exponential_noise, exponential_race, rows_to_keep  # noqa: E402
 from sspo_cli.models.kv_cache import new_cache, reserved_layer_class  # noqa: E402
 from sspo_cli.models.logprobs import completion_logprobs  # noqa: E402
 from sspo_cli.recipe import PerformanceConfig, TinyModelConfig  # noqa: E402
@@ -100,11 +100,11 @@ def test_sampler_draws_as_torch_multinomial():
     expected = torch.multinomial(probs, 1).squeeze(-1)
     after_expected = torch.rand(4)
     torch.manual_seed(11)
-    assert torch.equal(exponential_race(probs, None), expected)
+    assert torch.equal(exponential_race(probs, exponential_noise(16, 30, probs.device)), expected)
     assert torch.equal(torch.rand(4), after_expected)  # the same random numbers were taken
     torch.manual_seed(11)
     live = torch.tensor([1, 4, 9])  # rows still in the batch: each draws what it drew in the whole batch
-    assert torch.equal(exponential_race(probs[live], (live, 16)), expected[live])
+    assert torch.equal(exponential_race(probs[live], exponential_noise(16, 30, probs.device)[live]), expected[live])
 
 
 def test_rows_to_keep_waits_for_a_quarter_of_the_batch():

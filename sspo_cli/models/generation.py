@@ -84,7 +84,10 @@ def sample_completions(
         check_every = 1 if device.type == "cpu" else 4
         tokens, logprobs, entropies = [], [], []
         for step in range(max_new_tokens):
-            drawn, logp, entropy = draw(logits, temperature, with_logprobs, rows_of=(live, rows))
+            noise = None if temperature is None else exponential_noise(rows, logits.shape[-1], device)
+            if noise is not None and live.shape[0] < rows:
+                noise = noise[live]  # every row's noise is drawn; the rows still in the batch take theirs
+            drawn, logp, entropy = draw(logits, temperature, with_logprobs, noise)
             token = scatter_rows(drawn, live, rows, pad_id)
             token = torch.where(finished, torch.full_like(token, pad_id), token)
             ended = torch.isin(token, ends)
@@ -135,17 +138,12 @@ def scatter_rows(values: torch.Tensor | None, live: torch.Tensor, rows: int, fil
 
 
 def draw(
-    logits: torch.Tensor,
-    temperature: float | None,
-    with_logprobs: bool,
-    rows_of: tuple[torch.Tensor, int] | None = None,
-    noise: torch.Tensor | None = None,
+    logits: torch.Tensor, temperature: float | None, with_logprobs: bool, noise: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One token per row from softmax(logits / T) (argmax if T is None), and its log-prob and the entropy.
 
-    `logits` [..., vocab]. `rows_of` (live, rows): the logits are rows `live` of a batch of `rows`; the noise is
-    drawn for all `rows` and the live rows take theirs, so a row draws the same token whichever rows are still
-    there. `noise`: the Exp(1) draws to use, shaped as `logits` (default: drawn here from torch's generator)."""
+    `logits` [..., vocab]; `noise`: the Exp(1) draws to sample with, shaped as `logits` (default: drawn here from
+    torch's generator, `exponential_noise`)."""
     import torch
 
     scaled = logits.float()
@@ -155,7 +153,10 @@ def draw(
         return scaled.argmax(dim=-1), None, None
     logp_all = torch.log_softmax(scaled, dim=-1)
     probs = logp_all.exp()
-    token = scaled.argmax(dim=-1) if temperature is None else exponential_race(probs, rows_of, noise)
+    if temperature is None:
+        token = scaled.argmax(dim=-1)
+    else:
+        token = exponential_race(probs, noise if noise is not None else exponential_noise(*probs.shape, probs.device))
     if not with_logprobs:
         return token, None, None
     logp = logp_all.gather(-1, token.unsqueeze(-1)).squeeze(-1)
@@ -163,18 +164,14 @@ def draw(
     return token, logp, entropy
 
 
-def exponential_race(
-    probs: torch.Tensor, rows_of: tuple[torch.Tensor, int] | None, noise: torch.Tensor | None = None
-) -> torch.Tensor:
-    """argmax(p / q), q ~ Exp(1): a draw from each row of `probs`, exactly `torch.multinomial(probs, 1)`'s (the same
-    random numbers taken from the same generator, the same tokens), with the noise drawn for every row of the whole
-    batch (`rows_of`) and the live rows' taken. `noise` given: those draws instead."""
+def exponential_noise(rows: int, vocab: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Exp(1) draws [rows, vocab] from `generator` (default: torch's), taken as `torch.multinomial` takes them."""
     import torch
 
-    if noise is not None:
-        return (probs / noise).argmax(dim=-1)
-    live, rows = rows_of if rows_of is not None else (None, probs.shape[0])
-    noise = torch.empty((rows, probs.shape[1]), dtype=probs.dtype, device=probs.device).exponential_(1)
-    if live is not None and live.shape[0] != rows:
-        noise = noise[live]
+    return torch.empty((rows, vocab), dtype=torch.float32, device=device).exponential_(1, generator=generator)
+
+
+def exponential_race(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """argmax(p / q) with q ~ Exp(1) (`exponential_noise`): a draw from each row of `probs`, and with the same
+    random numbers exactly `torch.multinomial(probs, 1)`'s (its one-sample rule, written out)."""
     return (probs / noise).argmax(dim=-1)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sspo_cli.models import ModelError
-from sspo_cli.models.generation import Sample, draw
+from sspo_cli.models.generation import Sample, draw, exponential_noise
 from sspo_cli.models.kv_cache import position_ids_for
 
 if TYPE_CHECKING:
@@ -313,8 +313,10 @@ def sample_population(
         finished = torch.zeros(members, rows, dtype=torch.bool, device=device)
         tokens, logprobs, entropies = [], [], []
         for step in range(max_new_tokens):
-            noise = None if temperature is None else exponential_noise(generators, rows, logits.shape[-1], device)
-            token, logp, entropy = draw(logits, temperature, True, noise=noise)
+            noise = None
+            if temperature is not None:  # each member's from its own generator
+                noise = torch.stack([exponential_noise(rows, logits.shape[-1], device, g) for g in generators])
+            token, logp, entropy = draw(logits, temperature, True, noise)
             token = torch.where(finished, torch.full_like(token, pad_id), token)
             tokens.append(token)
             logprobs.append(logp.masked_fill(finished, 0.0))
@@ -326,16 +328,3 @@ def sample_population(
                 token[..., None], mask[..., : prompt_len + step + 1], next_position + step, cache
             )[:, :, -1]
     return Sample(torch.stack(tokens, -1), torch.stack(logprobs, -1), torch.stack(entropies, -1))
-
-
-def exponential_noise(generators: list[torch.Generator], rows: int, vocab: int, device) -> torch.Tensor:
-    """Each member's Exp(1) draws for a token of its `rows` rows, from its own generator: [K, rows, vocab], as a
-    standalone run draws [rows, vocab] from torch's (`generation.exponential_race`)."""
-    import torch
-
-    return torch.stack(
-        [
-            torch.empty((rows, vocab), dtype=torch.float32, device=device).exponential_(1, generator=g)
-            for g in generators
-        ]
-    )

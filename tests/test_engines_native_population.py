@@ -68,8 +68,23 @@ POPULATION_RECIPE = [
 ]
 
 
-@pytest.mark.parametrize("objective_name", ["sspo", "grpo"])
-def test_the_first_rl_step_of_each_member_equals_its_standalone_step(objective_name):
+# what a step measures of its own speed: a population's step is shared by its members, so these differ
+TIMINGS = {
+    "train/step_seconds",
+    "train/sample_seconds",
+    "train/tokens_per_s",
+    "train/objective_seconds",
+    "train/population_size",
+}
+
+
+@pytest.mark.parametrize(
+    ("objective_name", "bf16", "tolerance"),
+    [("sspo", False, 1e-5), ("grpo", False, 1e-5), ("sspo", True, 1e-2), ("cispo", True, 1e-2)],
+)
+def test_the_first_rl_step_of_each_member_equals_its_standalone_step(objective_name, bf16, tolerance):
+    """Equal within float32 rounding; with bf16 updates within bf16 rounding (a batched product rounds its bf16
+    outputs where a single one does, but may sum in another order)."""
     from conftest import REPO
 
     from sspo_cli.engines.native.learner import Learner
@@ -82,13 +97,19 @@ def test_the_first_rl_step_of_each_member_equals_its_standalone_step(objective_n
     from sspo_cli.run.state import Policy, TrainState
     from sspo_cli.tasks import build_task
 
-    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", [*POPULATION_RECIPE, f"objective.name={objective_name}"])
+    overrides = [
+        *POPULATION_RECIPE,
+        f"objective.name={objective_name}",
+        f"performance.autocast_bf16={str(bf16).lower()}",
+    ]
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", overrides)
     assert population_unsupported(recipe) is None
     task, objective, seeds = build_task(recipe.task), build_objective(recipe.objective), [0, 1, 2]
-    standalone = []
+    standalone, initial = [], []
     for seed in seeds:
         member = recipe.model_copy(update={"seed": seed})
         model, tokenizer = load_policy(member.model, task.alphabet, seed)
+        initial.append(torch.cat([p.detach().flatten().clone() for p in model.parameters()]))
         optimizer, scheduler = make_optimizer(member, model)
         state = TrainState(step=1)
         metrics = rl_step(member, Learner(Policy(model, tokenizer), optimizer, scheduler), task, objective, state)
@@ -99,10 +120,20 @@ def test_the_first_rl_step_of_each_member_equals_its_standalone_step(objective_n
     population = learner.population
     together = population_rl_step(recipe, learner, task, objective, seeds, step=1)
     for k, (metrics, model) in enumerate(standalone):
-        for key, value in together[k].items():
-            assert value == pytest.approx(metrics[key], rel=1e-5, abs=1e-6, nan_ok=True), (k, key)
-        for name, parameter in model.named_parameters():
-            torch.testing.assert_close(population.weights[name][k], parameter.detach(), rtol=1e-5, atol=1e-5)
+        assert set(metrics) - TIMINGS <= set(together[k])  # every metric of a standalone step
+        for key in set(metrics) - TIMINGS:
+            # the bf16 and float32 log-probs' difference is rounding itself: the same size, not the same number
+            rel = 0.5 if key.startswith("rollout/sampler_logp_diff") else tolerance
+            assert together[k][key] == pytest.approx(metrics[key], rel=rel, abs=tolerance / 10, nan_ok=True), (k, key)
+        together_weights = torch.cat(
+            [population.weights[name][k].detach().flatten() for name, _ in model.named_parameters()]
+        )
+        own_weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+        if not bf16:
+            torch.testing.assert_close(together_weights, own_weights, rtol=1e-5, atol=1e-5)
+        else:  # bf16 rounding alone moves a step by about 6% of its size (bf16 against float32 updates)
+            difference = float((together_weights - own_weights).norm())
+            assert difference < 0.1 * float((own_weights - initial[k]).norm())
     losses = [m["train/loss"] for m, _ in standalone]
     assert len(set(losses)) == len(seeds) and all(loss != 0 for loss in losses)  # real, different updates
 

@@ -6,11 +6,14 @@ here, as `torch.nn.utils.clip_grad_norm_` takes it for one model."""
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sspo_cli.engines.native.loop import adamw_with_schedule
 from sspo_cli.engines.native.step import (
+    Behaviour,
     UpdateData,
     grad_clip_norm,
     group_advantages,
@@ -20,7 +23,9 @@ from sspo_cli.engines.native.step import (
     sampled_metrics,
     step_seed,
 )
+from sspo_cli.engines.native.tuning import autocast, bf16_updates
 from sspo_cli.models.kv_cache import position_ids_for
+from sspo_cli.models.logprobs import entropy_of, logprobs_from_logits
 from sspo_cli.models.population import Population
 from sspo_cli.rollout.collect import grade_all, loss_mask
 from sspo_cli.rollout.population import generate_population
@@ -32,6 +37,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from sspo_cli.recipe import Recipe
+    from sspo_cli.rollout.collect import Rollout
     from sspo_cli.tasks import Task
 
 # torch.nn.utils.clip_grad_norm_'s guard against dividing by a zero norm
@@ -73,7 +79,6 @@ def population_unsupported(recipe: Recipe) -> str | None:
             recipe.objective
         ),
         "LoRA (model.lora)": recipe.model.lora is None,
-        "bf16 updates (performance.autocast_bf16)": perf.autocast_bf16 is False,
         "hf_generate sampling (performance.sampler)": perf.sampler == "kv_cache",
     }
     failed = [name for name, ok in checks.items() if not ok]
@@ -106,6 +111,7 @@ def population_rl_step(
     import torch
 
     cfg = recipe.rollout
+    started = time.perf_counter()
     prompts = [prompts_for_step(task.train, seed, step, cfg.prompts_per_step) for seed in seeds]
     examples = [[e for e in member for _ in range(cfg.group_size)] for member in prompts]
     generators = [torch.Generator().manual_seed(step_seed(seed, step)) for seed in seeds]
@@ -120,9 +126,11 @@ def population_rl_step(
         generators,
         text,
     )
+    sampled = time.perf_counter()
+    behaviours = population_behaviour(learner.population, rollouts, recipe)
     grades = [grade_all(task, member, r.completions, r.truncated) for member, r in zip(examples, rollouts)]
     rewards, data = [], []
-    for rollout, member_grades in zip(rollouts, grades):
+    for rollout, member_grades, behaviour in zip(rollouts, grades, behaviours):
         member_rewards, advantages = group_advantages(member_grades, cfg)
         mask = loss_mask(rollout, cfg.mask_truncated_completions)
         rewards.append(member_rewards)
@@ -131,17 +139,19 @@ def population_rl_step(
                 rollout.input_ids,
                 rollout.attention_mask,
                 rollout.completion_len,
-                rollout.logprobs,
+                behaviour.old_logp,
                 advantages,
                 mask,
                 None,
             )
         )
     batches = [minibatches(r.input_ids.shape[0], cfg, seed, step) for r, seed in zip(rollouts, seeds)]
+    precision = autocast(rollouts[0].input_ids.device, recipe.performance.autocast_bf16)
     updates: list[list[dict[str, float]]] = [[] for _ in seeds]
     for _ in range(cfg.updates_per_rollout):
         rows = [next(member_batches) for member_batches in batches]
-        logps = population_logprobs(learner.population, data, rows, cfg.temperature)
+        with precision:
+            logps, _ = population_logprobs(learner.population, data, rows, cfg.temperature)
         losses = [objective.loss(logp, **d.objective_inputs(r)) for logp, d, r in zip(logps, data, rows)]
         learner.optimizer.zero_grad(set_to_none=True)
         torch.stack(losses).sum().backward()
@@ -157,31 +167,80 @@ def population_rl_step(
                 {**diagnostics, "train/loss": float(losses[k].detach()), "train/grad_norm": float(norms[k])}
             )
     lr = learner.scheduler.get_last_lr()[0]
-    # each member's step metrics under rl_step's keys (those a population computes)
+    elapsed = time.perf_counter() - started
+    shared = {  # the population's step: its seconds are every member's
+        "rollout/policy_lag": 0.0,
+        "train/lr": lr,
+        "train/step_seconds": elapsed,
+        "train/sample_seconds": sampled - started,
+        "train/skipped_updates": 0.0,
+        "train/population_size": float(len(seeds)),
+    }
     return [
-        {**sampled_metrics(r, g, member_rewards, r.entropy), "train/lr": lr, **merge_rows(member_updates)}
-        for r, g, member_rewards, member_updates in zip(rollouts, grades, rewards, updates)
+        {
+            **sampled_metrics(r, g, member_rewards, b.entropy),
+            **b.mismatch(r.completion_mask),
+            **shared,
+            "train/tokens_per_s": float(r.completion_mask.sum()) / elapsed,
+            **merge_rows(member_updates),
+        }
+        for r, g, member_rewards, b, member_updates in zip(rollouts, grades, rewards, behaviours, updates)
     ]
 
 
+def population_behaviour(population: Population, rollouts: list[Rollout], recipe: Recipe) -> list[Behaviour]:
+    """Each member's behaviour log-probs, as `step.behaviour_logprobs` takes them for one model: the sampling pass's
+    with float32 updates; under bf16 updates also the learner's own, from one no-grad bf16 forward of the population
+    over every row, and `rollout.behaviour_logprobs` picks which the objective reads."""
+    import torch
+
+    device = rollouts[0].input_ids.device
+    if not bf16_updates(device, recipe.performance.autocast_bf16):
+        return [Behaviour(r.logprobs, r.entropy) for r in rollouts]
+    every_row = [torch.arange(r.input_ids.shape[0], device=device) for r in rollouts]
+    with torch.inference_mode(), autocast(device, recipe.performance.autocast_bf16):
+        learner_logps, entropies = population_logprobs(
+            population, rollouts, every_row, recipe.rollout.temperature, with_entropy=True
+        )
+    use_learner = recipe.rollout.behaviour_logprobs == "learner"
+    return [
+        Behaviour(learner if use_learner else r.logprobs, entropy, r.logprobs, learner)
+        for r, learner, entropy in zip(rollouts, learner_logps, entropies)
+    ]
+
+
+class Sequences(Protocol):
+    """Rows of prompts followed by completions: a `Rollout` or an `UpdateData`."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    completion_len: int
+
+
 def population_logprobs(
-    population: Population, data: list[UpdateData], rows: list[torch.Tensor], temperature: float
-) -> list[torch.Tensor]:
+    population: Population,
+    data: Sequence[Sequences],
+    rows: list[torch.Tensor],
+    temperature: float,
+    with_entropy: bool = False,
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """Each member's log softmax(logits / T) of its `rows`' completion tokens ([rows, Tc] of that member), from one
-    forward of the population; every member's sequences padded on the right to the longest (masked, never read)."""
+    forward of the population, and with `with_entropy` the entropy of each of those positions' distributions; every
+    member's sequences padded on the right to the longest (masked, never read)."""
     import torch
 
     width = max(d.input_ids.shape[1] for d in data)
     ids = torch.stack([pad_right(d.input_ids[r], width, 0) for d, r in zip(data, rows)])
     mask = torch.stack([pad_right(d.attention_mask[r], width, 0) for d, r in zip(data, rows)])
     logits = population.forward(ids, mask, position_ids_for(mask.view(-1, width)).view_as(mask))
-    logps = []
+    logps, entropies = [], []
     for k, d in enumerate(data):
         start = d.input_ids.shape[1] - d.completion_len  # the first completion column (prompts share one width)
-        predicted = logits[k, :, start - 1 : start - 1 + d.completion_len].float() / temperature
-        tokens = ids[k, :, start : start + d.completion_len]
-        logps.append(predicted.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1))
-    return logps
+        predicted = logits[k, :, start - 1 : start - 1 + d.completion_len]
+        logps.append(logprobs_from_logits(predicted, ids[k, :, start : start + d.completion_len], temperature))
+        if with_entropy:
+            entropies.append(entropy_of(predicted, temperature))
+    return logps, entropies if with_entropy else None
 
 
 def pad_right(x: torch.Tensor, width: int, value: int) -> torch.Tensor:

@@ -34,6 +34,18 @@ def _train_trl(recipe: Recipe, options: RunOptions) -> dict[str, Any]:
     return run_training_trl(recipe, options)
 
 
+def _population_native(recipes: list[Recipe], options: list[RunOptions]) -> list[dict[str, Any]]:
+    from sspo_cli.engines.native.population_loop import run_population_native
+
+    return run_population_native(recipes, options)
+
+
+def _population_refusal_native(recipes: list[Recipe]) -> str | None:
+    from sspo_cli.engines.native.population_loop import population_refusal
+
+    return population_refusal(recipes)
+
+
 def _resume_native(run_dir: Path, info: RunInfo, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
     from sspo_cli.engines.native.loop import resume_training_native
 
@@ -51,11 +63,28 @@ def _check_trl(recipe: Recipe) -> None:
 ENGINES: dict[str, Callable[[Recipe, RunOptions], dict[str, Any]]] = {"native": _train_native, "trl": _train_trl}
 RESUMABLE: dict[str, Callable[[Path, RunInfo, Recipe, RunOptions], dict[str, Any]]] = {"native": _resume_native}
 CHECKS: dict[str, Callable[[Recipe], None]] = {"trl": _check_trl}  # engines with refusals of their own
+# engines that train many seeds of one recipe as one population, and why they would refuse some recipes
+POPULATIONS: dict[str, Callable[[list[Recipe], list[RunOptions]], list[dict[str, Any]]]] = {
+    "native": _population_native
+}
+POPULATION_REFUSALS: dict[str, Callable[[list[Recipe]], str | None]] = {"native": _population_refusal_native}
 
 
 def run_training(recipe: Recipe, options: RunOptions | None = None) -> dict[str, Any]:
     """Train one recipe end to end on its engine and return its summary (also written to summary.json)."""
     return ENGINES[recipe.engine](recipe, options or RunOptions())
+
+
+def population_refusal(recipes: list[Recipe]) -> str | None:
+    """Why `recipes` (one recipe at several seeds) cannot train as one population (None: they can)."""
+    refusal = POPULATION_REFUSALS.get(recipes[0].engine)
+    return f"engine {recipes[0].engine!r} has no populations" if refusal is None else refusal(recipes)
+
+
+def run_population(recipes: list[Recipe], options: list[RunOptions]) -> list[dict[str, Any]]:
+    """Train `recipes` (one recipe at several seeds) together, each an ordinary run (`options[k]`: member k's tags and
+    progress); each member's summary, in order. Check `population_refusal` first."""
+    return POPULATIONS[recipes[0].engine](recipes, options)
 
 
 def resume_training(

@@ -148,11 +148,14 @@ def population_rl_step(
     batches = [minibatches(r.input_ids.shape[0], cfg, seed, step) for r, seed in zip(rollouts, seeds)]
     precision = autocast(rollouts[0].input_ids.device, recipe.performance.autocast_bf16)
     updates: list[list[dict[str, float]]] = [[] for _ in seeds]
+    objective_seconds = 0.0
     for _ in range(cfg.updates_per_rollout):
         rows = [next(member_batches) for member_batches in batches]
         with precision:
             logps, _ = population_logprobs(learner.population, data, rows, cfg.temperature)
+        t0 = time.perf_counter()
         losses = [objective.loss(logp, **d.objective_inputs(r)) for logp, d, r in zip(logps, data, rows)]
+        objective_seconds += time.perf_counter() - t0
         learner.optimizer.zero_grad(set_to_none=True)
         torch.stack(losses).sum().backward()
         norms = clip_member_grad_norms_(learner.population.parameters(), grad_clip_norm(recipe))
@@ -161,11 +164,13 @@ def population_rl_step(
             raise NonFiniteMemberUpdate(unfinished, step)
         learner.optimizer.step()
         learner.scheduler.step()
+        t0 = time.perf_counter()
         for k, (logp, d, r) in enumerate(zip(logps, data, rows)):
             diagnostics = objective.metrics(logp.detach(), **d.metric_inputs(r))
             updates[k].append(
                 {**diagnostics, "train/loss": float(losses[k].detach()), "train/grad_norm": float(norms[k])}
             )
+        objective_seconds += time.perf_counter() - t0
     lr = learner.scheduler.get_last_lr()[0]
     elapsed = time.perf_counter() - started
     shared = {  # the population's step: its seconds are every member's
@@ -173,6 +178,7 @@ def population_rl_step(
         "train/lr": lr,
         "train/step_seconds": elapsed,
         "train/sample_seconds": sampled - started,
+        "train/objective_seconds": objective_seconds,
         "train/skipped_updates": 0.0,
         "train/population_size": float(len(seeds)),
     }

@@ -376,6 +376,10 @@ class Recipe(Strict):
         """Hash of the resolved recipe: runs with equal fingerprints are the same experiment."""
         return stable_hash(self.resolved())
 
+    def seedless_fingerprint(self) -> str:
+        """Hash of the resolved recipe but its seed: recipes with equal ones may train as one population."""
+        return stable_hash({k: v for k, v in self.resolved().items() if k != "seed"})
+
 
 def names_recipe_key(key: str) -> bool:
     """Whether an error's key is a recipe key (`rollout.group_size`, `engine`) rather than an option or file."""

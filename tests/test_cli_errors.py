@@ -154,6 +154,14 @@ def test_set_that_names_no_key(tmp_path: Path) -> None:
     assert_nothing_written(out)
 
 
+@pytest.mark.parametrize("value", ["0", "many", "-2"])
+def test_bad_population_size(value: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_sspo("compare", "base.yaml", "--population", value, "-o", str(out), cwd=BAD_INPUTS)
+    assert_clean_failure(result, ["--population", "auto, off or a number", repr(value)])
+    assert_nothing_written(out)
+
+
 # --------------------------------------------------------------------------- models that are not causal LMs
 
 

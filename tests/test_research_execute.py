@@ -1,5 +1,7 @@
 """Parallel execution: worker processes report their RL steps to the parent, and the shared warm start's
-training is shown while it runs (real tiny models, real spawned workers, a real MLflow sqlite store)."""
+training is shown while it runs; populations: the seeds of one recipe train together, each an ordinary run of the
+workflow, and a population that fails trains its runs one by one (real tiny models, real spawned workers, a real
+MLflow sqlite store)."""
 
 from __future__ import annotations
 
@@ -76,7 +78,7 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, Recording,
         for seed in (0, 1)
     ]
     observer = Recording()
-    ctx = ExecutionContext(out, f"sqlite:///{out / 'mlflow.db'}", "group", None, jobs=2, observer=observer)
+    ctx = ExecutionContext(out, f"sqlite:///{out / 'mlflow.db'}", "group", None, 2, observer, population=1)
     return execute(plan, ctx), observer, plan, out
 
 
@@ -106,8 +108,55 @@ def test_a_cached_warm_start_is_not_trained_again_or_shown(executed) -> None:
     plan = [PlannedRun("grpo", 2, recipe_from_dict(tiny_recipe(2), [], "test.yaml"), "grpo-seed2")]
     plan.append(PlannedRun("grpo", 3, recipe_from_dict(tiny_recipe(3), [], "test.yaml"), "grpo-seed3"))
     observer = Recording()
-    ctx = ExecutionContext(out, f"sqlite:///{out / 'mlflow.db'}", "group2", None, jobs=2, observer=observer)
+    ctx = ExecutionContext(out, f"sqlite:///{out / 'mlflow.db'}", "group2", None, 2, observer, population=1)
     outcomes = execute(plan, ctx)
     assert [o.state for o in outcomes] == ["trained", "trained"], [o.error for o in outcomes]
     assert observer.warm_start.steps == []
     assert len(observer.progress) == 2
+
+
+def test_seeds_of_one_recipe_train_as_populations_and_the_rest_alone(tmp_path: Path) -> None:
+    import mlflow
+
+    lagged = tiny_recipe(0) | {"rollout": {"prompts_per_step": 2, "group_size": 2, "policy_lag": 1}}
+    plan = [
+        PlannedRun("grpo", seed, recipe_from_dict(tiny_recipe(seed), [], "test.yaml"), f"grpo-seed{seed}")
+        for seed in (0, 1, 2, 3, 4)
+    ]
+    plan.append(PlannedRun("lagged", 0, recipe_from_dict(lagged, [], "test.yaml"), "lagged-seed0"))
+    observer = Recording()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ctx = ExecutionContext(tmp_path, uri, "group", None, 2, observer, population=3)
+    outcomes = execute(plan, ctx)
+    assert [o.state for o in outcomes] == ["trained"] * 6, [o.error for o in outcomes]
+    client = mlflow.MlflowClient(uri)
+    sizes = [client.get_run(o.run_id).data.metrics.get("train/population_size") for o in outcomes]
+    assert sizes == [3.0, 2.0, 3.0, 2.0, 3.0, None]  # 5 seeds in balanced populations of at most 3; a lag trains alone
+    for outcome in outcomes:
+        run = client.get_run(outcome.run_id)
+        assert run.data.tags["sspo.seed"] == str(outcome.planned.seed)
+        assert run.data.tags["sspo.fingerprint"] == outcome.planned.fingerprint
+        assert Path(run.data.tags["sspo.run_dir"], "summary.json").is_file()
+    assert set(observer.progress) == {p.fingerprint for p in plan}  # each member's steps reach the parent
+    assert all(steps[-1] == (STEPS, STEPS) for steps in observer.progress.values())
+
+
+def test_a_population_that_fails_trains_its_runs_one_by_one(tmp_path: Path) -> None:
+    from sspo_cli.research.execution.execute import train_unit
+    from sspo_cli.run.state import RunOptions
+
+    warnings: list[str] = []
+
+    class Warnings(TrainingObserver):
+        def on_warning(self, message: str) -> None:
+            warnings.append(message)
+
+    # a policy lag in one member: the population refuses at its start, having written nothing
+    lagged = tiny_recipe(1) | {"rollout": {"prompts_per_step": 2, "group_size": 2, "policy_lag": 1}}
+    recipes = [recipe_from_dict(tiny_recipe(0), [], "test.yaml"), recipe_from_dict(lagged, [], "test.yaml")]
+    options = [RunOptions(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", Warnings()) for _ in recipes]
+    results = train_unit(recipes, options)
+    assert all("run_id" in result for result in results), results
+    stopped = [w for w in warnings if "population" in w]
+    assert len(stopped) == 1 and "train one by one" in stopped[0] and "seeds 0, 1" in stopped[0]
+    assert len(list(tmp_path.glob("tiny-*"))) == 2  # no run folder of the refused population

@@ -31,6 +31,14 @@ JobsOpt = Annotated[
     int,
     typer.Option("--jobs", "-j", help="Runs trained in parallel processes (torch threads per process: cores // jobs)."),
 ]
+PopulationOpt = Annotated[
+    str,
+    typer.Option(
+        "--population",
+        help="Seeds of one recipe trained together in one process, each still its own run: auto (as many as memory "
+        "allows, up to 8, where the recipe can), off, or the most per population.",
+    ),
+]
 ThresholdOpt = Annotated[
     Optional[float],
     typer.Option(
@@ -214,6 +222,7 @@ def compare_command(
         ),
     ] = None,
     jobs: JobsOpt = 1,
+    population: PopulationOpt = "auto",
     threshold: ThresholdOpt = None,
     interval: IntervalOpt = "t",
     output_dir: OutputOpt = Path("runs"),
@@ -246,7 +255,10 @@ def compare_command(
         from sspo_cli.run.report import console
 
         positional = args or []
-        options = WorkflowOptions(output_dir, tracking_uri, jobs, threshold, report_dir, interval)
+        from sspo_cli.research.execution.units import parse_population
+
+        members = parse_population(population)
+        options = WorkflowOptions(output_dir, tracking_uri, jobs, threshold, report_dir, interval, population=members)
         if runs or experiment:
             if experiment and (runs or positional):
                 raise ResearchError("--experiment", "give either --experiment NAME or --runs ID ..., not both")
@@ -394,6 +406,7 @@ def sweep_command(
     ] = None,
     set_: SetOpt = None,
     jobs: JobsOpt = 1,
+    population: PopulationOpt = "auto",
     threshold: ThresholdOpt = None,
     interval: IntervalOpt = "t",
     output_dir: OutputOpt = Path("runs"),
@@ -406,11 +419,13 @@ def sweep_command(
     with --search, an Optuna study (TPE, random or grid) pruned on the eval accuracy, resumable from its SQLite."""
 
     def action() -> None:
+        from sspo_cli.research.execution.units import parse_population
         from sspo_cli.research.reporting.progress import RichWorkflowProgress
         from sspo_cli.research.workflow import WorkflowOptions
         from sspo_cli.run.report import console
 
-        options = WorkflowOptions(output_dir, tracking_uri, jobs, threshold, report_dir, interval)
+        members = parse_population(population)
+        options = WorkflowOptions(output_dir, tracking_uri, jobs, threshold, report_dir, interval, population=members)
         if search is None and not section_searches(recipe):
             from sspo_cli.research.reporting.tables import leaderboard_table, print_table
             from sspo_cli.research.sweep import SweepOptions, run_sweep

@@ -50,6 +50,7 @@ class WorkflowOptions:
     report_dir: Path | None = None  # None: a folder named after the group under output_dir
     interval: str = T_METHOD  # of the main table: "t" or "bootstrap"
     observer: WorkflowObserver | None = None  # the live progress; None: none
+    population: int | None = None  # most seeds of one recipe trained together; None: auto, 1: off (`--population`)
 
     def report_folder(self, name: str) -> Path:
         return self.report_dir or self.output_dir / name
@@ -86,7 +87,8 @@ class Session:
     def execute(self, runs: Sequence[PlannedRun]) -> list[Outcome]:
         """Reuse or train `runs` under the group run; one outcome per run, in plan order."""
         where = (self.options.output_dir, self.tracking_uri, self.group.group_id, self.tracker.run_id)
-        return execute(runs, ExecutionContext(*where, self.options.jobs, self.observer, self.timer))
+        options = self.options
+        return execute(runs, ExecutionContext(*where, options.jobs, self.observer, self.timer, options.population))
 
     def records(self, outcomes: Sequence[Outcome]) -> list[RunRecord]:
         with self.timer.phase("loading records"):

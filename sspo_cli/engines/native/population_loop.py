@@ -32,7 +32,7 @@ from sspo_cli.engines.native.population import (
 )
 from sspo_cli.errors import InputError
 from sspo_cli.models import load_policy
-from sspo_cli.recipe import Recipe, stable_hash
+from sspo_cli.recipe import Recipe
 from sspo_cli.run.folder import CHECKPOINTS, RunLock, default_run_name, new_run_dir
 from sspo_cli.run.records import PROBLEMS_FILE, RunRecords, eval_metrics, open_run
 from sspo_cli.run.state import Policy, RunOptions, TrainState
@@ -70,18 +70,11 @@ def population_refusal(recipes: list[Recipe]) -> str | None:
         return f"engine {first.engine!r} (populations are the native engine's)"
     if first.model.tiny is None:
         return "a model other than the embedded tiny one (model.tiny)"
-    if len({seedless_key(recipe) for recipe in recipes}) > 1:
+    if len({recipe.seedless_fingerprint() for recipe in recipes}) > 1:
         return "recipes that differ in more than their seed"
     if len({recipe.seed for recipe in recipes}) < len(recipes):
         return "two members with one seed"
     return population_unsupported(first)
-
-
-def seedless_key(recipe: Recipe) -> str:
-    """What members of one population share: the resolved recipe without its seed."""
-    resolved = recipe.resolved()
-    resolved.pop("seed", None)
-    return stable_hash(resolved)
 
 
 def run_population_native(recipes: list[Recipe], options: list[RunOptions]) -> list[dict[str, Any]]:

@@ -3,6 +3,8 @@
 A run is identified by its resolved recipe's fingerprint. A FINISHED MLflow run with the same
 fingerprint is reused as is; anything else (never started, FAILED, KILLED, still marked
 RUNNING after a crash) is trained again. One failing run is recorded and the others go on.
+The runs to train go in units (`units.py`): the seeds of one recipe as a population where the engine
+can train them together, each still an ordinary run; a population that fails trains its runs one by one.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from sspo_cli.engines.dispatch import run_training
+from sspo_cli.engines.dispatch import run_population, run_training
 from sspo_cli.models import load_policy, set_offline_defaults
 from sspo_cli.recipe import Recipe, stable_hash
 from sspo_cli.research import ResearchError
 from sspo_cli.research.execution.store import MEMBERSHIP_TAG, add_membership, finished_runs_by_fingerprint
 from sspo_cli.research.execution.timing import SHARED_WARM_START, TRAINING, PhaseTimer
+from sspo_cli.research.execution.units import training_units
 from sspo_cli.research.planning.plan import PlannedRun
 from sspo_cli.run.folder import ensure_writable
 from sspo_cli.run.state import RunOptions, TrainingObserver
@@ -69,6 +72,7 @@ class ExecutionContext:
     jobs: int = 1
     observer: WorkflowObserver = field(default_factory=WorkflowObserver)
     timer: PhaseTimer = field(default_factory=PhaseTimer)
+    population: int | None = None  # most members per population; None: auto (`units.auto_members`), 1: off
 
 
 def check_jobs(jobs: int) -> None:
@@ -116,10 +120,11 @@ def execute(plan: Sequence[PlannedRun], ctx: ExecutionContext) -> list[Outcome]:
     try:
         if to_train:
             with ctx.timer.phase(TRAINING):
-                if ctx.jobs <= 1 or len(to_train) <= 1:
-                    run_sequentially(to_train, ctx, outcomes)
+                units = training_units(to_train, ctx.population, ctx.jobs)
+                if ctx.jobs <= 1 or len(units) <= 1:
+                    run_sequentially(units, ctx, outcomes)
                 else:
-                    run_in_processes(to_train, ctx, outcomes)
+                    run_in_processes(units, ctx, outcomes)
     finally:
         for planned in to_train:
             outcomes.setdefault(planned.fingerprint, Outcome(planned, "cancelled"))
@@ -155,30 +160,66 @@ def run_tags(planned: PlannedRun, group_id: str) -> dict[str, str]:
     return {**planned.tags, MEMBERSHIP_TAG: group_id}
 
 
+# --------------------------------------------------------------------------- one unit of work
+
+
+def train_unit(recipes: list[Recipe], options: list[RunOptions]) -> list[dict[str, Any]]:
+    """Train one run, or several seeds of one recipe as a population; each run's result: its `run_id` and `run_dir`,
+    or an `error`. A population that fails (a member's update not finite, say) leaves its runs FAILED, and they train
+    again one by one. A stop request (KeyboardInterrupt) goes on up."""
+    if len(recipes) > 1:
+        try:
+            return [result_of(summary) for summary in run_population(recipes, options)]
+        except Exception as exc:
+            seeds = ", ".join(str(recipe.seed) for recipe in recipes)
+            options[0].observer_or_default.on_warning(
+                f"the population of seeds {seeds} stopped ({describe_failure(exc)}); its runs train one by one"
+            )
+    return [train_one(recipe, own) for recipe, own in zip(recipes, options)]
+
+
+def train_one(recipe: Recipe, options: RunOptions) -> dict[str, Any]:
+    try:
+        return result_of(run_training(recipe, options))
+    except Exception as exc:  # one failing run is reported, not fatal for the others
+        return {"error": describe_failure(exc)}
+
+
+def result_of(summary: dict[str, Any]) -> dict[str, Any]:
+    return {"run_id": summary["run_id"], "run_dir": summary["run_dir"]}
+
+
+def outcome_of_result(planned: PlannedRun, result: dict[str, Any], seconds: float) -> Outcome:
+    if result.get("error"):
+        state: State = "cancelled" if result.get("interrupted") else "failed"
+        return Outcome(planned, state, error=result["error"], seconds=seconds)
+    return Outcome(planned, "trained", result["run_id"], result["run_dir"], seconds=seconds)
+
+
+def interrupted_results(count: int, exc: BaseException) -> list[dict[str, Any]]:
+    return [{"error": f"interrupted ({describe_failure(exc)})", "interrupted": True}] * count
+
+
 # --------------------------------------------------------------------------- in-process
 
 
-def run_sequentially(plan: Sequence[PlannedRun], ctx: ExecutionContext, outcomes: dict[str, Outcome]) -> None:
+def run_sequentially(units: Sequence[list[PlannedRun]], ctx: ExecutionContext, outcomes: dict[str, Outcome]) -> None:
     quiet_library_progress_bars()
-    for planned in plan:
-        ctx.observer.on_run_start(planned)
+    for unit in units:
+        for planned in unit:
+            ctx.observer.on_run_start(planned)
         begin = time.perf_counter()
-        try:
-            options = RunOptions(
-                ctx.output_dir,
-                ctx.tracking_uri,
-                ctx.observer.training_observer(),
-                ctx.parent_run_id,
-                run_tags(planned, ctx.group_id),
-            )
-            summary = run_training(planned.recipe, options)
-            outcome = Outcome(
-                planned, "trained", summary["run_id"], summary["run_dir"], seconds=time.perf_counter() - begin
-            )
-        except Exception as exc:  # one failing run is reported, not fatal for the others
-            outcome = Outcome(planned, "failed", error=describe_failure(exc), seconds=time.perf_counter() - begin)
-        outcomes[planned.fingerprint] = outcome
-        ctx.observer.on_run_end(outcome)
+        observer = ctx.observer.training_observer()
+        options = [
+            RunOptions(ctx.output_dir, ctx.tracking_uri, observer, ctx.parent_run_id, run_tags(planned, ctx.group_id))
+            for planned in unit
+        ]
+        results = train_unit([planned.recipe for planned in unit], options)
+        seconds = (time.perf_counter() - begin) / len(unit)  # a population's time, shared by its runs
+        for planned, result in zip(unit, results):
+            outcome = outcome_of_result(planned, result, seconds)
+            outcomes[planned.fingerprint] = outcome
+            ctx.observer.on_run_end(outcome)
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -197,8 +238,8 @@ def quiet_library_progress_bars() -> None:
 # --------------------------------------------------------------------------- parallel processes
 
 
-def run_in_processes(plan: Sequence[PlannedRun], ctx: ExecutionContext, outcomes: dict[str, Outcome]) -> None:
-    """`ctx.jobs` spawned worker processes, each with cores // jobs torch threads.
+def run_in_processes(units: Sequence[list[PlannedRun]], ctx: ExecutionContext, outcomes: dict[str, Outcome]) -> None:
+    """`ctx.jobs` spawned worker processes, each with cores // jobs torch threads, each training a unit at a time.
 
     Workers live in their own process group, so a Ctrl-C reaches this process only; it then
     forwards one SIGINT to each worker (finish the step, checkpoint, stop) and waits for them.
@@ -208,10 +249,10 @@ def run_in_processes(plan: Sequence[PlannedRun], ctx: ExecutionContext, outcomes
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     with ctx.timer.phase(SHARED_WARM_START):  # inside `training`: the workers wait on it
-        prewarm(plan, ctx.output_dir, ctx.observer.training_observer())
+        prewarm([planned for unit in units for planned in unit], ctx.output_dir, ctx.observer.training_observer())
     threads = threads_per_job(ctx.jobs)
-    pending = list(plan)
-    running: dict[Any, tuple[PlannedRun, float]] = {}
+    pending = list(units)
+    running: dict[Any, tuple[list[PlannedRun], float]] = {}
     spawn = multiprocessing.get_context("spawn")
     progress = spawn.SimpleQueue()
     relay = threading.Thread(target=relay_progress, args=(progress, ctx.observer), daemon=True)
@@ -222,23 +263,26 @@ def run_in_processes(plan: Sequence[PlannedRun], ctx: ExecutionContext, outcomes
     try:
         while pending or running:
             while pending and len(running) < ctx.jobs:
-                planned = pending.pop(0)
+                unit = pending.pop(0)
                 args = (
-                    planned.recipe.resolved(),
+                    [planned.recipe.resolved() for planned in unit],
                     str(ctx.output_dir),
                     ctx.tracking_uri,
                     ctx.parent_run_id,
-                    run_tags(planned, ctx.group_id),
-                    planned.fingerprint,
+                    [run_tags(planned, ctx.group_id) for planned in unit],
+                    [planned.fingerprint for planned in unit],
                 )
-                running[pool.submit(_train_in_worker, *args)] = (planned, time.perf_counter())
-                ctx.observer.on_run_start(planned)
+                running[pool.submit(_train_in_worker, *args)] = (unit, time.perf_counter())
+                for planned in unit:
+                    ctx.observer.on_run_start(planned)
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for future in done:
-                planned, begin = running.pop(future)
-                outcome = _outcome_of(future, planned, time.perf_counter() - begin)
-                outcomes[planned.fingerprint] = outcome
-                ctx.observer.on_run_end(outcome)
+                unit, begin = running.pop(future)
+                seconds = (time.perf_counter() - begin) / len(unit)  # a population's time, shared by its runs
+                for planned, result in zip(unit, _results_of(future, len(unit))):
+                    outcome = outcome_of_result(planned, result, seconds)
+                    outcomes[planned.fingerprint] = outcome
+                    ctx.observer.on_run_end(outcome)
     except BaseException:
         interrupt_workers(pool)
         try:
@@ -263,16 +307,11 @@ def interrupt_workers(pool: Any) -> None:
             continue
 
 
-def _outcome_of(future: Any, planned: PlannedRun, seconds: float) -> Outcome:
+def _results_of(future: Any, count: int) -> list[dict[str, Any]]:
     try:
-        result = future.result()
-    except Exception as exc:  # the worker process died (killed, out of memory): only this run fails
-        return Outcome(planned, "failed", error=describe_failure(exc), seconds=seconds)
-    if result.get("error"):
-        return Outcome(
-            planned, "cancelled" if result.get("interrupted") else "failed", error=result["error"], seconds=seconds
-        )
-    return Outcome(planned, "trained", result["run_id"], result["run_dir"], seconds=seconds)
+        return future.result()
+    except Exception as exc:  # the worker process died (killed, out of memory): only this unit's runs fail
+        return [{"error": describe_failure(exc)}] * count
 
 
 def relay_progress(queue: Any, observer: WorkflowObserver) -> None:
@@ -325,24 +364,31 @@ def init_worker(threads: int, progress: Any = None) -> None:
 
 
 def _train_in_worker(
-    recipe_data: dict[str, Any],
+    recipes_data: list[dict[str, Any]],
     output_dir: str,
     tracking_uri: str,
     parent_run_id: str | None,
-    tags: dict[str, str],
-    fingerprint: str = "",
-) -> dict[str, Any]:
-    """Runs in a worker process. Errors come back as text: some exception types do not survive pickling
-    (and one that fails to unpickle breaks the whole pool)."""
+    tags: list[dict[str, str]],
+    fingerprints: list[str],
+) -> list[dict[str, Any]]:
+    """Runs in a worker process: one unit (a run, or a population). Errors come back as text: some exception types
+    do not survive pickling (and one that fails to unpickle breaks the whole pool)."""
     try:
-        observer = None if _progress_queue is None else _WorkerProgress(_progress_queue, fingerprint)
-        options = RunOptions(output_dir, tracking_uri, observer, parent_run_id, tags)
-        summary = run_training(Recipe.model_validate(recipe_data), options)
+        options = [
+            RunOptions(
+                output_dir,
+                tracking_uri,
+                None if _progress_queue is None else _WorkerProgress(_progress_queue, fingerprint),
+                parent_run_id,
+                own_tags,
+            )
+            for own_tags, fingerprint in zip(tags, fingerprints)
+        ]
+        return train_unit([Recipe.model_validate(data) for data in recipes_data], options)
     except KeyboardInterrupt as exc:  # stopped on a forwarded SIGINT, after a checkpoint
-        return {"error": f"interrupted ({describe_failure(exc)})", "interrupted": True}
+        return interrupted_results(len(recipes_data), exc)
     except Exception as exc:
-        return {"error": describe_failure(exc)}
-    return {"run_id": summary["run_id"], "run_dir": summary["run_dir"]}
+        return [{"error": describe_failure(exc)}] * len(recipes_data)
 
 
 def prewarm(plan: Sequence[PlannedRun], output_dir: Path, observer: TrainingObserver | None = None) -> None:

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import sys
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -178,13 +179,21 @@ def get_or_create_experiment(client: MlflowClient, name: str, artifact_root: Pat
     return experiment.experiment_id
 
 
+# A `log_batch` to a sqlite store costs about as much for one step's metrics as for twenty steps': metrics wait up to
+# this long (or until a batch is full) and go together, so a fast run spends a third of the time logging.
+FLUSH_SECONDS = 5.0
+
+
 class Tracker:
-    """A single MLflow run: params once, metrics batched per step, artifacts, final status."""
+    """A single MLflow run: params once, metrics batched (every FLUSH_SECONDS, and before a checkpoint and at the
+    end: `flush`), artifacts, final status."""
 
     def __init__(self, client: MlflowClient, run_id: str):
         self.client = client
         self.run_id = run_id
         self._logged_through: dict[str, int] = {}
+        self._pending: list[Any] = []
+        self._flushed_at = time.monotonic()
 
     @property
     def experiment_id(self) -> str:
@@ -239,19 +248,25 @@ class Tracker:
             self.client.log_batch(self.run_id, params=chunk)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """One `log_batch` call for the whole step; non-finite values are dropped (MLflow rejects NaN)."""
-        import time
-
+        """The step's metrics, logged with the next `flush` (at once when FLUSH_SECONDS have passed since the last or
+        a batch is full); non-finite values are dropped (MLflow rejects NaN)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [
+        self._pending += [
             Metric(k, float(v), now, step)
             for k, v in metrics.items()
             if v is not None and math.isfinite(v) and step > self._logged_through.get(k, -1)
         ]
-        for chunk in _chunks(items, MAX_METRICS_PER_BATCH):
+        if len(self._pending) >= MAX_METRICS_PER_BATCH or time.monotonic() - self._flushed_at >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Log the metrics waiting: before a checkpoint (a resumed run logs only the steps after it) and at the end."""
+        pending, self._pending = self._pending, []
+        for chunk in _chunks(pending, MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=chunk)
+        self._flushed_at = time.monotonic()
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -266,10 +281,11 @@ class Tracker:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def finish(self, status: str = "FINISHED") -> None:
+        self.flush()
         self.client.set_terminated(self.run_id, status=status)
 
     def finish_quietly(self, status: str) -> None:
-        """Record how the run ended without hiding the error that ended it."""
+        """Record how the run ended (and the metrics logged so far) without hiding the error that ended it."""
         try:
             self.finish(status)
         except Exception as exc:

@@ -328,6 +328,7 @@ def rl_loop(prepared: Prepared, learner: Learner, records: RunRecords, stop: Sto
     def save(final: bool = False) -> Path:
         nonlocal last_saved
         state.elapsed_seconds = elapsed_before + time.perf_counter() - session_started
+        records.tracker.flush()  # a resumed run logs only the steps after its checkpoint
         path = save_checkpoint(checkpoints, learner, state, recipe.train.keep_checkpoints, final=final)
         last_saved = state.step
         return path

@@ -141,6 +141,7 @@ def population_loop(prepared: Prepared, learner: PopulationLearner, runs: list[M
     def save_all(final: bool = False) -> list[Path]:
         for run in runs:
             run.state.elapsed_seconds = time.perf_counter() - started  # the population's time is each member's
+            run.records.tracker.flush()  # a resumed member logs only the steps after its checkpoint
         return [save_member(prepared, learner, k, run, final) for k, run in enumerate(runs)]
 
     def evaluate_all(step: int) -> None:

@@ -165,12 +165,14 @@ class Population:
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
         cache: PopulationCache | None = None,
+        eager_attention: bool = False,
     ) -> torch.Tensor:
         """Logits [K, rows, T, vocab] of every member for its own rows.
 
         `input_ids` [K, rows, T] (or [rows, T]: the same rows for every member); `attention_mask` [K or 1, rows,
         cached + T] over the cached and new positions (1 = a real token; left padding); `position_ids` [K or 1, rows,
-        T]. With `cache`, the new positions' keys and values are appended to it."""
+        T]. With `cache`, the new positions' keys and values are appended to it. `eager_attention`: transformers'
+        eager attention (products and a float32 softmax), faster than the SDPA kernel at short lengths on a CPU."""
         import torch
 
         w, s = self.weights, self.shape
@@ -196,7 +198,7 @@ class Population:
                 k, v = cache.update(layer, k, v)
             groups = s.heads // s.kv_heads
             k, v = k.repeat_interleave(groups, dim=2), v.repeat_interleave(groups, dim=2)
-            attended = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            attended = attend_eagerly(q, k, v, mask) if eager_attention else attend(q, k, v, mask)
             attended = attended.transpose(2, 3).reshape(members, rows, length, s.heads * s.head_dim)
             x = x + linear(attended, w, prefix + "self_attn.o_proj")
             h = rms_norm(x, w[prefix + "post_attention_layernorm.weight"], s.rms_eps)
@@ -205,6 +207,22 @@ class Population:
         x = rms_norm(x, w["model.norm.weight"], s.rms_eps)
         head = w.get("lm_head.weight", embedding)  # tied: the embedding is the head
         return batched_matmul(x, head)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+
+
+def attend_eagerly(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """What transformers' eager attention computes: scaled products, the disallowed keys at the dtype's minimum, a
+    float32 softmax cast back, the weighted values."""
+    import torch
+
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    return scores.softmax(-1, dtype=torch.float32).to(q.dtype) @ v
 
 
 def linear(x: torch.Tensor, weights: dict[str, torch.Tensor], name: str) -> torch.Tensor:

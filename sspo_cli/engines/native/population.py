@@ -18,12 +18,13 @@ from sspo_cli.engines.native.step import (
     grad_clip_norm,
     group_advantages,
     is_decoupled,
+    minibatch_rows,
     minibatches,
     prompts_for_step,
     sampled_metrics,
     step_seed,
 )
-from sspo_cli.engines.native.tuning import autocast, bf16_updates
+from sspo_cli.engines.native.tuning import autocast, bf16_updates, update_attention_for
 from sspo_cli.models.kv_cache import position_ids_for
 from sspo_cli.models.logprobs import entropy_of, logprobs_from_logits
 from sspo_cli.models.population import Population
@@ -127,7 +128,8 @@ def population_rl_step(
         text,
     )
     sampled = time.perf_counter()
-    behaviours = population_behaviour(learner.population, rollouts, recipe)
+    eager = eager_attention(recipe, learner, rollouts)
+    behaviours = population_behaviour(learner.population, rollouts, recipe, eager)
     grades = [grade_all(task, member, r.completions, r.truncated) for member, r in zip(examples, rollouts)]
     rewards, data = [], []
     for rollout, member_grades, behaviour in zip(rollouts, grades, behaviours):
@@ -152,7 +154,7 @@ def population_rl_step(
     for _ in range(cfg.updates_per_rollout):
         rows = [next(member_batches) for member_batches in batches]
         with precision:
-            logps, _ = population_logprobs(learner.population, data, rows, cfg.temperature)
+            logps, _ = population_logprobs(learner.population, data, rows, cfg.temperature, eager_attention=eager)
         t0 = time.perf_counter()
         losses = [objective.loss(logp, **d.objective_inputs(r)) for logp, d, r in zip(logps, data, rows)]
         objective_seconds += time.perf_counter() - t0
@@ -194,7 +196,18 @@ def population_rl_step(
     ]
 
 
-def population_behaviour(population: Population, rollouts: list[Rollout], recipe: Recipe) -> list[Behaviour]:
+def eager_attention(recipe: Recipe, learner: PopulationLearner, rollouts: list[Rollout]) -> bool:
+    """Whether the step's learner forwards take eager attention: `performance.update_attention` resolved as a
+    standalone step resolves it, for the largest update of the whole population (every member's rows)."""
+    rows, length = rollouts[0].input_ids.shape
+    update_rows = len(rollouts) * minibatch_rows(rows, recipe.rollout)
+    device = rollouts[0].input_ids.device
+    return update_attention_for(recipe.performance, device, learner.like, update_rows, length) == "eager"
+
+
+def population_behaviour(
+    population: Population, rollouts: list[Rollout], recipe: Recipe, eager: bool = False
+) -> list[Behaviour]:
     """Each member's behaviour log-probs, as `step.behaviour_logprobs` takes them for one model: the sampling pass's
     with float32 updates; under bf16 updates also the learner's own, from one no-grad bf16 forward of the population
     over every row, and `rollout.behaviour_logprobs` picks which the objective reads."""
@@ -206,7 +219,7 @@ def population_behaviour(population: Population, rollouts: list[Rollout], recipe
     every_row = [torch.arange(r.input_ids.shape[0], device=device) for r in rollouts]
     with torch.inference_mode(), autocast(device, recipe.performance.autocast_bf16):
         learner_logps, entropies = population_logprobs(
-            population, rollouts, every_row, recipe.rollout.temperature, with_entropy=True
+            population, rollouts, every_row, recipe.rollout.temperature, with_entropy=True, eager_attention=eager
         )
     use_learner = recipe.rollout.behaviour_logprobs == "learner"
     return [
@@ -229,6 +242,7 @@ def population_logprobs(
     rows: list[torch.Tensor],
     temperature: float,
     with_entropy: bool = False,
+    eager_attention: bool = False,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """Each member's log softmax(logits / T) of its `rows`' completion tokens ([rows, Tc] of that member), from one
     forward of the population, and with `with_entropy` the entropy of each of those positions' distributions; every
@@ -238,7 +252,8 @@ def population_logprobs(
     width = max(d.input_ids.shape[1] for d in data)
     ids = torch.stack([pad_right(d.input_ids[r], width, 0) for d, r in zip(data, rows)])
     mask = torch.stack([pad_right(d.attention_mask[r], width, 0) for d, r in zip(data, rows)])
-    logits = population.forward(ids, mask, position_ids_for(mask.view(-1, width)).view_as(mask))
+    positions = position_ids_for(mask.view(-1, width)).view_as(mask)
+    logits = population.forward(ids, mask, positions, eager_attention=eager_attention)
     logps, entropies = [], []
     for k, d in enumerate(data):
         start = d.input_ids.shape[1] - d.completion_len  # the first completion column (prompts share one width)

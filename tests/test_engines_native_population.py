@@ -79,10 +79,16 @@ TIMINGS = {
 
 
 @pytest.mark.parametrize(
-    ("objective_name", "bf16", "tolerance"),
-    [("sspo", False, 1e-5), ("grpo", False, 1e-5), ("sspo", True, 1e-2), ("cispo", True, 1e-2)],
+    ("objective_name", "bf16", "share_prompts", "tolerance"),
+    [
+        ("sspo", False, True, 1e-5),
+        ("grpo", False, True, 1e-5),
+        ("sspo", False, False, 1e-5),
+        ("sspo", True, True, 1e-2),
+        ("cispo", True, False, 1e-2),
+    ],
 )
-def test_the_first_rl_step_of_each_member_equals_its_standalone_step(objective_name, bf16, tolerance):
+def test_the_first_rl_step_of_each_member_equals_its_standalone_step(objective_name, bf16, share_prompts, tolerance):
     """Equal within float32 rounding; with bf16 updates within bf16 rounding (a batched product rounds its bf16
     outputs where a single one does, but may sum in another order)."""
     from conftest import REPO
@@ -101,6 +107,7 @@ def test_the_first_rl_step_of_each_member_equals_its_standalone_step(objective_n
         *POPULATION_RECIPE,
         f"objective.name={objective_name}",
         f"performance.autocast_bf16={str(bf16).lower()}",
+        f"performance.share_prompt_prefix={str(share_prompts).lower()}",
     ]
     recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", overrides)
     assert population_unsupported(recipe) is None

@@ -27,7 +27,7 @@ from sspo_cli.engines.native.step import (
 from sspo_cli.engines.native.tuning import autocast, bf16_updates, update_attention_for
 from sspo_cli.models.kv_cache import position_ids_for
 from sspo_cli.models.logprobs import entropy_of, logprobs_from_logits
-from sspo_cli.models.population import Population
+from sspo_cli.models.population import Population, PopulationCache
 from sspo_cli.rollout.collect import grade_all, loss_mask
 from sspo_cli.rollout.population import generate_population
 from sspo_cli.rollout.prompts import text_format
@@ -154,7 +154,8 @@ def population_rl_step(
     for _ in range(cfg.updates_per_rollout):
         rows = [next(member_batches) for member_batches in batches]
         with precision:
-            logps, _ = population_logprobs(learner.population, data, rows, cfg.temperature, eager_attention=eager)
+            batch = MemberRows(data, rows, shared_prompts(rollouts, rows, recipe))
+            logps, _ = population_logprobs(learner.population, batch, cfg.temperature, eager_attention=eager)
         t0 = time.perf_counter()
         losses = [objective.loss(logp, **d.objective_inputs(r)) for logp, d, r in zip(logps, data, rows)]
         objective_seconds += time.perf_counter() - t0
@@ -196,6 +197,13 @@ def population_rl_step(
     ]
 
 
+def shared_prompts(rollouts: list[Rollout], rows: list[torch.Tensor], recipe: Recipe) -> list[torch.Tensor] | None:
+    """Each member's prompt of `rows`, where the recipe runs each distinct prompt once (`share_prompt_prefix`)."""
+    if not recipe.performance.share_prompt_prefix or any(r.prompt_index is None for r in rollouts):
+        return None
+    return [r.prompt_index[member_rows] for r, member_rows in zip(rollouts, rows)]
+
+
 def eager_attention(recipe: Recipe, learner: PopulationLearner, rollouts: list[Rollout]) -> bool:
     """Whether the step's learner forwards take eager attention: `performance.update_attention` resolved as a
     standalone step resolves it, for the largest update of the whole population (every member's rows)."""
@@ -217,9 +225,10 @@ def population_behaviour(
     if not bf16_updates(device, recipe.performance.autocast_bf16):
         return [Behaviour(r.logprobs, r.entropy) for r in rollouts]
     every_row = [torch.arange(r.input_ids.shape[0], device=device) for r in rollouts]
+    batch = MemberRows(rollouts, every_row, shared_prompts(rollouts, every_row, recipe))
     with torch.inference_mode(), autocast(device, recipe.performance.autocast_bf16):
         learner_logps, entropies = population_logprobs(
-            population, rollouts, every_row, recipe.rollout.temperature, with_entropy=True, eager_attention=eager
+            population, batch, recipe.rollout.temperature, with_entropy=True, eager_attention=eager
         )
     use_learner = recipe.rollout.behaviour_logprobs == "learner"
     return [
@@ -236,32 +245,91 @@ class Sequences(Protocol):
     completion_len: int
 
 
+@dataclass(frozen=True)
+class MemberRows:
+    """What one forward of a population reads: member k's rows `rows[k]` of its sequences `data[k]`, and to run each
+    distinct prompt once, each of those rows' prompt (`prompt_index[k]`: rows with equal ones share their prompt)."""
+
+    data: Sequence[Sequences]
+    rows: list[torch.Tensor]
+    prompt_index: list[torch.Tensor] | None = None
+
+
 def population_logprobs(
     population: Population,
-    data: Sequence[Sequences],
-    rows: list[torch.Tensor],
+    batch: MemberRows,
     temperature: float,
     with_entropy: bool = False,
     eager_attention: bool = False,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-    """Each member's log softmax(logits / T) of its `rows`' completion tokens ([rows, Tc] of that member), from one
+    """Each member's log softmax(logits / T) of its rows' completion tokens ([rows, Tc] of that member), from one
     forward of the population, and with `with_entropy` the entropy of each of those positions' distributions; every
     member's sequences padded on the right to the longest (masked, never read)."""
     import torch
 
+    data, rows = batch.data, batch.rows
+    starts = {d.input_ids.shape[1] - d.completion_len for d in data}
+    assert len(starts) == 1, "a population's prompts share one width"
+    (start,) = starts
     width = max(d.input_ids.shape[1] for d in data)
     ids = torch.stack([pad_right(d.input_ids[r], width, 0) for d, r in zip(data, rows)])
     mask = torch.stack([pad_right(d.attention_mask[r], width, 0) for d, r in zip(data, rows)])
-    positions = position_ids_for(mask.view(-1, width)).view_as(mask)
-    logits = population.forward(ids, mask, positions, eager_attention=eager_attention)
+    prompt_index = None if batch.prompt_index is None else torch.stack(batch.prompt_index)
+    logits = completion_logits(population, ids, mask, start, prompt_index, eager_attention)
     logps, entropies = [], []
     for k, d in enumerate(data):
-        start = d.input_ids.shape[1] - d.completion_len  # the first completion column (prompts share one width)
-        predicted = logits[k, :, start - 1 : start - 1 + d.completion_len]
+        predicted = logits[k, :, : d.completion_len]
         logps.append(logprobs_from_logits(predicted, ids[k, :, start : start + d.completion_len], temperature))
         if with_entropy:
             entropies.append(entropy_of(predicted, temperature))
     return logps, entropies if with_entropy else None
+
+
+def completion_logits(
+    population: Population,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    prompt_len: int,
+    prompt_index: torch.Tensor | None,
+    eager_attention: bool,
+) -> torch.Tensor:
+    """The logits that predict columns `prompt_len`.. of every row, [K, rows, width - prompt_len, vocab].
+
+    With `prompt_index` ([K, rows]) each member's distinct prompts run once, as `logprobs.shared_prefix_run` runs them
+    for one model: the prompt but its last token fills a KV cache that is copied to the rows of that prompt, then
+    [last prompt token, completion[:-1]] runs on every row (the same function with fewer FLOPs; gradients flow
+    through the shared copies)."""
+    import torch
+
+    width = ids.shape[-1]
+    positions = position_ids_for(mask.view(-1, width)).view_as(mask)
+    if prompt_index is None or prompt_len < 2:
+        return population.forward(ids, mask, positions, eager_attention=eager_attention)[:, :, prompt_len - 1 : -1]
+    prefix = prompt_len - 1
+    representatives, row_to_distinct = distinct_prompt_rows(prompt_index)
+    members = torch.arange(ids.shape[0], device=ids.device)[:, None]
+    cache = PopulationCache()
+    shared = (members, representatives, slice(None, prefix))
+    population.forward(ids[shared], mask[shared], positions[shared], cache, eager_attention)
+    cache.select_rows(row_to_distinct)
+    tail = (slice(None), slice(None), slice(prefix, -1))
+    return population.forward(ids[tail], mask[:, :, :-1], positions[tail], cache, eager_attention)
+
+
+def distinct_prompt_rows(prompt_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each member ([K, rows] prompt ids): a row standing for each of its distinct prompts, [K, D] (members with
+    fewer repeat their first), and the distinct prompt of every row, [K, rows]."""
+    import torch
+
+    representatives, inverses = [], []
+    for member in prompt_index:
+        distinct, inverse = torch.unique(member, return_inverse=True)
+        rows = torch.arange(member.shape[0], device=member.device)
+        representatives.append(torch.empty_like(distinct).scatter_(0, inverse, rows))
+        inverses.append(inverse)
+    most = max(r.shape[0] for r in representatives)
+    padded = [torch.cat([r, r[:1].expand(most - r.shape[0])]) for r in representatives]
+    return torch.stack(padded), torch.stack(inverses)
 
 
 def pad_right(x: torch.Tensor, width: int, value: int) -> torch.Tensor:

@@ -3,7 +3,7 @@ process, where the engine can: `engines/dispatch.py:population_refusal`) or a si
 
 How many members a population gets (`--population`): a number caps it, `off` is 1, and `auto` takes as many seeds as
 the recipe has up to AUTO_MEMBERS, fewer where memory would not hold them (every member keeps its weights, gradients,
-AdamW moments and its share of the activations at once).
+AdamW moments and its share of the activations at once), and splits populations until every `--jobs` worker has one.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from sspo_cli.research.planning.plan import PlannedRun
 
 AUTO = "auto"
 OFF = "off"
-# Past a few members a population's step costs about K standalone steps: the fixed costs it shares are paid.
+# Per member a population's step gets cheaper up to about 8 members and little after (docs/performance.md).
 AUTO_MEMBERS = 8
 MEMORY_SHARE = 0.5  # of the memory available now, what the populations of all jobs may take together
 BYTES = 4  # float32
@@ -54,12 +54,26 @@ def training_units(plan: Sequence[PlannedRun], population: int | None, jobs: int
             continue
         parts = math.ceil(len(group) / cap)
         units += [group[i::parts] for i in range(parts)]
+    return units if population is not None else busy(units, jobs)
+
+
+def busy(units: list[list[PlannedRun]], jobs: int) -> list[list[PlannedRun]]:
+    """`units` with the largest population halved until there is a unit for each of the `jobs` workers (where
+    populations can still be split): 8 seeds and `--jobs 2` train as two populations of 4 side by side."""
+    units = list(units)
+    while len(units) < jobs:
+        largest = max(range(len(units)), key=lambda i: len(units[i]))
+        if len(units[largest]) < 2:
+            break
+        unit = units.pop(largest)
+        units[largest:largest] = [unit[0::2], unit[1::2]]
     return units
 
 
-def auto_members(recipe: Recipe, jobs: int) -> int:
-    """Members per population for `auto`: AUTO_MEMBERS, or as many as `jobs` populations' memory allows."""
-    budget = available_memory() * MEMORY_SHARE / max(jobs, 1)
+def auto_members(recipe: Recipe, jobs: int, memory: float | None = None) -> int:
+    """Members per population for `auto`: AUTO_MEMBERS, or as many as `jobs` populations fit in MEMORY_SHARE of
+    `memory` bytes (default: the memory available now)."""
+    budget = (available_memory() if memory is None else memory) * MEMORY_SHARE / max(jobs, 1)
     return max(1, min(AUTO_MEMBERS, int(budget // member_bytes(recipe))))
 
 

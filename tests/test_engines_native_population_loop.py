@@ -48,10 +48,19 @@ def weights_of(checkpoint: Path) -> dict[str, torch.Tensor]:
     return load_file(str(checkpoint / "model.safetensors"))
 
 
-def test_each_member_is_the_run_its_seed_trains_alone(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["rollout.policy_lag=1", "objective.correction=token_truncate"],  # lagged sampler, decoupled TIS
+        ["rollout.policy_lag=2", "objective.name=grpo", "objective.m2_threshold=0.04"],  # M2PO's mask
+    ],
+    ids=["on-policy", "lag-tis", "lag-m2po"],
+)
+def test_each_member_is_the_run_its_seed_trains_alone(overrides: list[str], tmp_path: Path) -> None:
     import mlflow
 
-    members = recipes()
+    members = recipes(*overrides)
     assert population_refusal(members) is None
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     together = run_population(members, [RunOptions(tmp_path / "population", uri) for _ in members])
@@ -96,10 +105,14 @@ class StopAfter(TrainingObserver):
             os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_a_stopped_population_leaves_members_that_resume_alone_to_the_same_end(tmp_path: Path) -> None:
+@pytest.mark.parametrize("overrides", [[], ["rollout.policy_lag=2"]], ids=["on-policy", "lag"])
+def test_a_stopped_population_leaves_members_that_resume_alone_to_the_same_end(
+    overrides: list[str], tmp_path: Path
+) -> None:
+    """Under a lag a member's checkpoint carries its older sampling weights too, so it goes on sampling as before."""
     import mlflow
 
-    members = recipes()
+    members = recipes(*overrides)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     options = [RunOptions(tmp_path / "stopped", uri, StopAfter(2) if k == 0 else None) for k in range(len(members))]
     with pytest.raises(RunInterrupted):
@@ -128,6 +141,8 @@ def test_recipes_a_population_cannot_train_are_refused_with_the_reason() -> None
     assert "differ in more than their seed" in population_refusal(
         [*recipes(), recipes("train.lr=2e-3")[0].model_copy(update={"seed": 9})]
     )
-    assert "policy lag" in population_refusal(recipes("rollout.policy_lag=2"))
+    assert "sampler dtype" in population_refusal(recipes("rollout.sampler_dtype=bfloat16"))
+    assert "KL reference" in population_refusal(recipes("objective.beta=0.01"))
+    assert population_refusal(recipes("rollout.policy_lag=2", "objective.correction=token_truncate")) is None
     assert "LoRA" in population_refusal(recipes("model.lora={rank: 4}"))
     assert "one seed" in population_refusal([recipes()[0], recipes()[0]])

@@ -118,7 +118,7 @@ def test_a_cached_warm_start_is_not_trained_again_or_shown(executed) -> None:
 def test_seeds_of_one_recipe_train_as_populations_and_the_rest_alone(tmp_path: Path) -> None:
     import mlflow
 
-    lagged = tiny_recipe(0) | {"rollout": {"prompts_per_step": 2, "group_size": 2, "policy_lag": 1}}
+    lagged = tiny_recipe(0) | {"rollout": {"prompts_per_step": 2, "group_size": 2, "sampler_dtype": "bfloat16"}}
     plan = [
         PlannedRun("grpo", seed, recipe_from_dict(tiny_recipe(seed), [], "test.yaml"), f"grpo-seed{seed}")
         for seed in (0, 1, 2, 3, 4)
@@ -131,7 +131,8 @@ def test_seeds_of_one_recipe_train_as_populations_and_the_rest_alone(tmp_path: P
     assert [o.state for o in outcomes] == ["trained"] * 6, [o.error for o in outcomes]
     client = mlflow.MlflowClient(uri)
     sizes = [client.get_run(o.run_id).data.metrics.get("train/population_size") for o in outcomes]
-    assert sizes == [3.0, 2.0, 3.0, 2.0, 3.0, None]  # 5 seeds in balanced populations of at most 3; a lag trains alone
+    # 5 seeds in balanced populations of at most 3; another sampler dtype trains alone
+    assert sizes == [3.0, 2.0, 3.0, 2.0, 3.0, None]
     for outcome in outcomes:
         run = client.get_run(outcome.run_id)
         assert run.data.tags["sspo.seed"] == str(outcome.planned.seed)
@@ -151,8 +152,8 @@ def test_a_population_that_fails_trains_its_runs_one_by_one(tmp_path: Path) -> N
         def on_warning(self, message: str) -> None:
             warnings.append(message)
 
-    # a policy lag in one member: the population refuses at its start, having written nothing
-    lagged = tiny_recipe(1) | {"rollout": {"prompts_per_step": 2, "group_size": 2, "policy_lag": 1}}
+    # another sampler dtype in one member: the population refuses at its start, having written nothing
+    lagged = tiny_recipe(1) | {"rollout": {"prompts_per_step": 2, "group_size": 2, "sampler_dtype": "bfloat16"}}
     recipes = [recipe_from_dict(tiny_recipe(0), [], "test.yaml"), recipe_from_dict(lagged, [], "test.yaml")]
     options = [RunOptions(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", Warnings()) for _ in recipes]
     results = train_unit(recipes, options)

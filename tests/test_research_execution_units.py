@@ -54,7 +54,7 @@ def test_auto_splits_populations_until_every_worker_has_one() -> None:
 
 
 def test_a_recipe_a_population_cannot_train_trains_alone() -> None:
-    plan = [planned("grpo", s, policy_lag=2) for s in range(3)] + [planned("sspo", s) for s in range(2)]
+    plan = [planned("grpo", s, sampler_dtype="bfloat16") for s in range(3)] + [planned("sspo", s) for s in range(2)]
     assert seeds_of(training_units(plan, 8, jobs=1)) == [
         [("grpo", 0)],
         [("grpo", 1)],

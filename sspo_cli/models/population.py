@@ -14,6 +14,7 @@ gradients equal its model's within float rounding (tests/test_models_population.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -145,6 +146,10 @@ class Population:
 
     def parameters(self) -> list[torch.Tensor]:
         return list(self.weights.values())
+
+    def named_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The stacked weights by name, as a module lists its parameters (so `engines/native/lag.py` keeps copies)."""
+        return iter(self.weights.items())
 
     def member_state(self, member: int) -> dict[str, torch.Tensor]:
         """Member `member`'s parameters under transformers' names (copies: the population goes on training)."""

@@ -8,9 +8,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from sspo_cli.engines.native.lag import LaggedWeights, LagSchedule
 from sspo_cli.engines.native.loop import adamw_with_schedule
 from sspo_cli.engines.native.step import (
     Behaviour,
@@ -73,12 +74,8 @@ def population_unsupported(recipe: Recipe) -> str | None:
     """Why a population cannot train `recipe` member for member as `rl_step` would (None: it can)."""
     rollout, perf = recipe.rollout, recipe.performance
     checks = {
-        "a policy lag (rollout.policy_lag)": rollout.policy_lag == 0,
         "another sampler dtype (rollout.sampler_dtype)": rollout.sampler_dtype == "same",
         "a KL reference (objective.beta)": not recipe.objective.beta,
-        "a sampler correction or M2PO mask (objective.correction, objective.m2_threshold)": not is_decoupled(
-            recipe.objective
-        ),
         "LoRA (model.lora)": recipe.model.lora is None,
         "hf_generate sampling (performance.sampler)": perf.sampler == "kv_cache",
     }
@@ -95,6 +92,12 @@ class PopulationLearner:
     tokenizer: PreTrainedTokenizerBase
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    lagged: LaggedWeights = field(default_factory=LaggedWeights)  # stacked copies, under a policy lag
+
+    def member_lagged(self, member: int) -> LaggedWeights:
+        """Member `member`'s older weights, as its standalone run keeps them."""
+        copies = self.lagged.copies
+        return LaggedWeights({kept: {n: w[member] for n, w in weights.items()} for kept, weights in copies.items()})
 
     @classmethod
     def of(cls, recipe: Recipe, models: list[PreTrainedModel], tokenizer: PreTrainedTokenizerBase) -> PopulationLearner:
@@ -113,38 +116,52 @@ def population_rl_step(
 
     cfg = recipe.rollout
     started = time.perf_counter()
+    schedule = LagSchedule.of(cfg)
     prompts = [prompts_for_step(task.train, seed, step, cfg.prompts_per_step) for seed in seeds]
     examples = [[e for e in member for _ in range(cfg.group_size)] for member in prompts]
     generators = [torch.Generator().manual_seed(step_seed(seed, step)) for seed in seeds]
     text = text_format(recipe, learner.tokenizer)
-    rollouts = generate_population(
-        learner.population,
-        learner.like,
-        learner.tokenizer,
-        [[e.prompt for e in member] for member in examples],
-        cfg.max_new_tokens,
-        cfg.temperature,
-        generators,
-        text,
-    )
-    sampled = time.perf_counter()
-    eager = eager_attention(recipe, learner, rollouts)
-    behaviours = population_behaviour(learner.population, rollouts, recipe, eager)
+    # 1. Every member's rollout and behaviour log-probs, by its sampling weights (older ones under a policy lag).
+    with learner.lagged.sampling(learner.population, schedule, step):
+        rollouts = generate_population(
+            learner.population,
+            learner.like,
+            learner.tokenizer,
+            [[e.prompt for e in member] for member in examples],
+            cfg.max_new_tokens,
+            cfg.temperature,
+            generators,
+            text,
+        )
+        sampled = time.perf_counter()
+        eager = eager_attention(recipe, learner, rollouts)
+        behaviours = population_behaviour(learner.population, rollouts, recipe, eager)
+    # 2. Rewards and advantages; 3. in decoupled mode the proximal policy's log-probs, the current weights'.
     grades = [grade_all(task, member, r.completions, r.truncated) for member, r in zip(examples, rollouts)]
+    proximal = (
+        proximal_logprobs(learner.population, rollouts, recipe, eager) if is_decoupled(objective.config) else None
+    )
     rewards, data = [], []
-    for rollout, member_grades, behaviour in zip(rollouts, grades, behaviours):
+    for k, (rollout, member_grades, behaviour) in enumerate(zip(rollouts, grades, behaviours)):
         member_rewards, advantages = group_advantages(member_grades, cfg)
         mask = loss_mask(rollout, cfg.mask_truncated_completions)
         rewards.append(member_rewards)
+        old_logp, behav_logp, staleness = behaviour.old_logp, None, None
+        if proximal is not None:
+            behav_logp = behaviour.sampler_logp if behaviour.sampler_logp is not None else behaviour.old_logp
+            old_logp = proximal[k]
+            staleness = torch.full((rollout.input_ids.shape[0],), float(schedule.lag(step)))
         data.append(
             UpdateData(
                 rollout.input_ids,
                 rollout.attention_mask,
                 rollout.completion_len,
-                behaviour.old_logp,
+                old_logp,
                 advantages,
                 mask,
                 None,
+                behav_logp,
+                staleness,
             )
         )
     batches = [minibatches(r.input_ids.shape[0], cfg, seed, step) for r, seed in zip(rollouts, seeds)]
@@ -177,7 +194,7 @@ def population_rl_step(
     lr = learner.scheduler.get_last_lr()[0]
     elapsed = time.perf_counter() - started
     shared = {  # the population's step: its seconds are every member's
-        "rollout/policy_lag": 0.0,
+        "rollout/policy_lag": float(schedule.lag(step)),
         "train/lr": lr,
         "train/step_seconds": elapsed,
         "train/sample_seconds": sampled - started,
@@ -211,6 +228,21 @@ def eager_attention(recipe: Recipe, learner: PopulationLearner, rollouts: list[R
     update_rows = len(rollouts) * minibatch_rows(rows, recipe.rollout)
     device = rollouts[0].input_ids.device
     return update_attention_for(recipe.performance, device, learner.like, update_rows, length) == "eager"
+
+
+def proximal_logprobs(
+    population: Population, rollouts: list[Rollout], recipe: Recipe, eager: bool
+) -> list[torch.Tensor]:
+    """Each member's proximal log-probs: its current weights, computed as the updates run them (precision, attention
+    kernel, temperature), once before the rollout's first update (`step.proximal_logprobs` for one model)."""
+    import torch
+
+    device = rollouts[0].input_ids.device
+    every_row = [torch.arange(r.input_ids.shape[0], device=device) for r in rollouts]
+    batch = MemberRows(rollouts, every_row, shared_prompts(rollouts, every_row, recipe))
+    with torch.inference_mode(), autocast(device, recipe.performance.autocast_bf16):
+        logps, _ = population_logprobs(population, batch, recipe.rollout.temperature, eager_attention=eager)
+    return logps
 
 
 def population_behaviour(

@@ -175,5 +175,5 @@ def save_member(prepared: Prepared, learner: PopulationLearner, member: int, run
     optimizer, scheduler = make_optimizer(run.recipe, model)
     optimizer.load_state_dict(member_optimizer_state(learner.optimizer, learner.population, member, model))
     scheduler.load_state_dict(learner.scheduler.state_dict())
-    alone = Learner(Policy(model, learner.tokenizer), optimizer, scheduler)
+    alone = Learner(Policy(model, learner.tokenizer), optimizer, scheduler, learner.member_lagged(member))
     return save_checkpoint(run.run_dir / CHECKPOINTS, alone, run.state, run.recipe.train.keep_checkpoints, final=final)

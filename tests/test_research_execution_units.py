@@ -53,6 +53,12 @@ def test_auto_splits_populations_until_every_worker_has_one() -> None:
     assert [len(u) for u in training_units(plan, 8, jobs=2)] == [8]  # a number given is kept
 
 
+def test_auto_leaves_long_completions_alone() -> None:
+    plan = [planned("grpo", s, max_new_tokens=units.AUTO_MAX_NEW_TOKENS + 1) for s in range(4)]
+    assert [len(u) for u in training_units(plan, None, jobs=1)] == [1, 1, 1, 1]
+    assert [len(u) for u in training_units(plan, 4, jobs=1)] == [4]  # asked for, it trains them together
+
+
 def test_a_recipe_a_population_cannot_train_trains_alone() -> None:
     plan = [planned("grpo", s, sampler_dtype="bfloat16") for s in range(3)] + [planned("sspo", s) for s in range(2)]
     assert seeds_of(training_units(plan, 8, jobs=1)) == [

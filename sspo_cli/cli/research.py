@@ -35,8 +35,8 @@ PopulationOpt = Annotated[
     str,
     typer.Option(
         "--population",
-        help="Seeds of one recipe trained together in one process, each still its own run: auto (as many as memory "
-        "allows, up to 8, where the recipe can), off, or the most per population.",
+        help="Seeds of one recipe trained together in one process, each still its own run: auto (for completions of "
+        "up to 16 tokens, up to 8 seeds as memory allows, where the recipe can), off, or the most per population.",
     ),
 ]
 ThresholdOpt = Annotated[

@@ -89,26 +89,44 @@ def unsupported(config) -> str | None:
 
 @dataclass
 class PopulationCache:
-    """Keys and values of every layer, [K, rows, kv_heads, positions, head_dim], grown by each forward."""
+    """Keys and values of every layer, [K, rows, kv_heads, positions, head_dim], grown by each forward.
 
-    keys: list[torch.Tensor | None] = field(default_factory=list)
-    values: list[torch.Tensor | None] = field(default_factory=list)
+    With a `capacity` (positions) each layer's buffers are reserved at its first forward and written in place, so a
+    sampling loop does not copy the whole cache at every token; without one it grows by concatenation (what a
+    forward whose gradients flow through the cache needs)."""
+
+    capacity: int | None = None
+    keys: list[torch.Tensor] = field(default_factory=list)
+    values: list[torch.Tensor] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
 
     def update(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
-        while len(self.keys) <= layer:
-            self.keys.append(None)
-            self.values.append(None)
-        if self.keys[layer] is not None:
-            keys = torch.cat([self.keys[layer], keys], dim=-2)
-            values = torch.cat([self.values[layer], values], dim=-2)
-        self.keys[layer], self.values[layer] = keys, values
-        return keys, values
+        start = self.lengths[layer] if layer < len(self.lengths) else 0
+        end = start + keys.shape[-2]
+        if layer == len(self.keys):  # this layer's first forward
+            if self.capacity is None:
+                self.keys.append(keys)
+                self.values.append(values)
+            else:
+                reserved = (*keys.shape[:-2], self.capacity, keys.shape[-1])
+                self.keys.append(keys.new_empty(reserved))
+                self.values.append(values.new_empty(reserved))
+            self.lengths.append(0)
+        if self.capacity is None:
+            if start:
+                self.keys[layer] = torch.cat([self.keys[layer], keys], dim=-2)
+                self.values[layer] = torch.cat([self.values[layer], values], dim=-2)
+        else:
+            self.keys[layer][..., start:end, :] = keys
+            self.values[layer][..., start:end, :] = values
+        self.lengths[layer] = end
+        return self.keys[layer][..., :end, :], self.values[layer][..., :end, :]
 
     @property
     def length(self) -> int:
-        return 0 if not self.keys or self.keys[0] is None else self.keys[0].shape[-2]
+        return self.lengths[0] if self.lengths else 0
 
     def select_rows(self, index: torch.Tensor) -> None:
         """Row i of member k becomes its old row index[k, i] ([K, N]), in every layer."""
@@ -201,8 +219,6 @@ class Population:
             q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
             if cache is not None:
                 k, v = cache.update(layer, k, v)
-            groups = s.heads // s.kv_heads
-            k, v = k.repeat_interleave(groups, dim=2), v.repeat_interleave(groups, dim=2)
             attended = attend_eagerly(q, k, v, mask) if eager_attention else attend(q, k, v, mask)
             attended = attended.transpose(2, 3).reshape(members, rows, length, s.heads * s.head_dim)
             x = x + linear(attended, w, prefix + "self_attn.o_proj")
@@ -215,19 +231,26 @@ class Population:
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """SDPA of queries [K, rows, heads, T, dim] over keys and values with fewer heads (grouped-query attention: head
+    h reads key head h // (heads / kv_heads)), without copying the keys and values per query head."""
     import torch
 
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=True)
 
 
 def attend_eagerly(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     """What transformers' eager attention computes: scaled products, the disallowed keys at the dtype's minimum, a
-    float32 softmax cast back, the weighted values."""
+    float32 softmax cast back, the weighted values; the query heads of one key head as one group, so the keys and
+    values (a whole KV cache while sampling) are read once, not copied per query head."""
     import torch
 
-    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-    return scores.softmax(-1, dtype=torch.float32).to(q.dtype) @ v
+    members, rows, heads, length, dim = q.shape
+    kv_heads = k.shape[2]
+    grouped = q.view(members, rows, kv_heads, heads // kv_heads, length, dim)
+    scores = (grouped @ k[:, :, :, None].transpose(-1, -2)) * dim**-0.5
+    scores = scores.masked_fill(~allowed[:, :, :, None], torch.finfo(scores.dtype).min)
+    weights = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
+    return (weights @ v[:, :, :, None]).view(members, rows, heads, length, dim)
 
 
 def linear(x: torch.Tensor, weights: dict[str, torch.Tensor], name: str) -> torch.Tensor:
@@ -323,7 +346,7 @@ def sample_population(
     ends = torch.tensor(list(end_ids), device=device)
     member_rows = torch.arange(members, device=device)[:, None]
     with torch.inference_mode():
-        cache = PopulationCache()
+        cache = PopulationCache(capacity=prompt_ids.shape[-1] + max_new_tokens)
         positions = position_ids_for(prompt_mask)
         logits = population.forward(prompt_ids, prompt_mask, positions, cache)[:, :, -1]
         cache.select_rows(prompt_index)

@@ -1,8 +1,8 @@
 """The runs to train, cut into units of work: a population (several seeds of one recipe trained together in one
 process, where the engine can: `engines/dispatch.py:population_refusal`) or a single run.
 
-How many members a population gets (`--population`): a number caps it, `off` is 1, and `auto` takes as many seeds as
-the recipe has up to AUTO_MEMBERS, fewer where memory would not hold them (every member keeps its weights, gradients,
+How many members a population gets (`--population`): a number caps it, `off` is 1, and `auto` takes (for completions
+of at most AUTO_MAX_NEW_TOKENS) as many seeds as the recipe has up to AUTO_MEMBERS, fewer where memory would not hold them (every member keeps its weights, gradients,
 AdamW moments and its share of the activations at once), and splits populations until every `--jobs` worker has one.
 """
 
@@ -20,6 +20,10 @@ AUTO = "auto"
 OFF = "off"
 # Per member a population's step gets cheaper up to about 8 members and little after (docs/performance.md).
 AUTO_MEMBERS = 8
+# A population saves a step's fixed costs (Python, dispatch, small kernels), which dominate short completions; with
+# long ones the step is compute and the standalone step's shortcuts (dropping ended rows, trimming) win: on a CPU a
+# population of the 65-token sort study was 0.9x, of the 4-token quickstart 1.6x (docs/performance.md).
+AUTO_MAX_NEW_TOKENS = 16
 MEMORY_SHARE = 0.5  # of the memory available now, what the populations of all jobs may take together
 BYTES = 4  # float32
 
@@ -71,8 +75,10 @@ def busy(units: list[list[PlannedRun]], jobs: int) -> list[list[PlannedRun]]:
 
 
 def auto_members(recipe: Recipe, jobs: int, memory: float | None = None) -> int:
-    """Members per population for `auto`: AUTO_MEMBERS, or as many as `jobs` populations fit in MEMORY_SHARE of
-    `memory` bytes (default: the memory available now)."""
+    """Members per population for `auto`: none for long completions (AUTO_MAX_NEW_TOKENS), else AUTO_MEMBERS, or as
+    many as `jobs` populations fit in MEMORY_SHARE of `memory` bytes (default: the memory available now)."""
+    if recipe.rollout.max_new_tokens > AUTO_MAX_NEW_TOKENS:
+        return 1
     budget = (available_memory() if memory is None else memory) * MEMORY_SHARE / max(jobs, 1)
     return max(1, min(AUTO_MEMBERS, int(budget // member_bytes(recipe))))
 

@@ -13,20 +13,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import REPO, TINY_OVERRIDES  # noqa: E402
+from test_engines_native_population import TIMINGS  # noqa: E402
 
 from sspo_cli.engines.dispatch import population_refusal, resume_training, run_population, run_training  # noqa: E402
 from sspo_cli.recipe import load_recipe  # noqa: E402
 from sspo_cli.run.state import RunOptions, TrainingObserver  # noqa: E402
 from sspo_cli.signals import RunInterrupted  # noqa: E402
 
-# what a step measures of its own speed: shared by a population's members, so it differs from a standalone run's
-TIMINGS = {
-    "train/step_seconds",
-    "train/sample_seconds",
-    "train/tokens_per_s",
-    "train/objective_seconds",
-    "train/population_size",
-}
 SEEDS = [0, 1, 2]
 
 

@@ -131,7 +131,7 @@ def rl_steps(members: int, overrides: list[str]) -> dict[str, Callable[[], None]
 
     def stacked() -> None:
         steps["population"] += 1
-        population_rl_step(recipe, together, task, objective, seeds, steps["population"])
+        population_rl_step(recipe, together, task, [objective] * members, seeds, steps["population"])
 
     return {"separate": separate, "population": stacked}
 

@@ -376,14 +376,22 @@ class Recipe(Strict):
         """Hash of the resolved recipe: runs with equal fingerprints are the same experiment."""
         return stable_hash(self.resolved())
 
-    def seedless_fingerprint(self) -> str:
-        """Hash of the resolved recipe but its seed: recipes with equal ones may train as one population."""
-        return stable_hash({k: v for k, v in self.resolved().items() if k != "seed"})
+    def population_key(self) -> str:
+        """Hash of what the members of one population share: the resolved recipe but its seed and its objective's
+        numbers (a temperature, a clip range: each member's loss reads its own); the objective's name, switches and
+        which of its options are set stay, so members share one kind of step."""
+        resolved = {k: v for k, v in self.resolved().items() if k != "seed"}
+        resolved["objective"] = {k: v for k, v in resolved["objective"].items() if not is_number(v)}
+        return stable_hash(resolved)
 
 
 def names_recipe_key(key: str) -> bool:
     """Whether an error's key is a recipe key (`rollout.group_size`, `engine`) rather than an option or file."""
     return key.split(".", 1)[0] in Recipe.model_fields
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def stable_hash(data: Any) -> str:

@@ -125,7 +125,7 @@ def test_the_first_rl_step_of_each_member_equals_its_standalone_step(objective_n
     tokenizer = load_policy(recipe.model, task.alphabet, 0)[1]
     learner = PopulationLearner.of(recipe, models, tokenizer)
     population = learner.population
-    together = population_rl_step(recipe, learner, task, objective, seeds, step=1)
+    together = population_rl_step(recipe, learner, task, [objective] * len(seeds), seeds, step=1)
     for k, (metrics, model) in enumerate(standalone):
         assert set(metrics) - TIMINGS <= set(together[k])  # every metric of a standalone step
         for key in set(metrics) - TIMINGS:
@@ -190,5 +190,5 @@ def test_a_member_whose_update_is_not_finite_stops_the_population():
         population.weights["model.layers.0.mlp.down_proj.weight"][1, 0, 0] = float("inf")
     before = population.member_state(0)
     with pytest.raises(NonFiniteMemberUpdate, match=r"seed\(s\) \[1\]"):
-        population_rl_step(recipe, learner, task, build_objective(recipe.objective), [0, 1], step=1)
+        population_rl_step(recipe, learner, task, [build_objective(recipe.objective)] * 2, [0, 1], step=1)
     assert all(torch.equal(before[name], population.weights[name][0]) for name in before)  # no member stepped

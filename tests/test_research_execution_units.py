@@ -14,13 +14,13 @@ from sspo_cli.research.planning.plan import PlannedRun
 TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 64}
 
 
-def planned(method: str, seed: int, **rollout) -> PlannedRun:
+def planned(method: str, seed: int, objective: dict | None = None, **rollout) -> PlannedRun:
     data = {
         "name": "units",
         "seed": seed,
         "model": {"tiny": TINY},
         "task": {"name": "addition"},
-        "objective": {"name": method},
+        "objective": {"name": method, **(objective or {})},
         "rollout": {"prompts_per_step": 2, "group_size": 2, **rollout},
     }
     return PlannedRun(method, seed, recipe_from_dict(data, [], "units.yaml"), f"{method}-s{seed}")
@@ -38,6 +38,13 @@ def test_the_seeds_of_each_recipe_train_together_in_balanced_populations() -> No
         [("sspo", 0), ("sspo", 2), ("sspo", 4)],
         [("sspo", 1), ("sspo", 3)],
     ]
+
+
+def test_a_sweep_of_an_objective_number_trains_as_one_population() -> None:
+    plan = [planned("sspo", s, {"tau_pos": tau}) for tau in (0.5, 1.0, 2.0) for s in range(2)]
+    assert [len(u) for u in training_units(plan, 8, jobs=1)] == [6]
+    switched = [planned("sspo", 0, {"correction": "token_truncate"}), planned("sspo", 1)]
+    assert [len(u) for u in training_units(switched, 8, jobs=1)] == [1, 1]  # another kind of step
 
 
 def test_off_trains_every_run_alone() -> None:

@@ -107,11 +107,12 @@ class PopulationLearner:
 
 
 def population_rl_step(
-    recipe: Recipe, learner: PopulationLearner, task: Task, objective, seeds: list[int], step: int
+    recipe: Recipe, learner: PopulationLearner, task: Task, objectives: list, seeds: list[int], step: int
 ) -> list[dict[str, float]]:
-    """RL step `step` of every member (member k: the recipe with seed `seeds[k]`), as `rl_step` takes it for each
-    member alone: its prompts, samples and mini-batches from its own seed; one batched sampling pass, one batched
-    forward and backward per update, one optimiser step. Returns each member's metrics."""
+    """RL step `step` of every member (member k: the recipe with seed `seeds[k]` and objective `objectives[k]`, which
+    may differ from the others' in its numbers), as `rl_step` takes it for each member alone: its prompts, samples
+    and mini-batches from its own seed; one batched sampling pass, one batched forward and backward per update, one
+    optimiser step. Returns each member's metrics."""
     import torch
 
     cfg = recipe.rollout
@@ -138,9 +139,8 @@ def population_rl_step(
         behaviours = population_behaviour(learner.population, rollouts, recipe, eager)
     # 2. Rewards and advantages; 3. in decoupled mode the proximal policy's log-probs, the current weights'.
     grades = [grade_all(task, member, r.completions, r.truncated) for member, r in zip(examples, rollouts)]
-    proximal = (
-        proximal_logprobs(learner.population, rollouts, recipe, eager) if is_decoupled(objective.config) else None
-    )
+    decoupled = is_decoupled(objectives[0].config)  # the same for every member (`Recipe.population_key`)
+    proximal = proximal_logprobs(learner.population, rollouts, recipe, eager) if decoupled else None
     rewards, data = [], []
     for k, (rollout, member_grades, behaviour) in enumerate(zip(rollouts, grades, behaviours)):
         member_rewards, advantages = group_advantages(member_grades, cfg)
@@ -174,7 +174,7 @@ def population_rl_step(
             batch = MemberRows(data, rows, shared_prompts(rollouts, rows, recipe))
             logps, _ = population_logprobs(learner.population, batch, cfg.temperature, eager_attention=eager)
         t0 = time.perf_counter()
-        losses = [objective.loss(logp, **d.objective_inputs(r)) for logp, d, r in zip(logps, data, rows)]
+        losses = [o.loss(logp, **d.objective_inputs(r)) for o, logp, d, r in zip(objectives, logps, data, rows)]
         objective_seconds += time.perf_counter() - t0
         learner.optimizer.zero_grad(set_to_none=True)
         torch.stack(losses).sum().backward()
@@ -185,7 +185,7 @@ def population_rl_step(
         learner.optimizer.step()
         learner.scheduler.step()
         t0 = time.perf_counter()
-        for k, (logp, d, r) in enumerate(zip(logps, data, rows)):
+        for k, (objective, logp, d, r) in enumerate(zip(objectives, logps, data, rows)):
             diagnostics = objective.metrics(logp.detach(), **d.metric_inputs(r))
             updates[k].append(
                 {**diagnostics, "train/loss": float(losses[k].detach()), "train/grad_norm": float(norms[k])}

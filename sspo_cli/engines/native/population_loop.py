@@ -1,4 +1,4 @@
-"""A population run: K runs of one recipe that differ only in their seed, trained together, top to bottom.
+"""A population run: K runs of one recipe that differ only in their seed (and objective numbers), trained together.
 
     member recipes -> refusal, or one shared preparation (task, model, warm start, store) -> the K members' weights
     stacked (`population.PopulationLearner`) -> per member: run folder + MLflow run -> for each step:
@@ -70,11 +70,11 @@ def population_refusal(recipes: list[Recipe]) -> str | None:
         return f"engine {first.engine!r} (populations are the native engine's)"
     if first.model.tiny is None:
         return "a model other than the embedded tiny one (model.tiny)"
-    if len({recipe.seedless_fingerprint() for recipe in recipes}) > 1:
-        return "recipes that differ in more than their seed"
-    if len({recipe.seed for recipe in recipes}) < len(recipes):
-        return "two members with one seed"
-    return population_unsupported(first)
+    if len({recipe.population_key() for recipe in recipes}) > 1:
+        return "recipes that differ in more than their seed and objective numbers"
+    if len({recipe.fingerprint() for recipe in recipes}) < len(recipes):
+        return "two members with one recipe"
+    return next(filter(None, map(population_unsupported, recipes)), None)
 
 
 def run_population_native(recipes: list[Recipe], options: list[RunOptions]) -> list[dict[str, Any]]:
@@ -134,8 +134,11 @@ def population_loop(prepared: Prepared, learner: PopulationLearner, runs: list[M
 
     A stop request is honoured between steps: every member checkpoints, then RunInterrupted (for the first member;
     every member's run folder can be resumed alone)."""
+    from sspo_cli.objectives import build_objective  # its lazy attribute imports torch
+
     recipe, task = prepared.recipe, prepared.task
     seeds = [run.recipe.seed for run in runs]
+    objectives = [build_objective(run.recipe.objective) for run in runs]  # each member's own numbers
     started = time.perf_counter()
 
     def save_all(final: bool = False) -> list[Path]:
@@ -157,7 +160,7 @@ def population_loop(prepared: Prepared, learner: PopulationLearner, runs: list[M
             raise RunInterrupted(stop.signal_name or "signal", step - 1, runs[0].run_dir, saved[0])
         for run in runs:
             run.state.step = step
-        for run, metrics in zip(runs, population_rl_step(recipe, learner, task, prepared.objective, seeds, step)):
+        for run, metrics in zip(runs, population_rl_step(recipe, learner, task, objectives, seeds, step)):
             run.state.count_applied_update()
             run.records.record_step(metrics)
         last = step == recipe.train.steps

@@ -1,5 +1,6 @@
-"""The runs to train, cut into units of work: a population (several seeds of one recipe trained together in one
-process, where the engine can: `engines/dispatch.py:population_refusal`) or a single run.
+"""The runs to train, cut into units of work: a population (several seeds of one recipe, or of recipes that differ
+only in objective numbers such as a gate temperature, trained together in one process, where the engine can:
+`engines/dispatch.py:population_refusal`) or a single run.
 
 How many members a population gets (`--population`): a number caps it, `off` is 1, and `auto` takes (for completions
 of at most AUTO_MAX_NEW_TOKENS) as many seeds as the recipe has up to AUTO_MEMBERS, fewer where memory would not hold them (every member keeps its weights, gradients,
@@ -45,11 +46,12 @@ def parse_population(value: str) -> int | None:
 
 
 def training_units(plan: Sequence[PlannedRun], population: int | None, jobs: int) -> list[list[PlannedRun]]:
-    """`plan` as units of work, in plan order of their first run: the seeds of one recipe as populations of at
-    most `population` members (None: `auto_members`), balanced in size; everything else one run a unit."""
+    """`plan` as units of work, in plan order of their first run: the runs of one `Recipe.population_key` (the seeds
+    of a recipe, and of its objective's numbers) as populations of at most `population` members (None:
+    `auto_members`), balanced in size; everything else one run a unit."""
     groups: dict[str, list[PlannedRun]] = {}
     for planned in plan:
-        groups.setdefault(planned.recipe.seedless_fingerprint(), []).append(planned)
+        groups.setdefault(planned.recipe.population_key(), []).append(planned)
     units: list[list[PlannedRun]] = []
     for group in groups.values():
         cap = population if population is not None else auto_members(group[0].recipe, jobs)

@@ -66,6 +66,9 @@ class Recording(WorkflowObserver):
     def on_run_end(self, outcome) -> None:
         self.events.append(f"end {outcome.planned.fingerprint}")
 
+    def on_populations(self, sizes: list[int]) -> None:
+        self.events.append(f"populations {sizes}")
+
     def training_observer(self) -> TrainingObserver | None:
         return self.warm_start
 
@@ -133,6 +136,7 @@ def test_seeds_of_one_recipe_train_as_populations_and_the_rest_alone(tmp_path: P
     sizes = [client.get_run(o.run_id).data.metrics.get("train/population_size") for o in outcomes]
     # 5 seeds in balanced populations of at most 3; another sampler dtype trains alone
     assert sizes == [3.0, 2.0, 3.0, 2.0, 3.0, None]
+    assert "populations [3, 2]" in observer.events
     for outcome in outcomes:
         run = client.get_run(outcome.run_id)
         assert run.data.tags["sspo.seed"] == str(outcome.planned.seed)

@@ -54,6 +54,9 @@ class WorkflowObserver:
     """Receives the progress of a set of runs; the CLI renders it, tests ignore it."""
 
     def on_plan(self, total: int, reused: int, to_train: int, jobs: int) -> None: ...
+    def on_populations(self, sizes: list[int]) -> None:
+        """The runs to train go in populations of these sizes (the others one by one)."""
+
     def on_run_start(self, planned: PlannedRun) -> None: ...
     def on_run_end(self, outcome: Outcome) -> None: ...
     def on_run_progress(self, fingerprint: str, step: int, total: int) -> None:
@@ -121,6 +124,9 @@ def execute(plan: Sequence[PlannedRun], ctx: ExecutionContext) -> list[Outcome]:
         if to_train:
             with ctx.timer.phase(TRAINING):
                 units = training_units(to_train, ctx.population, ctx.jobs)
+                populations = [len(unit) for unit in units if len(unit) > 1]
+                if populations:
+                    ctx.observer.on_populations(populations)
                 if ctx.jobs <= 1 or len(units) <= 1:
                     run_sequentially(units, ctx, outcomes)
                 else:

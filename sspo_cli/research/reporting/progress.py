@@ -54,6 +54,13 @@ class RichWorkflowProgress(WorkflowObserver):
             f"[dim]{total} planned runs: {reused} reused (finished before, same recipe), {to_train} to train, {jobs} at a time[/dim]"
         )
 
+    def on_populations(self, sizes: list[int]) -> None:
+        counts = ", ".join(str(size) for size in sizes)
+        self.console.print(
+            f"[dim]{sum(sizes)} of them train as {len(sizes)} population(s) of {counts} seeds, each still its own run "
+            "(--population off: one by one)[/dim]"
+        )
+
     def on_run_start(self, planned: PlannedRun) -> None:
         with self.lock:
             self.running[planned.fingerprint] = time.perf_counter()

@@ -12,14 +12,13 @@ members of a population are the runs of their seeds; the same seed must end with
 
 `--cache DIR`: an output folder of an earlier `sspo compare` of the recipe, whose `.cache/warm_start` is copied
 (default: trained once into a scratch folder first, not timed). A configuration that starts with `@DIR ` runs the
-code of the checkout DIR (on PYTHONPATH), e.g. `--config "@/tmp/before --jobs 2"` for the code before populations.
+code of the checkout DIR, e.g. `--config "@/tmp/before --jobs 2"` for the code before populations.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -53,13 +52,13 @@ def compare_command(recipe: Path, seeds: int, steps: int, method: str, out: Path
     ]
 
 
-def split_config(config: str) -> tuple[str, dict[str, str]]:
-    """A configuration's `sspo compare` options and the environment to run them in (`@DIR`: DIR's code)."""
-    env = dict(os.environ)
+def split_config(config: str) -> tuple[str, Path]:
+    """A configuration's `sspo compare` options and the checkout whose code runs them (`@DIR`: DIR; `python -m`
+    puts the working folder first on the path, so the command runs there)."""
     if config.startswith("@"):
         tree, _, config = config[1:].partition(" ")
-        env["PYTHONPATH"] = tree
-    return config, env
+        return config, Path(tree)
+    return config, REPO
 
 
 def final_accuracies(out: Path) -> dict[int, float]:
@@ -95,10 +94,10 @@ def main() -> None:
         for k, config in enumerate(args.config):
             out = args.scratch / f"round{round_index}-config{k}"
             shutil.copytree(cache / ".cache", out / ".cache")
-            options, env = split_config(config)
-            command = compare_command(args.recipe, args.seeds, args.steps, args.method, out, options)
+            options, tree = split_config(config)
+            command = compare_command(args.recipe.resolve(), args.seeds, args.steps, args.method, out, options)
             started = time.perf_counter()
-            subprocess.run(command, check=True, env=env)
+            subprocess.run(command, check=True, cwd=tree)
             seconds[config].append(time.perf_counter() - started)
             outs[config] = out
             print(f"round {round_index} {config!r}: {seconds[config][-1]:.1f} s", flush=True)

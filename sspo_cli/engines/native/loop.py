@@ -350,10 +350,19 @@ def rl_loop(prepared: Prepared, learner: Learner, records: RunRecords, stop: Sto
             exc.step, exc.run_dir, exc.checkpoint = state.step, run_dir, save()
             raise
         records.record_step(metrics)
-        last = state.step == recipe.train.steps
-        if state.step % recipe.eval.every == 0 or last:
+        if evaluates_at(recipe, state.step):
             run_eval(state.step)
-        if state.step % recipe.train.checkpoint_every == 0 or last:
-            save(final=last)
+        if checkpoints_at(recipe, state.step):
+            save(final=state.step == recipe.train.steps)
     if last_saved != state.step or not final_checkpoint(run_dir).is_dir():
         save(final=True)  # train.steps == 0, or a resume of a run killed while writing its final checkpoint
+
+
+def evaluates_at(recipe: Recipe, step: int) -> bool:
+    """Whether a run evaluates after RL step `step`: every `eval.every` steps, and after the last."""
+    return step % recipe.eval.every == 0 or step == recipe.train.steps
+
+
+def checkpoints_at(recipe: Recipe, step: int) -> bool:
+    """Whether a run checkpoints after RL step `step`: every `train.checkpoint_every` steps, and after the last."""
+    return step % recipe.train.checkpoint_every == 0 or step == recipe.train.steps

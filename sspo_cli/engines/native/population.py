@@ -235,13 +235,7 @@ def proximal_logprobs(
 ) -> list[torch.Tensor]:
     """Each member's proximal log-probs: its current weights, computed as the updates run them (precision, attention
     kernel, temperature), once before the rollout's first update (`step.proximal_logprobs` for one model)."""
-    import torch
-
-    device = rollouts[0].input_ids.device
-    every_row = [torch.arange(r.input_ids.shape[0], device=device) for r in rollouts]
-    batch = MemberRows(rollouts, every_row, shared_prompts(rollouts, every_row, recipe))
-    with torch.inference_mode(), autocast(device, recipe.performance.autocast_bf16):
-        logps, _ = population_logprobs(population, batch, recipe.rollout.temperature, eager_attention=eager)
+    logps, _ = every_row_logprobs(population, rollouts, recipe, eager)
     return logps
 
 
@@ -251,22 +245,31 @@ def population_behaviour(
     """Each member's behaviour log-probs, as `step.behaviour_logprobs` takes them for one model: the sampling pass's
     with float32 updates; under bf16 updates also the learner's own, from one no-grad bf16 forward of the population
     over every row, and `rollout.behaviour_logprobs` picks which the objective reads."""
-    import torch
 
-    device = rollouts[0].input_ids.device
-    if not bf16_updates(device, recipe.performance.autocast_bf16):
+    if not bf16_updates(rollouts[0].input_ids.device, recipe.performance.autocast_bf16):
         return [Behaviour(r.logprobs, r.entropy) for r in rollouts]
-    every_row = [torch.arange(r.input_ids.shape[0], device=device) for r in rollouts]
-    batch = MemberRows(rollouts, every_row, shared_prompts(rollouts, every_row, recipe))
-    with torch.inference_mode(), autocast(device, recipe.performance.autocast_bf16):
-        learner_logps, entropies = population_logprobs(
-            population, batch, recipe.rollout.temperature, with_entropy=True, eager_attention=eager
-        )
+    learner_logps, entropies = every_row_logprobs(population, rollouts, recipe, eager, with_entropy=True)
     use_learner = recipe.rollout.behaviour_logprobs == "learner"
     return [
         Behaviour(learner if use_learner else r.logprobs, entropy, r.logprobs, learner)
         for r, learner, entropy in zip(rollouts, learner_logps, entropies)
     ]
+
+
+def every_row_logprobs(
+    population: Population, rollouts: list[Rollout], recipe: Recipe, eager: bool, with_entropy: bool = False
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """One no-grad forward of the population over every row of each member's rollout, in the updates' precision:
+    each member's log-probs of its completion tokens (and, asked, the entropies)."""
+    import torch
+
+    device = rollouts[0].input_ids.device
+    every_row = [torch.arange(r.input_ids.shape[0], device=device) for r in rollouts]
+    batch = MemberRows(rollouts, every_row, shared_prompts(rollouts, every_row, recipe))
+    with torch.inference_mode(), autocast(device, recipe.performance.autocast_bf16):
+        return population_logprobs(
+            population, batch, recipe.rollout.temperature, with_entropy=with_entropy, eager_attention=eager
+        )
 
 
 class Sequences(Protocol):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from sspo_cli.engines.native.checkpoint import save_checkpoint
 from sspo_cli.engines.native.learner import Learner
-from sspo_cli.engines.native.loop import Prepared, make_optimizer, prepare
+from sspo_cli.engines.native.loop import Prepared, checkpoints_at, evaluates_at, make_optimizer, prepare
 from sspo_cli.engines.native.population import (
     PopulationLearner,
     member_optimizer_state,
@@ -65,9 +65,7 @@ class MemberRun:
 
 def population_refusal(recipes: list[Recipe]) -> str | None:
     """Why `recipes` cannot train as one population member for member (None: they can)."""
-    first = recipes[0]
-    if first.engine != "native":
-        return f"engine {first.engine!r} (populations are the native engine's)"
+    first = recipes[0]  # the engine is `dispatch.population_refusal`'s to check
     if first.model.tiny is None:
         return "a model other than the embedded tiny one (model.tiny)"
     if len({recipe.population_key() for recipe in recipes}) > 1:
@@ -163,11 +161,10 @@ def population_loop(prepared: Prepared, learner: PopulationLearner, runs: list[M
         for run, metrics in zip(runs, population_rl_step(recipe, learner, task, objectives, seeds, step)):
             run.state.count_applied_update()
             run.records.record_step(metrics)
-        last = step == recipe.train.steps
-        if step % recipe.eval.every == 0 or last:
+        if evaluates_at(recipe, step):
             evaluate_all(step)
-        if step % recipe.train.checkpoint_every == 0 or last:
-            save_all(final=last)
+        if checkpoints_at(recipe, step):
+            save_all(final=step == recipe.train.steps)
     if recipe.train.steps == 0:
         save_all(final=True)
 

@@ -219,7 +219,8 @@ def test_compare_existing_runs_by_id_and_by_experiment(compared: dict) -> None:
     options = WorkflowOptions(compared["out"], report_dir=compared["root"] / "by-experiment")
     result = compare_existing("research-test", [], options)
     assert sorted(r.run_id for r in result.records) == sorted(ids)
-    assert [s.name for s in result.summaries] == ["grpo", "sspo"]
+    assert [s.name for s in result.summaries] == ["grpo", "sspo"]  # alphabetical: the workers' start order is a race
+    assert [(r.group, r.seed) for r in result.records] == [("grpo", 0), ("grpo", 1), ("sspo", 0), ("sspo", 1)]
     # the numbers do not depend on where the runs were read from
     trained = {g["name"]: g["metrics"]["final_entropy"]["mean"] for g in compared["document"]["groups"]}
     assert {s.name: s.metrics["final_entropy"].estimate for s in result.summaries} == pytest.approx(trained)

@@ -332,6 +332,8 @@ def compare_existing(
 ) -> ComparisonResult:
     """Compare finished runs as they are, grouped by the `sspo.method` tag (or `--group-by TAG`).
 
+    --runs keeps the order given; an experiment's groups come in alphabetical order, each by seed.
+
     With --experiment, its FAILED training runs that were never retried successfully count too
     (measures.FAILED_RULE); KILLED runs were interrupted or pruned, not failed, and are left out.
     """
@@ -349,6 +351,8 @@ def compare_existing(
         failed_runs = failed_runs_of_experiment(client, experiment) if experiment else []
     with timer.phase("loading records"):
         records = existing_records(client, runs, failed_runs, group_by)
+    if experiment:  # parallel workers make start times a race: a report must not depend on which won
+        records.sort(key=lambda r: (r.group, r.task, r.seed, r.run_id))
     order = list(dict.fromkeys(r.group for r in records))
     group_id = stable_hash({"kind": "comparison-of-runs", "runs": sorted(r.run_id for r in records)})[:12]
     params = {"experiment": experiment or "", "runs": " ".join(run_ids), "group_by": group_by or METHOD_TAG}

@@ -255,9 +255,14 @@ def attend_eagerly(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: t
 
 def linear(x: torch.Tensor, weights: dict[str, torch.Tensor], name: str) -> torch.Tensor:
     """Each member's `name` linear layer on its own rows: x [K, rows, T, in] -> [K, rows, T, out]."""
-    y = batched_matmul(x, weights[name + ".weight"])
-    bias = weights.get(name + ".bias")
-    return y if bias is None else y + bias[:, None, None, :]
+    import torch
+
+    weight, bias = weights[name + ".weight"], weights.get(name + ".bias")
+    if bias is None:
+        return batched_matmul(x, weight)
+    members, rows, length, width = x.shape
+    flat = torch.baddbmm(bias[:, None, :], x.reshape(members, rows * length, width), weight.transpose(1, 2))
+    return flat.reshape(members, rows, length, weight.shape[1])
 
 
 def batched_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     switches = dict(BASELINE_SWITCHES) if args.baseline else {}
     switches |= {n: getattr(args, n) for n in PerformanceConfig.model_fields if getattr(args, n) is not None}
     workload = chosen_workload(args)
-    recipe = workload_recipe(args.objective, switches, args.threads, workload)
+    scratch = tempfile.TemporaryDirectory(prefix="sspo-bench-")  # the workload's data files, removed at exit
+    recipe = workload_recipe(args.objective, switches, args.threads, workload, Path(scratch.name))
     torch.set_num_threads(args.threads)
     task, policy, objective, optimizer, scheduler, state = training_parts(recipe)
     timer = Timer()

@@ -72,12 +72,12 @@ def workload_recipe(
     objective: str,
     switches: dict[str, Any],
     threads: int,
-    workload: Workload | None = None,
-    data_dir: Path | None = None,
+    workload: Workload | None,
+    data_dir: Path,
 ) -> Recipe:
-    """The recipe of `workload` (default: the standard one); the copy task's data is written into `data_dir`."""
+    """The recipe of `workload` (None: the standard one); a file task's data is written into `data_dir`."""
     w = workload or WORKLOADS["standard"]
-    folder = data_dir or Path(tempfile.mkdtemp(prefix="sspo-bench-"))
+    folder = data_dir
     if w.task == "addition":
         task: dict[str, Any] = {"name": "addition", "min_operand": 10, "max_operand": 99}
     elif w.task == "copy":

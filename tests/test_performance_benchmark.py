@@ -75,7 +75,7 @@ def test_long_workload_builds_and_runs_a_step():
     assert 0 < details["response_length"] <= 12
 
 
-def test_long_workload_recipe_has_the_issue_sizes():
+def test_long_workload_recipe_has_the_issue_sizes(tmp_path: Path):
     sys.path.insert(0, str(REPO / "benchmarks"))
     from bench_common import WORKLOADS, copy_rows
     from rl_step import workload_recipe
@@ -84,7 +84,7 @@ def test_long_workload_recipe_has_the_issue_sizes():
     from sspo_cli.tasks import build_task
 
     long = WORKLOADS["long"]
-    recipe = workload_recipe("grpo", {}, 1, long)
+    recipe = workload_recipe("grpo", {}, 1, long, tmp_path)
     assert recipe.rollout.group_size == 8 and 64 <= recipe.rollout.max_new_tokens <= 128
     assert recipe.rollout.updates_per_rollout == 2 and recipe.rollout.minibatch_size == long.completions
     task = build_task(recipe.task)

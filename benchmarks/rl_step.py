@@ -77,13 +77,12 @@ def workload_recipe(
 ) -> Recipe:
     """The recipe of `workload` (None: the standard one); a file task's data is written into `data_dir`."""
     w = workload or WORKLOADS["standard"]
-    folder = data_dir
     if w.task == "addition":
         task: dict[str, Any] = {"name": "addition", "min_operand": 10, "max_operand": 99}
     elif w.task == "copy":
-        task = {"name": "file", "path": str(write_copy_data(folder / "copy.jsonl")), "eval_size": 64, "dev_size": 0}
+        task = {"name": "file", "path": str(write_copy_data(data_dir / "copy.jsonl")), "eval_size": 64, "dev_size": 0}
     else:
-        data = write_arithmetic_data(folder / "arithmetic.jsonl")
+        data = write_arithmetic_data(data_dir / "arithmetic.jsonl")
         task = {"name": "file", "path": str(data), "eval_size": 64, "dev_size": 0}
         task["system_prompt"] = ARITHMETIC_SYSTEM_PROMPT
     model: dict[str, Any] = (

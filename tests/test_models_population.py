@@ -58,7 +58,7 @@ def test_each_members_logits_and_gradients_equal_its_own_models(tokenizer, archi
             torch.testing.assert_close(population.weights[name].grad[member], parameter.grad, rtol=1e-5, atol=1e-6)
 
 
-def test_under_bf16_autocast_each_layer_rounds_as_its_own_models_layer(tokenizer):
+def test_under_bf16_autocast_a_linear_layer_rounds_as_nn_linear(tokenizer):
     """A linear layer with a bias gives what nn.Linear gives under autocast: the bias added inside the bf16
     product, rounded once. (Added after it in float32, the values were rounded twice on their way into attention,
     and the members' bf16 log-probs came out about 10% further from float32 than their own models'.)"""

@@ -261,6 +261,8 @@ def linear(x: torch.Tensor, weights: dict[str, torch.Tensor], name: str) -> torc
     if bias is None:
         return batched_matmul(x, weight)
     members, rows, length, width = x.shape
+    # The bias inside the product, as nn.Linear under autocast: rounded to bf16 once, not once before the add
+    # and again where attention reads the float32 sum.
     flat = torch.baddbmm(bias[:, None, :], x.reshape(members, rows * length, width), weight.transpose(1, 2))
     return flat.reshape(members, rows, length, weight.shape[1])
 

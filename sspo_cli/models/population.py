@@ -255,25 +255,19 @@ def attend_eagerly(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: t
 
 def linear(x: torch.Tensor, weights: dict[str, torch.Tensor], name: str) -> torch.Tensor:
     """Each member's `name` linear layer on its own rows: x [K, rows, T, in] -> [K, rows, T, out]."""
-    import torch
-
-    weight, bias = weights[name + ".weight"], weights.get(name + ".bias")
-    if bias is None:
-        return batched_matmul(x, weight)
-    members, rows, length, width = x.shape
-    # The bias inside the product, as nn.Linear under autocast: rounded to bf16 once, not once before the add
-    # and again where attention reads the float32 sum.
-    flat = torch.baddbmm(bias[:, None, :], x.reshape(members, rows * length, width), weight.transpose(1, 2))
-    return flat.reshape(members, rows, length, weight.shape[1])
+    return batched_matmul(x, weights[name + ".weight"], weights.get(name + ".bias"))
 
 
-def batched_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x [K, rows, T, in] times each member's weight [K, out, in] transposed, as one batched product."""
+def batched_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [K, rows, T, in] times each member's weight [K, out, in] transposed, plus its bias [K, out], as one
+    batched product. The bias is added inside the product, as nn.Linear adds it under autocast: rounded to bf16
+    once, not once before the add and again where attention reads the float32 sum."""
     import torch
 
     members, rows, length, width = x.shape
-    flat = torch.bmm(x.reshape(members, rows * length, width), weight.transpose(1, 2))
-    return flat.reshape(members, rows, length, weight.shape[1])
+    flat, transposed = x.reshape(members, rows * length, width), weight.transpose(1, 2)
+    product = torch.bmm(flat, transposed) if bias is None else torch.baddbmm(bias[:, None, :], flat, transposed)
+    return product.reshape(members, rows, length, weight.shape[1])
 
 
 def heads_first(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:

@@ -245,7 +245,6 @@ def population_behaviour(
     """Each member's behaviour log-probs, as `step.behaviour_logprobs` takes them for one model: the sampling pass's
     with float32 updates; under bf16 updates also the learner's own, from one no-grad bf16 forward of the population
     over every row, and `rollout.behaviour_logprobs` picks which the objective reads."""
-
     if not bf16_updates(rollouts[0].input_ids.device, recipe.performance.autocast_bf16):
         return [Behaviour(r.logprobs, r.entropy) for r in rollouts]
     learner_logps, entropies = every_row_logprobs(population, rollouts, recipe, eager, with_entropy=True)
